@@ -1,0 +1,273 @@
+"""The configuration as frozen, typed data.
+
+Defaults live here and only here. Everything is compared by value, so a reload is a diff of two
+``Config`` objects. Durations are float seconds, sizes are int bytes, signals are ``signal.Signals``.
+Mappings are stored as sorted tuples of pairs so that the objects stay hashable.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hasupd.states import OutputMode, RestartMode, ServiceType
+
+DEFAULT_CONFIG_DIR = "/etc/hasupd"
+DEFAULT_STATE_DIR = "/var/lib/hasupd"
+DEFAULT_RUNTIME_DIR = "/run/hasupd"
+
+
+class ProbeKind(StrEnum):
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+class RecoveryKind(StrEnum):
+    EXEC = "exec"
+    RESTORE = "restore"
+    ROLLBACK_CONFIG = "rollback_config"
+
+
+class TlsMode(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"
+
+
+class LogTarget(StrEnum):
+    AUTO = "auto"
+    JOURNAL = "journal"
+    STDERR = "stderr"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class ContainerEngine(StrEnum):
+    PODMAN = "podman"
+    DOCKER = "docker"
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    burst: int = 5
+    interval_sec: float = 60.0
+
+
+@dataclass(frozen=True)
+class HeartbeatFile:
+    path: str
+    max_age_sec: float = 30.0
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    kind: ProbeKind
+    # http: the URL; tcp: "host:port"; exec: unused (see argv)
+    target: str = ""
+    argv: tuple[str, ...] = ()
+    interval_sec: float = 5.0
+    timeout_sec: float = 2.0
+    failures: int = 3
+    start_period_sec: float = 0.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int | None = None  # bytes, RSS of the whole tree
+    cpu_percent: float | None = None
+    cpu_window_sec: float = 60.0
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    listen: str  # "host:port", "[v6]:port" or an absolute unix socket path
+    name: str | None = None  # LISTEN_FDNAMES entry; defaults to the service name
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    image: str
+    engine: ContainerEngine = ContainerEngine.PODMAN
+    args: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecoveryAction:
+    kind: RecoveryKind
+    argv: tuple[str, ...] = ()  # kind == exec
+    job: str | None = None  # kind == restore
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    # The file it came from; not part of the value (moving a file changes nothing that runs).
+    source: str = field(default="", compare=False)
+    description: str = ""
+    command: tuple[str, ...] = ()
+    type: ServiceType = ServiceType.SIMPLE
+    user: str | None = None
+    group: str | None = None
+    working_directory: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    environment_files: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    instances: int = 1
+    sockets: tuple[SocketSpec, ...] = ()
+    restart: RestartMode = RestartMode.ON_FAILURE
+    restart_sec: float = 0.1
+    restart_max_delay_sec: float = 30.0
+    start_limit: StartLimit = StartLimit()
+    timeout_start_sec: float = 90.0
+    timeout_stop_sec: float = 10.0
+    kill_signal: signal.Signals = signal.SIGTERM
+    watchdog_sec: float | None = None
+    heartbeat_file: HeartbeatFile | None = None
+    health: tuple[HealthProbe, ...] = ()
+    limits: Limits = Limits()
+    output: OutputMode | None = None  # None: journal when journald is there, else file
+    container: ContainerSpec | None = None
+    on_failure: tuple[RecoveryAction, ...] = ()
+    alerts: tuple[str, ...] | None = None  # None: every channel
+
+
+# --------------------------------------------------------------------------- backups
+
+
+@dataclass(frozen=True)
+class Keep:
+    """restic --keep-* values; None means "not given". Every value is >= 1 once validated."""
+
+    last: int | None = None
+    hourly: int | None = None
+    daily: int | None = None
+    weekly: int | None = None
+    monthly: int | None = None
+    yearly: int | None = None
+    within: str | None = None  # restic duration such as "2y5m7d3h"
+
+
+@dataclass(frozen=True)
+class LongTerm:
+    repository: str
+    schedule: str = "@weekly"
+    keep: Keep = Keep()
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    schedule: str = "@weekly"
+    read_data_subset_n: int | None = None  # "1/12" -> 12: every pack read once per 12 runs
+
+
+@dataclass(frozen=True)
+class DrillSpec:
+    schedule: str = "@monthly"
+
+
+@dataclass(frozen=True)
+class BackupJobConfig:
+    name: str
+    repository: str
+    paths: tuple[str, ...]
+    source: str = field(default="", compare=False)
+    exclude: tuple[str, ...] = ()
+    schedule: str = "@daily"
+    randomized_delay_sec: float = 0.0
+    keep: Keep = Keep()
+    before: tuple[tuple[str, ...], ...] = ()
+    quiesce: tuple[str, ...] = ()
+    long_term: LongTerm | None = None
+    check: CheckSpec | None = None
+    drill: DrillSpec | None = None
+    max_age_sec: float | None = None
+    prune_schedule: str = "@weekly"
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    name: str
+    url: str
+    password_file: str
+    environment_file: str | None = None
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    target: LogTarget = LogTarget.AUTO
+    format: LogFormat = LogFormat.JSON
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None  # "host:port"; None: off
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    read: tuple[str, ...] = ("hasupd",)
+    operate: tuple[str, ...] = ("hasupd-operators",)
+    admin: tuple[str, ...] = ("hasupd-admin",)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 25
+    tls: TlsMode = TlsMode.NONE
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    timeout_sec: float = 30.0
+
+
+@dataclass(frozen=True)
+class EmailChannel:
+    smtp: SmtpConfig
+    from_addr: str
+    to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AlertChannel:
+    name: str
+    email: EmailChannel
+    coalesce_sec: float = 300.0
+    on_crash: bool = False  # also alert on every restart, not only failures
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: str = DEFAULT_STATE_DIR
+    runtime_dir: str = DEFAULT_RUNTIME_DIR
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    access: AccessConfig = AccessConfig()
+    alerts: tuple[AlertChannel, ...] = ()
+    repositories: tuple[RepositoryConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything under one config dir, validated."""
+
+    config_dir: str
+    daemon: DaemonConfig = DaemonConfig()
+    services: tuple[ServiceConfig, ...] = ()  # sorted by name
+    backups: tuple[BackupJobConfig, ...] = ()  # sorted by name
+
+    def service(self, name: str) -> ServiceConfig | None:
+        """Return the service called ``name``, or None."""
+        return next((s for s in self.services if s.name == name), None)

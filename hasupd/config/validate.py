@@ -1,0 +1,167 @@
+"""Composed YAML documents -> a validated ``Config``, every problem reported as a ``ConfigIssue``.
+
+Each file is validated on its own (``validate_services``, ``validate_backups``, ``validate_daemon``);
+this module checks file names, what files say about each other (``after``, ``alerts``, ``restore``,
+dependency cycles) and lists the features that validate but that the daemon does not run yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+from hasupd.config.issues import ConfigIssue
+from hasupd.config.model import BackupJobConfig, Config, Limits, ServiceConfig
+from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
+from hasupd.config.validate_backups import validate_backup
+from hasupd.config.validate_daemon import validate_daemon
+from hasupd.config.validate_services import validate_service
+from hasupd.states import ServiceType
+
+__all__ = ["UNSUPPORTED", "build_config", "unsupported_features"]
+
+
+def _check_file_name(ctx: Ctx, doc: Document, what: str) -> bool:
+    """Report a file whose name (without .yaml) is not a valid name; return whether it is valid."""
+    if is_name(doc.name):
+        return True
+    ctx.error(
+        None,
+        "",
+        f"invalid {what} name {doc.name!r} (the file name without .yaml): names match {NAME_PATTERN}",
+    )
+    return False
+
+
+def _check_service_references(
+    ctx: Ctx,
+    doc: Document,
+    services: Collection[str],
+    jobs: Collection[str],
+    channels: Collection[str] | None,
+) -> None:
+    """Report names in ``after``, ``alerts`` and ``on_failure`` restore actions that are not defined."""
+    for index, _, item in name_items(child(doc.node, "after")):
+        check_reference(ctx, item, f"after.{index}", services, "service")
+    for index, _, item in name_items(child(doc.node, "alerts")):
+        check_reference(ctx, item, f"alerts.{index}", channels, "alert channel")
+    actions = child(doc.node, "on_failure")
+    if isinstance(actions, SequenceNode):
+        for index, action in enumerate(actions.value):
+            if isinstance(action, MappingNode):
+                check_reference(
+                    ctx, child(action, "restore"), f"on_failure.{index}.restore", jobs, "backup job"
+                )
+
+
+def _dependency_edges(
+    docs: Sequence[Document], services: Collection[str]
+) -> dict[str, list[tuple[str, int, Node]]]:
+    """Return ``{service: [(dependency, index in after, item node)]}`` for the known services."""
+    edges: dict[str, list[tuple[str, int, Node]]] = {}
+    for doc in docs:
+        if doc.name in services:
+            after = name_items(child(doc.node, "after"))
+            edges[doc.name] = [(name, index, item) for index, name, item in after if name in services]
+    return edges
+
+
+def _shortest_cycle(start: str, edges: dict[str, list[tuple[str, int, Node]]]) -> list[str] | None:
+    """Return the shortest dependency path ``[start, ..., start]``, or None when ``start`` is on no cycle."""
+    previous: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        current = queue.popleft()
+        for target, _, _ in edges.get(current, ()):
+            if target == start:
+                path = [current]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                return [*reversed(path), start]
+            if target not in previous:
+                previous[target] = current
+                queue.append(target)
+    return None
+
+
+def _check_cycles(ctxs: dict[str, Ctx], docs: Sequence[Document], services: Collection[str]) -> None:
+    """Report a dependency cycle on every file in it, at the ``after`` item that leads into it."""
+    edges = _dependency_edges(docs, services)
+    for doc in docs:
+        cycle = _shortest_cycle(doc.name, edges) if doc.name in edges else None
+        if cycle is None:
+            continue
+        _, index, item = next(edge for edge in edges[doc.name] if edge[0] == cycle[1])
+        ctxs[doc.path].error(item, f"after.{index}", f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def build_config(
+    config_dir: str,
+    daemon: Document | None,
+    services: Sequence[Document],
+    backups: Sequence[Document],
+    issues: list[ConfigIssue],
+) -> Config:
+    """Validate the documents of one config dir and return their ``Config``.
+
+    ``daemon`` is hasupd.yaml (None when there is none). Append every problem found to ``issues``; the
+    returned Config is only meaningful when nothing was appended (invalid parts are left out of it).
+    """
+    ctxs = {doc.path: Ctx(doc.path, issues) for doc in (*services, *backups)}
+    daemon_config, channels, repositories = validate_daemon(
+        Ctx(daemon.path if daemon else "", issues), daemon
+    )
+    service_names = frozenset(
+        doc.name for doc in services if _check_file_name(ctxs[doc.path], doc, "service")
+    )
+    job_names = frozenset(doc.name for doc in backups if _check_file_name(ctxs[doc.path], doc, "backup job"))
+
+    service_configs = []
+    for doc in services:
+        service = validate_service(ctxs[doc.path], doc)
+        _check_service_references(ctxs[doc.path], doc, service_names, job_names, channels)
+        if service is not None:
+            service_configs.append(service)
+    _check_cycles(ctxs, services, service_names)
+
+    job_configs = [validate_backup(ctxs[doc.path], doc, service_names, repositories) for doc in backups]
+    return Config(
+        config_dir=config_dir,
+        daemon=daemon_config,
+        services=tuple(sorted(service_configs, key=lambda s: s.name)),
+        backups=tuple(sorted((job for job in job_configs if job is not None), key=lambda j: j.name)),
+    )
+
+
+# --------------------------------------------------------------------------- not implemented yet
+
+Unit = ServiceConfig | BackupJobConfig
+Predicate = Callable[[Unit], bool]
+
+
+def _service(predicate: Callable[[ServiceConfig], bool]) -> Predicate:
+    return lambda unit: isinstance(unit, ServiceConfig) and predicate(unit)
+
+
+# Features that validate but that the daemon does not run yet. Delete a row when its feature lands.
+UNSUPPORTED: tuple[tuple[Predicate, str], ...] = (
+    (_service(lambda s: s.type is ServiceType.NOTIFY), "type: notify is not implemented yet"),
+    (_service(lambda s: s.watchdog_sec is not None), "watchdog_sec is not implemented yet"),
+    (_service(lambda s: s.heartbeat_file is not None), "heartbeat_file is not implemented yet"),
+    (_service(lambda s: bool(s.health)), "health probes are not implemented yet"),
+    (_service(lambda s: s.limits != Limits()), "limits are not implemented yet"),
+    (_service(lambda s: s.instances > 1), "instances > 1 is not implemented yet"),
+    (_service(lambda s: bool(s.sockets)), "sockets are not implemented yet"),
+    (_service(lambda s: s.container is not None), "container is not implemented yet"),
+    (_service(lambda s: bool(s.on_failure)), "on_failure is not implemented yet"),
+    (lambda unit: isinstance(unit, BackupJobConfig), "backup jobs (backups.d) are not implemented yet"),
+)
+
+
+def unsupported_features(config: Config) -> list[tuple[str, str]]:
+    """Return ``(source file, message)`` for every use in ``config`` of a feature in ``UNSUPPORTED``,
+    services first, then backup jobs, each in name order and then in table order."""
+    units: list[Unit] = [*config.services, *config.backups]
+    return [(unit.source, message) for unit in units for predicate, message in UNSUPPORTED if predicate(unit)]

@@ -1,0 +1,281 @@
+"""Typed event records and the bus that carries them.
+
+Every record hasupd writes is one of these classes: the event name and its tags are fixed in code, not
+chosen at the call site. ``tags()`` gives the fields that become journald fields (``HASUPD_<TAG>``) and
+JSON keys; ``message()`` is the human sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    NAME: ClassVar[str] = "event"
+    LEVEL: ClassVar[int] = logging.INFO
+
+    service: str | None = None
+    incident: str | None = None
+    time: float = field(default_factory=time.time)
+
+    def tags(self) -> dict[str, object]:
+        """Return the record's tags: every field that is set, plus ``event``; no ``time``."""
+        out: dict[str, object] = {"event": self.NAME}
+        for f in dataclasses.fields(self):
+            if f.name == "time":
+                continue
+            value = getattr(self, f.name)
+            if value is None or value == ():
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def message(self) -> str:
+        """Return one human sentence describing the event."""
+        return self.NAME
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonStarted(Event):
+    NAME = "daemon.started"
+    version: str
+    config_dir: str
+    containment: str
+
+    def message(self) -> str:
+        return f"hasupd {self.version} starting on {self.config_dir} ({self.containment})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonReady(Event):
+    NAME = "daemon.ready"
+    services: int
+
+    def message(self) -> str:
+        return f"hasupd ready, supervising {self.services} service(s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonStopping(Event):
+    NAME = "daemon.stopping"
+    reason: str
+
+    def message(self) -> str:
+        return f"hasupd stopping: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonStopped(Event):
+    NAME = "daemon.stopped"
+
+    def message(self) -> str:
+        return "hasupd stopped; every service is down"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchdogLate(Event):
+    NAME = "daemon.loop_stalled"
+    LEVEL = logging.WARNING
+    lag_sec: float
+
+    def message(self) -> str:
+        return f"event loop answered {self.lag_sec:.3f}s late; systemd watchdog ping withheld"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigInvalid(Event):
+    NAME = "config.invalid"
+    LEVEL = logging.ERROR
+    errors: tuple[str, ...]
+
+    def message(self) -> str:
+        return f"configuration invalid ({len(self.errors)} error(s)); running config kept: " + "; ".join(
+            self.errors
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigApplied(Event):
+    NAME = "config.applied"
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: int = 0
+
+    def message(self) -> str:
+        return (
+            f"configuration applied: added {list(self.added)}, removed {list(self.removed)}, "
+            f"changed {list(self.changed)}, {self.unchanged} unchanged"
+        )
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStateChanged(Event):
+    NAME = "service.state"
+    LEVEL = logging.DEBUG
+    old: str
+    new: str
+    result: str
+
+    def message(self) -> str:
+        return f"{self.service}: {self.old} -> {self.new} (result {self.result})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStarted(Event):
+    NAME = "service.started"
+    pid: int
+    invocation: str
+    restarts: int = 0
+
+    def message(self) -> str:
+        return f"{self.service} started, pid {self.pid}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSpawnFailed(Event):
+    NAME = "service.spawn_failed"
+    LEVEL = logging.ERROR
+    result: str
+    error: str
+
+    def message(self) -> str:
+        return f"{self.service} could not be started: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceExited(Event):
+    NAME = "service.exited"
+    pid: int
+    result: str
+    exit_code: int | None = None
+    signal: str | None = None
+    expected: bool = False
+    status: str = ""
+
+    def message(self) -> str:
+        how = "as asked" if self.expected else "unexpectedly"
+        return f"{self.service} (pid {self.pid}) exited {how} with {self.status}, result {self.result}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceKilled(Event):
+    NAME = "service.killed"
+    LEVEL = logging.WARNING
+    signal: str
+    processes: int
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.service}: sent {self.signal} to {self.processes} process(es): {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceRestartScheduled(Event):
+    NAME = "service.restart_scheduled"
+    LEVEL = logging.WARNING
+    delay_sec: float
+    reason: str
+    restarts: int
+    result: str
+
+    def message(self) -> str:
+        return (
+            f"{self.service} died ({self.result}), will restart in {self.delay_sec:.3f}s "
+            f"(restart #{self.restarts}; {self.reason})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceNotRestarted(Event):
+    NAME = "service.not_restarted"
+    reason: str
+    result: str
+
+    def message(self) -> str:
+        return f"{self.service} not restarted: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceFailed(Event):
+    NAME = "service.failed"
+    LEVEL = logging.ERROR
+    result: str
+    restarts: int
+
+    def message(self) -> str:
+        return f"{self.service} failed (result {self.result}) after {self.restarts} restart(s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStopping(Event):
+    NAME = "service.stopping"
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.service} stopping: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStopped(Event):
+    NAME = "service.stopped"
+    result: str
+
+    def message(self) -> str:
+        return f"{self.service} stopped (result {self.result})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncidentOpened(Event):
+    NAME = "incident.opened"
+    LEVEL = logging.WARNING
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.service}: incident {self.incident} opened: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncidentClosed(Event):
+    NAME = "incident.closed"
+    outcome: str  # "resolved" | "failed" | "stopped"
+
+    def message(self) -> str:
+        return f"{self.service}: incident {self.incident} closed: {self.outcome}"
+
+
+# --------------------------------------------------------------------------- the bus
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Synchronous fan-out of events to subscribers, in subscription order.
+
+    A subscriber that raises is a bug in hasupd and the exception propagates to the publisher.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add ``subscriber``; return a function that removes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every subscriber now."""
+        for subscriber in tuple(self._subscribers):
+            subscriber(event)

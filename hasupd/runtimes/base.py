@@ -1,0 +1,124 @@
+"""The interfaces between a service's state machine and the operating system.
+
+The state machine only sees these protocols, so its unit tests run with a fake spawner and a fake
+clock; the real implementations live in ``hasupd.runtimes.exec`` and ``hasupd.containment``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hasupd.config.model import ServiceConfig
+from hasupd.states import OutputMode
+
+
+class SpawnError(Exception):
+    """The program could not be started (missing binary, unknown user, bad directory ...).
+
+    ``str(error)`` is a complete sentence for the operator.
+    """
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the main process ended: exactly one of ``code`` and ``signal`` is set."""
+
+    pid: int
+    code: int | None = None
+    signal: int | None = None
+    core_dumped: bool = False
+
+    @classmethod
+    def from_wait_status(cls, pid: int, status: int) -> ExitStatus:
+        """Return the ExitStatus for a raw ``waitpid`` status."""
+        if os.WIFSIGNALED(status):
+            return cls(pid, signal=os.WTERMSIG(status), core_dumped=os.WCOREDUMP(status))
+        return cls(pid, code=os.waitstatus_to_exitcode(status))
+
+    def describe(self) -> str:
+        """Return "exit code N" or "signal SIGX" (with "core dumped" when it did)."""
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"{name} (core dumped)" if self.core_dumped else name
+        return f"exit code {self.code}"
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """What to start: the service's config plus what hasupd adds for this one start."""
+
+    service: ServiceConfig
+    invocation_id: str  # 32 hex digits; exported as INVOCATION_ID, also marks the process tree
+    output: OutputMode  # resolved: never None here
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_*
+    pass_fds: tuple[int, ...] = ()  # inherited as fds 3.. in this order (LISTEN_FDS)
+    argv: tuple[str, ...] | None = None  # overrides service.command (containers, instances)
+    unit_name: str | None = None  # NAME@i for instances; defaults to service.name
+
+
+class Scope(Protocol):
+    """Every process that belongs to one start of one service."""
+
+    @property
+    def kind(self) -> str:
+        """Return "cgroup" or "process-group"."""
+        ...
+
+    def pids(self) -> set[int]:
+        """Return the pids of the service's processes that are alive now (zombies excluded)."""
+        ...
+
+    def signal_all(self, sig: int) -> int:
+        """Send ``sig`` to every process of the scope; return how many were signalled."""
+        ...
+
+    def kill_all(self) -> int:
+        """SIGKILL every process of the scope (cgroup.kill where there is a cgroup); return the count."""
+        ...
+
+    def release(self) -> None:
+        """Forget the scope (remove its cgroup when empty). Safe to call more than once."""
+        ...
+
+
+class Process(Protocol):
+    """A started main process."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def scope(self) -> Scope: ...
+
+    def send_signal(self, sig: int) -> None:
+        """Signal only the main process (no error if it is already gone)."""
+        ...
+
+
+class Spawner(Protocol):
+    def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> Process:
+        """Start the program and return at once; ``on_exit`` is called from the event loop once,
+        after the main process was reaped.
+
+        Raise SpawnError if it could not be started; nothing is left running then.
+        """
+        ...
+
+
+class Clock(Protocol):
+    """Monotonic time and timers; asyncio's loop satisfies it, and so does the tests' fake clock."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...

@@ -1,0 +1,464 @@
+"""One service's state machine: the only writer of its state.
+
+The shape follows systemd's ``service.c``: ``_set_state()`` is the single place that assigns the
+state and it disarms the timers that do not belong to the new state; side effects happen in
+``_enter_<state>()`` methods, which end by setting the state; the first failure wins (a later failure
+never overwrites the result). Inputs are commands (start, stop, restart, reset_failed), the main
+process's exit, and timers. Every (state, input) pair is decided explicitly below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hasupd import events as ev
+from hasupd.config.model import ServiceConfig
+from hasupd.restart import StartLimit, backoff_delay, shall_restart
+from hasupd.runtimes.base import Clock, ExitStatus, Process, Spawner, SpawnError, SpawnSpec, TimerHandle
+from hasupd.states import (
+    ACTIVE_STATES,
+    INACTIVE_STATES,
+    STOPPING_STATES,
+    OutputMode,
+    ServiceResult,
+    ServiceState,
+    ServiceType,
+)
+
+S = ServiceState
+R = ServiceResult
+
+# After SIGKILL the kernel needs a moment; if processes are still there after this long they are stuck
+# in uninterruptible sleep and hasupd gives up waiting (and says so).
+SIGKILL_WAIT_SEC = 5.0
+# While the main process is gone but other processes of the tree remain, check this often.
+EMPTY_POLL_SEC = 0.02
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A snapshot for status views."""
+
+    name: str
+    state: ServiceState
+    result: ServiceResult
+    pid: int | None
+    active_since: float | None  # wall clock
+    restarts: int
+    last_exit: str | None
+    incident: str | None
+    invocation: str | None
+
+
+def result_from_exit(status: ExitStatus) -> ServiceResult:
+    """Return the result systemd would give for a main process that ended like ``status``."""
+    if status.signal is not None:
+        return R.CORE_DUMP if status.core_dumped else R.SIGNAL
+    return R.SUCCESS if status.code == 0 else R.EXIT_CODE
+
+
+class Service:
+    """A supervised unit: ``start()`` and ``stop()`` return at once; progress is driven by events."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        spawner: Spawner,
+        clock: Clock,
+        bus: ev.EventBus,
+        output: OutputMode,
+        unit_name: str | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.name = unit_name or config.name
+        self._spawner = spawner
+        self._clock = clock
+        self._bus = bus
+        self._output = output
+        self._rand = rand
+
+        self.state = S.DEAD
+        self.result = R.SUCCESS
+        self.restarts = 0  # restarts since the last explicit start
+        self.last_exit: ExitStatus | None = None
+        self.incident: str | None = None
+        self.invocation: str | None = None
+        self._process: Process | None = None
+        self._main_alive = False
+        self._attempt = 0  # backoff step; back to 0 after a stable run
+        self._start_limit = StartLimit(config.start_limit.burst, config.start_limit.interval_sec)
+        self._stop_requested = False
+        self._start_after_stop = False
+        self._active_since: float | None = None
+        self._running_since: float | None = None
+        self._timer: TimerHandle | None = None
+        self._poll: TimerHandle | None = None
+        self._generation = 0
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def pid(self) -> int | None:
+        """Return the main pid while the main process is alive."""
+        return self._process.pid if self._process is not None and self._main_alive else None
+
+    @property
+    def stable_sec(self) -> float:
+        """How long a run must last to count as stable (backoff reset, incident resolved)."""
+        return max(self.config.restart_max_delay_sec, self.config.restart_sec, 1.0)
+
+    def status(self) -> ServiceStatus:
+        """Return a snapshot of this service for status views."""
+        return ServiceStatus(
+            name=self.name,
+            state=self.state,
+            result=self.result,
+            pid=self.pid,
+            active_since=self._active_since,
+            restarts=self.restarts,
+            last_exit=self.last_exit.describe() if self.last_exit else None,
+            incident=self.incident,
+            invocation=self.invocation,
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def start(self) -> None:
+        """Start the service if it is not active (an explicit start also clears the start limit)."""
+        match self.state:
+            case S.DEAD | S.FAILED:
+                self._reset_for_explicit_start()
+                self._enter_start()
+            case S.AUTO_RESTART:
+                # Skip the rest of the delay: someone wants it now.
+                self._reset_for_explicit_start()
+                self._enter_start()
+            case S.START | S.RUNNING:
+                pass  # already started
+            case _ if self.state in STOPPING_STATES:
+                self._start_after_stop = True
+            case _:
+                raise AssertionError(f"start() in unhandled state {self.state}")
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Stop the service and do not restart it."""
+        self._start_after_stop = False
+        match self.state:
+            case S.DEAD | S.FAILED:
+                pass  # nothing runs
+            case S.AUTO_RESTART:
+                self._stop_requested = True
+                self._publish(ev.ServiceStopping(reason=reason))
+                self._finish(ev.ServiceStopped(result=str(self.result)), S.DEAD, "stopped")
+            case S.START | S.RUNNING:
+                self._stop_requested = True
+                self._publish(ev.ServiceStopping(reason=reason))
+                self._enter_signal(S.STOP_SIGTERM, R.SUCCESS)
+            case _ if self.state in STOPPING_STATES:
+                self._stop_requested = True  # already on its way down
+            case _:
+                raise AssertionError(f"stop() in unhandled state {self.state}")
+
+    def restart(self) -> None:
+        """Stop the service if it runs, then start it again."""
+        if self.state in (S.START, S.RUNNING):
+            self.stop("restart requested")
+            self._start_after_stop = True
+        elif self.state in STOPPING_STATES:
+            self._start_after_stop = True
+        else:
+            self.start()
+
+    def reset_failed(self) -> None:
+        """Forget the failure: a failed service becomes dead with result success."""
+        if self.state is S.FAILED:
+            self.result = R.SUCCESS
+            self._start_limit.reset()
+            self._attempt = 0
+            self._set_state(S.DEAD)
+
+    @property
+    def is_inactive(self) -> bool:
+        """True when nothing of the service runs and nothing is scheduled."""
+        return self.state in INACTIVE_STATES
+
+    # ------------------------------------------------------------------ state
+
+    def _set_state(self, new: ServiceState) -> None:
+        old = self.state
+        # Timers and polls belong to the state that armed them; the _enter_ method arms the new ones.
+        self._disarm_timer()
+        self._disarm_poll()
+        self.state = new
+        if new in ACTIVE_STATES and old not in ACTIVE_STATES:
+            self._active_since = time.time()
+        elif new not in ACTIVE_STATES:
+            self._active_since = None
+        if new is not old:
+            self._publish(ev.ServiceStateChanged(old=str(old), new=str(new), result=str(self.result)))
+
+    def _set_result(self, result: ServiceResult) -> None:
+        # The first failure wins.
+        if self.result is R.SUCCESS:
+            self.result = result
+
+    def _reset_for_explicit_start(self) -> None:
+        self.result = R.SUCCESS
+        self._stop_requested = False
+        self._start_after_stop = False
+        self._start_limit.reset()
+        self._attempt = 0
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._disarm_timer()
+        self._generation += 1
+        generation = self._generation
+
+        def fire() -> None:
+            if generation == self._generation:
+                self._timer = None
+                callback()
+
+        self._timer = self._clock.call_at(self._clock.time() + delay, fire)
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._generation += 1
+
+    def _arm_poll(self) -> None:
+        if self._poll is None:
+            self._poll = self._clock.call_at(self._clock.time() + EMPTY_POLL_SEC, self._on_poll)
+
+    def _disarm_poll(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+
+    # ------------------------------------------------------------------ transitions
+
+    def _enter_start(self) -> None:
+        # Each run has its own result (as in systemd): the first failure wins within one run, and the
+        # previous run's ending stays visible in last_exit.
+        self.result = R.SUCCESS
+        if not self._start_limit.allow(self._clock.time()):
+            self._set_result(R.START_LIMIT_HIT)
+            self._open_incident(
+                f"start limit hit ({self.config.start_limit.burst} starts in "
+                f"{self.config.start_limit.interval_sec:g}s)"
+            )
+            self._enter_dead()
+            return
+        self.invocation = uuid.uuid4().hex
+        spec = SpawnSpec(
+            service=self.config,
+            invocation_id=self.invocation,
+            output=self._output,
+            unit_name=self.name,
+        )
+        try:
+            process = self._spawner.spawn(spec, self._on_exit)
+        except SpawnError as error:
+            self._set_result(R.RESOURCES)
+            self._open_incident(f"could not start: {error}")
+            self._publish(ev.ServiceSpawnFailed(result=str(R.RESOURCES), error=str(error)))
+            self._enter_dead()
+            return
+        self._process = process
+        self._main_alive = True
+        self._publish(ev.ServiceStarted(pid=process.pid, invocation=self.invocation, restarts=self.restarts))
+        match self.config.type:
+            case ServiceType.SIMPLE:
+                self._enter_running()
+            case ServiceType.NOTIFY:
+                self._set_state(S.START)
+                self._arm_timer(self.config.timeout_start_sec, self._on_start_timeout)
+            case ServiceType.ONESHOT:
+                self._set_state(S.START)
+
+    def _enter_running(self) -> None:
+        self._running_since = self._clock.time()
+        self._set_state(S.RUNNING)
+        self._arm_timer(self.stable_sec, self._on_stable)
+
+    def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:
+        """Signal the whole tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it."""
+        self._set_result(result)
+        scope = self._process.scope if self._process is not None else None
+        if scope is None:
+            self._enter_dead()
+            return
+        if state is S.STOP_SIGKILL:
+            count = scope.kill_all()
+            if count:
+                self._publish(
+                    ev.ServiceKilled(
+                        signal="SIGKILL",
+                        processes=count,
+                        reason=f"still running after {self.config.timeout_stop_sec:g}s",
+                    )
+                )
+        else:
+            sig = signal.SIGABRT if state is S.STOP_WATCHDOG else self.config.kill_signal
+            count = scope.signal_all(sig)
+            if count and sig not in (signal.SIGKILL, signal.SIGCONT):
+                # A stopped process only acts on the signal once it runs again (systemd does the same).
+                scope.signal_all(signal.SIGCONT)
+        if count == 0 and not self._main_alive:
+            self._enter_dead()
+            return
+        self._set_state(state)
+        timeout = SIGKILL_WAIT_SEC if state is S.STOP_SIGKILL else self.config.timeout_stop_sec
+        self._arm_timer(timeout, self._on_stop_timeout)
+        if not self._main_alive:
+            self._arm_poll()
+
+    def _enter_dead(self) -> None:
+        """Everything is gone: release the scope, then restart, or settle in dead or failed."""
+        if self._process is not None:
+            self._process.scope.release()
+            self._process = None
+        self._main_alive = False
+        self._running_since = None
+        if self._start_after_stop:
+            self._start_after_stop = False
+            self._reset_for_explicit_start()
+            self._enter_start()
+            return
+        restart, reason = shall_restart(self.config.restart, self.result, stop_requested=self._stop_requested)
+        if restart:
+            self._enter_auto_restart(reason)
+            return
+        if self.result is R.SUCCESS or self._stop_requested:
+            if self.result is not R.SUCCESS:
+                self._publish(ev.ServiceNotRestarted(reason=reason, result=str(self.result)))
+            self._finish(ev.ServiceStopped(result=str(self.result)), S.DEAD, "stopped")
+        else:
+            self._publish(ev.ServiceNotRestarted(reason=reason, result=str(self.result)))
+            self._finish(
+                ev.ServiceFailed(result=str(self.result), restarts=self.restarts), S.FAILED, "failed"
+            )
+
+    def _enter_auto_restart(self, reason: str) -> None:
+        delay = backoff_delay(
+            self._attempt, self.config.restart_sec, self.config.restart_max_delay_sec, self._rand
+        )
+        self._attempt += 1
+        self.restarts += 1
+        # Published before the delay starts, so every failure is visible even when it is transient.
+        self._publish(
+            ev.ServiceRestartScheduled(
+                delay_sec=round(delay, 6), reason=reason, restarts=self.restarts, result=str(self.result)
+            )
+        )
+        self._set_state(S.AUTO_RESTART)
+        self._arm_timer(delay, self._on_restart_due)
+
+    def _finish(self, record: ev.Event, state: ServiceState, outcome: str) -> None:
+        self._publish(record)
+        self._close_incident(outcome)
+        self._set_state(state)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_exit(self, status: ExitStatus) -> None:
+        """The main process ended (called once per start, from the event loop)."""
+        self._main_alive = False
+        self.last_exit = status
+        expected = self._stop_requested or self.state in STOPPING_STATES
+        result = result_from_exit(status)
+        if not expected and result is not R.SUCCESS:
+            self._open_incident(f"main process exited unexpectedly with {status.describe()}")
+        self._publish(
+            ev.ServiceExited(
+                pid=status.pid,
+                result=str(result),
+                exit_code=status.code,
+                signal=signal.Signals(status.signal).name if status.signal is not None else None,
+                expected=expected,
+                status=status.describe(),
+            )
+        )
+        match self.state:
+            case S.START | S.RUNNING:
+                # Whatever is left of the tree goes too (systemd's KillMode=control-group).
+                self._enter_signal(S.STOP_SIGTERM, result)
+            case _ if self.state in STOPPING_STATES:
+                if self._process is None or not self._process.scope.pids():
+                    self._enter_dead()
+                else:
+                    self._arm_poll()
+            case _:
+                raise AssertionError(f"main process exit in state {self.state}: no process should exist")
+
+    def _on_poll(self) -> None:
+        self._poll = None
+        if self.state not in STOPPING_STATES:
+            return  # explicit no-op: the state moved on
+        if self._process is None or not self._process.scope.pids():
+            self._enter_dead()
+        else:
+            self._arm_poll()
+
+    def _on_start_timeout(self) -> None:
+        assert self.state is S.START, self.state
+        self._open_incident(f"not ready within {self.config.timeout_start_sec:g}s")
+        self._enter_signal(S.STOP_SIGTERM, R.TIMEOUT)
+
+    def _on_stable(self) -> None:
+        assert self.state is S.RUNNING, self.state
+        self._attempt = 0
+        self._close_incident("resolved")
+
+    def _on_stop_timeout(self) -> None:
+        match self.state:
+            case S.STOP_SIGTERM | S.STOP_WATCHDOG:
+                self._set_result(R.TIMEOUT)
+                self._enter_signal(S.STOP_SIGKILL, R.TIMEOUT)
+            case S.STOP_SIGKILL:
+                # Processes that survive SIGKILL are stuck in the kernel; waiting longer changes nothing.
+                self._publish(
+                    ev.ServiceKilled(
+                        signal="SIGKILL",
+                        processes=len(self._leftover()),
+                        reason="processes survived SIGKILL; giving up on them",
+                    )
+                )
+                self._enter_dead()
+            case _:
+                raise AssertionError(f"stop timeout in state {self.state}")
+
+    def _on_restart_due(self) -> None:
+        assert self.state is S.AUTO_RESTART, self.state
+        self._enter_start()
+
+    def _leftover(self) -> set[int]:
+        return self._process.scope.pids() if self._process is not None else set()
+
+    # ------------------------------------------------------------------ records
+
+    def _open_incident(self, reason: str) -> None:
+        if self.incident is None:
+            self.incident = uuid.uuid4().hex[:12]
+            self._publish(ev.IncidentOpened(reason=reason))
+
+    def _close_incident(self, outcome: str) -> None:
+        if self.incident is not None:
+            self._publish(ev.IncidentClosed(outcome=outcome))
+            self.incident = None
+
+    def _publish(self, event: ev.Event) -> None:
+        # Every record of this service carries its name and the open incident.
+        self._bus.publish(dataclasses.replace(event, service=self.name, incident=self.incident))

@@ -1,0 +1,129 @@
+"""Fakes for the state machine's unit tests: a fake clock and a fake spawner (no OS effects)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hasupd.events import Event, EventBus
+from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Monotonic time that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._queue: list[tuple[float, int, FakeTimer, Callable[[], object]]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+        timer = FakeTimer()
+        heapq.heappush(self._queue, (when, next(self._seq), timer, callback))
+        return timer
+
+    def pending(self) -> list[float]:
+        return sorted(w for w, _, t, _ in self._queue if not t.cancelled)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, firing due timers in order."""
+        target = self.now + seconds
+        while self._queue and self._queue[0][0] <= target:
+            when, _, timer, callback = heapq.heappop(self._queue)
+            if timer.cancelled:
+                continue
+            self.now = max(self.now, when)
+            callback()
+        self.now = target
+
+
+@dataclass
+class FakeScope:
+    alive: set[int] = field(default_factory=set)
+    signals: list[int] = field(default_factory=list)
+    released: bool = False
+    # pids that ignore the stop signal and only die on SIGKILL
+    stubborn: set[int] = field(default_factory=set)
+
+    @property
+    def kind(self) -> str:
+        return "fake"
+
+    def pids(self) -> set[int]:
+        return set(self.alive)
+
+    def signal_all(self, sig: int) -> int:
+        self.signals.append(sig)
+        return len(self.alive)
+
+    def kill_all(self) -> int:
+        self.signals.append(signal.SIGKILL)
+        count = len(self.alive)
+        self.alive.clear()
+        return count
+
+    def release(self) -> None:
+        self.released = True
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    scope: FakeScope
+    on_exit: Callable[[ExitStatus], None]
+    spec: SpawnSpec
+
+    def send_signal(self, sig: int) -> None:
+        self.scope.signals.append(sig)
+
+    def exit(self, code: int | None = 0, sig: int | None = None, leave: set[int] | None = None) -> None:
+        """The main process ends; ``leave`` are other pids of the tree that stay alive."""
+        self.scope.alive.discard(self.pid)
+        if leave:
+            self.scope.alive |= leave
+        self.on_exit(ExitStatus(self.pid, code=None if sig else code, signal=sig))
+
+
+class FakeSpawner:
+    def __init__(self) -> None:
+        self.spawned: list[FakeProcess] = []
+        self.fail_with: str | None = None
+        self._pids = itertools.count(100)
+
+    def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> FakeProcess:
+        if self.fail_with is not None:
+            raise SpawnError(self.fail_with)
+        pid = next(self._pids)
+        proc = FakeProcess(pid=pid, scope=FakeScope(alive={pid}), on_exit=on_exit, spec=spec)
+        self.spawned.append(proc)
+        return proc
+
+    @property
+    def last(self) -> FakeProcess:
+        return self.spawned[-1]
+
+
+class Recorder:
+    def __init__(self, bus: EventBus) -> None:
+        self.events: list[Event] = []
+        bus.subscribe(self.events.append)
+
+    def names(self) -> list[str]:
+        return [e.NAME for e in self.events if e.NAME != "service.state"]
+
+    def of(self, cls: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, cls)]

@@ -1,0 +1,125 @@
+"""Small readers of /proc and signal loops, shared by containment and the reaper.
+
+Children are found through /proc/PID/task/TID/children where the kernel has CONFIG_PROC_CHILDREN;
+without it (this build machine) one pass over /proc/*/stat per lookup is the only way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+PR_SET_CHILD_SUBREAPER = 36
+KILL_BOUND_SEC = 1.0  # how long a SIGKILL loop keeps going before it gives up on stuck (D state) tasks
+_HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def make_subreaper() -> bool:
+    """Make this process a child subreaper (orphans of its descendants are re-parented to it).
+
+    Return False if the kernel refused.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+class Stat(NamedTuple):
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def stat(pid: int) -> Stat | None:
+    """Return the state fields of /proc/PID/stat, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may contain spaces and parentheses; the fields after the last ")" are fixed.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+
+
+def has_env(pid: int, entry: bytes) -> bool:
+    """Return True if the process started with ``entry`` ("KEY=VALUE") in its environment."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+
+
+class Children:
+    """Children of processes, from /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN) when the kernel
+    has them; without them one pass over /proc/*/stat per lookup set, since nothing else can tell."""
+
+    def __init__(self) -> None:
+        self._map: dict[int, list[int]] | None = None
+
+    def of(self, pid: int) -> list[int]:
+        if _HAVE_CHILDREN_FILES:
+            out: list[int] = []
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        out.extend(int(c) for c in f.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+            return out
+        if self._map is None:
+            self._map = {}
+            for name in os.listdir("/proc"):
+                if name.isdigit() and (st := stat(int(name))) is not None:
+                    self._map.setdefault(st.ppid, []).append(int(name))
+        return self._map.get(pid, [])
+
+
+def signal_each(pids: Iterable[int], sig: int) -> int:
+    n = 0
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def kill_loop(list_pids: Callable[[], set[int]]) -> int:
+    """SIGKILL what ``list_pids`` returns until it returns nothing (bounded); return how many were hit.
+
+    Repeats because a process may fork between the listing and the kill.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    while pids := list_pids():
+        signal_each(pids, signal.SIGKILL)
+        seen |= pids
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    return len(seen)
+
+
+def pids_with_env(entries: Iterable[bytes]) -> set[int]:
+    wanted = set(entries)
+    me = os.getpid()
+    out: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if wanted.intersection(f.read().split(b"\0")):
+                    st = stat(int(name))
+                    if st is not None and st.state != "Z":
+                        out.add(int(name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return out

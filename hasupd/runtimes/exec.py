@@ -1,0 +1,371 @@
+"""Plain programs as main processes: ``ExecSpawner`` implements ``hasupd.runtimes.base.Spawner``.
+
+A child starts with a clean environment, stdin on /dev/null, in its own session, already inside its
+scope's cgroup (it writes "0" into cgroup.procs between fork and exec, so it cannot fork outside),
+with ``pass_fds`` at 3, 4, ... in the given order. Its exit is learned from a pidfd on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import grp
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack, suppress
+from pathlib import Path
+
+from hasupd.containment import Containment, Reaper, ScopeImpl
+from hasupd.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
+from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.runtimes.envfile import load_environment_files
+from hasupd.states import OutputMode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_FROM_HASUPD = ("LANG", "LC_ALL", "TZ")
+_ExecArgs = tuple[str, list[str], dict[str, str]]
+
+
+class ExecProcess:
+    """A started main process; satisfies ``hasupd.runtimes.base.Process``."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], scope: ScopeImpl, pidfd: int, output: Output) -> None:
+        self._popen = popen
+        self._scope = scope
+        self._pidfd = pidfd
+        self._output = output
+        self.exit_status: ExitStatus | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def scope(self) -> ScopeImpl:
+        return self._scope
+
+    @property
+    def output_mode(self) -> OutputMode:
+        """The output in effect: file when journal was asked for but journald was not reachable."""
+        return self._output.mode
+
+    @property
+    def output_note(self) -> str | None:
+        """Why ``output_mode`` differs from the mode asked for (for the caller to log), or None."""
+        return self._output.note
+
+    def send_signal(self, sig: int) -> None:
+        """Signal only the main process; nothing happens if it is already gone.
+
+        Goes through the pidfd, so a recycled pid can never be hit.
+        """
+        if self._pidfd < 0:
+            return
+        with suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, sig)
+
+    async def wait_output_closed(self) -> None:
+        """Return once the output pipe reached EOF and all of it is in the log file (file mode only)."""
+        if self._output.drain is not None:
+            await self._output.drain.wait_closed()
+
+    def _reaped(self, status: ExitStatus) -> None:
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self.exit_status = status
+        # Popen's own convention, so that it neither warns nor waits again when it is collected.
+        self._popen.returncode = -status.signal if status.signal is not None else status.code
+        self._scope.detach()
+
+
+class ExecSpawner:
+    """Starts plain programs. One per daemon, used from the event loop thread only."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        containment: Containment,
+        reaper: Reaper,
+        state_dir: Path,
+        journal_socket_dir: Path = DEFAULT_JOURNAL_DIR,
+        *,
+        log_max_bytes: int = DEFAULT_MAX_BYTES,
+        log_keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self._loop = loop
+        self._containment = containment
+        self._reaper = reaper
+        self._outputs = LogFiles(loop, state_dir / "logs", journal_socket_dir, log_max_bytes, log_keep)
+        self._running: dict[int, ExecProcess] = {}
+
+    def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
+        """Start the program and return at once; ``on_exit`` is called once from the loop after the
+        main process was reaped.
+
+        Raise SpawnError ("cannot start UNIT: ...") if it could not be started; then nothing is left
+        running and no fd or cgroup is left behind.
+        """
+        unit = spec.unit_name or spec.service.name
+        try:
+            return self._spawn(spec, unit, on_exit)
+        except SpawnError as e:
+            raise SpawnError(f"cannot start {unit}: {e}") from e
+
+    def close(self) -> None:
+        """Stop watching (hasupd exits): drop exit watchers, stop output drains. Kills nothing."""
+        for proc in list(self._running.values()):
+            self._loop.remove_reader(proc._pidfd)
+            self._reaper.untrack(proc.pid)
+            os.close(proc._pidfd)
+            proc._pidfd = -1
+        self._running.clear()
+        self._outputs.close()
+
+    def _spawn(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
+        service = spec.service
+        argv = list(spec.argv if spec.argv is not None else service.command)
+        if not argv:
+            raise SpawnError("no command to run")
+        uid, gid, groups, user_env = _identity(service.user, service.group)
+        cwd = service.working_directory or "/"
+        if not os.path.isdir(cwd):
+            raise SpawnError(f"working directory {cwd} does not exist")
+        base = {"PATH": DEFAULT_PATH}
+        base.update({k: os.environ[k] for k in _FROM_HASUPD if k in os.environ})
+        base.update(user_env)
+        base["INVOCATION_ID"] = spec.invocation_id
+        layers = [
+            load_environment_files(service.environment_files),
+            dict(service.environment),
+            spec.extra_env,
+        ]
+        exe = _resolve(argv[0], cwd, _merge(base, layers)["PATH"])
+
+        with ExitStack() as always, ExitStack() as on_failure:
+            scope = self._containment.scope(unit, spec.invocation_id)
+            on_failure.callback(scope.release)
+            output = self._outputs.open(spec.output, unit)
+            always.callback(output.close_child_ends)
+            if output.drain is not None:
+                on_failure.callback(output.drain.close)
+            procs_fd = scope.open_procs_fd()
+            if procs_fd is not None:
+                always.callback(os.close, procs_fd)
+            fillers, copies = _lift_fds(spec.pass_fds)
+            for fd in fillers + copies:
+                always.callback(os.close, fd)
+            env = _merge({**base, **output.env}, layers)
+            exec_args = (exe, argv, env) if "LISTEN_FDS" in env else None
+            popen = _popen(
+                argv,
+                exe=exe,
+                cwd=cwd,
+                env=env,
+                output=output,
+                uid=uid,
+                gid=gid,
+                groups=groups,
+                procs_fd=procs_fd,
+                copies=copies,
+                exec_args=exec_args,
+            )
+            self._reaper.track(popen.pid)  # before the loop can run a SIGCHLD callback
+            scope.attach(popen.pid)
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError as e:  # EMFILE: do not leave an unwatched process behind
+                scope.kill_all()
+                popen.kill()
+                popen.wait()
+                self._reaper.untrack(popen.pid)
+                raise SpawnError(f"cannot watch the process: {e.strerror}") from e
+            on_failure.pop_all()
+        proc = ExecProcess(popen, scope, pidfd, output)
+        self._running[proc.pid] = proc
+        self._loop.add_reader(pidfd, self._on_pidfd, proc, on_exit)
+        return proc
+
+    def _on_pidfd(self, proc: ExecProcess, on_exit: Callable[[ExitStatus], None]) -> None:
+        self._loop.remove_reader(proc._pidfd)
+        try:
+            _, raw = os.waitpid(proc.pid, 0)  # a readable pidfd means it already exited
+            status = ExitStatus.from_wait_status(proc.pid, raw)
+        except ChildProcessError:
+            # Someone else reaped a tracked pid: a bug elsewhere. Report as asyncio does.
+            log.warning("pid %d was reaped by someone else; its exit status is lost", proc.pid)
+            status = ExitStatus(proc.pid, code=255)
+        proc._reaped(status)
+        self._reaper.untrack(proc.pid)
+        self._running.pop(proc.pid, None)
+        on_exit(status)
+
+
+def _merge(base: Mapping[str, str], layers: list[Mapping[str, str]]) -> dict[str, str]:
+    env = dict(base)
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+def _identity(
+    user: str | None, group: str | None
+) -> tuple[int | None, int | None, list[int] | None, dict[str, str]]:
+    """Return (uid, gid, supplementary groups) to switch to (None: keep hasupd's) and the user's
+    USER/LOGNAME/HOME/SHELL. Raise SpawnError for an unknown user or group, or a switch we may not do."""
+    root = os.geteuid() == 0
+    gid = _gid(group) if group else None
+    if user:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise SpawnError(f"user {user!r} does not exist") from None
+        gid = pw.pw_gid if gid is None else gid
+        env = {"USER": pw.pw_name, "LOGNAME": pw.pw_name, "HOME": pw.pw_dir, "SHELL": pw.pw_shell}
+        if root:
+            return pw.pw_uid, gid, os.getgrouplist(pw.pw_name, gid), env
+        if pw.pw_uid == os.geteuid() and gid == os.getegid():
+            return None, None, None, env
+        raise SpawnError(f"cannot run as user {user!r}: hasupd is not running as root")
+    if gid is not None and not root and gid != os.getegid():
+        raise SpawnError(f"cannot run as group {group!r}: hasupd is not running as root")
+    try:
+        pw = pwd.getpwuid(os.geteuid())
+    except KeyError:  # a uid without a passwd entry (containers): no USER/HOME then
+        return None, gid if root else None, None, {}
+    env = {"USER": pw.pw_name, "LOGNAME": pw.pw_name, "HOME": pw.pw_dir, "SHELL": pw.pw_shell}
+    return None, gid if root else None, None, env
+
+
+def _gid(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SpawnError(f"group {group!r} does not exist") from None
+
+
+def _resolve(cmd: str, cwd: str, path: str) -> str:
+    """Return the file that will be executed for ``cmd``. Raise SpawnError if there is none."""
+    if "/" in cmd:
+        full = os.path.join(cwd, cmd)
+        if not os.path.exists(full):
+            raise SpawnError(f"{full} does not exist")
+    else:
+        found = shutil.which(cmd, path=path)
+        if found is None:
+            raise SpawnError(f"command {cmd!r} was not found in PATH={path}")
+        full = found
+    if os.path.isdir(full) or not os.access(full, os.X_OK):
+        raise SpawnError(f"{full} is not an executable file")
+    return full
+
+
+def _lift_fds(fds: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Prepare ``fds`` to be dup2'ed onto 3, 4, ... in the child; return (fillers, copies).
+
+    The copies sit at or above 3+n, so the child's dup2 onto 3..3+n-1 cannot clobber a source.
+    The fillers take every free fd below 3+n for the duration of the fork, so that subprocess's own
+    exec-error pipe (and everything else opened meanwhile) also lands above the range.
+    Raise SpawnError if one of ``fds`` is not open.
+    """
+    if not fds:
+        return [], []
+    top = 3 + len(fds)
+    fillers: list[int] = []
+    copies: list[int] = []
+    try:
+        while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < top:
+            fillers.append(fd)
+        os.close(fd)
+        for fd in fds:
+            copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top))
+    except OSError as e:
+        for held in fillers + copies:
+            os.close(held)
+        raise SpawnError(f"cannot pass fd {fd}: {e.strerror}") from e
+    return fillers, copies
+
+
+def _preexec(
+    procs_fd: int | None, copies: list[int], exec_args: _ExecArgs | None
+) -> Callable[[], None] | None:
+    """Return what the child runs between fork and exec (after subprocess switched user), or None.
+
+    The cgroup write works after the user switch because the kernel checks the credentials the
+    parent opened cgroup.procs with. With LISTEN_FDS the child must also learn its own pid
+    (LISTEN_PID), which only it knows: then it marks every other fd close-on-exec (subprocess's
+    error pipe included, so the parent still learns of exec) and execs itself.
+    """
+    if procs_fd is None and not copies and exec_args is None:
+        return None  # lets subprocess use vfork
+    top = 3 + len(copies)
+
+    def run() -> None:
+        if procs_fd is not None:
+            os.write(procs_fd, b"0")
+        for i, fd in enumerate(copies):
+            os.dup2(fd, 3 + i)
+        if exec_args is not None:
+            exe, argv, env = exec_args
+            for name in os.listdir("/proc/self/fd"):
+                # OSError: the directory fd that listdir used is closed by now.
+                with suppress(OSError):
+                    if int(name) >= top:
+                        fcntl.fcntl(int(name), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+            env["LISTEN_PID"] = str(os.getpid())
+            os.execve(exe, argv, env)
+
+    return run
+
+
+def _popen(
+    argv: list[str],
+    *,
+    exe: str,
+    cwd: str,
+    env: dict[str, str],
+    output: Output,
+    uid: int | None,
+    gid: int | None,
+    groups: list[int] | None,
+    procs_fd: int | None,
+    copies: list[int],
+    exec_args: _ExecArgs | None,
+) -> subprocess.Popen[bytes]:
+    """Fork and exec; raise SpawnError with the reason if exec (or anything before it) failed."""
+    try:
+        return subprocess.Popen(
+            argv,
+            executable=exe,
+            stdin=subprocess.DEVNULL,
+            stdout=output.stdout,
+            stderr=output.stderr,
+            cwd=cwd,
+            env=env,
+            close_fds=True,
+            pass_fds=tuple(range(3, 3 + len(copies))),
+            start_new_session=True,
+            # Unsafe with threads in general; ours only writes, dup2s and (with LISTEN_FDS) execs,
+            # none of which takes a lock another thread could hold.
+            preexec_fn=_preexec(procs_fd, copies, exec_args),  # noqa: PLW1509
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+    except FileNotFoundError as e:
+        what = f"working directory {cwd}" if e.filename == cwd else exe
+        raise SpawnError(f"{what} does not exist") from e
+    except PermissionError as e:
+        if e.filename == cwd:  # chdir, setgroups, setgid or setuid: all happen before exec
+            raise SpawnError(f"cannot enter {cwd} or switch to the service's user: {e.strerror}") from e
+        raise SpawnError(f"permission denied executing {exe}") from e
+    except OSError as e:
+        raise SpawnError(f"cannot execute {exe}: {e.strerror}") from e
+    except subprocess.SubprocessError as e:
+        raise SpawnError(f"the child failed before exec (cgroup placement or fd hand-off): {e}") from e

@@ -1,0 +1,190 @@
+"""The daemon: wires config, records, containment, the manager and systemd together under one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from hasupd import __version__
+from hasupd import events as ev
+from hasupd.config.issues import ConfigError, ConfigIssue
+from hasupd.config.load import load_config
+from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
+from hasupd.config.validate import unsupported_features
+from hasupd.containment import Containment, Reaper
+from hasupd.logs import log_events, setup_logging
+from hasupd.manager import Manager
+from hasupd.output import journal_available
+from hasupd.runtimes.exec import ExecSpawner
+from hasupd.states import OutputMode
+from hasupd.systemd import SystemdNotifier
+
+
+@dataclass(frozen=True)
+class Options:
+    config_dir: Path
+    state_dir: Path | None = None
+    runtime_dir: Path | None = None
+    log_format: LogFormat | None = None
+    log_target: LogTarget | None = None
+    force_fallback_containment: bool = False
+
+
+def containment_name(runtime_dir: Path) -> str:
+    """Return the name of hasupd's cgroup: "hasupd" for the default runtime dir, else one per runtime dir.
+
+    Two hasupd instances with different runtime dirs (tests, a user's own) never touch each other's
+    services, even when one cleans up what it believes an earlier run of itself left behind.
+    """
+    if runtime_dir == Path(DEFAULT_RUNTIME_DIR):
+        return "hasupd"
+    digest = hashlib.sha256(str(runtime_dir.resolve()).encode()).hexdigest()[:10]
+    return f"hasupd-{digest}"
+
+
+class LoopClock:
+    """The event loop as the state machine's Clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        return self._loop.call_at(when, callback)
+
+
+def read_config(options: Options) -> Config:
+    """Load and validate the config, with the directories given on the command line applied.
+
+    Raise ConfigError with every problem, including features this build does not support yet.
+    """
+    config = load_config(options.config_dir)
+    problems = unsupported_features(config)
+    if problems:
+        raise ConfigError(ConfigIssue(source, 1, 1, "", message) for source, message in problems)
+    daemon = config.daemon
+    if options.state_dir is not None:
+        daemon = replace(daemon, state_dir=str(options.state_dir))
+    if options.runtime_dir is not None:
+        daemon = replace(daemon, runtime_dir=str(options.runtime_dir))
+    return replace(config, daemon=daemon)
+
+
+class Daemon:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.bus = ev.EventBus()
+        self.notifier = SystemdNotifier()
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._status_pending = False
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    async def run(self, config: Config) -> int:
+        """Supervise until SIGTERM or SIGINT; return the exit code."""
+        loop = asyncio.get_running_loop()
+        log_cfg = config.daemon.log
+        logger = setup_logging(
+            self.options.log_target or log_cfg.target, self.options.log_format or log_cfg.format
+        )
+        log_events(self.bus, logger)
+        state_dir = Path(config.daemon.state_dir)
+        runtime_dir = Path(config.daemon.runtime_dir)
+        for folder in (state_dir, runtime_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+        containment = Containment.detect(
+            base_name=containment_name(runtime_dir),
+            force_fallback=self.options.force_fallback_containment,
+            runtime_dir=runtime_dir,
+        )
+        containment.cleanup_stale()
+        reaper = Reaper(loop)
+        spawner = ExecSpawner(loop, containment, reaper, state_dir)
+        default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
+        self.bus.publish(
+            ev.DaemonStarted(
+                version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
+            )
+        )
+        manager = Manager(
+            config, spawner=spawner, clock=LoopClock(loop), bus=self.bus, default_output=default_output
+        )
+        self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for sig, reason in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+                    loop.add_signal_handler(sig, self.request_stop, reason)
+                loop.add_signal_handler(signal.SIGHUP, lambda: tasks.create_task(self.reload(manager)))
+                pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
+                manager.start_all()
+                self.bus.publish(ev.DaemonReady(services=len(manager.services)))
+                self.notifier.ready(manager.summary())
+                await self._stop.wait()
+                self.bus.publish(ev.DaemonStopping(reason=self._stop_reason))
+                self.notifier.stopping()
+                await manager.stop_all("hasupd is stopping")
+                pinger.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            spawner.close()
+            containment.close()
+            reaper.close()
+            self.notifier.close()
+        self.bus.publish(ev.DaemonStopped())
+        return 0
+
+    async def reload(self, manager: Manager) -> None:
+        """Re-read the config; apply it if valid, else report every error and keep the running one."""
+        self.notifier.reloading()
+        try:
+            config = read_config(self.options)
+        except ConfigError as error:
+            self.bus.publish(ev.ConfigInvalid(errors=tuple(str(i) for i in error.issues)))
+        else:
+            await manager.apply(config)
+        self.notifier.ready(manager.summary())
+
+    def _schedule_status(self, loop: asyncio.AbstractEventLoop, manager: Manager, event: ev.Event) -> None:
+        # One STATUS= per burst of state changes, not one per change.
+        if isinstance(event, ev.ServiceStateChanged) and not self._status_pending:
+            self._status_pending = True
+
+            def send() -> None:
+                self._status_pending = False
+                self.notifier.status(manager.summary())
+
+            loop.call_soon(send)
+
+
+def run(options: Options) -> int:
+    """Run the daemon in the foreground; return the process exit code."""
+    try:
+        config = read_config(options)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    daemon = Daemon(options)
+    return asyncio.run(daemon.run(config))
+
+
+def check_config(options: Options) -> int:
+    """Validate the configuration: exit code 0 quietly, or 1 with every error on stderr."""
+    try:
+        read_config(options)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,96 @@
+"""hasupd's own sd_notify towards systemd: READY, RELOADING, STOPPING, STATUS and watchdog pings.
+
+Pings come from a task on the event loop, and only while the loop answers promptly: a loop that is
+blocked or badly late sends nothing, so systemd's watchdog catches a hung hasupd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+
+from hasupd import events as ev
+
+# Variables systemd gives hasupd that must never reach a supervised child.
+SYSTEMD_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+)
+
+
+class SystemdNotifier:
+    """Talks to the service manager that started hasupd, if any; every method is a no-op otherwise."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        address = environ.get("NOTIFY_SOCKET", "")
+        # "@name" is an abstract socket (a leading NUL byte on the wire).
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self.enabled = bool(address)
+        self._sock = (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if self.enabled else None
+        )
+        self.watchdog_interval: float | None = None
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        if self.enabled and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            # Ping at half the deadline, as sd_watchdog_enabled(3) recommends.
+            self.watchdog_interval = int(usec) / 1e6 / 2
+        self._last_status = ""
+
+    def send(self, *lines: str) -> None:
+        """Send one datagram with ``lines`` (e.g. "READY=1", "STATUS=..."); no-op without systemd.
+
+        A manager that went away is not hasupd's failure: the datagram is dropped.
+        """
+        if self._sock is not None:
+            with contextlib.suppress(ConnectionRefusedError, FileNotFoundError):
+                self._sock.sendto("\n".join(lines).encode(), self._address)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def reloading(self) -> None:
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1", "STATUS=stopping services")
+
+    def status(self, text: str) -> None:
+        """Send ``STATUS=text`` unless it is what systemd already shows."""
+        if text != self._last_status:
+            self._last_status = text
+            self.send(f"STATUS={text}")
+
+    async def run_watchdog(self, publish: Callable[[ev.Event], None]) -> None:
+        """Ping ``WATCHDOG=1`` every half deadline while the loop is prompt; runs until cancelled."""
+        interval = self.watchdog_interval
+        if interval is None:
+            return
+        loop = asyncio.get_running_loop()
+        # A wake-up later than this means the loop was stuck; that ping is withheld.
+        tolerance = max(interval / 2, 0.05)
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            lag = loop.time() - due
+            if lag > tolerance:
+                publish(ev.WatchdogLate(lag_sec=round(lag, 3)))
+                continue
+            self.send("WATCHDOG=1")

@@ -1,0 +1,132 @@
+"""hasupd towards systemd: a test NOTIFY_SOCKET stands in for systemd's."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hasupd import events as ev
+from hasupd.systemd import SystemdNotifier
+from tests.integration.harness import Hasupd, write_config
+
+
+class NotifyListener:
+    """A datagram socket collecting sd_notify messages with their arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._done = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[str]:
+        return [line for _, m in self.messages for line in m.split("\n")]
+
+    def wait_for(self, line_prefix: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(line_prefix) for line in self.lines()):
+                return
+            time.sleep(0.02)
+        pytest.fail(f"no {line_prefix!r} in {self.lines()}")
+
+    def close(self) -> None:
+        self._done = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    lst = NotifyListener(tmp_path / "notify.sock")
+    yield lst
+    lst.close()
+
+
+def test_ready_status_watchdog_and_stopping(
+    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifyListener
+) -> None:
+    config = write_config(tmp_path / "etc", {"a": {"command": ["/bin/sleep", "1000"]}})
+    d = hasupd(config, env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000"})
+    listener.wait_for("READY=1")
+    assert any(line.startswith("STATUS=") and "running" in line for line in listener.lines())
+    time.sleep(1.0)
+    pings = [t for t, m in listener.messages if "WATCHDOG=1" in m.split("\n")]
+    assert len(pings) >= 7, pings  # every 100 ms
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 0.2
+    assert d.stop() == 0
+    listener.wait_for("STOPPING=1")
+
+
+async def test_pings_stop_while_the_loop_is_blocked(listener: NotifyListener) -> None:
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "100000"})
+    late: list[ev.Event] = []
+    task = asyncio.create_task(notifier.run_watchdog(late.append))
+    await asyncio.sleep(0.5)
+    before = len(listener.messages)
+    assert before >= 6
+    blocked_at = time.monotonic()
+    time.sleep(0.6)  # the event loop is blocked: nothing may be sent meanwhile
+    unblocked_at = time.monotonic()
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    notifier.close()
+    during = [t for t, _ in listener.messages if blocked_at < t < unblocked_at]
+    assert during == []
+    assert late and isinstance(late[0], ev.WatchdogLate)  # the stall is recorded
+    assert len(listener.messages) > before  # and pings resume once it answers again
+
+
+def test_notify_socket_is_not_inherited_by_children(
+    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifyListener
+) -> None:
+    out = tmp_path / "env"
+    config = write_config(
+        tmp_path / "etc",
+        {
+            "a": {"command": ["/bin/sh", "-c", f"env > {out}; sleep 1000"]},
+        },
+    )
+    d = hasupd(
+        config,
+        env={
+            "NOTIFY_SOCKET": str(listener.path),
+            "WATCHDOG_USEC": "2000000",
+            "WATCHDOG_PID": str(os.getpid()),
+            "LISTEN_FDS": "1",
+            "INVOCATION_ID": "x" * 32,
+        },
+    )
+    d.wait_for("service.started", service="a")
+    deadline = time.monotonic() + 5
+    while not out.exists() or (not out.read_text() and time.monotonic() < deadline):
+        time.sleep(0.02)
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"):
+        assert name not in env
+    assert env["INVOCATION_ID"] != "x" * 32
+    assert d.stop() == 0

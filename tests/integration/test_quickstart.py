@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from tests.integration.harness import REPO, require_root
-from tests.integration.users import temp_user
+from tests.integration.users import temp_user, world_dir
 
 
-def test_demo_runs_from_a_fresh_clone_as_a_normal_user(tmp_path: Path) -> None:
+def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
     require_root()  # to create the normal user it runs as
     assert shutil.which("git"), "git is needed to clone the repository"
-    with temp_user() as user:
-        clone = tmp_path / "clone"
+    with world_dir() as home, temp_user() as user:
+        clone = home / "clone"
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(tmp_path)], check=True)
-        tmp_path.chmod(0o755)
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
         demo = subprocess.Popen(
-            ["runuser", "-u", user.pw_name, "--", "env", "HOME=" + str(tmp_path), "./scripts/demo"],
+            ["runuser", "-u", user.pw_name, "--", "env", "HOME=" + str(home), "./scripts/demo"],
             cwd=clone,
+            start_new_session=True,  # its own terminal-like process group, for the Ctrl-C below
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -41,7 +41,7 @@ def test_demo_runs_from_a_fresh_clone_as_a_normal_user(tmp_path: Path) -> None:
             if ready_at is None and "hasupd ready" in line:
                 ready_at = time.monotonic()
                 deadline = ready_at + 9
-        demo.send_signal(signal.SIGINT)
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C does
         rest, _ = demo.communicate(timeout=30)
         lines += rest.splitlines()
         text = "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import signal
 import sys
@@ -12,11 +13,16 @@ from pathlib import Path
 
 from hasupd import __version__
 from hasupd import events as ev
+from hasupd.config.diff import Plan
 from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.load import load_config
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.config.validate import unsupported_features
+from hasupd.config_watch import ConfigWatch
 from hasupd.containment import Containment, Reaper
+from hasupd.control.handlers import CommandError, Context
+from hasupd.control.protocol import Exit
+from hasupd.control.server import ControlServer
 from hasupd.logs import log_events, setup_logging
 from hasupd.manager import Manager
 from hasupd.output import journal_available
@@ -33,6 +39,7 @@ class Options:
     log_format: LogFormat | None = None
     log_target: LogTarget | None = None
     force_fallback_containment: bool = False
+    no_watch: bool = False
 
 
 def containment_name(runtime_dir: Path) -> str:
@@ -85,6 +92,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._status_pending = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self.manager: Manager | None = None
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
@@ -100,8 +109,10 @@ class Daemon:
         log_events(self.bus, logger)
         state_dir = Path(config.daemon.state_dir)
         runtime_dir = Path(config.daemon.runtime_dir)
-        for folder in (state_dir, runtime_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # Traversable by everyone: services reach their notify sockets here; the control socket itself
+        # is 0660.
+        runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
         containment = Containment.detect(
             base_name=containment_name(runtime_dir),
@@ -120,13 +131,30 @@ class Daemon:
         manager = Manager(
             config, spawner=spawner, clock=LoopClock(loop), bus=self.bus, default_output=default_output
         )
+        self.manager = manager
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
+        watch = (
+            None
+            if self.options.no_watch
+            else ConfigWatch(self.options.config_dir, loop, self._on_config_change)
+        )
 
         try:
             async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                control = ControlServer(
+                    runtime_dir / "control.sock",
+                    Context(manager=manager, reloader=self),
+                    access=lambda: manager.config.daemon.access,
+                    publish=self.bus.publish,
+                    spawn=tasks.create_task,
+                )
+                await control.start()
                 for sig, reason in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
                     loop.add_signal_handler(sig, self.request_stop, reason)
-                loop.add_signal_handler(signal.SIGHUP, lambda: tasks.create_task(self.reload(manager)))
+                loop.add_signal_handler(signal.SIGHUP, self._on_config_change)
+                if watch is not None:
+                    watch.start()
                 pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
@@ -134,11 +162,17 @@ class Daemon:
                 await self._stop.wait()
                 self.bus.publish(ev.DaemonStopping(reason=self._stop_reason))
                 self.notifier.stopping()
+                if watch is not None:
+                    watch.stop()
+                    watch = None
+                await control.close()
                 await manager.stop_all("hasupd is stopping")
                 pinger.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if watch is not None:
+                watch.stop()
             spawner.close()
             containment.close()
             reaper.close()
@@ -146,16 +180,36 @@ class Daemon:
         self.bus.publish(ev.DaemonStopped())
         return 0
 
-    async def reload(self, manager: Manager) -> None:
-        """Re-read the config; apply it if valid, else report every error and keep the running one."""
-        self.notifier.reloading()
+    def _on_config_change(self) -> None:
+        """SIGHUP or a file change: reload in the background (reloads queue up, never overlap)."""
+        if self._tasks is not None and not self._stop.is_set():
+            self._tasks.create_task(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(CommandError):  # already recorded as config.invalid
+            await self.reload_plan(dry_run=False)
+
+    async def reload_plan(self, dry_run: bool) -> Plan:
+        """Re-read the config and return the plan; apply it unless ``dry_run``.
+
+        Raise CommandError (after recording config.invalid) if the config is invalid: nothing changes.
+        """
+        assert self.manager is not None
         try:
             config = read_config(self.options)
         except ConfigError as error:
             self.bus.publish(ev.ConfigInvalid(errors=tuple(str(i) for i in error.issues)))
-        else:
-            await manager.apply(config)
-        self.notifier.ready(manager.summary())
+            raise CommandError(
+                Exit.FAILED, "configuration invalid, nothing changed:\n" + str(error)
+            ) from None
+        if dry_run:
+            return self.manager.plan(config)
+        self.notifier.reloading()
+        try:
+            plan = await self.manager.apply(config)
+        finally:
+            self.notifier.ready(self.manager.summary())
+        return plan
 
     def _schedule_status(self, loop: asyncio.AbstractEventLoop, manager: Manager, event: ev.Event) -> None:
         # One STATUS= per burst of state changes, not one per change.

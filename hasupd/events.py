@@ -40,6 +40,10 @@ class Event:
         """Return one human sentence describing the event."""
         return self.NAME
 
+    def level(self) -> int:
+        """Return the logging level of this record (most events have a fixed one)."""
+        return self.LEVEL
+
 
 # --------------------------------------------------------------------------- daemon
 
@@ -254,6 +258,29 @@ class IncidentClosed(Event):
 
     def message(self) -> str:
         return f"{self.service}: incident {self.incident} closed: {self.outcome}"
+
+
+# --------------------------------------------------------------------------- control
+
+
+@dataclass(frozen=True, kw_only=True)
+class Audit(Event):
+    """A state-changing control request, or any refused one: who asked, what, and what came of it."""
+
+    NAME = "audit"
+    uid: int
+    user: str
+    pid: int
+    cmdline: str
+    request: str
+    outcome: str  # "ok", "refused: ...", "failed: ..."
+    role: str | None = None
+
+    def message(self) -> str:
+        return f"{self.user} (uid {self.uid}, pid {self.pid}) ran {self.request!r}: {self.outcome}"
+
+    def level(self) -> int:
+        return logging.INFO if self.outcome == "ok" else logging.WARNING
 
 
 # --------------------------------------------------------------------------- the bus

@@ -138,7 +138,8 @@ def log_events(bus: EventBus, logger: logging.Logger) -> None:
     """Write every event published on ``bus`` as a record through ``logger``."""
 
     def write(event: Event) -> None:
-        if logger.isEnabledFor(event.LEVEL):
-            logger.log(event.LEVEL, event.message(), extra={_TAG_ATTR: event.tags()})
+        level = event.level()
+        if logger.isEnabledFor(level):
+            logger.log(level, event.message(), extra={_TAG_ATTR: event.tags()})
 
     bus.subscribe(write)

@@ -82,6 +82,10 @@ class Manager:
         else:
             self._pending.add(name)
 
+    def is_pending(self, name: str) -> bool:
+        """Return True if ``name`` should run but waits for its dependencies."""
+        return name in self._pending
+
     def stop(self, name: str, reason: str = "stop requested") -> None:
         """Stop one service. Raise KeyError if unknown."""
         self._pending.discard(name)
@@ -155,6 +159,10 @@ class Manager:
 
     # ------------------------------------------------------------------ reload
 
+    def plan(self, new: Config) -> Plan:
+        """Return what applying ``new`` would do, changing nothing."""
+        return plan_reload(self.config, new)
+
     async def apply(self, new: Config) -> Plan:
         """Turn the running services into those of ``new``: only what changed is touched."""
         async with self._reload_lock:
@@ -163,6 +171,8 @@ class Manager:
             await self.stop_many(gone, "configuration changed")
             for name in plan.removed:
                 del self.services[name]
+            for config in plan.updated:
+                self.services[config.name].update_config(config)
             self.config = new
             for config in (*plan.changed, *plan.added):
                 self._add(config)
@@ -172,7 +182,7 @@ class Manager:
                 ev.ConfigApplied(
                     added=tuple(s.name for s in plan.added),
                     removed=plan.removed,
-                    changed=tuple(s.name for s in plan.changed),
+                    changed=tuple(s.name for s in (*plan.changed, *plan.updated)),
                     unchanged=len(plan.unchanged),
                 )
             )

@@ -185,6 +185,12 @@ class Service:
             self._attempt = 0
             self._set_state(S.DEAD)
 
+    def update_config(self, config: ServiceConfig) -> None:
+        """Take a new config whose differences do not touch the running process (see config.diff)."""
+        self.config = config
+        self._start_limit.burst = config.start_limit.burst
+        self._start_limit.interval = config.start_limit.interval_sec
+
     @property
     def is_inactive(self) -> bool:
         """True when nothing of the service runs and nothing is scheduled."""

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="contain services with process groups even where a cgroup could be used",
     )
+    run.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="reload only on SIGHUP or hasupctl reload, not on file changes",
+    )
 
     check = sub.add_parser("check-config", help="validate the configuration; print every error")
     common(check)
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         log_format=LogFormat(args.log_format) if getattr(args, "log_format", None) else None,
         log_target=LogTarget(args.log_target) if getattr(args, "log_target", None) else None,
         force_fallback_containment=getattr(args, "no_cgroup", False),
+        no_watch=getattr(args, "no_watch", False),
     )
     if args.command == "check-config":
         return daemon.check_config(options)

@@ -220,6 +220,9 @@ class AccessConfig:
     read: tuple[str, ...] = ("hasupd",)
     operate: tuple[str, ...] = ("hasupd-operators",)
     admin: tuple[str, ...] = ("hasupd-admin",)
+    # The control socket is 0660 with this group (when it exists): only its members reach hasupd at all;
+    # their roles then decide what they may do.
+    socket_group: str = "hasupd"
 
 
 @dataclass(frozen=True)

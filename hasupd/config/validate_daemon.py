@@ -145,7 +145,10 @@ DAEMON_FIELDS: dict[str, Converter] = {
     "runtime_dir": to_abs_path,
     "log": record(LogConfig, {"target": to_enum(LogTarget), "format": to_enum(LogFormat)}),
     "metrics": record(MetricsConfig, {"listen": to_listen(unix=False)}),
-    "access": record(AccessConfig, {"read": _GROUPS, "operate": _GROUPS, "admin": _GROUPS}),
+    "access": record(
+        AccessConfig,
+        {"read": _GROUPS, "operate": _GROUPS, "admin": _GROUPS, "socket_group": to_nonempty_str},
+    ),
     "alerts": _CHANNELS,
     "backups": _to_backups,
 }

@@ -61,7 +61,10 @@ class Hasupd:
         *,
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
+        runtime_dir: Path | None = None,
     ) -> None:
+        self.runtime_dir = runtime_dir or work / "run"
+        self.socket = self.runtime_dir / "control.sock"
         self.records: list[Record] = []
         self.lines: list[str] = []
         self._lock = threading.Condition()
@@ -75,7 +78,7 @@ class Hasupd:
             "--state-dir",
             str(work / "state"),
             "--runtime-dir",
-            str(work / "run"),
+            str(self.runtime_dir),
             "--log-target",
             "stderr",
             "--log-format",
@@ -139,6 +142,22 @@ class Hasupd:
         return [
             r for r in self.records if r.get("event") == event and all(r.get(k) == v for k, v in tags.items())
         ]
+
+    def ctl(
+        self, *args: str, user: str | None = None, pythonpath: Path = REPO, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run hasupctl (on Debian's python3: it needs nothing but the standard library).
+
+        ``pythonpath`` must be readable by ``user``.
+        """
+        argv = ["/usr/bin/python3", "-m", "hasupd.cli.ctl", "--socket", str(self.socket), *args]
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", *argv]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(pythonpath)}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        self.wait_for("daemon.ready", timeout=timeout)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM hasupd and return its exit code."""

@@ -1,0 +1,102 @@
+"""``hasupctl``: talks to hasupd over its control socket (argument parsing and printing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hasupd.control.client import ControlError, call, socket_path
+from hasupd.control.protocol import Exit
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def print_status(services: list[dict[str, Any]]) -> None:
+    rows = [["NAME", "STATE", "RESULT", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "INCIDENT"]]
+    for s in services:
+        rows.append(
+            [
+                s["name"],
+                s["state"],
+                s["result"],
+                str(s["pid"] or "-"),
+                _duration(s["uptime_sec"]),
+                str(s["restarts"]),
+                s["last_exit"] or "-",
+                s["incident"] or "-",
+            ]
+        )
+    print(_table(rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hasupctl", description="Control a running hasupd.")
+    parser.add_argument(
+        "--socket", help="control socket (default: $HASUPD_SOCKET or /run/hasupd/control.sock)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", help="state, result, pid, uptime, restarts, last exit, incident")
+    status.add_argument("names", nargs="*", metavar="NAME")
+    for verb, text in (
+        ("start", "start services"),
+        ("stop", "stop services (and do not restart them)"),
+        ("restart", "stop, then start services"),
+        ("reset-failed", "forget failures so failed services can start again"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("names", nargs="+" if verb != "reset-failed" else "*", metavar="NAME")
+    reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
+    reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    for p in sub.choices.values():  # accept --json after the command too
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return Exit.USAGE if exit_.code not in (0, None) else Exit.OK
+    request: dict[str, Any] = {}
+    if hasattr(args, "names"):
+        request["names"] = args.names
+    if args.command == "reload":
+        request["dry_run"] = args.dry_run
+    try:
+        data = call(socket_path(args.socket), args.command, request)
+    except ControlError as error:
+        print(f"hasupctl: {error}", file=sys.stderr)
+        return error.code
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.command == "status" or args.command in ("start", "stop", "restart", "reset-failed"):
+        print_status(data)
+    elif args.command == "reload":
+        print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
+        for line in data["plan"] or ["nothing to do"]:
+            print("  " + line)
+    return Exit.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The client side of the control socket (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from hasupd.control import protocol
+from hasupd.control.protocol import Exit
+
+
+class ControlError(Exception):
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def socket_path(explicit: str | None = None) -> str:
+    """Return the control socket path: --socket, else $HASUPD_SOCKET, else the default."""
+    return explicit or os.environ.get("HASUPD_SOCKET") or protocol.DEFAULT_SOCKET
+
+
+def call(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float | None = 600.0) -> Any:
+    """Send one request and return the response's data. Raise ControlError with the exit code."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(
+                Exit.UNREACHABLE, f"hasupd is not running (nothing listens on {path})"
+            ) from None
+        except PermissionError:
+            raise ControlError(
+                Exit.REFUSED, f"permission denied on {path}: hasupctl users must be in hasupd's socket group"
+            ) from None
+        sock.sendall(protocol.request(cmd, args))
+        sock.shutdown(socket.SHUT_WR)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > protocol.MAX_RESPONSE_BYTES:
+                raise ControlError(Exit.FAILED, "response too large")
+    except TimeoutError:
+        raise ControlError(Exit.UNREACHABLE, f"hasupd did not answer within {timeout:g}s") from None
+    except ConnectionResetError:
+        raise ControlError(Exit.UNREACHABLE, "hasupd closed the connection") from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    if not raw:
+        raise ControlError(Exit.UNREACHABLE, "hasupd closed the connection without an answer")
+    try:
+        reply = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ControlError(Exit.FAILED, "unreadable answer from hasupd") from None
+    if not reply.get("ok"):
+        raise ControlError(Exit(reply.get("code", Exit.FAILED)), str(reply.get("error", "failed")))
+    return reply.get("data")

@@ -1,0 +1,156 @@
+"""One handler per control command; the table says which role each needs and whether it changes state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hasupd.config.diff import Plan
+from hasupd.control.auth import Role
+from hasupd.control.protocol import Exit
+from hasupd.manager import Manager
+from hasupd.service import Service
+from hasupd.states import STOPPING_STATES, ServiceState
+
+# How long start/stop requests wait for the service to settle, beyond its own timeouts.
+SETTLE_MARGIN_SEC = 5.0
+
+
+class CommandError(Exception):
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Reloader(Protocol):
+    async def reload_plan(self, dry_run: bool) -> Plan:
+        """Return the plan for the config on disk (applied unless dry_run). Raise CommandError if invalid."""
+        ...
+
+
+@dataclass
+class Context:
+    manager: Manager
+    reloader: Reloader
+
+
+Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Command:
+    role: Role
+    changes_state: bool
+    handler: Handler
+
+
+def _names(ctx: Context, args: dict[str, Any], *, required: bool) -> list[str]:
+    names = args.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CommandError(Exit.USAGE, "'names' must be a list of service names")
+    if required and not names:
+        raise CommandError(Exit.USAGE, "name at least one service")
+    unknown = [n for n in names if n not in ctx.manager.services]
+    if unknown:
+        raise CommandError(Exit.NOT_FOUND, "no such service: " + ", ".join(unknown))
+    return names or sorted(ctx.manager.services)
+
+
+def service_status(service: Service) -> dict[str, Any]:
+    st = service.status()
+    return {
+        "name": st.name,
+        "state": str(st.state),
+        "result": str(st.result),
+        "pid": st.pid,
+        "uptime_sec": round(time.time() - st.active_since, 3) if st.active_since else None,
+        "restarts": st.restarts,
+        "last_exit": st.last_exit,
+        "incident": st.incident,
+        "invocation": st.invocation,
+        "description": service.config.description,
+    }
+
+
+async def _status(ctx: Context, args: dict[str, Any]) -> Any:
+    return [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
+
+
+def _settled_after_start(service: Service) -> bool:
+    return service.state not in (ServiceState.START, ServiceState.START_PRE, *STOPPING_STATES)
+
+
+async def _wait(ctx: Context, names: list[str], condition: Callable[[Service], bool], what: str) -> None:
+    services = [ctx.manager.services[n] for n in names]
+    bound = (
+        max(max(s.config.timeout_start_sec, s.config.timeout_stop_sec) for s in services) + SETTLE_MARGIN_SEC
+    )
+    try:
+        await asyncio.wait_for(ctx.manager.wait_until(lambda: all(condition(s) for s in services)), bound)
+    except TimeoutError:
+        raise CommandError(Exit.FAILED, f"timed out after {bound:g}s waiting for {what}") from None
+
+
+def _report(ctx: Context, names: list[str], bad: Callable[[Service], bool], verb: str) -> Any:
+    states = [service_status(ctx.manager.services[n]) for n in names]
+    failed = [
+        f"{s['name']} is {s['state']} (result {s['result']})"
+        for s, n in zip(states, names, strict=True)
+        if bad(ctx.manager.services[n])
+    ]
+    if failed:
+        raise CommandError(Exit.FAILED, f"{verb}: " + "; ".join(failed))
+    return states
+
+
+async def _start(ctx: Context, args: dict[str, Any]) -> Any:
+    names = _names(ctx, args, required=True)
+    for name in names:
+        ctx.manager.start(name)
+    waiting = [n for n in names if ctx.manager.is_pending(n)]
+    await _wait(ctx, [n for n in names if n not in waiting], _settled_after_start, "the start")
+    return _report(
+        ctx, [n for n in names if n not in waiting], lambda s: s.state is ServiceState.FAILED, "start failed"
+    )
+
+
+async def _stop(ctx: Context, args: dict[str, Any]) -> Any:
+    names = _names(ctx, args, required=True)
+    await ctx.manager.stop_many(names, "stopped with hasupctl")
+    return [service_status(ctx.manager.services[n]) for n in names]
+
+
+async def _restart(ctx: Context, args: dict[str, Any]) -> Any:
+    names = _names(ctx, args, required=True)
+    for name in names:
+        ctx.manager.services[name].restart()
+    await _wait(ctx, names, _settled_after_start, "the restart")
+    return _report(ctx, names, lambda s: s.state is ServiceState.FAILED, "restart failed")
+
+
+async def _reset_failed(ctx: Context, args: dict[str, Any]) -> Any:
+    names = _names(ctx, args, required=False)
+    for name in names:
+        ctx.manager.services[name].reset_failed()
+    return [service_status(ctx.manager.services[n]) for n in names]
+
+
+async def _reload(ctx: Context, args: dict[str, Any]) -> Any:
+    dry_run = args.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise CommandError(Exit.USAGE, "'dry_run' must be true or false")
+    plan = await ctx.reloader.reload_plan(dry_run)
+    return {"dry_run": dry_run, "plan": plan.describe()}
+
+
+COMMANDS: dict[str, Command] = {
+    "status": Command(Role.READ, False, _status),
+    "start": Command(Role.OPERATE, True, _start),
+    "stop": Command(Role.OPERATE, True, _stop),
+    "restart": Command(Role.OPERATE, True, _restart),
+    "reset-failed": Command(Role.OPERATE, True, _reset_failed),
+    "reload": Command(Role.OPERATE, True, _reload),
+}

@@ -1,0 +1,71 @@
+"""The control protocol: one JSON request line, one JSON response line, then the connection closes.
+
+Request:  {"v": 1, "cmd": "stop", "args": {"names": ["web"]}}
+Response: {"v": 1, "ok": true, "data": ...}  or  {"v": 1, "ok": false, "code": 4, "error": "..."}
+
+``code`` is the exit code hasupctl returns (the table below). Standard library only: hasupctl runs
+on any python3 without hasupd's dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any
+
+VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+DEFAULT_SOCKET = "/run/hasupd/control.sock"
+
+
+class Exit(IntEnum):
+    """hasupctl exit codes."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    REFUSED = 4
+    UNREACHABLE = 5
+
+
+class ProtocolError(Exception):
+    """A request or response that does not follow the protocol."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Return ``message`` as one JSON line."""
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def request(cmd: str, args: dict[str, Any] | None = None) -> bytes:
+    return encode({"v": VERSION, "cmd": cmd, "args": args or {}})
+
+
+def ok(data: Any = None) -> bytes:
+    return encode({"v": VERSION, "ok": True, "data": data})
+
+
+def error(code: Exit, message: str) -> bytes:
+    return encode({"v": VERSION, "ok": False, "code": int(code), "error": message})
+
+
+def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Return (cmd, args) of a request line. Raise ProtocolError saying what is wrong."""
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"request is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("request must be a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {message.get('v')!r} (this hasupd speaks {VERSION})"
+        )
+    cmd, args = message.get("cmd"), message.get("args", {})
+    if not isinstance(cmd, str) or not cmd:
+        raise ProtocolError("request needs a 'cmd' string")
+    if not isinstance(args, dict):
+        raise ProtocolError("'args' must be a JSON object")
+    return cmd, args

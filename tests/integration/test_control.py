@@ -1,0 +1,220 @@
+"""hasupctl over the control socket: roles from real unix groups, audit records, safe hot reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.harness import REPO, Hasupd, pid_alive, require_root, write_config
+from tests.integration.users import temp_group, temp_user, world_dir
+
+SLEEP = ["/bin/sleep", "1000"]
+
+
+def pids(d: Hasupd) -> dict[str, int]:
+    status = d.ctl("status", "--json")
+    assert status.returncode == 0, status.stderr
+    return {s["name"]: s["pid"] for s in json.loads(status.stdout)}
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    with world_dir() as folder:
+        # A copy of the package that the test users can read, whatever the checkout's permissions.
+        shutil.copytree(REPO / "hasupd", folder / "lib" / "hasupd")
+        yield folder
+
+
+def test_roles_refusals_and_audit(shared: Path, tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    require_root()
+    lib = shared / "lib"
+    with (
+        temp_group() as sock_group,
+        temp_group() as readers,
+        temp_group() as operators,
+        temp_user(groups=(sock_group,)) as nobody,
+        temp_user(groups=(sock_group, readers)) as reader,
+        temp_user(groups=(sock_group, operators)) as operator,
+        temp_user() as outsider,
+    ):
+        config = write_config(
+            tmp_path / "etc",
+            {"web": {"command": SLEEP}, "db": {"command": SLEEP}},
+            daemon={
+                "access": {"read": [readers], "operate": [operators], "admin": [], "socket_group": sock_group}
+            },
+        )
+        d = hasupd(config, runtime_dir=shared / "run")
+        d.wait_ready()
+        web_pid = pids(d)["web"]
+        # 2. no role: status refused; read role: status works.
+        refused = d.ctl("status", user=nobody.pw_name, pythonpath=lib)
+        assert refused.returncode == 4, refused
+        assert "needs the read role" in refused.stderr
+        ok = d.ctl("status", user=reader.pw_name, pythonpath=lib)
+        assert ok.returncode == 0, ok.stderr
+        assert "web" in ok.stdout and "running" in ok.stdout
+        # Not even in the socket group: the socket itself refuses.
+        outside = d.ctl("status", user=outsider.pw_name, pythonpath=lib)
+        assert outside.returncode == 4 and "permission denied" in outside.stderr
+        # 1. read is not operate: stop refused, web keeps running, the refusal is audited.
+        refused = d.ctl("stop", "web", user=reader.pw_name, pythonpath=lib)
+        assert refused.returncode == 4, refused
+        assert pid_alive(web_pid) and pids(d)["web"] == web_pid
+        audit = d.wait_for("audit", uid=reader.pw_uid)[0]
+        assert audit["request"] == "stop web"
+        assert audit["outcome"].startswith("refused")
+        assert "hasupd.cli.ctl" in audit["cmdline"] and "stop web" in audit["cmdline"]
+        assert audit["level"] == "warning"
+        # An operator succeeds, and is audited too.
+        done = d.ctl("stop", "web", user=operator.pw_name, pythonpath=lib)
+        assert done.returncode == 0, done.stderr
+        assert not pid_alive(web_pid)
+        audit = d.wait_for("audit", uid=operator.pw_uid)[0]
+        assert (audit["request"], audit["outcome"], audit["role"]) == ("stop web", "ok", "operate")
+        assert audit["user"] == operator.pw_name and audit["pid"] > 0
+        assert d.ctl("start", "web", user=operator.pw_name, pythonpath=lib).returncode == 0
+        # Exit codes: unknown service 3; usage 2.
+        assert d.ctl("stop", "nope").returncode == 3
+        assert d.ctl("frobnicate").returncode == 2
+        assert d.stop() == 0
+    assert os.stat(shared / "run").st_mode & 0o777 == 0o755
+
+
+def test_reload_touches_only_what_changed(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    config = write_config(
+        tmp_path / "etc",
+        {
+            "web": {"command": SLEEP},
+            "db": {"command": SLEEP},
+            "old": {"command": SLEEP},
+            "tuned": {"command": SLEEP, "restart_sec": "1s"},
+        },
+    )
+    d = hasupd(config)
+    d.wait_ready()
+    before = pids(d)
+    services = config / "services.d"
+    (services / "web.yaml").write_text(yaml.safe_dump({"command": ["/bin/sleep", "2000"]}))
+    (services / "tuned.yaml").write_text(yaml.safe_dump({"command": SLEEP, "restart_sec": "2s"}))
+    (services / "new.yaml").write_text(yaml.safe_dump({"command": SLEEP}))
+    (services / "old.yaml").unlink()
+    # 5. --dry-run prints the plan and changes nothing.
+    dry = d.ctl("reload", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "restart web (changed: command)" in dry.stdout
+    assert "update  tuned in place (changed: restart_sec)" in dry.stdout
+    assert "start   new (new)" in dry.stdout and "stop    old (removed)" in dry.stdout
+    assert pids(d) == before
+    # 3. The file watcher (or hasupctl reload) applies it: only web restarts.
+    applied = d.wait_for("config.applied", timeout=10)[0]
+    assert (
+        applied["changed"] == ["web", "tuned"]
+        and applied["added"] == ["new"]
+        and applied["removed"] == ["old"]
+    )
+    after = pids(d)
+    assert after["web"] != before["web"]
+    assert after["db"] == before["db"] and after["tuned"] == before["tuned"]
+    assert "old" not in after and not pid_alive(before["old"])
+    assert after["new"] and pid_alive(after["new"])
+    assert d.stop() == 0
+
+
+def test_invalid_config_is_reported_and_changes_nothing(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    config = write_config(tmp_path / "etc", {"web": {"command": SLEEP}, "db": {"command": SLEEP}})
+    d = hasupd(config)
+    d.wait_ready()
+    before = pids(d)
+    bad = config / "services.d" / "broken.yaml"
+    bad.write_text("command: [/bin/sleep, '1']\nrestart: [oops\n")
+    (config / "services.d" / "db.yaml").write_text(yaml.safe_dump({"command": ["/bin/sleep", "7"]}))
+    invalid = d.wait_for("config.invalid", timeout=10)[0]
+    assert any(
+        e.startswith(f"{bad}:") and e.split(":")[1].isdigit() and e.split(":")[2].isdigit()
+        for e in invalid["errors"]
+    ), invalid
+    assert invalid["level"] == "error"
+    result = d.ctl("reload")
+    assert result.returncode == 1 and str(bad) in result.stderr
+    assert pids(d) == before  # db's valid change was not applied either: all or nothing
+    assert d.find("config.applied") == []
+    assert d.stop() == 0
+
+
+def test_malformed_requests_leave_the_daemon_healthy(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    config = write_config(tmp_path / "etc", {"web": {"command": SLEEP}})
+    d = hasupd(config)
+    d.wait_ready()
+    junk = [
+        b"",
+        b"\n",
+        b"garbage\n",
+        b"{}\n",
+        b"[1,2]\n",
+        b'{"v":1}\n',
+        b'{"v":2,"cmd":"status"}\n',
+        b'{"v":1,"cmd":"status","args":[]}\n',
+        b'{"v":1,"cmd":"stop","args":{"names":"web"}}\n',
+        b"\xff\xfe\n",
+        b"x" * 70000 + b"\n",
+        b'{"v":1,"cmd":"status"',
+        b"\0" * 100,
+    ]
+    answers = 0
+    for i in range(300):
+        payload = junk[i % len(junk)]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(d.socket))
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)  # half-closed
+                reply = s.recv(65536)
+            except (BrokenPipeError, ConnectionResetError):
+                continue
+            if reply:
+                answers += 1
+                assert json.loads(reply)["ok"] is False
+    assert answers > 200
+    # One that connects and never sends is timed out, not kept forever.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        idle.connect(str(d.socket))
+        idle.settimeout(10)
+        started = time.monotonic()
+        assert json.loads(idle.recv(65536))["ok"] is False
+        assert time.monotonic() - started < 8
+    status = d.ctl("status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)[0]["state"] == "running"
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+
+
+def test_unreachable_daemon_exit_code(tmp_path: Path) -> None:
+    d = Hasupd.__new__(Hasupd)
+    d.socket = tmp_path / "nothing.sock"
+    result = d.ctl("status")
+    assert result.returncode == 5 and "not running" in result.stderr
+
+
+def test_sighup_reloads(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    config = write_config(tmp_path / "etc", {"web": {"command": SLEEP}})
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_ready()
+    (config / "services.d" / "api.yaml").write_text(yaml.safe_dump({"command": SLEEP}))
+    time.sleep(1.0)
+    assert d.find("config.applied") == []  # --no-watch: files alone change nothing
+    d.proc.send_signal(signal.SIGHUP)
+    assert d.wait_for("config.applied")[0]["added"] == ["api"]
+    assert d.stop() == 0

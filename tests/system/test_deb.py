@@ -1,0 +1,214 @@
+"""The systemd unit and the Debian package, proven under a real systemd.
+
+The `system` tests share one container (see conftest.py) and run in file order: install, reload,
+crash, watchdog, journal, purge. Each one that needs the sleep service sets it up if it is missing,
+so that any of them can also run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.system.conftest import REPO, Machine, require_tools
+
+UNIT = REPO / "systemd" / "hasupd.service"
+SLEEPER = "/etc/hasupd/services.d/sleeper.yaml"
+SLEEPER_YAML = 'description: a service for the system test\ncommand: [/bin/sleep, "1000"]\n'
+SLEEP_CMDLINE = "/bin/sleep 1000"
+WATCHDOG_DROPIN = "/etc/systemd/system/hasupd.service.d/50-systest-watchdog.conf"
+
+
+def test_unit_verifies_clean(tmp_path: Path) -> None:
+    """`systemd-analyze verify` has nothing to say about the unit and exits 0.
+
+    verify checks that ExecStart= binaries exist and that Documentation= man pages resolve. On a
+    build machine /usr/bin/hasupd is not installed, so a copy of the unit is verified with the two
+    hasupd command paths pointed at a stub executable (everything else byte for byte the same),
+    and MANPATH points at the man pages in the source tree, which the package installs.
+    """
+    require_tools("systemd-analyze", "man", hint="apt-get install systemd man-db")
+    text = UNIT.read_text()
+    assert text.count("=/usr/bin/hasupd ") == 2, (
+        "expected ExecStartPre= and ExecStart= to run /usr/bin/hasupd"
+    )
+    stub = tmp_path / "hasupd"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    unit = tmp_path / "hasupd.service"
+    unit.write_text(text.replace("=/usr/bin/hasupd ", f"={stub} "))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "MANPATH": str(REPO / "packaging" / "man")},
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def props(machine: Machine, *names: str) -> dict[str, str]:
+    out = machine.exec("systemctl", "show", "hasupd", *(f"--property={name}" for name in names)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def sleep_pids(machine: Machine) -> list[str]:
+    return machine.exec("pgrep", "--full", "--exact", SLEEP_CMDLINE, check=False).stdout.split()
+
+
+def one_sleep(machine: Machine) -> list[str] | None:
+    pids = sleep_pids(machine)
+    return pids if len(pids) == 1 else None
+
+
+def ensure_sleeper(machine: Machine) -> str:
+    """Make sure the sleep service is configured and running; return its pid."""
+    if machine.exec("test", "-e", SLEEPER, check=False).returncode != 0:
+        machine.write(SLEEPER, SLEEPER_YAML)
+        machine.exec("systemctl", "reload", "hasupd")
+    return machine.wait_for("the sleep service runs", lambda: one_sleep(machine), timeout=10)[0]
+
+
+def restarted(machine: Machine, old_pid: str, old_restarts: int) -> dict[str, str] | None:
+    now = props(machine, "MainPID", "ActiveState", "NRestarts")
+    fresh = now["MainPID"] not in {"0", old_pid} and int(now["NRestarts"]) > old_restarts
+    return now if fresh and now["ActiveState"] == "active" else None
+
+
+def assert_supervised_by_hasupd(machine: Machine, pid: str) -> None:
+    cgroups = machine.exec("cat", f"/proc/{pid}/cgroup").stdout
+    assert "/hasupd.service" in cgroups, f"pid {pid} is not in hasupd.service's cgroup:\n{cgroups}"
+
+
+@pytest.mark.system
+def test_installed_service_runs_on_debian_python(machine: Machine) -> None:
+    """After `apt-get install ./hasupd_*.deb` the unit is enabled and active, its main process is
+    Debian's python3, and the user, groups and directories are there."""
+    state = machine.exec("systemctl", "is-active", "hasupd", check=False).stdout.strip()
+    assert state == "active", f"hasupd.service is {state}\n{machine.journal()}"
+    assert machine.exec("systemctl", "is-enabled", "hasupd").stdout.strip() == "enabled"
+    pid = props(machine, "MainPID")["MainPID"]
+    exe = machine.exec("readlink", "-f", f"/proc/{pid}/exe").stdout.strip()
+    assert exe == machine.exec("readlink", "-f", "/usr/bin/python3").stdout.strip()
+    cmdline = machine.exec("cat", f"/proc/{pid}/cmdline").stdout.split("\0")
+    assert cmdline[1:3] == ["/usr/bin/hasupd", "run"], cmdline
+
+    passwd = machine.exec("getent", "passwd", "hasupd").stdout.strip().split(":")
+    assert passwd[5:] == ["/var/lib/hasupd", "/usr/sbin/nologin"], passwd
+    assert int(passwd[2]) < 1000, f"hasupd is not a system user: {passwd}"
+    for group in ("hasupd", "hasupd-operators", "hasupd-admin"):
+        assert machine.exec("getent", "group", group, check=False).returncode == 0, f"no group {group}"
+    modes = machine.exec("stat", "-c", "%n %U:%G %a", "/var/lib/hasupd", "/run/hasupd").stdout.splitlines()
+    assert modes == ["/var/lib/hasupd root:hasupd 750", "/run/hasupd root:hasupd 751"]
+    for directory in ("/etc/hasupd/services.d", "/etc/hasupd/backups.d"):
+        assert machine.exec("test", "-d", directory, check=False).returncode == 0, f"no {directory}"
+
+
+@pytest.mark.system
+def test_reload_starts_a_new_service(machine: Machine) -> None:
+    """A service file dropped into services.d runs within 10 s of `systemctl reload hasupd`."""
+    machine.exec("rm", "-f", SLEEPER)
+    machine.exec("systemctl", "reload", "hasupd")
+    machine.wait_for("no sleep service before the test", lambda: not sleep_pids(machine) or None, timeout=10)
+    machine.write(SLEEPER, SLEEPER_YAML)
+    machine.exec("systemctl", "reload", "hasupd")
+    (pid,) = machine.wait_for("the new service runs after reload", lambda: one_sleep(machine), timeout=10)
+    assert_supervised_by_hasupd(machine, pid)
+
+
+@pytest.mark.system
+def test_killed_daemon_is_restarted_with_its_services(machine: Machine) -> None:
+    """`kill -9` of hasupd: systemd restarts it, and its service runs again, exactly once."""
+    ensure_sleeper(machine)
+    before = props(machine, "MainPID", "NRestarts")
+    machine.exec("kill", "-9", before["MainPID"])
+    after = machine.wait_for(
+        "systemd restarts hasupd after kill -9",
+        lambda: restarted(machine, before["MainPID"], int(before["NRestarts"])),
+        timeout=30,
+    )
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
+    (pid,) = machine.wait_for("the service runs again", lambda: one_sleep(machine), timeout=10)
+    time.sleep(1)
+    assert sleep_pids(machine) == [pid], "the service was started twice"
+    assert_supervised_by_hasupd(machine, pid)
+
+
+@pytest.mark.system
+def test_watchdog_restarts_a_frozen_daemon(machine: Machine) -> None:
+    """With WatchdogSec=3s hasupd keeps pinging while healthy; frozen with SIGSTOP, systemd kills
+    and restarts it within ~10 s and says so in the journal."""
+    ensure_sleeper(machine)
+    machine.write(WATCHDOG_DROPIN, "[Service]\nWatchdogSec=3s\n")
+    try:
+        machine.exec("systemctl", "daemon-reload")
+        machine.exec("systemctl", "restart", "hasupd", timeout=180)
+        healthy = props(machine, "MainPID", "NRestarts", "WatchdogUSec", "ActiveState")
+        assert healthy["WatchdogUSec"] == "3s", healthy
+        assert healthy["ActiveState"] == "active", f"{healthy}\n{machine.journal()}"
+
+        # Two watchdog periods: a hasupd that pings from its event loop is left alone.
+        time.sleep(6.5)
+        still = props(machine, "MainPID", "NRestarts")
+        assert still == {"MainPID": healthy["MainPID"], "NRestarts": healthy["NRestarts"]}, machine.journal()
+
+        timeouts_before = machine.journal(lines=10000).count("Watchdog timeout")
+        machine.exec("kill", "-STOP", healthy["MainPID"])
+        machine.wait_for(
+            "systemd's watchdog kills and restarts the frozen hasupd",
+            lambda: restarted(machine, healthy["MainPID"], int(healthy["NRestarts"])),
+            timeout=12,
+        )
+        assert machine.journal(lines=10000).count("Watchdog timeout") > timeouts_before, machine.journal()
+        ensure_sleeper(machine)
+    finally:
+        machine.exec("rm", "-f", WATCHDOG_DROPIN)
+        machine.exec("systemctl", "daemon-reload")
+        machine.exec("systemctl", "restart", "hasupd", timeout=180, check=False)
+
+
+@pytest.mark.system
+def test_journal_has_native_event_fields(machine: Machine) -> None:
+    """hasupd's records carry native journal fields: `journalctl -u hasupd HASUPD_EVENT=...` works."""
+    ensure_sleeper(machine)
+    out = machine.exec(
+        "journalctl", "--no-pager", "-u", "hasupd", "HASUPD_EVENT=service.started", "-o", "json"
+    ).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert records, f"no HASUPD_EVENT=service.started record\n{machine.journal()}"
+    assert any(record.get("HASUPD_SERVICE") == "sleeper" for record in records), records
+
+
+@pytest.mark.system
+def test_purge_removes_everything(machine: Machine) -> None:
+    """`apt-get purge hasupd` stops it with its services and removes the program, the state, the
+    unit and the user and groups."""
+    ensure_sleeper(machine)
+    machine.exec(
+        "apt-get", "purge", "--yes", "hasupd", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300
+    )
+    assert machine.exec("systemctl", "is-active", "hasupd", check=False).stdout.strip() == "inactive"
+    assert sleep_pids(machine) == [], "hasupd's service outlived the purge"
+    for path in (
+        "/usr/bin/hasupd",
+        "/usr/bin/hasupctl",
+        "/var/lib/hasupd",
+        "/run/hasupd",
+        "/lib/systemd/system/hasupd.service",
+        "/usr/lib/systemd/system/hasupd.service",
+        "/etc/systemd/system/multi-user.target.wants/hasupd.service",
+    ):
+        assert machine.exec("test", "-e", path, check=False).returncode != 0, f"{path} is still there"
+    assert machine.exec("getent", "passwd", "hasupd", check=False).returncode == 2, (
+        "user hasupd is still there"
+    )
+    for group in ("hasupd", "hasupd-operators", "hasupd-admin"):
+        assert machine.exec("getent", "group", group, check=False).returncode == 2, (
+            f"group {group} is still there"
+        )

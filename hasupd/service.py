@@ -16,11 +16,23 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hasupd import events as ev
 from hasupd.config.model import ServiceConfig
 from hasupd.restart import StartLimit, backoff_delay, shall_restart
-from hasupd.runtimes.base import Clock, ExitStatus, Process, Spawner, SpawnError, SpawnSpec, TimerHandle
+from hasupd.runtimes.base import (
+    Clock,
+    ExitStatus,
+    NotifyChannel,
+    Process,
+    Spawner,
+    SpawnError,
+    SpawnSpec,
+    Stoppable,
+    TimerHandle,
+    Watchers,
+)
 from hasupd.states import (
     ACTIVE_STATES,
     INACTIVE_STATES,
@@ -31,8 +43,16 @@ from hasupd.states import (
     ServiceType,
 )
 
+if TYPE_CHECKING:
+    from hasupd.health import ProbeOutcome
+    from hasupd.notify import NotifyMessage
+    from hasupd.sockets import SocketSet
+
 S = ServiceState
 R = ServiceResult
+
+# Watchdog, probes, heartbeat and limits watch the process only in these states.
+_WATCHED_STATES = frozenset({S.START, S.RUNNING})
 
 # After SIGKILL the kernel needs a moment; if processes are still there after this long they are stuck
 # in uninterruptible sleep and hasupd gives up waiting (and says so).
@@ -54,6 +74,8 @@ class ServiceStatus:
     last_exit: str | None
     incident: str | None
     invocation: str | None
+    status_text: str | None = None
+    health: str | None = None
 
 
 def result_from_exit(status: ExitStatus) -> ServiceResult:
@@ -76,6 +98,8 @@ class Service:
         output: OutputMode,
         unit_name: str | None = None,
         rand: Callable[[], float] = random.random,
+        watchers: Watchers | None = None,
+        sockets: SocketSet | None = None,
     ) -> None:
         self.config = config
         self.name = unit_name or config.name
@@ -84,6 +108,8 @@ class Service:
         self._bus = bus
         self._output = output
         self._rand = rand
+        self._watchers = watchers
+        self._sockets = sockets  # held by the manager, shared by all instances
 
         self.state = S.DEAD
         self.result = R.SUCCESS
@@ -102,6 +128,13 @@ class Service:
         self._timer: TimerHandle | None = None
         self._poll: TimerHandle | None = None
         self._generation = 0
+        # Freeze detection: the notify endpoint lives as long as the service; the rest per run.
+        self._notify: NotifyChannel | None = None
+        self._monitors: list[Stoppable] = []
+        self._watchdog: TimerHandle | None = None
+        self._watchdog_sec = config.watchdog_sec
+        self.status_text: str | None = None
+        self.health: str | None = None  # None: no probes; else "starting", "healthy", "unhealthy"
 
     # ------------------------------------------------------------------ views
 
@@ -109,6 +142,11 @@ class Service:
     def pid(self) -> int | None:
         """Return the main pid while the main process is alive."""
         return self._process.pid if self._process is not None and self._main_alive else None
+
+    @property
+    def output(self) -> OutputMode:
+        """Where this service's stdout and stderr are asked to go."""
+        return self._output
 
     @property
     def stable_sec(self) -> float:
@@ -127,6 +165,8 @@ class Service:
             last_exit=self.last_exit.describe() if self.last_exit else None,
             incident=self.incident,
             invocation=self.invocation,
+            status_text=self.status_text,
+            health=self.health,
         )
 
     # ------------------------------------------------------------------ commands
@@ -185,6 +225,12 @@ class Service:
             self._attempt = 0
             self._set_state(S.DEAD)
 
+    def close(self) -> None:
+        """Release what outlives single runs (the notify endpoint); call once the service is inactive."""
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
     def update_config(self, config: ServiceConfig) -> None:
         """Take a new config whose differences do not touch the running process (see config.diff)."""
         self.config = config
@@ -203,6 +249,8 @@ class Service:
         # Timers and polls belong to the state that armed them; the _enter_ method arms the new ones.
         self._disarm_timer()
         self._disarm_poll()
+        if new not in _WATCHED_STATES:
+            self._disarm_monitors()
         self.state = new
         if new in ACTIVE_STATES and old not in ACTIVE_STATES:
             self._active_since = time.time()
@@ -268,13 +316,21 @@ class Service:
             self._enter_dead()
             return
         self.invocation = uuid.uuid4().hex
-        spec = SpawnSpec(
-            service=self.config,
-            invocation_id=self.invocation,
-            output=self._output,
-            unit_name=self.name,
-        )
+        self.status_text = None
         try:
+            env = self._spawn_environment()
+            fds: tuple[int, ...] = ()
+            if self._sockets is not None:
+                fds = self._sockets.fds()
+                env.update(self._sockets.environment())
+            spec = SpawnSpec(
+                service=self.config,
+                invocation_id=self.invocation,
+                output=self._output,
+                unit_name=self.name,
+                extra_env=env,
+                pass_fds=fds,
+            )
             process = self._spawner.spawn(spec, self._on_exit)
         except SpawnError as error:
             self._set_result(R.RESOURCES)
@@ -293,11 +349,17 @@ class Service:
                 self._arm_timer(self.config.timeout_start_sec, self._on_start_timeout)
             case ServiceType.ONESHOT:
                 self._set_state(S.START)
+        if self.state in _WATCHED_STATES:
+            self._arm_monitors(process)
 
     def _enter_running(self) -> None:
         self._running_since = self._clock.time()
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)
+        if self.config.health and self._watchers is not None:
+            # Probes judge a running service: for notify ones, only once READY=1 came.
+            self.health = "starting"
+            self._monitors.append(self._watchers.probes(self.config.health, self._on_probe))
 
     def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:
         """Signal the whole tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it."""
@@ -385,6 +447,13 @@ class Service:
         self.last_exit = status
         expected = self._stop_requested or self.state in STOPPING_STATES
         result = result_from_exit(status)
+        if (
+            result is R.SIGNAL
+            and self._process is not None
+            and self._watchers is not None
+            and self._watchers.oom_killed(self._process.scope)
+        ):
+            result = R.OOM_KILL
         if not expected and result is not R.SUCCESS:
             self._open_incident(f"main process exited unexpectedly with {status.describe()}")
         self._publish(
@@ -426,7 +495,8 @@ class Service:
     def _on_stable(self) -> None:
         assert self.state is S.RUNNING, self.state
         self._attempt = 0
-        self._close_incident("resolved")
+        if not self.config.health:  # with probes, "healthy again" resolves the incident instead
+            self._close_incident("resolved")
 
     def _on_stop_timeout(self) -> None:
         match self.state:
@@ -452,6 +522,146 @@ class Service:
 
     def _leftover(self) -> set[int]:
         return self._process.scope.pids() if self._process is not None else set()
+
+    # ------------------------------------------------------------------ freeze detection
+
+    def _spawn_environment(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self._watchers is None:
+            return env
+        if self._notify is None:
+            self._notify = self._watchers.notify(self.config, self.name, self._on_notify, self._is_ours)
+        env.update(self._notify.environment)
+        if self._watchdog_sec:
+            env["WATCHDOG_USEC"] = str(int(self._watchdog_sec * 1_000_000))
+        return env
+
+    def _is_ours(self, pid: int) -> bool:
+        """Datagrams count only from the service's own processes."""
+        if self._process is None:
+            return False
+        return pid == self._process.pid or pid in self._process.scope.pids()
+
+    def _arm_monitors(self, process: Process) -> None:
+        watchers = self._watchers
+        if watchers is None:
+            return
+        self._arm_watchdog()
+        if self.config.heartbeat_file is not None:
+            self._monitors.append(watchers.heartbeat(self.config.heartbeat_file, self._on_heartbeat_stale))
+        if self.config.limits.memory is not None or self.config.limits.cpu_percent is not None:
+            self._monitors.append(watchers.resources(self.config.limits, process.scope, self._on_limit))
+
+    def _disarm_monitors(self) -> None:
+        for monitor in self._monitors:
+            monitor.stop()
+        self._monitors.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self.health is not None:
+            self.health = None
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._watchdog_sec:
+            self._watchdog = self._clock.call_at(self._clock.time() + self._watchdog_sec, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self.state not in _WATCHED_STATES:
+            return  # explicit no-op: disarmed by a state change in the same loop turn
+        # A ping that arrived before the deadline wins even if the loop has not read it yet.
+        if self._notify is not None:
+            self._notify.drain()
+        if self._watchdog is not None or self.state not in _WATCHED_STATES:
+            return
+        self._freeze(
+            R.WATCHDOG,
+            ev.WatchdogTimeout(
+                pid=self.pid,
+                timeout_sec=self._watchdog_sec or 0.0,
+                reason=f"no WATCHDOG=1 within {self._watchdog_sec:g}s",
+            ),
+        )
+
+    def _freeze(self, result: ServiceResult, record: ev.Event) -> None:
+        """The process is alive but not working: record why, then stop it (SIGABRT for the watchdog)."""
+        self._open_incident(record.message())
+        self._publish(record)
+        self._enter_signal(S.STOP_WATCHDOG if result is R.WATCHDOG else S.STOP_SIGTERM, result)
+
+    def _on_notify(self, msg: NotifyMessage) -> None:
+        """A datagram from one of the service's processes (sd_notify protocol)."""
+        if msg.status is not None and msg.status != self.status_text:
+            self.status_text = msg.status
+            self._publish(ev.ServiceStatusText(status=msg.status))
+        if msg.errno is not None:
+            self.status_text = f"{self.status_text or ''} (errno {msg.errno})".strip()
+        if msg.extend_timeout_usec and self.state in (S.START, S.STOP_SIGTERM):
+            # More time for the current start or polite stop, counted from now (as systemd does).
+            self._extend_timer(msg.extend_timeout_usec / 1e6)
+        if self.state not in _WATCHED_STATES:
+            return  # a stopping tree may still talk; only STATUS and EXTEND_TIMEOUT matter then
+        if msg.watchdog_usec:
+            self._watchdog_sec = msg.watchdog_usec / 1e6
+            self._arm_watchdog()
+        if msg.watchdog:
+            self._arm_watchdog()
+        if msg.ready and self.state is S.START and self.config.type is ServiceType.NOTIFY:
+            self._publish(ev.ServiceReady(pid=msg.pid))
+            self._enter_running()
+        if msg.watchdog_trigger:
+            self._freeze(
+                R.WATCHDOG,
+                ev.WatchdogTimeout(
+                    pid=self.pid,
+                    timeout_sec=self._watchdog_sec or 0.0,
+                    reason="WATCHDOG=trigger from the service",
+                ),
+            )
+
+    def _extend_timer(self, seconds: float) -> None:
+        callback = self._on_start_timeout if self.state is S.START else self._on_stop_timeout
+        self._arm_timer(seconds, callback)
+
+    def _on_probe(self, outcome: ProbeOutcome) -> None:
+        if self.state is not S.RUNNING or not outcome.transition:
+            return
+        kind = str(outcome.probe.kind)
+        if outcome.healthy:
+            self.health = "healthy"
+            self._publish(ev.HealthRecovered(probe=kind))
+            self._close_incident("resolved")
+            return
+        self.health = "unhealthy"
+        self._freeze(
+            R.HEALTH,
+            ev.HealthFailed(
+                probe=kind,
+                detail=outcome.detail,
+                failures=outcome.consecutive_failures,
+            ),
+        )
+
+    def _on_heartbeat_stale(self, detail: str) -> None:
+        if self.state in _WATCHED_STATES:
+            self._freeze(
+                R.WATCHDOG,
+                ev.WatchdogTimeout(
+                    pid=self.pid,
+                    timeout_sec=(
+                        self.config.heartbeat_file.max_age_sec if self.config.heartbeat_file else 0.0
+                    ),
+                    reason=detail,
+                ),
+            )
+
+    def _on_limit(self, kind: str, detail: str) -> None:
+        if self.state in _WATCHED_STATES:
+            self._freeze(R.RESOURCES, ev.LimitExceeded(limit=kind, detail=detail))
 
     # ------------------------------------------------------------------ records
 

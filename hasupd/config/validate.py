@@ -13,12 +13,11 @@ from collections.abc import Callable, Collection, Sequence
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.model import BackupJobConfig, Config, Limits, ServiceConfig
+from hasupd.config.model import BackupJobConfig, Config, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
 from hasupd.config.validate_services import validate_service
-from hasupd.states import ServiceType
 
 __all__ = ["UNSUPPORTED", "build_config", "unsupported_features"]
 
@@ -147,13 +146,6 @@ def _service(predicate: Callable[[ServiceConfig], bool]) -> Predicate:
 
 # Features that validate but that the daemon does not run yet. Delete a row when its feature lands.
 UNSUPPORTED: tuple[tuple[Predicate, str], ...] = (
-    (_service(lambda s: s.type is ServiceType.NOTIFY), "type: notify is not implemented yet"),
-    (_service(lambda s: s.watchdog_sec is not None), "watchdog_sec is not implemented yet"),
-    (_service(lambda s: s.heartbeat_file is not None), "heartbeat_file is not implemented yet"),
-    (_service(lambda s: bool(s.health)), "health probes are not implemented yet"),
-    (_service(lambda s: s.limits != Limits()), "limits are not implemented yet"),
-    (_service(lambda s: s.instances > 1), "instances > 1 is not implemented yet"),
-    (_service(lambda s: bool(s.sockets)), "sockets are not implemented yet"),
     (_service(lambda s: s.container is not None), "container is not implemented yet"),
     (_service(lambda s: bool(s.on_failure)), "on_failure is not implemented yet"),
     (lambda unit: isinstance(unit, BackupJobConfig), "backup jobs (backups.d) are not implemented yet"),

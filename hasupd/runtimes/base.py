@@ -10,10 +10,14 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from hasupd.config.model import ServiceConfig
+from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
 from hasupd.states import OutputMode
+
+if TYPE_CHECKING:
+    from hasupd.health import ProbeOutcome
+    from hasupd.notify import NotifyMessage
 
 
 class SpawnError(Exception):
@@ -122,3 +126,53 @@ class Clock(Protocol):
 
 class TimerHandle(Protocol):
     def cancel(self) -> None: ...
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None:
+        """Disarm: no callback fires after this returns."""
+        ...
+
+
+class NotifyChannel(Protocol):
+    """A service's NOTIFY_SOCKET endpoint."""
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Return the variables that point the child at this endpoint (NOTIFY_SOCKET)."""
+        ...
+
+    def drain(self) -> None:
+        """Deliver every datagram already queued on the socket, now."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Watchers(Protocol):
+    """Makes the observers of one service: its notify endpoint, probes, heartbeat and limits.
+
+    Every callback is called from the event loop. The real one is hasupd.watchers.LoopWatchers.
+    """
+
+    def notify(
+        self,
+        config: ServiceConfig,
+        unit: str,
+        on_message: Callable[[NotifyMessage], None],
+        allowed: Callable[[int], bool],
+    ) -> NotifyChannel: ...
+
+    def probes(
+        self, probes: tuple[HealthProbe, ...], on_outcome: Callable[[ProbeOutcome], None]
+    ) -> Stoppable: ...
+
+    def heartbeat(self, spec: HeartbeatFile, on_stale: Callable[[str], None]) -> Stoppable: ...
+
+    def resources(
+        self, limits: Limits, scope: Scope, on_exceeded: Callable[[str, str], None]
+    ) -> Stoppable: ...
+
+    def oom_killed(self, scope: Scope) -> bool:
+        """Return True if the kernel's OOM killer killed a process of ``scope``."""
+        ...

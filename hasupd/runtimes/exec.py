@@ -162,7 +162,7 @@ class ExecSpawner:
             for fd in fillers + copies:
                 always.callback(os.close, fd)
             env = _merge({**base, **output.env}, layers)
-            exec_args = (exe, argv, env) if "LISTEN_FDS" in env else None
+            exec_args = (exe, argv, env) if any(k in env for k in _OWN_PID_VARIABLES) else None
             popen = _popen(
                 argv,
                 exe=exe,
@@ -240,7 +240,12 @@ def _identity(
     except KeyError:  # a uid without a passwd entry (containers): no USER/HOME then
         return None, gid if root else None, None, {}
     env = {"USER": pw.pw_name, "LOGNAME": pw.pw_name, "HOME": pw.pw_dir, "SHELL": pw.pw_shell}
-    return None, gid if root else None, None, env
+    if root:
+        # hasupd's own user, but that user's own groups: not the Group= systemd runs hasupd with
+        # (group hasupd owns the control socket; a service must not inherit that).
+        gid = pw.pw_gid if gid is None else gid
+        return None, gid, os.getgrouplist(pw.pw_name, gid), env
+    return None, None, None, env
 
 
 def _gid(group: str) -> int:
@@ -292,15 +297,20 @@ def _lift_fds(fds: tuple[int, ...]) -> tuple[list[int], list[int]]:
     return fillers, copies
 
 
+# Protocols whose pid variable must name the child itself (sd_listen_fds, sd_watchdog_enabled).
+_OWN_PID_VARIABLES = {"LISTEN_FDS": "LISTEN_PID", "WATCHDOG_USEC": "WATCHDOG_PID"}
+
+
 def _preexec(
     procs_fd: int | None, copies: list[int], exec_args: _ExecArgs | None
 ) -> Callable[[], None] | None:
     """Return what the child runs between fork and exec (after subprocess switched user), or None.
 
     The cgroup write works after the user switch because the kernel checks the credentials the
-    parent opened cgroup.procs with. With LISTEN_FDS the child must also learn its own pid
-    (LISTEN_PID), which only it knows: then it marks every other fd close-on-exec (subprocess's
-    error pipe included, so the parent still learns of exec) and execs itself.
+    parent opened cgroup.procs with. With LISTEN_FDS or WATCHDOG_USEC the child must also learn its
+    own pid (LISTEN_PID, WATCHDOG_PID), which only it knows: then it marks every other fd
+    close-on-exec (subprocess's error pipe included, so the parent still learns of exec) and execs
+    itself.
     """
     if procs_fd is None and not copies and exec_args is None:
         return None  # lets subprocess use vfork
@@ -318,7 +328,9 @@ def _preexec(
                 with suppress(OSError):
                     if int(name) >= top:
                         fcntl.fcntl(int(name), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-            env["LISTEN_PID"] = str(os.getpid())
+            for variable, pid_variable in _OWN_PID_VARIABLES.items():
+                if variable in env:
+                    env[pid_variable] = str(os.getpid())
             os.execve(exe, argv, env)
 
     return run

@@ -126,7 +126,9 @@ def test_notify_socket_is_not_inherited_by_children(
     while not out.exists() or (not out.read_text() and time.monotonic() < deadline):
         time.sleep(0.02)
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"):
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"):
         assert name not in env
+    # The service has a NOTIFY_SOCKET of its own, never hasupd's.
+    assert env["NOTIFY_SOCKET"] == str(d.runtime_dir / "notify" / "a.sock")
     assert env["INVOCATION_ID"] != "x" * 32
     assert d.stop() == 0

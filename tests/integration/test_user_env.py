@@ -65,7 +65,8 @@ def test_service_runs_as_another_user_with_its_environment_only(
         assert env["USER"] == user.pw_name
         assert env["INVOCATION_ID"] == started["invocation"]
         for name in leak:
-            if name != "INVOCATION_ID":
+            if name not in ("INVOCATION_ID", "NOTIFY_SOCKET"):
                 assert name not in env, name
+        assert env["NOTIFY_SOCKET"] == str(d.runtime_dir / "notify" / "app.sock")  # its own, not hasupd's
         assert os.stat(f"/proc/{started['pid']}").st_uid == user.pw_uid
         assert d.stop() == 0

@@ -818,13 +818,6 @@ def test_unsupported_features_lists_what_the_daemon_cannot_run_yet(tmp_path: Pat
     )
     assert unsupported_features(load_config(root)) == [
         (db, "container is not implemented yet"),
-        (web, "type: notify is not implemented yet"),
-        (web, "watchdog_sec is not implemented yet"),
-        (web, "heartbeat_file is not implemented yet"),
-        (web, "health probes are not implemented yet"),
-        (web, "limits are not implemented yet"),
-        (web, "instances > 1 is not implemented yet"),
-        (web, "sockets are not implemented yet"),
         (web, "on_failure is not implemented yet"),
         (job, "backup jobs (backups.d) are not implemented yet"),
     ]

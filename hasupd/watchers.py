@@ -1,0 +1,87 @@
+"""The real observers of a service, made for the state machine: notify endpoint, probes, heartbeat, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import pwd
+from collections.abc import Callable
+from pathlib import Path
+
+from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
+from hasupd.containment import CgroupScope, Reaper
+from hasupd.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
+from hasupd.notify import NotifyEndpoint, NotifyMessage
+from hasupd.resources import ResourceWatch, oom_killed
+from hasupd.runtimes.base import Clock, Scope, Stoppable
+from hasupd.runtimes.exec import DEFAULT_PATH
+
+# exec probes run as hasupd's user with a clean environment, never with hasupd's own variables.
+PROBE_ENVIRONMENT = {"PATH": DEFAULT_PATH}
+
+
+class _Probes:
+    def __init__(self, runners: list[ProbeRunner]) -> None:
+        self._runners = runners
+
+    def stop(self) -> None:
+        for runner in self._runners:
+            runner.stop()
+
+
+class LoopWatchers:
+    """Implements runtimes.base.Watchers on the running event loop."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, clock: Clock, runtime_dir: Path, reaper: Reaper
+    ) -> None:
+        self._loop = loop
+        self._clock = clock
+        self._notify_dir = runtime_dir / "notify"
+        self._reaper = reaper
+
+    def notify(
+        self,
+        config: ServiceConfig,
+        unit: str,
+        on_message: Callable[[NotifyMessage], None],
+        allowed: Callable[[int], bool],
+    ) -> NotifyEndpoint:
+        endpoint = NotifyEndpoint(self._notify_dir / f"{unit}.sock", on_message, allowed)
+        endpoint.open(self._loop)
+        if config.user is not None or config.group is not None:
+            # Only the service's own user (and root) may even send.
+            uid = pwd.getpwnam(config.user).pw_uid if config.user else -1
+            gid = (
+                grp.getgrnam(config.group).gr_gid
+                if config.group
+                else (pwd.getpwnam(config.user).pw_gid if config.user else -1)
+            )
+            endpoint.chown(uid, gid)
+        return endpoint
+
+    def probes(
+        self, probes: tuple[HealthProbe, ...], on_outcome: Callable[[ProbeOutcome], None]
+    ) -> Stoppable:
+        runners = [
+            ProbeRunner(p, reaper=self._reaper, on_result=on_outcome, env=PROBE_ENVIRONMENT) for p in probes
+        ]
+        for runner in runners:
+            runner.start(self._loop)
+        return _Probes(runners)
+
+    def heartbeat(self, spec: HeartbeatFile, on_stale: Callable[[str], None]) -> Stoppable:
+        watch = HeartbeatWatch(spec, on_stale, self._clock)
+        watch.start()
+        return watch
+
+    def resources(self, limits: Limits, scope: Scope, on_exceeded: Callable[[str, str], None]) -> Stoppable:
+        if limits.memory is not None and isinstance(scope, CgroupScope):
+            # The kernel enforces it too where the memory controller is there (OOM kill -> oom-kill).
+            scope.set_memory_max(limits.memory)
+        watch = ResourceWatch(limits, scope.pids, on_exceeded)
+        watch.start(self._loop)
+        return watch
+
+    def oom_killed(self, scope: Scope) -> bool:
+        return isinstance(scope, CgroupScope) and oom_killed(scope.path)

@@ -23,12 +23,16 @@ from hasupd.containment import Containment, Reaper
 from hasupd.control.handlers import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
+from hasupd.incidents import IncidentOutputCapture, ServiceOutput
 from hasupd.logs import log_events, setup_logging
 from hasupd.manager import Manager
+from hasupd.metrics import Metrics
 from hasupd.output import journal_available
+from hasupd.records import RecordStore
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.states import OutputMode
 from hasupd.systemd import SystemdNotifier
+from hasupd.watchers import LoopWatchers
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,15 @@ class Daemon:
         """Supervise until SIGTERM or SIGINT; return the exit code."""
         loop = asyncio.get_running_loop()
         log_cfg = config.daemon.log
-        logger = setup_logging(
-            self.options.log_target or log_cfg.target, self.options.log_format or log_cfg.format
-        )
-        log_events(self.bus, logger)
         state_dir = Path(config.daemon.state_dir)
         runtime_dir = Path(config.daemon.runtime_dir)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        logs = setup_logging(
+            self.options.log_target or log_cfg.target,
+            self.options.log_format or log_cfg.format,
+            records_dir=state_dir / "records",
+        )
+        log_events(self.bus, logs.logger)
         # Traversable by everyone: services reach their notify sockets here; the control socket itself
         # is 0660.
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -128,10 +134,22 @@ class Daemon:
                 version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
             )
         )
+        clock = LoopClock(loop)
+        watchers = LoopWatchers(loop, clock, runtime_dir, reaper)
         manager = Manager(
-            config, spawner=spawner, clock=LoopClock(loop), bus=self.bus, default_output=default_output
+            config,
+            spawner=spawner,
+            clock=clock,
+            bus=self.bus,
+            default_output=default_output,
+            watchers=watchers,
         )
         self.manager = manager
+        # Records read back, incident output tails, metrics.
+        service_output = ServiceOutput(self.bus, state_dir / "logs", reaper, manager)
+        records = RecordStore(logs, service_output, reaper, self.bus)
+        capture = IncidentOutputCapture(self.bus, service_output)
+        metrics = Metrics(self.bus, manager, config.daemon.metrics.listen)
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
@@ -144,7 +162,7 @@ class Daemon:
                 self._tasks = tasks
                 control = ControlServer(
                     runtime_dir / "control.sock",
-                    Context(manager=manager, reloader=self),
+                    Context(manager=manager, reloader=self, records=records),
                     access=lambda: manager.config.daemon.access,
                     publish=self.bus.publish,
                     spawn=tasks.create_task,
@@ -156,6 +174,7 @@ class Daemon:
                 if watch is not None:
                     watch.start()
                 pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
+                observers = (tasks.create_task(capture.run()), tasks.create_task(metrics.run()))
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
@@ -168,6 +187,8 @@ class Daemon:
                 await control.close()
                 await manager.stop_all("hasupd is stopping")
                 pinger.cancel()
+                for observer in observers:
+                    observer.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

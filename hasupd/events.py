@@ -173,6 +173,11 @@ class ServiceExited(Event):
         how = "as asked" if self.expected else "unexpectedly"
         return f"{self.service} (pid {self.pid}) exited {how} with {self.status}, result {self.result}"
 
+    def level(self) -> int:
+        # An unexpected failure is a warning (it shows in `hasupctl errors` and `journalctl -p warning`);
+        # an exit that was asked for, or a clean one, is routine.
+        return logging.WARNING if not self.expected and self.result != "success" else logging.INFO
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceKilled(Event):
@@ -258,6 +263,110 @@ class IncidentClosed(Event):
 
     def message(self) -> str:
         return f"{self.service}: incident {self.incident} closed: {self.outcome}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncidentOutput(Event):
+    """The service's own last output lines from before the failure that opened the incident."""
+
+    NAME = "incident.output"
+    lines: tuple[str, ...]
+    source: str  # "journal" or the log file read
+    error: str | None = None  # why fewer lines (or none) could be read
+
+    def message(self) -> str:
+        if self.error:
+            return f"{self.service}: output before incident {self.incident} unavailable: {self.error}"
+        return f"{self.service}: last {len(self.lines)} output line(s) before incident {self.incident}"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsListening(Event):
+    NAME = "metrics.listening"
+    address: str
+
+    def message(self) -> str:
+        return f"Prometheus metrics at http://{self.address}/metrics"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsUnavailable(Event):
+    NAME = "metrics.unavailable"
+    LEVEL = logging.ERROR
+    address: str
+    error: str
+
+    def message(self) -> str:
+        return f"cannot serve metrics on {self.address}: {self.error}"
+
+
+# --------------------------------------------------------------------------- freeze detection
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceReady(Event):
+    NAME = "service.ready"
+    pid: int
+
+    def message(self) -> str:
+        return f"{self.service} is ready (READY=1 from pid {self.pid})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStatusText(Event):
+    NAME = "service.status"
+    LEVEL = logging.DEBUG
+    status: str
+
+    def message(self) -> str:
+        return f"{self.service}: STATUS={self.status}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchdogTimeout(Event):
+    NAME = "watchdog.timeout"
+    LEVEL = logging.ERROR
+    pid: int | None
+    timeout_sec: float
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.service} (pid {self.pid}) watchdog: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthFailed(Event):
+    NAME = "health.failed"
+    LEVEL = logging.ERROR
+    probe: str
+    detail: str
+    failures: int
+
+    def message(self) -> str:
+        return f"{self.service} unhealthy after {self.failures} failed {self.probe} probe(s): {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthRecovered(Event):
+    NAME = "health.ok"
+    probe: str
+
+    def message(self) -> str:
+        return f"{self.service} is healthy ({self.probe} probe passes)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitExceeded(Event):
+    NAME = "limit.exceeded"
+    LEVEL = logging.ERROR
+    limit: str
+    detail: str
+
+    def message(self) -> str:
+        return f"{self.service} over its {self.limit} limit: {self.detail}"
 
 
 # --------------------------------------------------------------------------- control

@@ -1,20 +1,30 @@
-"""Records: every event becomes one log record, as journald fields or as one JSON line.
+"""Records: every event becomes one log record, as journald fields or as JSON lines.
 
 With journald (its native socket is there), each tag is a field ``HASUPD_<TAG>``, ``PRIORITY`` follows
-the level and ``MESSAGE`` is the whole record as one JSON object, so both
-``journalctl HASUPD_SERVICE=web`` and ``journalctl -o cat | jq`` work. Without journald the same JSON
-object is one line on stderr. ``text`` is for people at a terminal.
+the level, ``SYSLOG_IDENTIFIER=hasupd`` and ``MESSAGE`` is the whole record as one JSON object, so both
+``journalctl HASUPD_SERVICE=web`` and ``journalctl -o cat | jq`` work. A record too large for one
+datagram is passed in a sealed memfd (as ``sd_journal_send`` does), so nothing is truncated or lost.
+
+Without journald the same JSON object is one line on stderr (or a line of text for people at a terminal,
+``--log-format text``) and one line in ``STATE_DIR/records/records.jsonl`` (always JSON, rotated by size),
+so that ``hasupctl events``, ``errors`` and ``incident`` work there too.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import logging.handlers
+import os
 import socket
 import struct
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import TextIOWrapper
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +38,25 @@ except ImportError:  # pragma: no cover - Debian 12 ships 2.0
 
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 LOGGER_NAME = "hasupd"
+IDENTIFIER = "hasupd"
+RECORDS_FILE = "records.jsonl"
+RECORDS_MAX_BYTES = 10 * 1024 * 1024
+RECORDS_KEEP = 10
 _TAG_ATTR = "hasupd_tags"
 # syslog priorities by logging level
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+# As systemd's journal client: a large send buffer makes the memfd path rare.
+_JOURNAL_SNDBUF = 8 * 1024 * 1024
+# A journald that does not take a record within this long is stuck; the record goes to handleError
+# (stderr) rather than freezing the event loop that publishes it.
+_JOURNAL_SEND_TIMEOUT_SEC = 2.0
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 
 
 def record_dict(record: logging.LogRecord) -> dict[str, Any]:
     """Return the JSON object for a record: time, level, message and every tag."""
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds"),
         "level": record.levelname.lower(),
         "message": record.getMessage(),
     }
@@ -50,7 +70,7 @@ class RecordJsonFormatter(JsonFormatter):  # type: ignore[misc,unused-ignore]  #
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: Any) -> None:
         super().add_fields(log_record, record, message_dict)
         log_record.pop(_TAG_ATTR, None)
-        for key in ("asctime", "levelname", "name", "msg"):
+        for key in ("asctime", "levelname", "name", "msg", "taskName"):
             log_record.pop(key, None)
         log_record.update(record_dict(record))
 
@@ -63,41 +83,92 @@ class TextFormatter(logging.Formatter):
         return f"{when} {record.levelname:<7} {record.getMessage()}{extra}"
 
 
-def _journal_field(key: str, value: str) -> bytes:
+def journal_field(key: str, value: str) -> bytes:
+    """Return one field in journald's native format (the binary form when the value has a newline)."""
     data = value.encode("utf-8", "replace")
     if b"\n" in data:
         return key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
     return key.encode() + b"=" + data + b"\n"
 
 
-class JournalHandler(logging.Handler):
-    """Send records to journald over its native protocol (one datagram per record)."""
+def journal_fields(record: logging.LogRecord, message: str, identifier: str = IDENTIFIER) -> bytes:
+    """Return the native-protocol payload of ``record``: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, HASUPD_*."""
+    tags: Mapping[str, Any] = getattr(record, _TAG_ATTR, {})
+    parts = [
+        journal_field("MESSAGE", message),
+        journal_field("PRIORITY", str(_PRIORITY.get(record.levelno, 6))),
+        journal_field("SYSLOG_IDENTIFIER", identifier),
+    ]
+    for key, value in tags.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(journal_field("HASUPD_" + key.upper(), text))
+    return b"".join(parts)
 
-    def __init__(self, socket_path: Path = JOURNAL_SOCKET, identifier: str = "hasupd") -> None:
+
+class JournalHandler(logging.Handler):
+    """Send records to journald over its native protocol.
+
+    One datagram per record; a record larger than a datagram may be (EMSGSIZE, ENOBUFS) is written to a
+    sealed memfd whose descriptor is passed with SCM_RIGHTS, which journald reads whole, exactly as
+    ``sd_journal_send`` does. ``memfd_sends`` counts those.
+    """
+
+    def __init__(self, socket_path: Path = JOURNAL_SOCKET, identifier: str = IDENTIFIER) -> None:
         super().__init__()
         self._path = str(socket_path)
         self._identifier = identifier
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _JOURNAL_SNDBUF)  # the kernel caps it
+        self._sock.settimeout(_JOURNAL_SEND_TIMEOUT_SEC)
         self._formatter = RecordJsonFormatter()
+        self.memfd_sends = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        tags: Mapping[str, Any] = getattr(record, _TAG_ATTR, {})
-        parts = [
-            _journal_field("MESSAGE", self._formatter.format(record)),
-            _journal_field("PRIORITY", str(_PRIORITY.get(record.levelno, 6))),
-            _journal_field("SYSLOG_IDENTIFIER", self._identifier),
-        ]
-        for key, value in tags.items():
-            text = value if isinstance(value, str) else json.dumps(value)
-            parts.append(_journal_field("HASUPD_" + key.upper(), text))
+        payload = journal_fields(record, self._formatter.format(record), self._identifier)
         try:
-            self._sock.sendto(b"".join(parts), self._path)
+            try:
+                self._sock.sendto(payload, self._path)
+            except OSError as e:
+                if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                    raise
+                self._send_memfd(payload)
         except OSError:
             self.handleError(record)
+
+    def _send_memfd(self, payload: bytes) -> None:
+        fd = os.memfd_create("hasupd-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            # journald only maps a memfd nobody can change any more.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            self._sock.sendmsg(
+                [], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))], 0, self._path
+            )
+            self.memfd_sends += 1
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._sock.close()
         super().close()
+
+
+class RecordFileHandler(logging.handlers.RotatingFileHandler):
+    """JSON lines in ``DIR/records.jsonl``, rotated by size to ``.1`` .. ``.KEEP``; line-buffered, so a
+    reader (``hasupctl events``) sees every record as soon as it is written."""
+
+    def __init__(self, folder: Path, max_bytes: int = RECORDS_MAX_BYTES, keep: int = RECORDS_KEEP) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        super().__init__(folder / RECORDS_FILE, maxBytes=max_bytes, backupCount=keep, encoding="utf-8")
+        self.setFormatter(RecordJsonFormatter())
+
+    def _open(self) -> TextIOWrapper:
+        # Line-buffered: every record reaches the file as it is written (the handler owns the stream).
+        stream = open(self.baseFilename, self.mode, buffering=1, encoding=self.encoding, errors=self.errors)  # noqa: SIM115
+        assert isinstance(stream, TextIOWrapper)  # text mode
+        return stream
 
 
 def journal_available(socket_path: Path = JOURNAL_SOCKET) -> bool:
@@ -112,10 +183,22 @@ def journal_available(socket_path: Path = JOURNAL_SOCKET) -> bool:
     return True
 
 
-def setup_logging(target: LogTarget, fmt: LogFormat, level: int = logging.INFO) -> logging.Logger:
-    """Configure the ``hasupd`` logger for ``target`` and ``fmt``; return it.
+@dataclass(frozen=True)
+class LogSetup:
+    """Where records go, for the writers (``logger``) and the readers (``hasupd.records``)."""
 
-    ``auto`` picks journald when it is there, else stderr. The text format applies to stderr only.
+    logger: logging.Logger
+    journal: bool  # records go to journald (and are read back from it)
+    records_dir: Path | None  # else: JSON-line files here (None: stderr only)
+
+
+def setup_logging(
+    target: LogTarget, fmt: LogFormat, level: int = logging.INFO, records_dir: Path | None = None
+) -> LogSetup:
+    """Configure the ``hasupd`` logger for ``target`` and ``fmt``; return it with where records go.
+
+    ``auto`` picks journald when it is there, else stderr. Without journald, records also go to JSON-line
+    files under ``records_dir`` when it is given. The text format applies to stderr only.
     """
     logger = logging.getLogger(LOGGER_NAME)
     for old in list(logger.handlers):
@@ -124,22 +207,36 @@ def setup_logging(target: LogTarget, fmt: LogFormat, level: int = logging.INFO) 
     logger.propagate = False
     logger.setLevel(level)
     use_journal = target is LogTarget.JOURNAL or (target is LogTarget.AUTO and journal_available())
-    handler: logging.Handler
     if use_journal:
-        handler = JournalHandler()
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(TextFormatter() if fmt is LogFormat.TEXT else RecordJsonFormatter())
-    logger.addHandler(handler)
-    return logger
+        logger.addHandler(JournalHandler())
+        return LogSetup(logger, True, None)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(TextFormatter() if fmt is LogFormat.TEXT else RecordJsonFormatter())
+    logger.addHandler(stderr)
+    if records_dir is not None:
+        logger.addHandler(RecordFileHandler(records_dir))
+    return LogSetup(logger, False, records_dir)
 
 
 def log_events(bus: EventBus, logger: logging.Logger) -> None:
     """Write every event published on ``bus`` as a record through ``logger``."""
 
     def write(event: Event) -> None:
-        level = event.level()
-        if logger.isEnabledFor(level):
-            logger.log(level, event.message(), extra={_TAG_ATTR: event.tags()})
+        if logger.isEnabledFor(event.level()):
+            logger.handle(_log_record(logger.name, event))
 
     bus.subscribe(write)
+
+
+def _log_record(name: str, event: Event) -> logging.LogRecord:
+    # Stamped with the event's own time, so a record read back equals the one a follower saw on the bus.
+    record = logging.LogRecord(name, event.level(), __file__, 0, event.message(), None, None)
+    record.created = event.time
+    record.msecs = (event.time - int(event.time)) * 1000
+    setattr(record, _TAG_ATTR, event.tags())
+    return record
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """Return the JSON object the writers make of ``event`` (for readers that see it on the bus)."""
+    return record_dict(_log_record(LOGGER_NAME, event))

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from hasupd.cli.ctl_records import RECORD_COMMANDS, add_record_commands, run_record_command
 from hasupd.control.client import ControlError, call, socket_path
 from hasupd.control.protocol import Exit
 
@@ -30,7 +31,9 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def print_status(services: list[dict[str, Any]]) -> None:
-    rows = [["NAME", "STATE", "RESULT", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "INCIDENT"]]
+    rows = [
+        ["NAME", "STATE", "RESULT", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "HEALTH", "INCIDENT", "STATUS"]
+    ]
     for s in services:
         rows.append(
             [
@@ -41,7 +44,9 @@ def print_status(services: list[dict[str, Any]]) -> None:
                 _duration(s["uptime_sec"]),
                 str(s["restarts"]),
                 s["last_exit"] or "-",
+                s.get("health") or "-",
                 s["incident"] or "-",
+                s.get("status_text") or "",
             ]
         )
     print(_table(rows))
@@ -66,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("names", nargs="+" if verb != "reset-failed" else "*", metavar="NAME")
     reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
     reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    add_record_commands(sub)
     for p in sub.choices.values():  # accept --json after the command too
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         request["names"] = args.names
     if args.command == "reload":
         request["dry_run"] = args.dry_run
+    if args.command in RECORD_COMMANDS:
+        return run_record_command(args)
     try:
         data = call(socket_path(args.socket), args.command, request)
     except ControlError as error:

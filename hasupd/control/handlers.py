@@ -12,6 +12,7 @@ from hasupd.config.diff import Plan
 from hasupd.control.auth import Role
 from hasupd.control.protocol import Exit
 from hasupd.manager import Manager
+from hasupd.records import RecordStore
 from hasupd.service import Service
 from hasupd.states import STOPPING_STATES, ServiceState
 
@@ -35,6 +36,7 @@ class Reloader(Protocol):
 class Context:
     manager: Manager
     reloader: Reloader
+    records: RecordStore | None = None  # logs, events, errors, incident
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
@@ -53,10 +55,11 @@ def _names(ctx: Context, args: dict[str, Any], *, required: bool) -> list[str]:
         raise CommandError(Exit.USAGE, "'names' must be a list of service names")
     if required and not names:
         raise CommandError(Exit.USAGE, "name at least one service")
-    unknown = [n for n in names if n not in ctx.manager.services]
+    unknown = [n for n in names if n not in ctx.manager.services and n not in ctx.manager.units]
     if unknown:
         raise CommandError(Exit.NOT_FOUND, "no such service: " + ", ".join(unknown))
-    return names or sorted(ctx.manager.services)
+    # A service name stands for all its instances (NAME@0 ...).
+    return [unit for n in names for unit in ctx.manager.resolve(n)] or sorted(ctx.manager.services)
 
 
 def service_status(service: Service) -> dict[str, Any]:
@@ -72,6 +75,8 @@ def service_status(service: Service) -> dict[str, Any]:
         "incident": st.incident,
         "invocation": st.invocation,
         "description": service.config.description,
+        "status_text": st.status_text,
+        "health": st.health,
     }
 
 
@@ -146,6 +151,9 @@ async def _reload(ctx: Context, args: dict[str, Any]) -> Any:
     return {"dry_run": dry_run, "plan": plan.describe()}
 
 
+# Imported here: those handlers need CommandError and Context from above.
+from hasupd.control import handlers_records  # noqa: E402
+
 COMMANDS: dict[str, Command] = {
     "status": Command(Role.READ, False, _status),
     "start": Command(Role.OPERATE, True, _start),
@@ -153,4 +161,8 @@ COMMANDS: dict[str, Command] = {
     "restart": Command(Role.OPERATE, True, _restart),
     "reset-failed": Command(Role.OPERATE, True, _reset_failed),
     "reload": Command(Role.OPERATE, True, _reload),
+    "logs": Command(Role.READ, False, handlers_records.logs),
+    "events": Command(Role.READ, False, handlers_records.events),
+    "errors": Command(Role.READ, False, handlers_records.errors),
+    "incident": Command(Role.READ, False, handlers_records.incident),
 }

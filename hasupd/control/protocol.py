@@ -3,6 +3,10 @@
 Request:  {"v": 1, "cmd": "stop", "args": {"names": ["web"]}}
 Response: {"v": 1, "ok": true, "data": ...}  or  {"v": 1, "ok": false, "code": 4, "error": "..."}
 
+A streamed response (``logs -f``) starts with {"v": 1, "ok": true, "stream": true} and goes on with one
+JSON value per line until either side closes the connection; an empty line is a heartbeat, which is how
+the server learns that a quiet follower has gone.
+
 ``code`` is the exit code hasupctl returns (the table below). Standard library only: hasupctl runs
 on any python3 without hasupd's dependencies.
 """
@@ -10,6 +14,8 @@ on any python3 without hasupd's dependencies.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -49,6 +55,21 @@ def ok(data: Any = None) -> bytes:
 
 def error(code: Exit, message: str) -> bytes:
     return encode({"v": VERSION, "ok": False, "code": int(code), "error": message})
+
+
+def stream_start() -> bytes:
+    return encode({"v": VERSION, "ok": True, "stream": True})
+
+
+# Sends one item of a stream (None: a heartbeat); returns False once the client has gone.
+StreamSend = Callable[[Any], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A handler's answer that is a stream: ``run(send)`` sends items until it returns or send fails."""
+
+    run: Callable[[StreamSend], Awaitable[None]]
 
 
 def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from hasupd.control.protocol import Exit, ProtocolError
 
 READ_TIMEOUT_SEC = 5.0
 MAX_CONNECTIONS = 64
+STREAM_SEND_TIMEOUT_SEC = 30.0  # a follower that reads nothing for this long is dropped
 
 
 def _describe_request(cmd: str, args: dict[str, Any]) -> str:
@@ -52,6 +53,7 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._active = 0
         self.malformed = 0
+        self._streams: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Bind the socket (replacing a stale one) and start accepting."""
@@ -70,6 +72,8 @@ class ControlServer:
             os.chown(self.path, -1, gid)
 
     async def close(self) -> None:
+        for task in self._streams:  # followers would otherwise keep hasupd from stopping
+            task.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -88,7 +92,9 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             reply = await self._respond(reader, writer)
-            if reply is not None:
+            if isinstance(reply, protocol.Streaming):
+                await self._stream(reply, writer)
+            elif reply is not None:
                 writer.write(reply)
                 with contextlib.suppress(ConnectionError):
                     await asyncio.wait_for(writer.drain(), READ_TIMEOUT_SEC)
@@ -100,7 +106,29 @@ class ControlServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+    async def _stream(self, streaming: protocol.Streaming, writer: asyncio.StreamWriter) -> None:
+        """Send a streamed answer until it ends, the client goes, or the server closes."""
+
+        async def send(item: Any) -> bool:
+            writer.write(b"\n" if item is None else protocol.encode(item))
+            try:
+                await asyncio.wait_for(writer.drain(), STREAM_SEND_TIMEOUT_SEC)
+            except (ConnectionError, TimeoutError):
+                return False
+            return not writer.is_closing()
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            writer.write(protocol.stream_start())
+            await streaming.run(send)
+        finally:
+            self._streams.discard(task)
+
+    async def _respond(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes | protocol.Streaming | None:
         peer = peer_of(writer.get_extra_info("socket"))
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_SEC)
@@ -140,7 +168,7 @@ class ControlServer:
             return protocol.error(error.code, str(error))
         if command.changes_state:
             self._audit(peer, request, "ok", role.name.lower())
-        return protocol.ok(data)
+        return data if isinstance(data, protocol.Streaming) else protocol.ok(data)
 
     def _audit(self, peer: Peer, request: str, outcome: str, role: str | None) -> None:
         self._publish(

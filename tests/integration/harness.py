@@ -62,13 +62,18 @@ class Hasupd:
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         runtime_dir: Path | None = None,
+        argv_prefix: tuple[str, ...] = (),
     ) -> None:
+        """``argv_prefix`` runs hasupd under another command, e.g. ``nsenter -t PID -m --`` to run it
+        in the mount namespace of a test journald."""
         self.runtime_dir = runtime_dir or work / "run"
+        self.state_dir = work / "state"
         self.socket = self.runtime_dir / "control.sock"
         self.records: list[Record] = []
         self.lines: list[str] = []
         self._lock = threading.Condition()
         argv = [
+            *argv_prefix,
             sys.executable,
             "-m",
             "hasupd",
@@ -76,7 +81,7 @@ class Hasupd:
             "--config-dir",
             str(config_dir),
             "--state-dir",
-            str(work / "state"),
+            str(self.state_dir),
             "--runtime-dir",
             str(self.runtime_dir),
             "--log-target",

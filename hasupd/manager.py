@@ -1,8 +1,14 @@
-"""The set of services: ordered start and stop, and applying reload plans."""
+"""The set of services: instances, held sockets, ordered start and stop, reload plans, rolling restarts.
+
+A configured service with ``instances: N`` becomes N units ``NAME@0`` .. ``NAME@N-1``, each its own
+state machine; ``services`` is keyed by unit name. Commands accept a service name (all its units) or
+one unit name.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -10,15 +16,52 @@ from collections.abc import Callable, Iterable
 from hasupd import events as ev
 from hasupd.config.diff import Plan, plan_reload
 from hasupd.config.model import Config, ServiceConfig
-from hasupd.runtimes.base import Clock, Spawner
+from hasupd.runtimes.base import Clock, Spawner, Watchers
 from hasupd.service import Service
+from hasupd.sockets import SocketSet
 from hasupd.states import OutputMode, ServiceState
 
 log = logging.getLogger(__name__)
 
+INSTANCE_PLACEHOLDER = "{instance}"
+
+
+def _fill(text: str, index: int) -> str:
+    return text.replace(INSTANCE_PLACEHOLDER, str(index))
+
+
+def instance_config(config: ServiceConfig, index: int) -> ServiceConfig:
+    """Return ``config`` with ``{instance}`` replaced by ``index`` in command, environment and probes."""
+    probes = tuple(
+        dataclasses.replace(p, target=_fill(p.target, index), argv=tuple(_fill(a, index) for a in p.argv))
+        for p in config.health
+    )
+    return dataclasses.replace(
+        config,
+        command=tuple(_fill(a, index) for a in config.command),
+        environment=tuple((k, _fill(v, index)) for k, v in config.environment),
+        health=probes,
+        heartbeat_file=(
+            dataclasses.replace(config.heartbeat_file, path=_fill(config.heartbeat_file.path, index))
+            if config.heartbeat_file
+            else None
+        ),
+    )
+
+
+def expand(config: ServiceConfig) -> list[tuple[str, ServiceConfig]]:
+    """Return the units of a configured service: [(unit name, its config)]."""
+    if config.instances == 1:
+        return [(config.name, config)]
+    return [(f"{config.name}@{i}", instance_config(config, i)) for i in range(config.instances)]
+
+
+class RollingRestartError(Exception):
+    """A rolling restart stopped because an instance did not come back."""
+
 
 class Manager:
-    """Owns every Service; starts a service once the services it comes ``after`` are running."""
+    """Owns every unit; starts a unit once every unit of the services it comes ``after`` runs."""
 
     def __init__(
         self,
@@ -28,14 +71,18 @@ class Manager:
         clock: Clock,
         bus: ev.EventBus,
         default_output: OutputMode,
+        watchers: Watchers | None = None,
     ) -> None:
         self.config = config
         self._spawner = spawner
         self._clock = clock
         self._bus = bus
         self._default_output = default_output
-        self.services: dict[str, Service] = {}
-        # Services that should run but wait for their `after` dependencies to be running.
+        self._watchers = watchers
+        self.services: dict[str, Service] = {}  # by unit name
+        self.units: dict[str, list[str]] = {}  # service name -> its unit names
+        self._sockets: dict[str, SocketSet] = {}  # service name -> its held sockets
+        # Units that should run but wait for their `after` dependencies to be running.
         self._pending: set[str] = set()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._reload_lock = asyncio.Lock()
@@ -55,60 +102,92 @@ class Manager:
             parts.append(f"{len(self._pending)} waiting for dependencies")
         return ", ".join(parts)
 
+    def resolve(self, name: str) -> list[str]:
+        """Return the unit names ``name`` stands for (a service: all its units). Raise KeyError."""
+        if name in self.units:
+            return list(self.units[name])
+        if name in self.services:
+            return [name]
+        raise KeyError(name)
+
+    def up_count(self, name: str) -> tuple[int, int]:
+        """Return (units running, units configured) for a service name."""
+        units = self.units[name]
+        return sum(self.services[u].state is ServiceState.RUNNING for u in units), len(units)
+
+    def is_pending(self, name: str) -> bool:
+        """Return True if unit ``name`` should run but waits for its dependencies."""
+        return name in self._pending
+
     # ------------------------------------------------------------------ start / stop
 
-    def _add(self, config: ServiceConfig) -> Service:
-        service = Service(
-            config,
-            spawner=self._spawner,
-            clock=self._clock,
-            bus=self._bus,
-            output=config.output or self._default_output,
-        )
-        self.services[config.name] = service
-        return service
+    def _add(self, config: ServiceConfig, sockets: SocketSet | None = None) -> None:
+        if config.sockets and sockets is None:
+            sockets = SocketSet(config.name, config.sockets)
+        if sockets is not None:
+            self._sockets[config.name] = sockets
+        units = expand(config)
+        self.units[config.name] = [unit for unit, _ in units]
+        for unit, unit_config in units:
+            self.services[unit] = Service(
+                unit_config,
+                spawner=self._spawner,
+                clock=self._clock,
+                bus=self._bus,
+                output=config.output or self._default_output,
+                watchers=self._watchers,
+                unit_name=unit,
+                sockets=sockets,
+            )
+
+    def _remove(self, name: str, keep_sockets: bool) -> SocketSet | None:
+        for unit in self.units.pop(name):
+            self.services.pop(unit).close()
+            self._pending.discard(unit)
+        sockets = self._sockets.pop(name, None)
+        if sockets is not None and not keep_sockets:
+            sockets.close()
+            return None
+        return sockets
 
     def start_all(self) -> None:
-        """Start every service, each once its dependencies are running."""
+        """Start every unit, each once its dependencies are running."""
         self._pending.update(self.services)
         self._start_ready()
 
-    def start(self, name: str) -> None:
-        """Start one service (after its dependencies). Raise KeyError if unknown."""
-        service = self.services[name]
+    def start(self, unit: str) -> None:
+        """Start one unit (after its dependencies). Raise KeyError if unknown."""
+        service = self.services[unit]
         if self._deps_running(service.config):
-            self._pending.discard(name)
+            self._pending.discard(unit)
             service.start()
         else:
-            self._pending.add(name)
+            self._pending.add(unit)
 
-    def is_pending(self, name: str) -> bool:
-        """Return True if ``name`` should run but waits for its dependencies."""
-        return name in self._pending
-
-    def stop(self, name: str, reason: str = "stop requested") -> None:
-        """Stop one service. Raise KeyError if unknown."""
-        self._pending.discard(name)
-        self.services[name].stop(reason)
+    def stop(self, unit: str, reason: str = "stop requested") -> None:
+        """Stop one unit. Raise KeyError if unknown."""
+        self._pending.discard(unit)
+        self.services[unit].stop(reason)
 
     def _deps_running(self, config: ServiceConfig) -> bool:
         return all(
-            dep in self.services and self.services[dep].state is ServiceState.RUNNING for dep in config.after
+            dep in self.units and all(self.services[u].state is ServiceState.RUNNING for u in self.units[dep])
+            for dep in config.after
         )
 
     def _start_ready(self) -> None:
-        for name in sorted(self._pending):
-            service = self.services.get(name)
+        for unit in sorted(self._pending):
+            service = self.services.get(unit)
             if service is None:
-                self._pending.discard(name)
+                self._pending.discard(unit)
             elif self._deps_running(service.config):
-                self._pending.discard(name)
+                self._pending.discard(unit)
                 service.start()
 
     def _on_event(self, event: ev.Event) -> None:
-        if not isinstance(event, ev.ServiceStateChanged):
+        if not isinstance(event, ev.ServiceStateChanged | ev.HealthRecovered):
             return
-        if event.new == ServiceState.RUNNING and self._pending:
+        if isinstance(event, ev.ServiceStateChanged) and event.new == ServiceState.RUNNING and self._pending:
             self._start_ready()
         for condition, future in list(self._waiters):
             if not future.done() and condition():
@@ -116,7 +195,7 @@ class Manager:
                 self._waiters.remove((condition, future))
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Return once ``condition()`` is true; it is re-checked on every state change."""
+        """Return once ``condition()`` is true; it is re-checked on every state or health change."""
         if condition():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -128,34 +207,74 @@ class Manager:
             if entry in self._waiters:
                 self._waiters.remove(entry)
 
-    async def wait_inactive(self, names: Iterable[str]) -> None:
-        """Return once every named service that still exists is dead or failed."""
-        names = tuple(names)
+    async def wait_inactive(self, units: Iterable[str]) -> None:
+        """Return once every named unit that still exists is dead or failed."""
+        units = tuple(units)
         await self.wait_until(
-            lambda: all(n not in self.services or self.services[n].is_inactive for n in names)
+            lambda: all(n not in self.services or self.services[n].is_inactive for n in units)
         )
 
-    def _stop_order(self, names: Iterable[str]) -> list[list[str]]:
-        """Return ``names`` in layers: each layer only holds services nothing left depends on."""
-        left = set(names)
+    def _stop_order(self, units: Iterable[str]) -> list[list[str]]:
+        """Return ``units`` in layers: each layer only holds units nothing left depends on."""
+        left = set(units)
         layers: list[list[str]] = []
         while left:
-            depended = {dep for n in left for dep in self.services[n].config.after if dep in left}
+            depended = {
+                dep_unit
+                for u in left
+                for dep in self.services[u].config.after
+                for dep_unit in self.units.get(dep, ())
+                if dep_unit in left
+            }
             layer = sorted(left - depended) or sorted(left)  # a cycle cannot pass validation
             layers.append(layer)
             left -= set(layer)
         return layers
 
     async def stop_all(self, reason: str) -> None:
-        """Stop every service, dependents before their dependencies; return when all are down."""
-        await self.stop_many(self.services, reason)
+        """Stop every unit, dependents before their dependencies; return when all are down.
 
-    async def stop_many(self, names: Iterable[str], reason: str) -> None:
-        """Stop the named services in reverse dependency order and wait until they are down."""
-        for layer in self._stop_order(names):
-            for name in layer:
-                self.stop(name, reason)
+        Notify endpoints and held sockets are closed too: the manager is done after this.
+        """
+        await self.stop_many(self.services, reason)
+        for service in self.services.values():
+            service.close()
+        for sockets in self._sockets.values():
+            sockets.close()
+
+    async def stop_many(self, units: Iterable[str], reason: str) -> None:
+        """Stop the named units in reverse dependency order and wait until they are down."""
+        for layer in self._stop_order(units):
+            for unit in layer:
+                self.stop(unit, reason)
             await self.wait_inactive(layer)
+
+    async def rolling_restart(self, name: str, healthy: Callable[[Service], bool]) -> list[str]:
+        """Restart the units of ``name`` one at a time, each only after the previous one is back.
+
+        Return the units restarted. Raise RollingRestartError (the rest left untouched) when a unit
+        does not come back (running and ``healthy``) within its start timeout.
+        """
+        done: list[str] = []
+        for unit in self.resolve(name):
+            service = self.services[unit]
+            service.restart()
+
+            def back(s: Service = service) -> bool:
+                return s.state is ServiceState.FAILED or (s.state is ServiceState.RUNNING and healthy(s))
+
+            try:
+                await asyncio.wait_for(
+                    self.wait_until(back), service.config.timeout_start_sec + service.config.timeout_stop_sec
+                )
+            except TimeoutError:
+                raise RollingRestartError(
+                    f"{unit} did not come back within its timeouts; stopped after {done or 'none'}"
+                ) from None
+            if service.state is not ServiceState.RUNNING:
+                raise RollingRestartError(f"{unit} is {service.state} ({service.result}); stopped there")
+            done.append(unit)
+        return done
 
     # ------------------------------------------------------------------ reload
 
@@ -167,16 +286,25 @@ class Manager:
         """Turn the running services into those of ``new``: only what changed is touched."""
         async with self._reload_lock:
             plan = plan_reload(self.config, new)
+            old = {s.name: s for s in self.config.services}
             gone = [*plan.removed, *(s.name for s in plan.changed)]
-            await self.stop_many(gone, "configuration changed")
+            await self.stop_many([u for name in gone for u in self.units[name]], "configuration changed")
+            kept_sockets: dict[str, SocketSet] = {}
             for name in plan.removed:
-                del self.services[name]
+                self._remove(name, keep_sockets=False)
+            for config in plan.changed:
+                # Unchanged sockets stay bound across the restart: no connection is refused.
+                same = old[config.name].sockets == config.sockets
+                held = self._remove(config.name, keep_sockets=same)
+                if held is not None:
+                    kept_sockets[config.name] = held
             for config in plan.updated:
-                self.services[config.name].update_config(config)
+                for unit, unit_config in expand(config):
+                    self.services[unit].update_config(unit_config)
             self.config = new
             for config in (*plan.changed, *plan.added):
-                self._add(config)
-                self._pending.add(config.name)
+                self._add(config, kept_sockets.get(config.name))
+                self._pending.update(self.units[config.name])
             self._start_ready()
             self._bus.publish(
                 ev.ConfigApplied(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import http.server
 import os
+import signal
 import socket
 import sys
+import threading
 
 SD_LISTEN_FDS_START = 3
 
@@ -34,11 +36,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = f"hello from instance {os.environ.get('INSTANCE', '?')} pid {os.getpid()}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        # One write: a process killed mid-request has sent either nothing or the whole answer.
+        self.wfile.write(head.encode() + body)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -56,8 +57,17 @@ def main() -> int:
     if not sockets:
         print("no LISTEN_FDS: run me under hasupd with `sockets:`", file=sys.stderr)
         return 2
+    server = Server(sockets[0])
+
+    def graceful(signum: int, frame: object) -> None:
+        # Stop accepting (the listening socket stays open in hasupd for the next instance) and let
+        # the requests already accepted finish: a polite stop loses no request.
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, graceful)
     print(f"serving on {sockets[0].getsockname()} (pid {os.getpid()})", flush=True)
-    Server(sockets[0]).serve_forever()
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()  # joins the request threads
     return 0
 
 

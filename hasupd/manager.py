@@ -24,6 +24,8 @@ from hasupd.states import OutputMode, ServiceState
 log = logging.getLogger(__name__)
 
 INSTANCE_PLACEHOLDER = "{instance}"
+# A restarted instance without health probes must stay running this long to count as back.
+ROLLING_SETTLE_SEC = 1.0
 
 
 def _fill(text: str, index: int) -> str:
@@ -273,6 +275,14 @@ class Manager:
                 ) from None
             if service.state is not ServiceState.RUNNING:
                 raise RollingRestartError(f"{unit} is {service.state} ({service.result}); stopped there")
+            if not service.config.health:
+                # Without probes "back" can only mean "still running a moment later".
+                invocation = service.invocation
+                await asyncio.sleep(ROLLING_SETTLE_SEC)
+                if service.state is not ServiceState.RUNNING or service.invocation != invocation:
+                    raise RollingRestartError(
+                        f"{unit} did not stay running ({service.state}, {service.result}); stopped there"
+                    )
             done.append(unit)
         return done
 

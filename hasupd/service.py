@@ -354,11 +354,14 @@ class Service:
 
     def _enter_running(self) -> None:
         self._running_since = self._clock.time()
+        if self.config.health and self._watchers is not None:
+            # Set before the state changes, so nobody waiting for "running and healthy" sees a
+            # running service with no verdict yet as healthy.
+            self.health = "starting"
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)
         if self.config.health and self._watchers is not None:
             # Probes judge a running service: for notify ones, only once READY=1 came.
-            self.health = "starting"
             self._monitors.append(self._watchers.probes(self.config.health, self._on_probe))
 
     def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:

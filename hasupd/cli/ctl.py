@@ -50,6 +50,14 @@ def print_status(services: list[dict[str, Any]]) -> None:
             ]
         )
     print(_table(rows))
+    # A service with several instances also as a whole: how many are up.
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in services:
+        groups.setdefault(s.get("service", s["name"]), []).append(s)
+    for name, units in groups.items():
+        if len(units) > 1 or units[0]["name"] != name:
+            up = sum(u["state"] == "running" for u in units)
+            print(f"{name}: {up}/{len(units)} instances running")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(verb, help=text)
         p.add_argument("names", nargs="+" if verb != "reset-failed" else "*", metavar="NAME")
+        if verb == "restart":
+            p.add_argument(
+                "--rolling",
+                action="store_true",
+                help="one instance at a time, each waiting until the last is running and healthy",
+            )
     reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
     reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     add_record_commands(sub)
@@ -88,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         request["names"] = args.names
     if args.command == "reload":
         request["dry_run"] = args.dry_run
+    if getattr(args, "rolling", False):
+        request["rolling"] = True
     if args.command in RECORD_COMMANDS:
         return run_record_command(args)
     try:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from hasupd.config.diff import Plan
 from hasupd.control.auth import Role
 from hasupd.control.protocol import Exit
-from hasupd.manager import Manager
+from hasupd.manager import Manager, RollingRestartError
 from hasupd.records import RecordStore
 from hasupd.service import Service
 from hasupd.states import STOPPING_STATES, ServiceState
@@ -66,6 +66,7 @@ def service_status(service: Service) -> dict[str, Any]:
     st = service.status()
     return {
         "name": st.name,
+        "service": service.config.name,
         "state": str(st.state),
         "result": str(st.result),
         "pid": st.pid,
@@ -128,7 +129,32 @@ async def _stop(ctx: Context, args: dict[str, Any]) -> Any:
     return [service_status(ctx.manager.services[n]) for n in names]
 
 
+def _healthy(service: Service) -> bool:
+    return service.health in (None, "healthy")  # None: it has no probes
+
+
+async def _rolling_restart(ctx: Context, args: dict[str, Any]) -> Any:
+    names = args.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CommandError(Exit.USAGE, "--rolling needs service names")
+    unknown = [n for n in names if n not in ctx.manager.units]
+    if unknown:
+        raise CommandError(Exit.NOT_FOUND, "no such service: " + ", ".join(unknown))
+    done: list[str] = []
+    for name in names:
+        try:
+            done += await ctx.manager.rolling_restart(name, _healthy)
+        except RollingRestartError as error:
+            restarted = ", ".join(done) or "none"
+            raise CommandError(
+                Exit.FAILED, f"rolling restart stopped: {error} (restarted: {restarted})"
+            ) from None
+    return [service_status(ctx.manager.services[u]) for u in done]
+
+
 async def _restart(ctx: Context, args: dict[str, Any]) -> Any:
+    if args.get("rolling"):
+        return await _rolling_restart(ctx, args)
     names = _names(ctx, args, required=True)
     for name in names:
         ctx.manager.services[name].restart()

@@ -151,26 +151,41 @@ async def run_command(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
 
-    timed_out = False
-    try:
+    async def stop_and_wait() -> ExitStatus:
+        # Polite signal, then SIGKILL; the pipes stay read meanwhile, so a program that reports while
+        # it cleans up (restic removing its lock) is not killed by SIGPIPE half-way.
+        signal_group(stop_signal)
         try:
-            status = await asyncio.wait_for(asyncio.shield(exited), timeout)
+            return await asyncio.wait_for(asyncio.shield(exited), kill_after)
         except TimeoutError:
-            timed_out = True
-            signal_group(stop_signal)
-            try:
-                status = await asyncio.wait_for(asyncio.shield(exited), kill_after)
-            except TimeoutError:
-                signal_group(signal.SIGKILL)
-                status = await exited
+            signal_group(signal.SIGKILL)
+            return await exited
+
+    async def drain_pipes() -> None:
         # The group may hold children that keep the pipes open; they go with the command.
         try:
             await asyncio.wait_for(asyncio.gather(*pipes_done.values()), 2.0)
         except TimeoutError:
             signal_group(signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*pipes_done.values()), 5.0)
+
+    timed_out = False
+    try:
+        try:
+            status = await asyncio.wait_for(asyncio.shield(exited), timeout)
+        except TimeoutError:
+            timed_out = True
+            status = await stop_and_wait()
+        await drain_pipes()
     except asyncio.CancelledError:
-        signal_group(stop_signal)
+        # Cancelled: the command is stopped exactly as on a timeout, shielded from the cancellation,
+        # before the cancellation goes on.
+        cleanup = asyncio.ensure_future(stop_and_wait())
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(cleanup)
+        if cleanup.done() and not cleanup.cancelled():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(drain_pipes())
         raise
     finally:
         for fd in (proc.stdout.fileno(), proc.stderr.fileno(), pidfd):

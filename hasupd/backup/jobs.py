@@ -1,0 +1,291 @@
+"""What one backup job does, step by step: backup (with before commands and quiesce), retention,
+long-term copies, rotating checks and prune. Each step publishes typed records; the unit that runs
+it (hasupd.backup.units) turns the outcome into a state and a restart decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from hasupd import events as ev
+from hasupd.backup.check_rotation import CheckRotation
+from hasupd.backup.compat import ResticError
+from hasupd.backup.restic import Restic
+from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
+from hasupd.backup.schedule import Stamps
+from hasupd.backup.statefile import atomic_write_text
+from hasupd.config.model import BackupJobConfig, RepositoryConfig
+from hasupd.containment import Reaper
+from hasupd.runtimes.command import run_command
+from hasupd.runtimes.exec import DEFAULT_PATH
+
+BEFORE_TIMEOUT_SEC = 3600.0
+
+
+class Kind(StrEnum):
+    """The kinds of work a job does, each on its own schedule (the stamps use these names)."""
+
+    BACKUP = "backup"
+    LONG_TERM = "long_term"
+    CHECK = "check"
+    PRUNE = "prune"
+    DRILL = "drill"
+
+
+class JobFailed(Exception):
+    """A step failed; ``retry`` says whether running the job again may help."""
+
+    def __init__(self, step: str, message: str, *, retry: bool) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.retry = retry
+
+
+class Quiescer(Protocol):
+    """Stops and restarts services around a snapshot (the manager implements it)."""
+
+    async def stop_for_backup(self, names: list[str], reason: str) -> list[str]:
+        """Stop the named services; return the units that were running and must be resumed."""
+        ...
+
+    def resume(self, units: list[str]) -> None:
+        """Start the units again (returns at once)."""
+        ...
+
+
+@dataclass
+class JobStatus:
+    """What ``hasupctl backup status`` shows of a job."""
+
+    last: dict[str, dict[str, object]] = field(default_factory=dict)  # kind -> {time, ok, detail}
+    newest_snapshot: str | None = None
+    newest_snapshot_time: str | None = None
+    bytes_added: int | None = None
+
+
+class BackupJob:
+    """One job of backups.d, bound to its repositories."""
+
+    def __init__(
+        self,
+        config: BackupJobConfig,
+        repositories: dict[str, RepositoryConfig],
+        *,
+        state_dir: Path,
+        reaper: Reaper | None,
+        publish: Callable[[ev.Event], None],
+        quiescer: Quiescer,
+        restic_binary: str = "restic",
+    ) -> None:
+        self.config = config
+        self._publish = publish
+        self._quiescer = quiescer
+        self._state_dir = state_dir
+        self._reaper = reaper
+        cache = state_dir / "restic-cache"
+        self.hot = Restic(
+            repositories[config.repository], reaper=reaper, binary=restic_binary, cache_dir=cache
+        )
+        self.cold = (
+            Restic(
+                repositories[config.long_term.repository],
+                reaper=reaper,
+                binary=restic_binary,
+                cache_dir=cache,
+            )
+            if config.long_term is not None
+            else None
+        )
+        self.stamps = Stamps(state_dir)
+        self.status = JobStatus()
+        self._marker = state_dir / "backup" / config.name / "quiesced.json"
+
+    @property
+    def tags(self) -> list[str]:
+        return ["hasupd", f"job:{self.config.name}"]
+
+    def _record(self, event: ev.Event) -> None:
+        self._publish(event)
+
+    def _done(self, kind: Kind, ok: bool, detail: str) -> None:
+        now = datetime.now(UTC)
+        self.status.last[str(kind)] = {"time": now.isoformat(), "ok": ok, "detail": detail}
+        if ok:
+            self.stamps.set(self.config.name, str(kind), now)
+
+    async def run(self, kinds: Iterable[Kind]) -> None:
+        """Do the given kinds of work in order. Raise JobFailed at the first failing step."""
+        for kind in kinds:
+            try:
+                await self._run_one(kind)
+            except JobFailed as failure:
+                self._done(kind, False, str(failure))
+                raise
+            except ResticError as error:
+                self._done(kind, False, str(error))
+                self._record(ev.BackupFailed(job=self.config.name, step=str(kind), error=str(error)))
+                raise JobFailed(str(kind), str(error), retry=True) from error
+
+    async def _run_one(self, kind: Kind) -> None:
+        match kind:
+            case Kind.BACKUP:
+                await self.backup()
+                await self.retention()
+            case Kind.LONG_TERM:
+                await self.long_term()
+            case Kind.CHECK:
+                await self.check()
+            case Kind.PRUNE:
+                await self.hot.prune()
+                if self.cold is not None:
+                    await self.cold.prune()
+                self._done(kind, True, "pruned")
+            case Kind.DRILL:
+                await self.drill()
+
+    # ------------------------------------------------------------------ backup
+
+    async def backup(self) -> None:
+        """before commands, quiesce, snapshot, resume. Raise JobFailed (nothing snapshotted) on failure."""
+        job = self.config
+        missing = [p for p in job.paths if not os.path.exists(p)]
+        if missing:
+            # restic would skip a missing top-level path and still exit 0 on some versions.
+            self._fail("paths", f"source path(s) missing: {', '.join(missing)}", retry=True)
+        for argv in job.before:
+            result = await run_command(
+                argv, reaper=self._reaper, env={"PATH": DEFAULT_PATH}, timeout=BEFORE_TIMEOUT_SEC
+            )
+            if not result.ok:
+                self._fail(
+                    "before",
+                    f"{' '.join(argv)} failed with {result.describe()}: {result.tail(500)}",
+                    retry=False,
+                )
+        await self.hot.init_if_absent()
+        resumed: list[str] = []
+        try:
+            if job.quiesce:
+                resumed = await self._quiescer.stop_for_backup(list(job.quiesce), f"backup {job.name}")
+                # If hasupd dies now, the next start knows these were stopped for a backup.
+                atomic_write_text(self._marker, json.dumps(resumed))
+            summary = await self.hot.backup(job.paths, job.exclude, self.tags)
+        finally:
+            if resumed:
+                self._quiescer.resume(resumed)
+            self._marker.unlink(missing_ok=True)
+        self.status.newest_snapshot = summary.snapshot_id
+        self.status.newest_snapshot_time = datetime.now(UTC).isoformat()
+        self.status.bytes_added = summary.data_added
+        self._record(
+            ev.BackupFinished(
+                job=job.name,
+                snapshot=summary.snapshot_id,
+                files_new=summary.files_new,
+                files_changed=summary.files_changed,
+                bytes_added=summary.data_added,
+                duration_sec=round(summary.total_duration, 3),
+                partial=summary.partial,
+            )
+        )
+        if summary.partial:
+            unreadable = tuple(f"{u.path}: {u.message}" for u in summary.unreadable)
+            self._record(ev.BackupWarning(job=job.name, snapshot=summary.snapshot_id, unreadable=unreadable))
+        self._done(
+            Kind.BACKUP,
+            True,
+            f"snapshot {summary.snapshot_id[:8]}" + (" (partial)" if summary.partial else ""),
+        )
+
+    def interrupted_quiesce(self) -> list[str]:
+        """Return the units a backup stopped when hasupd died mid-run (and forget the marker)."""
+        try:
+            units = json.loads(self._marker.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        self._marker.unlink(missing_ok=True)
+        return [u for u in units if isinstance(u, str)]
+
+    async def retention(self) -> None:
+        """Forget exactly what the short-term policy plans, after refusing dangerous plans."""
+        keep = self.config.keep
+        if keep == type(keep)():
+            return  # no policy: keep everything
+        snapshots = await self.hot.snapshots(self.tags)
+        plan = await self.hot.forget_plan(keep, tags=self.tags)
+        try:
+            ids = safe_plan(plan, snapshots)
+        except RetentionRefused as refused:
+            self._fail("retention", f"plan refused: {refused}", retry=False)
+        await self.hot.forget_ids(ids)
+        self._record(
+            ev.BackupRetention(job=self.config.name, repository=self.config.repository, forgot=tuple(ids))
+        )
+
+    # ------------------------------------------------------------------ long-term, check
+
+    async def long_term(self) -> None:
+        """Copy exactly the long-term set to the cold repository, then apply its own retention there."""
+        lt = self.config.long_term
+        assert lt is not None and self.cold is not None
+        await self.cold.init_if_absent(copy_chunker_params_from=self.hot)
+        features = await self.hot.features()
+        snapshots = await self.hot.snapshots(self.tags)
+        chosen = long_term_set(
+            snapshots, lt.keep, datetime.now(UTC), keep_oldest=features.forget_keeps_oldest
+        )
+        copied = await self.hot.copy(sorted(chosen), self.cold)
+        cold_snapshots = await self.cold.snapshots(self.tags)
+        plan = await self.cold.forget_plan(lt.keep, tags=self.tags)
+        try:
+            ids = safe_plan(plan, cold_snapshots) if cold_snapshots else []
+        except RetentionRefused as refused:
+            self._fail("long_term", f"cold retention plan refused: {refused}", retry=False)
+        await self.cold.forget_ids(ids)
+        self._record(
+            ev.BackupCopied(
+                job=self.config.name, repository=lt.repository, copied=tuple(copied), forgot=tuple(ids)
+            )
+        )
+        self._done(Kind.LONG_TERM, True, f"copied {len(copied)}, forgot {len(ids)}")
+
+    async def check(self) -> None:
+        """Structure check plus the next rotating slice of the data. Raise JobFailed on damage."""
+        spec = self.config.check
+        assert spec is not None
+        rotation = CheckRotation(self._state_dir, self.config.name, spec.read_data_subset_n or 1)
+        subset = rotation.current() if spec.read_data_subset_n else None
+        result = await self.hot.check(subset)
+        rotation.advance()
+        if not result.ok:
+            self._record(
+                ev.BackupCheckFailed(job=self.config.name, subset=subset or "", detail=result.output_tail)
+            )
+            self._fail(
+                "check", f"repository damaged (subset {subset}): {result.output_tail[-300:]}", retry=False
+            )
+        self._record(ev.BackupChecked(job=self.config.name, subset=subset or ""))
+        self._done(Kind.CHECK, True, f"ok (subset {subset})" if subset else "ok")
+
+    async def drill(self) -> None:
+        """Restore the latest snapshot into scratch space and verify it. Raise JobFailed if it fails."""
+        from hasupd.backup.restore import RestoreError, run_drill  # noqa: PLC0415  (restore imports jobs)
+
+        try:
+            summary = await run_drill(self, self._state_dir / "drill" / self.config.name)
+        except (RestoreError, ResticError) as error:
+            self._record(ev.DrillFinished(job=self.config.name, ok=False, detail=str(error)))
+            raise JobFailed("drill", str(error), retry=False) from error
+        self._record(ev.DrillFinished(job=self.config.name, ok=True, detail=summary))
+        self._done(Kind.DRILL, True, summary)
+
+    def _fail(self, step: str, message: str, *, retry: bool) -> None:
+        self._record(ev.BackupFailed(job=self.config.name, step=step, error=message))
+        raise JobFailed(step, message, retry=retry)

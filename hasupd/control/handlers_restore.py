@@ -1,0 +1,46 @@
+"""``hasupctl restore``: admin only, every step recorded with who asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hasupd.backup.compat import ResticError
+from hasupd.backup.restore import RestoreError, Restorer
+from hasupd.control.handlers import CommandError, Context
+from hasupd.control.handlers_backup import _runner
+from hasupd.control.protocol import Exit
+
+
+def restorer_for(ctx: Context, job: str) -> Restorer:
+    runner = _runner(ctx, {"job": job})
+    return Restorer(
+        runner.job,
+        ctx.manager.publish,
+        ctx.manager.stop_for_restore,
+        ctx.manager.start_and_wait_healthy,
+    )
+
+
+async def restore(ctx: Context, args: dict[str, Any]) -> Any:
+    job = args.get("job")
+    snapshot = args.get("snapshot") or "latest"
+    path, target = args.get("path"), args.get("target")
+    in_place, dry_run = bool(args.get("in_place")), bool(args.get("dry_run"))
+    user = str(args.get("_user", "?"))
+    if not isinstance(job, str) or not isinstance(snapshot, str):
+        raise CommandError(Exit.USAGE, "restore needs a job name")
+    if in_place == (target is not None):
+        raise CommandError(Exit.USAGE, "give exactly one of --target DIR or --in-place")
+    if target is not None and (not isinstance(target, str) or not target.startswith("/")):
+        raise CommandError(Exit.USAGE, "--target must be an absolute path")
+    restorer = restorer_for(ctx, job)
+    try:
+        plan = await restorer.plan(snapshot, path if isinstance(path, str) else None, target, in_place)
+        if dry_run:
+            return {"dry_run": True, "plan": plan.describe()}
+        if in_place:
+            aside = await restorer.in_place(plan, user)
+            return {"plan": plan.describe(), "moved_aside": aside}
+        return {"plan": plan.describe(), "restored_to": await restorer.to_target(plan, user)}
+    except (RestoreError, ResticError) as error:
+        raise CommandError(Exit.FAILED, str(error)) from None

@@ -1,0 +1,194 @@
+"""Recovery after a crash loop: a service that hit its start limit runs its ``on_failure`` actions in
+order (an ``exec`` reset command, an in-place ``restore`` of a backup job's data, ``rollback_config``
+to the last config it ran healthy under), each recorded under the still-open incident. After each
+action the service gets a fresh start limit and one more chance; the first action after which it runs
+healthy ends the recovery. If every action fails it stays failed and says so.
+
+The last known-good config of each service is kept in ``STATE_DIR/known-good/NAME.pickle`` (hasupd's
+own frozen dataclasses, in hasupd's root-only state dir), written when a run is stable or healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hasupd import events as ev
+from hasupd.backup.compat import ResticError
+from hasupd.backup.restore import RestoreError, Restorer
+from hasupd.backup.statefile import atomic_write_bytes
+from hasupd.config.model import RecoveryAction, RecoveryKind, ServiceConfig
+from hasupd.containment import Reaper
+from hasupd.manager import Manager
+from hasupd.runtimes.command import run_command
+from hasupd.runtimes.exec import DEFAULT_PATH
+from hasupd.states import ServiceResult
+
+RESET_TIMEOUT_SEC = 300.0
+RECOVERY_USER = "hasupd (recovery)"
+
+
+class KnownGood:
+    """The last config each service ran healthy under."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir / "known-good"
+
+    def _path(self, name: str) -> Path:
+        return self._dir / f"{name}.pickle"
+
+    def save(self, config: ServiceConfig) -> None:
+        if self.load(config.name) == config:
+            return
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(self._path(config.name), pickle.dumps(config))
+
+    def load(self, name: str) -> ServiceConfig | None:
+        try:
+            data = self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            config = pickle.loads(data)
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
+            return None  # written by another version: as if there were none
+        return config if isinstance(config, ServiceConfig) else None
+
+
+class Recovery:
+    def __init__(
+        self,
+        manager: Manager,
+        *,
+        bus: ev.EventBus,
+        state_dir: Path,
+        reaper: Reaper | None,
+        spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        restorer_for: Callable[[str], Restorer | None],
+    ) -> None:
+        self._manager = manager
+        self._bus = bus
+        self._reaper = reaper
+        self._spawn = spawn_task
+        self._restorer_for = restorer_for
+        self.known_good = KnownGood(state_dir)
+        self._running: set[str] = set()
+        bus.subscribe(self._on_event)
+
+    def _base(self, unit: str) -> ServiceConfig | None:
+        name = unit.split("@", 1)[0]
+        return self._manager.config.service(name)
+
+    def _on_event(self, event: ev.Event) -> None:
+        if event.service is None:
+            return
+        if isinstance(event, ev.ServiceStable | ev.HealthRecovered):
+            base = self._base(event.service)
+            service = self._manager.services.get(event.service)
+            if base is not None and service is not None and service.rolled_back is None:
+                self.known_good.save(base)
+        elif (
+            isinstance(event, ev.ServiceFailed)
+            and event.result == ServiceResult.START_LIMIT_HIT
+            and event.service not in self._running
+        ):
+            base = self._base(event.service)
+            if base is not None and base.on_failure:
+                self._running.add(event.service)
+                self._spawn(self._recover(event.service, base))
+
+    def _record(self, unit: str, action: str, ok: bool, detail: str) -> None:
+        service = self._manager.services.get(unit)
+        self._bus.publish(
+            ev.RecoveryAction(
+                service=unit,
+                incident=service.incident if service else None,
+                action=action,
+                ok=ok,
+                detail=detail,
+            )
+        )
+
+    def _hold(self, unit: str, hold: bool) -> None:
+        service = self._manager.services.get(unit)
+        if service is not None:
+            service.hold_incident = hold
+
+    async def _recover(self, unit: str, config: ServiceConfig) -> None:
+        tried: list[str] = []
+        self._hold(unit, True)
+        try:
+            for action in config.on_failure:
+                name = _describe(action)
+                tried.append(name)
+                ok, detail = await self._act(unit, config, action)
+                if ok:
+                    ok = await self._manager.start_and_wait_healthy(self._manager.resolve(unit))
+                    detail += "; it runs healthy again" if ok else "; it still does not run healthy"
+                self._record(unit, name, ok, detail)
+                if ok:
+                    service = self._manager.services.get(unit)
+                    if service is not None:
+                        service.end_incident("resolved")
+                    return
+            service = self._manager.services.get(unit)
+            self._bus.publish(
+                ev.RecoveryExhausted(
+                    service=unit, incident=service.incident if service else None, actions=tuple(tried)
+                )
+            )
+            if service is not None:
+                service.end_incident("failed")
+        finally:
+            self._hold(unit, False)
+            self._running.discard(unit)
+
+    async def _act(self, unit: str, config: ServiceConfig, action: RecoveryAction) -> tuple[bool, str]:
+        """Do one action; return (done, what happened). The service is then given a fresh chance."""
+        service = self._manager.services.get(unit)
+        if service is not None:
+            service.reset_failed()
+        match action.kind:
+            case RecoveryKind.EXEC:
+                result = await run_command(
+                    action.argv, reaper=self._reaper, env={"PATH": DEFAULT_PATH}, timeout=RESET_TIMEOUT_SEC
+                )
+                return result.ok, f"{' '.join(action.argv)} ended with {result.describe()}"
+            case RecoveryKind.RESTORE:
+                assert action.job is not None
+                restorer = self._restorer_for(action.job)
+                if restorer is None:
+                    return False, f"backup job {action.job} is not known"
+                try:
+                    plan = await restorer.plan("latest", None, None, in_place=True)
+                    aside = await restorer.in_place(
+                        plan, RECOVERY_USER, service.incident if service else None
+                    )
+                except (RestoreError, ResticError) as error:
+                    return False, f"restore of {action.job} failed: {error}"
+                kept = ", ".join(aside)
+                return True, f"restored snapshot {plan.snapshot[:8]} of {action.job}; old data kept at {kept}"
+            case RecoveryKind.ROLLBACK_CONFIG:
+                good = self.known_good.load(config.name)
+                if good is None:
+                    return False, "no config is known to have run healthy"
+                if good == config:
+                    return False, "it already runs the last config that ran healthy"
+                reason = f"rolled back: crash loop under the config from {config.source or 'its file'}"
+                with contextlib.suppress(KeyError):
+                    await self._manager.replace_config(config.name, good, reason)
+                return True, "running the last config that ran healthy (the edited file is left as it is)"
+
+
+def _describe(action: RecoveryAction) -> str:
+    match action.kind:
+        case RecoveryKind.EXEC:
+            return "exec " + " ".join(action.argv)
+        case RecoveryKind.RESTORE:
+            return f"restore {action.job}"
+        case RecoveryKind.ROLLBACK_CONFIG:
+            return "rollback_config"

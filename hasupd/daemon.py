@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -13,11 +14,13 @@ from pathlib import Path
 
 from hasupd import __version__
 from hasupd import events as ev
+from hasupd.alerts import Alerts
+from hasupd.backup.restore import Restorer
+from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.diff import Plan
-from hasupd.config.issues import ConfigError, ConfigIssue
+from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
-from hasupd.config.validate import unsupported_features
 from hasupd.config_watch import ConfigWatch
 from hasupd.containment import Containment, Reaper
 from hasupd.control.handlers import CommandError, Context
@@ -29,6 +32,14 @@ from hasupd.manager import Manager
 from hasupd.metrics import Metrics
 from hasupd.output import journal_available
 from hasupd.records import RecordStore
+from hasupd.recovery import Recovery
+from hasupd.runtimes.container import (
+    ContainerSpawner,
+    EngineError,
+    RoutingSpawner,
+    cleanup_stale_containers,
+    engine_environment,
+)
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.states import OutputMode
 from hasupd.systemd import SystemdNotifier
@@ -74,12 +85,9 @@ class LoopClock:
 def read_config(options: Options) -> Config:
     """Load and validate the config, with the directories given on the command line applied.
 
-    Raise ConfigError with every problem, including features this build does not support yet.
+    Raise ConfigError with every problem found.
     """
     config = load_config(options.config_dir)
-    problems = unsupported_features(config)
-    if problems:
-        raise ConfigError(ConfigIssue(source, 1, 1, "", message) for source, message in problems)
     daemon = config.daemon
     if options.state_dir is not None:
         daemon = replace(daemon, state_dir=str(options.state_dir))
@@ -98,6 +106,8 @@ class Daemon:
         self._status_pending = False
         self._tasks: asyncio.TaskGroup | None = None
         self.manager: Manager | None = None
+        self.backups: BackupUnits | None = None
+        self.backup_setup: BackupSetup | None = None
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
@@ -120,14 +130,30 @@ class Daemon:
         # is 0660.
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
+        base_name = containment_name(runtime_dir)
+        container_prefix = base_name + "-"
+        engine_env = engine_environment(os.environ)
+        # Before Containment.cleanup_stale: an engine removes a container best while its conmon lives.
+        for engine in sorted({s.container.engine for s in config.services if s.container is not None}):
+            try:
+                removed = await cleanup_stale_containers(engine, container_prefix, engine_env=engine_env)
+            except EngineError as error:
+                logs.logger.warning("cannot remove the %s containers of an earlier run: %s", engine, error)
+                continue
+            if removed:
+                logs.logger.info("removed %s containers of an earlier run: %s", engine, ", ".join(removed))
         containment = Containment.detect(
-            base_name=containment_name(runtime_dir),
+            base_name=base_name,
             force_fallback=self.options.force_fallback_containment,
             runtime_dir=runtime_dir,
         )
         containment.cleanup_stale()
         reaper = Reaper(loop)
-        spawner = ExecSpawner(loop, containment, reaper, state_dir)
+        programs = ExecSpawner(loop, containment, reaper, state_dir)
+        containers = ContainerSpawner(
+            programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env
+        )
+        spawner = RoutingSpawner(programs, containers)
         default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
         self.bus.publish(
             ev.DaemonStarted(
@@ -150,6 +176,8 @@ class Daemon:
         records = RecordStore(logs, service_output, reaper, self.bus)
         capture = IncidentOutputCapture(self.bus, service_output)
         metrics = Metrics(self.bus, manager, config.daemon.metrics.listen)
+        alerts = Alerts(self.bus, manager, state_dir / "alerts", clock)  # email alerts, spool, delivery
+        metrics.alert_spool_depth = lambda: alerts.depth
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
@@ -160,9 +188,10 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                context = Context(manager=manager, reloader=self, records=records, alerts=alerts)
                 control = ControlServer(
                     runtime_dir / "control.sock",
-                    Context(manager=manager, reloader=self, records=records),
+                    context,
                     access=lambda: manager.config.daemon.access,
                     publish=self.bus.publish,
                     spawn=tasks.create_task,
@@ -174,7 +203,33 @@ class Daemon:
                 if watch is not None:
                     watch.start()
                 pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
-                observers = (tasks.create_task(capture.run()), tasks.create_task(metrics.run()))
+                observers = (
+                    tasks.create_task(capture.run()),
+                    tasks.create_task(metrics.run()),
+                    tasks.create_task(alerts.run()),
+                )
+                self.backup_setup = setup_backups(
+                    config.backups,
+                    {r.name: r for r in config.daemon.repositories},
+                    manager=manager,
+                    loop=loop,
+                    spawn_task=tasks.create_task,
+                    bus=self.bus,
+                    clock=clock,
+                    state_dir=state_dir,
+                    reaper=reaper,
+                )
+                self.backups = self.backup_setup.units
+                context.backups = self.backups
+                backups = self.backups
+                Recovery(
+                    manager,
+                    bus=self.bus,
+                    state_dir=state_dir,
+                    reaper=reaper,
+                    spawn_task=tasks.create_task,
+                    restorer_for=lambda job: restorer(manager, backups, job),
+                )
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
@@ -185,7 +240,9 @@ class Daemon:
                     watch.stop()
                     watch = None
                 await control.close()
+                self.backups.close()
                 await manager.stop_all("hasupd is stopping")
+                await containers.wait_idle(30.0)  # removals of stopped containers
                 pinger.cancel()
                 for observer in observers:
                     observer.cancel()
@@ -194,7 +251,8 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             if watch is not None:
                 watch.stop()
-            spawner.close()
+            containers.close()
+            programs.close()
             containment.close()
             reaper.close()
             self.notifier.close()
@@ -228,6 +286,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             plan = await self.manager.apply(config)
+            if self.backup_setup is not None:
+                await self.backup_setup.apply(config.backups, {r.name: r for r in config.daemon.repositories})
         finally:
             self.notifier.ready(self.manager.summary())
         return plan
@@ -242,6 +302,14 @@ class Daemon:
                 self.notifier.status(manager.summary())
 
             loop.call_soon(send)
+
+
+def restorer(manager: Manager, backups: BackupUnits, job: str) -> Restorer | None:
+    """Return a Restorer for backup job ``job`` acting on ``manager``'s services, or None."""
+    runner = backups.runners.get(job)
+    if runner is None:
+        return None
+    return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
 
 
 def run(options: Options) -> int:

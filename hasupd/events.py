@@ -138,6 +138,18 @@ class ServiceStateChanged(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceStable(Event):
+    """A run lasted long enough to count as stable: backoff reset; its config is known to work."""
+
+    NAME = "service.stable"
+    LEVEL = logging.DEBUG
+    pid: int | None
+
+    def message(self) -> str:
+        return f"{self.service} runs stably (pid {self.pid})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServiceStarted(Event):
     NAME = "service.started"
     pid: int
@@ -369,6 +381,206 @@ class LimitExceeded(Event):
         return f"{self.service} over its {self.limit} limit: {self.detail}"
 
 
+# --------------------------------------------------------------------------- backups
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupFinished(Event):
+    NAME = "backup.finished"
+    job: str
+    snapshot: str
+    files_new: int
+    files_changed: int
+    bytes_added: int
+    duration_sec: float
+    partial: bool = False
+
+    def message(self) -> str:
+        partial = " (partial: some files were unreadable)" if self.partial else ""
+        return (
+            f"backup {self.job}: snapshot {self.snapshot[:8]}, {self.files_new} new and {self.files_changed} "
+            f"changed files, {self.bytes_added} bytes added in {self.duration_sec:g}s{partial}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupWarning(Event):
+    NAME = "backup.warning"
+    LEVEL = logging.WARNING
+    job: str
+    snapshot: str
+    unreadable: tuple[str, ...]
+
+    def message(self) -> str:
+        return f"backup {self.job}: snapshot {self.snapshot[:8]} lacks unreadable files: " + "; ".join(
+            self.unreadable[:20]
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupFailed(Event):
+    NAME = "backup.failed"
+    LEVEL = logging.ERROR
+    job: str
+    step: str
+    error: str
+
+    def message(self) -> str:
+        return f"backup {self.job} failed at {self.step}: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupRetention(Event):
+    NAME = "backup.retention"
+    job: str
+    repository: str
+    forgot: tuple[str, ...]
+
+    def message(self) -> str:
+        return f"backup {self.job}: retention in {self.repository} forgot {len(self.forgot)} snapshot(s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupCopied(Event):
+    NAME = "backup.copied"
+    job: str
+    repository: str
+    copied: tuple[str, ...]
+    forgot: tuple[str, ...]
+
+    def message(self) -> str:
+        return (
+            f"backup {self.job}: copied {len(self.copied)} snapshot(s) to {self.repository}, "
+            f"its retention forgot {len(self.forgot)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupChecked(Event):
+    NAME = "backup.checked"
+    job: str
+    subset: str
+
+    def message(self) -> str:
+        return f"backup {self.job}: repository check passed" + (
+            f" (data subset {self.subset})" if self.subset else ""
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupCheckFailed(Event):
+    NAME = "backup.check_failed"
+    LEVEL = logging.ERROR
+    job: str
+    subset: str
+    detail: str
+
+    def message(self) -> str:
+        return (
+            f"backup {self.job}: repository check found damage (subset {self.subset}): {self.detail[-500:]}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupStale(Event):
+    NAME = "backup.stale"
+    LEVEL = logging.ERROR
+    job: str
+    age_sec: float | None
+    max_age_sec: float
+
+    def message(self) -> str:
+        if self.age_sec is None:
+            return f"backup {self.job} has no good snapshot, and max_age is {self.max_age_sec:g}s"
+        age = f"{self.age_sec:.0f}s"
+        return f"backup {self.job}: newest good snapshot is {age} old (max_age {self.max_age_sec:g}s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupResumed(Event):
+    NAME = "backup.resumed"
+    LEVEL = logging.WARNING
+    job: str
+    units: tuple[str, ...]
+
+    def message(self) -> str:
+        return f"backup {self.job} was interrupted while {', '.join(self.units)} were stopped; they run again"
+
+
+# --------------------------------------------------------------------------- restore and recovery
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreStep(Event):
+    """One step of a restore, tagged with who asked for it (an admin, or hasupd for recovery)."""
+
+    NAME = "restore.step"
+    job: str
+    step: str
+    detail: str
+    user: str
+    ok: bool = True
+
+    def level(self) -> int:
+        return logging.INFO if self.ok else logging.ERROR
+
+    def message(self) -> str:
+        return f"restore {self.job} ({self.user}): {self.step}: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrillFinished(Event):
+    NAME = "drill.finished"
+    job: str
+    ok: bool
+    detail: str
+
+    def level(self) -> int:
+        return logging.INFO if self.ok else logging.ERROR
+
+    def message(self) -> str:
+        return f"restore drill of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrillStale(Event):
+    NAME = "drill.stale"
+    LEVEL = logging.ERROR
+    job: str
+    age_sec: float | None
+
+    def message(self) -> str:
+        age = "never passed" if self.age_sec is None else f"last passed {self.age_sec:.0f}s ago"
+        return f"restore drill of {self.job} is overdue ({age}; allowed: twice its schedule)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryAction(Event):
+    """An on_failure action taken after a crash loop, and how it went."""
+
+    NAME = "recovery.action"
+    action: str
+    ok: bool
+    detail: str
+
+    def level(self) -> int:
+        return logging.WARNING if self.ok else logging.ERROR
+
+    def message(self) -> str:
+        outcome = "worked" if self.ok else "did not help"
+        return f"{self.service}: recovery action {self.action} {outcome}: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryExhausted(Event):
+    NAME = "recovery.exhausted"
+    LEVEL = logging.ERROR
+    actions: tuple[str, ...]
+
+    def message(self) -> str:
+        return f"{self.service} stays failed: every recovery action failed ({', '.join(self.actions)})"
+
+
 # --------------------------------------------------------------------------- control
 
 
@@ -390,6 +602,54 @@ class Audit(Event):
 
     def level(self) -> int:
         return logging.INFO if self.outcome == "ok" else logging.WARNING
+
+
+# --------------------------------------------------------------------------- alerts
+# ``service`` and ``incident`` are those of the alert's subject (None for daemon-wide alerts).
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertSent(Event):
+    NAME = "alert.sent"
+    channel: str
+    message_id: str
+    subject: str
+    response: str  # the server's answer to DATA, "250 ..."
+    recipients: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        return f"alert sent on channel {self.channel}: {self.subject!r} ({self.response})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertFailed(Event):
+    NAME = "alert.failed"
+    LEVEL = logging.ERROR
+    channel: str
+    message_id: str
+    error: str
+    attempts: int
+    retry_in_sec: float
+    next_retry: str  # ISO time
+    waiting: int  # messages spooled for this channel
+
+    def message(self) -> str:
+        return (
+            f"alert on channel {self.channel} not delivered (attempt {self.attempts}): {self.error}; "
+            f"{self.waiting} message(s) spooled, next try in {self.retry_in_sec:.0f}s"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertDropped(Event):
+    NAME = "alert.dropped"
+    LEVEL = logging.WARNING
+    channel: str
+    message_id: str
+    reason: str
+
+    def message(self) -> str:
+        return f"alert on channel {self.channel} dropped: {self.reason}"
 
 
 # --------------------------------------------------------------------------- the bus

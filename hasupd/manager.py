@@ -88,6 +88,7 @@ class Manager:
         self._pending: set[str] = set()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._reload_lock = asyncio.Lock()
+        self._stopping = False
         bus.subscribe(self._on_event)
         for service in config.services:
             self._add(service)
@@ -103,6 +104,10 @@ class Manager:
         if self._pending:
             parts.append(f"{len(self._pending)} waiting for dependencies")
         return ", ".join(parts)
+
+    def publish(self, event: ev.Event) -> None:
+        """Publish a record on the manager's bus (for procedures that act on services)."""
+        self._bus.publish(event)
 
     def resolve(self, name: str) -> list[str]:
         """Return the unit names ``name`` stands for (a service: all its units). Raise KeyError."""
@@ -153,9 +158,40 @@ class Manager:
         return sockets
 
     def start_all(self) -> None:
-        """Start every unit, each once its dependencies are running."""
-        self._pending.update(self.services)
+        """Start every service unit, each once its dependencies are running (backup jobs run on
+        their schedules, not here)."""
+        for units in self.units.values():
+            self._pending.update(units)
         self._start_ready()
+
+    def add_job_unit(self, unit: Service) -> None:
+        """Add a backup job's unit: listed and controlled like the others, started by its schedule."""
+        self.services[unit.name] = unit
+
+    def remove_job_unit(self, name: str) -> None:
+        self.services.pop(name).close()
+
+    async def stop_for_backup(self, names: list[str], reason: str) -> list[str]:
+        """Stop the named services for a snapshot; return the units that ran and must be resumed."""
+        units = [u for n in names for u in self.resolve(n) if not self.services[u].is_inactive]
+        await self.stop_many(units, reason)
+        return units
+
+    async def stop_for_restore(self, names: list[str], reason: str) -> list[str]:
+        """Stop the named services for a data swap; return the units to start on the restored data:
+        those that ran and those that failed (a restore is often what they need), not those an
+        operator stopped."""
+        units = [u for n in names for u in self.resolve(n) if self.services[u].state is not ServiceState.DEAD]
+        await self.stop_many(units, reason)
+        return units
+
+    def resume(self, units: list[str]) -> None:
+        """Start units stopped for a backup again (unless hasupd is stopping everything)."""
+        if self._stopping:
+            return
+        for unit in units:
+            if unit in self.services:
+                self.start(unit)
 
     def start(self, unit: str) -> None:
         """Start one unit (after its dependencies). Raise KeyError if unknown."""
@@ -238,6 +274,7 @@ class Manager:
 
         Notify endpoints and held sockets are closed too: the manager is done after this.
         """
+        self._stopping = True
         await self.stop_many(self.services, reason)
         for service in self.services.values():
             service.close()
@@ -250,6 +287,30 @@ class Manager:
             for unit in layer:
                 self.stop(unit, reason)
             await self.wait_inactive(layer)
+
+    async def start_and_wait_healthy(self, units: list[str]) -> bool:
+        """Start ``units`` and return whether all are running and healthy within their start timeouts
+        (and, without probes, still running a moment later)."""
+        services = [self.services[u] for u in units if u in self.services]
+        if not services:
+            return True
+        for service in services:
+            self.start(service.name)
+
+        def up(s: Service) -> bool:
+            return s.state is ServiceState.RUNNING and s.health in (None, "healthy")
+
+        def settled() -> bool:
+            return all(s.state is ServiceState.FAILED or up(s) for s in services)
+
+        bound = max(s.config.timeout_start_sec for s in services) + ROLLING_SETTLE_SEC
+        try:
+            await asyncio.wait_for(self.wait_until(settled), bound)
+        except TimeoutError:
+            return False
+        invocations = [s.invocation for s in services]
+        await asyncio.sleep(ROLLING_SETTLE_SEC)
+        return all(up(s) and s.invocation == inv for s, inv in zip(services, invocations, strict=True))
 
     async def rolling_restart(self, name: str, healthy: Callable[[Service], bool]) -> list[str]:
         """Restart the units of ``name`` one at a time, each only after the previous one is back.
@@ -285,6 +346,19 @@ class Manager:
                     )
             done.append(unit)
         return done
+
+    async def replace_config(self, name: str, config: ServiceConfig, reason: str) -> None:
+        """Run service ``name`` with ``config`` instead of the one from its file (a rollback), keeping
+        its sockets; status shows ``reason``. A later reload that changes its file replaces it again."""
+        await self.stop_many(self.units[name], reason)
+        # The open incident and its hold carry over to the replacement units.
+        carried = {u: (self.services[u].incident, self.services[u].hold_incident) for u in self.units[name]}
+        held = self._remove(name, keep_sockets=True)
+        self._add(config, held)
+        for unit in self.units[name]:
+            service = self.services[unit]
+            service.rolled_back = reason
+            service.incident, service.hold_incident = carried.get(unit, (None, False))
 
     # ------------------------------------------------------------------ reload
 

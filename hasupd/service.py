@@ -76,6 +76,7 @@ class ServiceStatus:
     invocation: str | None
     status_text: str | None = None
     health: str | None = None
+    rolled_back: str | None = None
 
 
 def result_from_exit(status: ExitStatus) -> ServiceResult:
@@ -134,6 +135,9 @@ class Service:
         self._watchdog: TimerHandle | None = None
         self._watchdog_sec = config.watchdog_sec
         self.status_text: str | None = None
+        self.rolled_back: str | None = None  # why it runs a rolled-back config (set by recovery)
+        # While recovery actions run, the incident stays open until recovery says how it ended.
+        self.hold_incident = False
         self.health: str | None = None  # None: no probes; else "starting", "healthy", "unhealthy"
 
     # ------------------------------------------------------------------ views
@@ -167,6 +171,7 @@ class Service:
             invocation=self.invocation,
             status_text=self.status_text,
             health=self.health,
+            rolled_back=self.rolled_back,
         )
 
     # ------------------------------------------------------------------ commands
@@ -230,6 +235,11 @@ class Service:
         if self._notify is not None:
             self._notify.close()
             self._notify = None
+
+    def end_incident(self, outcome: str) -> None:
+        """Close the open incident with ``outcome`` (how recovery ended) and stop holding it."""
+        self.hold_incident = False
+        self._close_incident(outcome)
 
     def update_config(self, config: ServiceConfig) -> None:
         """Take a new config whose differences do not touch the running process (see config.diff)."""
@@ -408,7 +418,13 @@ class Service:
             self._reset_for_explicit_start()
             self._enter_start()
             return
-        restart, reason = shall_restart(self.config.restart, self.result, stop_requested=self._stop_requested)
+        code = self.last_exit.code if self.last_exit is not None else None
+        if self.result is R.EXIT_CODE and code in self.config.restart_prevent_exit_status:
+            restart, reason = False, f"exit code {code} means a retry cannot help"
+        else:
+            restart, reason = shall_restart(
+                self.config.restart, self.result, stop_requested=self._stop_requested
+            )
         if restart:
             self._enter_auto_restart(reason)
             return
@@ -418,9 +434,13 @@ class Service:
             self._finish(ev.ServiceStopped(result=str(self.result)), S.DEAD, "stopped")
         else:
             self._publish(ev.ServiceNotRestarted(reason=reason, result=str(self.result)))
-            self._finish(
-                ev.ServiceFailed(result=str(self.result), restarts=self.restarts), S.FAILED, "failed"
-            )
+            failed = ev.ServiceFailed(result=str(self.result), restarts=self.restarts)
+            if self.result is R.START_LIMIT_HIT and self.config.on_failure:
+                # Recovery actions follow: the incident stays open so that they are recorded in it.
+                self._publish(failed)
+                self._set_state(S.FAILED)
+            else:
+                self._finish(failed, S.FAILED, "failed")
 
     def _enter_auto_restart(self, reason: str) -> None:
         delay = backoff_delay(
@@ -448,8 +468,10 @@ class Service:
         """The main process ended (called once per start, from the event loop)."""
         self._main_alive = False
         self.last_exit = status
-        expected = self._stop_requested or self.state in STOPPING_STATES
         result = result_from_exit(status)
+        # A oneshot is meant to end; it is "as asked" when it ends well.
+        finished = self.config.type is ServiceType.ONESHOT and result is R.SUCCESS
+        expected = self._stop_requested or self.state in STOPPING_STATES or finished
         if (
             result is R.SIGNAL
             and self._process is not None
@@ -498,7 +520,9 @@ class Service:
     def _on_stable(self) -> None:
         assert self.state is S.RUNNING, self.state
         self._attempt = 0
-        if not self.config.health:  # with probes, "healthy again" resolves the incident instead
+        self._publish(ev.ServiceStable(pid=self.pid))
+        if not self.config.health and not self.hold_incident:
+            # With probes, "healthy again" resolves the incident instead.
             self._close_incident("resolved")
 
     def _on_stop_timeout(self) -> None:
@@ -637,7 +661,8 @@ class Service:
         if outcome.healthy:
             self.health = "healthy"
             self._publish(ev.HealthRecovered(probe=kind))
-            self._close_incident("resolved")
+            if not self.hold_incident:
+                self._close_incident("resolved")
             return
         self.health = "unhealthy"
         self._freeze(

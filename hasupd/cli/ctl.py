@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from hasupd.cli.ctl_backup import add_backup_commands, run_backup_command
 from hasupd.cli.ctl_records import RECORD_COMMANDS, add_record_commands, run_record_command
+from hasupd.cli.ctl_restore import add_restore_command, run_restore_command
 from hasupd.control.client import ControlError, call, socket_path
 from hasupd.control.protocol import Exit
 
@@ -50,6 +52,9 @@ def print_status(services: list[dict[str, Any]]) -> None:
             ]
         )
     print(_table(rows))
+    for s in services:
+        if s.get("rolled_back"):
+            print(f"{s['name']}: {s['rolled_back']}")
     # A service with several instances also as a whole: how many are up.
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in services:
@@ -86,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
     reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     add_record_commands(sub)
+    alert = sub.add_parser("alert", help="email alerts (alert test [CHANNEL])")
+    alert_test = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND").add_parser(
+        "test", help="send a test message now (through the spool, not coalesced); print the server's answer"
+    )
+    alert_test.add_argument("channel", nargs="?", metavar="CHANNEL", help="one channel (default: every one)")
+    alert_test.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_backup_commands(sub)
+    add_restore_command(sub)
     for p in sub.choices.values():  # accept --json after the command too
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -104,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         request["dry_run"] = args.dry_run
     if getattr(args, "rolling", False):
         request["rolling"] = True
+    if args.command == "backup":
+        return run_backup_command(args)
+    if args.command == "restore":
+        return run_restore_command(args)
     if args.command in RECORD_COMMANDS:
         return run_record_command(args)
+    if args.command == "alert":
+        request = {"channel": args.channel} if args.channel else {}
     try:
-        data = call(socket_path(args.socket), args.command, request)
+        cmd = "alert-test" if args.command == "alert" else args.command
+        data = call(socket_path(args.socket), cmd, request)
     except ControlError as error:
         print(f"hasupctl: {error}", file=sys.stderr)
         return error.code
@@ -115,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data, indent=2))
     elif args.command == "status" or args.command in ("start", "stop", "restart", "reset-failed"):
         print_status(data)
+    elif args.command == "alert":
+        for outcome in data:
+            print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
     elif args.command == "reload":
         print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
         for line in data["plan"] or ["nothing to do"]:

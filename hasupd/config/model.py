@@ -126,6 +126,8 @@ class ServiceConfig:
     restart: RestartMode = RestartMode.ON_FAILURE
     restart_sec: float = 0.1
     restart_max_delay_sec: float = 30.0
+    # Exit codes that mean "retrying cannot help" (systemd's RestartPreventExitStatus=).
+    restart_prevent_exit_status: tuple[int, ...] = ()
     start_limit: StartLimit = StartLimit()
     timeout_start_sec: float = 90.0
     timeout_stop_sec: float = 10.0

@@ -8,18 +8,18 @@ dependency cycles) and lists the features that validate but that the daemon does
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.model import BackupJobConfig, Config, ServiceConfig
+from hasupd.config.model import Config
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
 from hasupd.config.validate_services import validate_service
 
-__all__ = ["UNSUPPORTED", "build_config", "unsupported_features"]
+__all__ = ["build_config"]
 
 
 def _check_file_name(ctx: Ctx, doc: Document, what: str) -> bool:
@@ -116,6 +116,12 @@ def build_config(
         doc.name for doc in services if _check_file_name(ctxs[doc.path], doc, "service")
     )
     job_names = frozenset(doc.name for doc in backups if _check_file_name(ctxs[doc.path], doc, "backup job"))
+    for doc in backups:
+        if doc.name in service_names:
+            # Jobs are units listed and controlled next to services: one name, one thing.
+            ctxs[doc.path].error(
+                None, "", f"backup job {doc.name!r} has the name of a service; rename one of them"
+            )
 
     service_configs = []
     for doc in services:
@@ -132,28 +138,3 @@ def build_config(
         services=tuple(sorted(service_configs, key=lambda s: s.name)),
         backups=tuple(sorted((job for job in job_configs if job is not None), key=lambda j: j.name)),
     )
-
-
-# --------------------------------------------------------------------------- not implemented yet
-
-Unit = ServiceConfig | BackupJobConfig
-Predicate = Callable[[Unit], bool]
-
-
-def _service(predicate: Callable[[ServiceConfig], bool]) -> Predicate:
-    return lambda unit: isinstance(unit, ServiceConfig) and predicate(unit)
-
-
-# Features that validate but that the daemon does not run yet. Delete a row when its feature lands.
-UNSUPPORTED: tuple[tuple[Predicate, str], ...] = (
-    (_service(lambda s: s.container is not None), "container is not implemented yet"),
-    (_service(lambda s: bool(s.on_failure)), "on_failure is not implemented yet"),
-    (lambda unit: isinstance(unit, BackupJobConfig), "backup jobs (backups.d) are not implemented yet"),
-)
-
-
-def unsupported_features(config: Config) -> list[tuple[str, str]]:
-    """Return ``(source file, message)`` for every use in ``config`` of a feature in ``UNSUPPORTED``,
-    services first, then backup jobs, each in name order and then in table order."""
-    units: list[Unit] = [*config.services, *config.backups]
-    return [(unit.source, message) for unit in units for predicate, message in UNSUPPORTED if predicate(unit)]

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hasupd.config.diff import Plan
 from hasupd.control.auth import Role
@@ -15,6 +15,10 @@ from hasupd.manager import Manager, RollingRestartError
 from hasupd.records import RecordStore
 from hasupd.service import Service
 from hasupd.states import STOPPING_STATES, ServiceState
+
+if TYPE_CHECKING:
+    from hasupd.alerts import Alerts
+    from hasupd.backup.units import BackupUnits
 
 # How long start/stop requests wait for the service to settle, beyond its own timeouts.
 SETTLE_MARGIN_SEC = 5.0
@@ -37,6 +41,8 @@ class Context:
     manager: Manager
     reloader: Reloader
     records: RecordStore | None = None  # logs, events, errors, incident
+    alerts: Alerts | None = None  # alert test
+    backups: BackupUnits | None = None  # set once the job units exist
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
@@ -78,6 +84,7 @@ def service_status(service: Service) -> dict[str, Any]:
         "description": service.config.description,
         "status_text": st.status_text,
         "health": st.health,
+        "rolled_back": st.rolled_back,
     }
 
 
@@ -178,7 +185,7 @@ async def _reload(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 # Imported here: those handlers need CommandError and Context from above.
-from hasupd.control import handlers_records  # noqa: E402
+from hasupd.control import handlers_alerts, handlers_backup, handlers_records, handlers_restore  # noqa: E402
 
 COMMANDS: dict[str, Command] = {
     "status": Command(Role.READ, False, _status),
@@ -191,4 +198,9 @@ COMMANDS: dict[str, Command] = {
     "events": Command(Role.READ, False, handlers_records.events),
     "errors": Command(Role.READ, False, handlers_records.errors),
     "incident": Command(Role.READ, False, handlers_records.incident),
+    "alert-test": Command(Role.OPERATE, True, handlers_alerts.alert_test),
+    "backup-run": Command(Role.OPERATE, True, handlers_backup.run),
+    "backup-list": Command(Role.READ, False, handlers_backup.list_snapshots),
+    "backup-status": Command(Role.READ, False, handlers_backup.status),
+    "restore": Command(Role.ADMIN, True, handlers_restore.restore),
 }

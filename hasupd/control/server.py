@@ -161,7 +161,7 @@ class ControlServer:
             self._audit(peer, request, reason, role.name.lower() if role else None)
             return protocol.error(Exit.REFUSED, reason)
         try:
-            data = await command.handler(self._context, args)
+            data = await command.handler(self._context, {**args, "_user": peer.user})
         except CommandError as error:
             if command.changes_state:
                 self._audit(peer, request, f"failed: {error}", role.name.lower())

@@ -63,11 +63,12 @@ class Hasupd:
         env: Mapping[str, str] | None = None,
         runtime_dir: Path | None = None,
         argv_prefix: tuple[str, ...] = (),
+        state_dir: Path | None = None,
     ) -> None:
         """``argv_prefix`` runs hasupd under another command, e.g. ``nsenter -t PID -m --`` to run it
         in the mount namespace of a test journald."""
         self.runtime_dir = runtime_dir or work / "run"
-        self.state_dir = work / "state"
+        self.state_dir = state_dir or work / "state"  # given: a restarted hasupd on the same state
         self.socket = self.runtime_dir / "control.sock"
         self.records: list[Record] = []
         self.lines: list[str] = []

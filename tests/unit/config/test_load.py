@@ -42,7 +42,6 @@ from hasupd.config.model import (
     StartLimit,
     TlsMode,
 )
-from hasupd.config.validate import unsupported_features
 from hasupd.states import OutputMode, RestartMode, ServiceType
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -423,12 +422,12 @@ def test_file_level_problems_and_ignored_files(tmp_path: Path) -> None:
             "services.d/.web.yaml.swp": "nonsense: [",
             "services.d/.hidden.yaml": "nonsense: [",
             "services.d/notes.txt": "nonsense: [",
-            "backups.d/empty.yaml": "",
+            "backups.d/nothing.yaml": "",
         },
     )
     (tmp_path / "services.d" / "folder.yaml").mkdir()
     assert issues(tmp_path) == [
-        "backups.d/empty.yaml:1:1: empty backup job file: repository and paths are required",
+        "backups.d/nothing.yaml:1:1: empty backup job file: repository and paths are required",
         "services.d/Web.yaml:1:1: invalid service name 'Web' (the file name without .yaml): "
         "names match [a-z0-9][a-z0-9_.-]*",
         "services.d/empty.yaml:1:1: empty service file: command or container is required",
@@ -811,19 +810,7 @@ def test_full_config_round_trips_to_the_model(tmp_path: Path) -> None:
     assert hash(config) == hash(expected)
 
 
-def test_unsupported_features_lists_what_the_daemon_cannot_run_yet(tmp_path: Path) -> None:
-    root = full_config(tmp_path)
-    web, db, job = (
-        f"{root}/{name}" for name in ("services.d/web.yaml", "services.d/db.yaml", "backups.d/app-data.yaml")
-    )
-    assert unsupported_features(load_config(root)) == [
-        (db, "container is not implemented yet"),
-        (web, "on_failure is not implemented yet"),
-        (job, "backup jobs (backups.d) are not implemented yet"),
-    ]
-
-
-def test_unsupported_features_is_empty_for_a_plain_service(tmp_path: Path) -> None:
+def test_a_plain_service_with_a_string_command(tmp_path: Path) -> None:
     write(
         tmp_path,
         {
@@ -840,4 +827,3 @@ def test_unsupported_features_is_empty_for_a_plain_service(tmp_path: Path) -> No
     config = load_config(tmp_path)
     assert config.services[1].command == ("sh", "-c", "sleep 1")
     assert config.services[0].command == ("true",)
-    assert unsupported_features(config) == []

@@ -200,6 +200,10 @@ class Daemon:
                 for sig, reason in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
                     loop.add_signal_handler(sig, self.request_stop, reason)
                 loop.add_signal_handler(signal.SIGHUP, self._on_config_change)
+                # Stopping hundreds of services sends a storm of SIGCHLD that fills asyncio's wake-up
+                # pipe; the bytes it drops are surplus wake-ups (the reaper coalesces them anyway), not
+                # worth a warning each on stderr. (asyncio sets the fd again with every handler added.)
+                signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
                 if watch is not None:
                     watch.start()
                 pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))

@@ -9,6 +9,9 @@ from collections.abc import Callable
 
 from hasupd.procfs import Children, stat
 
+# SIGCHLDs arriving within this long are handled by one sweep.
+SWEEP_DELAY_SEC = 0.05
+
 
 class Reaper:
     """Reaps the orphans hasupd adopts as a subreaper, which asyncio never waits for.
@@ -31,9 +34,10 @@ class Reaper:
         self._tracked: set[int] = set()
         self._seen: dict[int, float] = {}  # untracked zombie -> loop time first seen
         self._timer: asyncio.TimerHandle | None = None
+        self._burst: asyncio.TimerHandle | None = None
         self.reaped = 0
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        self._on_sigchld()  # zombies that exited before we listened
+        self._after_burst()  # zombies that exited before we listened
 
     def track(self, pid: int) -> None:
         """Never reap ``pid``: its owner reaps it."""
@@ -46,11 +50,19 @@ class Reaper:
     def close(self) -> None:
         """Remove the SIGCHLD handler and any pending timer."""
         self._loop.remove_signal_handler(signal.SIGCHLD)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._burst):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._burst = None
 
     def _on_sigchld(self) -> None:
+        # A burst of exits (stopping hundreds of services) sends a burst of SIGCHLD; one sweep a
+        # moment later serves them all, instead of one scan of our children per signal.
+        if self._burst is None:
+            self._burst = self._loop.call_later(SWEEP_DELAY_SEC, self._after_burst)
+
+    def _after_burst(self) -> None:
+        self._burst = None
         # A WNOWAIT peek only says whether any child exited (it always returns the same first one);
         # the zombies themselves are found among our children.
         try:

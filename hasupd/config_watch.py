@@ -45,8 +45,10 @@ class ConfigWatch:
         self._observer.start()
 
     def stop(self) -> None:
+        """Stop watching; safe when the watch never started (hasupd failed during start-up)."""
         self._observer.stop()
-        self._observer.join(5)
+        if self._observer.is_alive():
+            self._observer.join(5)
         if self._timer is not None:
             self._timer.cancel()
 

@@ -69,6 +69,9 @@ def containment_name(runtime_dir: Path) -> str:
     return f"hasupd-{digest}"
 
 
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
 class LoopClock:
     """The event loop as the state machine's Clock."""
 
@@ -322,6 +325,14 @@ def run(options: Options) -> int:
         config = read_config(options)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
+        return 1
+    socket_path = os.fsencode(Path(config.daemon.runtime_dir) / "control.sock")
+    if len(socket_path) > MAX_UNIX_PATH:
+        print(
+            f"{config.daemon.runtime_dir}: runtime_dir is too long for unix sockets "
+            f"({len(socket_path)} bytes for control.sock, at most {MAX_UNIX_PATH}); choose a shorter one",
+            file=sys.stderr,
+        )
         return 1
     daemon = Daemon(options)
     return asyncio.run(daemon.run(config))

@@ -9,6 +9,7 @@ inherit: the child gets hasupd's own stdout and stderr.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import socket
 from contextlib import suppress
@@ -26,6 +27,9 @@ _CHUNKS_PER_WAKEUP = 16  # bounded work per callback keeps the loop fair to ever
 _JOURNAL_SNDBUF = 8 * 1024 * 1024  # as systemd does, so bursts do not block the service
 PRIORITY_INFO = 6
 PRIORITY_ERR = 3
+
+
+PIPE_SIZE = 1024 * 1024  # output pipe for `output: file`
 
 
 def journal_available(journal_socket_dir: Path = DEFAULT_JOURNAL_DIR) -> bool:
@@ -253,6 +257,10 @@ class LogFiles:
                     return Output(OutputMode.JOURNAL, out.fileno(), err.fileno(), env, None, None, [out, err])
         log = self._acquire(unit)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        # A larger pipe means one loop wake-up per MiB instead of per 64 KiB for a chatty service
+        # (bench: 605 -> 763 MB/s); an unprivileged hasupd may be capped lower, which is fine.
+        with suppress(OSError):
+            fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         drain = Drain(self._loop, read_end, log, self)
         self._drains.add(drain)
         if note is not None:

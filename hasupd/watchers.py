@@ -13,7 +13,7 @@ from hasupd.containment import CgroupScope, Reaper
 from hasupd.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
 from hasupd.notify import NotifyEndpoint, NotifyMessage
 from hasupd.resources import ResourceWatch, oom_killed
-from hasupd.runtimes.base import Clock, Scope, Stoppable
+from hasupd.runtimes.base import Clock, Scope, SpawnError, Stoppable
 from hasupd.runtimes.exec import DEFAULT_PATH
 
 # exec probes run as hasupd's user with a clean environment, never with hasupd's own variables.
@@ -48,7 +48,10 @@ class LoopWatchers:
         allowed: Callable[[int], bool],
     ) -> NotifyEndpoint:
         endpoint = NotifyEndpoint(self._notify_dir / f"{unit}.sock", on_message, allowed)
-        endpoint.open(self._loop)
+        try:
+            endpoint.open(self._loop)
+        except (ValueError, OSError) as error:  # a path too long for AF_UNIX, a full disk ...
+            raise SpawnError(f"cannot create the notify socket of {unit}: {error}") from error
         if config.user is not None or config.group is not None:
             # Only the service's own user (and root) may even send.
             uid = pwd.getpwnam(config.user).pw_uid if config.user else -1

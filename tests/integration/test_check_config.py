@@ -48,3 +48,31 @@ def test_the_shipped_configs_are_valid() -> None:
     for folder in (REPO / "etc" / "hasupd", REPO / "examples" / "demo"):
         result = check(folder)
         assert (result.returncode, result.stderr) == (0, ""), folder
+
+
+def test_a_runtime_dir_too_long_for_unix_sockets_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "services.d").mkdir()
+    (tmp_path / "services.d" / "a.yaml").write_text("command: [/bin/sleep, '10']\n")
+    long_dir = tmp_path / ("r" * 120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hasupd",
+            "run",
+            "--config-dir",
+            str(tmp_path),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--runtime-dir",
+            str(long_dir),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "runtime_dir is too long for unix sockets" in result.stderr
+    assert "Traceback" not in result.stderr

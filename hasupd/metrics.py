@@ -83,6 +83,9 @@ class Metrics:
         self.loop_lag = 0.0
         self.alert_spool_depth: Callable[[], int] = lambda: 0  # the alert spool plugs in here
         self.address: tuple[str, int] | None = None  # where it listens, once it does
+        # Backup jobs: job -> (last success as a Unix time, its duration, bytes it added)
+        self.backups: dict[str, tuple[float, float, int]] = {}
+        self.backup_failures: Counter[str] = Counter()
         self._active = 0
         bus.subscribe(self._on_event)
 
@@ -95,6 +98,10 @@ class Metrics:
             case ev.ServiceNotRestarted(service=str(name), result="watchdog"):
                 # Every run that ends in failure is either restarted or not: each watchdog kill counts once.
                 self.watchdog_timeouts[name] += 1
+            case ev.BackupFinished(job=job, duration_sec=duration, bytes_added=added):
+                self.backups[job] = (event.time, duration, added)
+            case ev.BackupFailed(job=job):
+                self.backup_failures[job] += 1
             case ev.ConfigApplied():
                 self.reloads["applied"] += 1
             case ev.ConfigInvalid():
@@ -156,6 +163,31 @@ class Metrics:
         )
         out.family(
             "hasupd_alert_spool_depth", "gauge", "alerts waiting to be sent", [({}, self.alert_spool_depth())]
+        )
+        jobs = sorted(self.backups.items())
+        out.family(
+            "hasupd_backup_last_success_timestamp_seconds",
+            "gauge",
+            "when the job's last backup succeeded (Unix time)",
+            (({"job": j}, round(t, 3)) for j, (t, _, _) in jobs),
+        )
+        out.family(
+            "hasupd_backup_duration_seconds",
+            "gauge",
+            "how long the job's last successful backup took",
+            (({"job": j}, d) for j, (_, d, _) in jobs),
+        )
+        out.family(
+            "hasupd_backup_bytes_added",
+            "gauge",
+            "bytes the job's last successful backup added to its repository",
+            (({"job": j}, float(b)) for j, (_, _, b) in jobs),
+        )
+        out.family(
+            "hasupd_backup_failures",
+            "counter",
+            "failed backup job steps",
+            (({"job": j}, n) for j, n in sorted(self.backup_failures.items())),
         )
         out.family(
             "hasupd_config_reloads",

@@ -61,12 +61,17 @@ class Setup:
         return sorted(self.restic("snapshots", "--json", repo=repo), key=lambda s: s["time"])
 
     def config(
-        self, job: dict[str, Any], services: dict[str, Any] | None = None, cold: str | None = None
+        self,
+        job: dict[str, Any],
+        services: dict[str, Any] | None = None,
+        cold: str | None = None,
+        daemon: dict[str, Any] | None = None,
     ) -> Path:
         repos: dict[str, Any] = {"hot": {"url": str(self.repo), "password_file": str(self.pw)}}
         if cold:
             repos["cold"] = {"url": cold, "password_file": str(self.pw)}
-        etc = write_config(self.tmp / "etc", services or {}, daemon={"backups": {"repositories": repos}})
+        settings = {"backups": {"repositories": repos}, **(daemon or {})}
+        etc = write_config(self.tmp / "etc", services or {}, daemon=settings)
         (etc / "backups.d").mkdir(exist_ok=True)
         (etc / "backups.d" / "app-data.yaml").write_text(
             json.dumps({"repository": "hot", "paths": [str(self.data)], **job})

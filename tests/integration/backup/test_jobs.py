@@ -6,20 +6,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.backup.conftest import RestServer
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
 from tests.integration.harness import Hasupd
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_missed_run_retention_and_long_term_copies(
     setup: Setup, rest_server: RestServer, hasupd: Callable[..., Hasupd]
 ) -> None:
     cold = rest_server.repo_url()
+    metrics_port = free_port()
     config = setup.config(
         {
             **QUIET,
@@ -27,6 +38,7 @@ def test_missed_run_retention_and_long_term_copies(
             "long_term": {"repository": "cold", "schedule": "@monthly", "keep": {"last": 1}},
         },
         cold=cold,
+        daemon={"metrics": {"listen": f"127.0.0.1:{metrics_port}"}},
     )
     work = setup.tmp / "work0"
     now = datetime.now(UTC)
@@ -63,6 +75,16 @@ def test_missed_run_retention_and_long_term_copies(
     assert d.find("backup.copied")[-1].get("copied", []) == []  # a second run copies nothing
     listing = d.ctl("backup", "list", "app-data", "--json")
     assert len(json.loads(listing.stdout)) == 3
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as scrape:
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(scrape.read().decode())
+            for s in family.samples
+        }
+    job = (("job", "app-data"),)
+    assert abs(samples[("hasupd_backup_last_success_timestamp_seconds", job)] - time.time()) < 120
+    assert samples[("hasupd_backup_bytes_added", job)] >= 0
+    assert samples[("hasupd_backup_duration_seconds", job)] >= 0
     status = json.loads(d.ctl("backup", "status", "--json").stdout)[0]
     assert status["last"]["backup"]["ok"] and status["age_sec"] is not None and status["age_sec"] < 120
     assert d.stop() == 0

@@ -15,6 +15,7 @@ import yaml
 
 from tests.integration.backup.jobsupport import QUIET, Setup
 from tests.integration.harness import Hasupd, require_root
+from tests.integration.smtp import SmtpServer, free_port
 from tests.integration.users import temp_group, temp_user, world_dir
 
 
@@ -39,7 +40,20 @@ def test_crash_loop_on_corrupt_data_is_recovered_by_restoring_the_last_snapshot(
 ) -> None:
     (setup.data / "ok.txt").write_text("GOOD\n")
     app = {**checking_app(setup.data), "on_failure": [{"restore": "app-data"}]}
-    d = hasupd(setup.config({**QUIET, "quiesce": ["app"]}, services={"app": app}))
+    smtp = SmtpServer(free_port()).start()
+    channel = {
+        "email": {
+            "smtp": {"host": "127.0.0.1", "port": smtp.port},
+            "from": "hasupd@test.invalid",
+            "to": ["ops@test.invalid"],
+        },
+        "coalesce_sec": "2s",
+    }
+    d = hasupd(
+        setup.config(
+            {**QUIET, "quiesce": ["app"]}, services={"app": app}, daemon={"alerts": {"ops": channel}}
+        )
+    )
     d.wait_for("backup.finished", timeout=60)  # the first backup runs at start
     d.wait_for("service.started", service="app", count=2)  # stopped and resumed around it
     first_pid = status(d, "app")["pid"]
@@ -64,6 +78,12 @@ def test_crash_loop_on_corrupt_data_is_recovered_by_restoring_the_last_snapshot(
     assert all(r["user"] == "hasupd (recovery)" for r in d.find("restore.step"))
     closed = d.wait_for("incident.closed", service="app", where=lambda r: r.get("incident") == incident)[0]
     assert closed["outcome"] == "resolved"
+    # The alerts say what happened and what was done about it.
+    mails = smtp.mailbox.wait(2, timeout=30)
+    assert "app failed (start-limit-hit)" in mails[0].subject
+    text = "\n".join(m.body for m in mails)
+    assert "recovery action restore app-data worked" in text, text
+    smtp.stop()
     chain = d.ctl("incident", incident, "--json")
     assert chain.returncode == 0
     events = [r["event"] for r in json.loads(chain.stdout)["records"]]

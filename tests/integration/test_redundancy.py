@@ -163,6 +163,8 @@ def test_rolling_restart_stops_at_an_instance_that_does_not_come_back(
     config["start_limit"] = {"burst": 2, "interval_sec": "60s"}
     d = hasupd(write_config(tmp_path / "etc", {"hello": config}))
     d.wait_for("service.started", count=2)
+    wait_serving(port)
+    time.sleep(0.5)  # both shells have looked for the flag and exec'd the server
     flag.touch()
     rolled = d.ctl("restart", "--rolling", "hello")
     assert rolled.returncode == 1

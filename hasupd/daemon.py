@@ -15,7 +15,6 @@ from pathlib import Path
 from hasupd import __version__
 from hasupd import events as ev
 from hasupd.alerts import Alerts
-from hasupd.backup.restore import Restorer
 from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.diff import Plan
 from hasupd.config.issues import ConfigError
@@ -235,7 +234,7 @@ class Daemon:
                     state_dir=state_dir,
                     reaper=reaper,
                     spawn_task=tasks.create_task,
-                    restorer_for=lambda job: restorer(manager, backups, job),
+                    restorer_for=lambda job: backups.restorer(job, manager),
                 )
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
@@ -309,14 +308,6 @@ class Daemon:
                 self.notifier.status(manager.summary())
 
             loop.call_soon(send)
-
-
-def restorer(manager: Manager, backups: BackupUnits, job: str) -> Restorer | None:
-    """Return a Restorer for backup job ``job`` acting on ``manager``'s services, or None."""
-    runner = backups.runners.get(job)
-    if runner is None:
-        return None
-    return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
 
 
 def run(options: Options) -> int:

@@ -119,11 +119,6 @@ class Manager:
             return [name]
         raise KeyError(name)
 
-    def up_count(self, name: str) -> tuple[int, int]:
-        """Return (units running, units configured) for a service name."""
-        units = self.units[name]
-        return sum(self.services[u].state is ServiceState.RUNNING for u in units), len(units)
-
     def is_pending(self, name: str) -> bool:
         """Return True if unit ``name`` should run but waits for its dependencies."""
         return name in self._pending

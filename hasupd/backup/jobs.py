@@ -66,7 +66,6 @@ class JobStatus:
 
     last: dict[str, dict[str, object]] = field(default_factory=dict)  # kind -> {time, ok, detail}
     newest_snapshot: str | None = None
-    newest_snapshot_time: str | None = None
     bytes_added: int | None = None
 
 
@@ -182,7 +181,6 @@ class BackupJob:
                 self._quiescer.resume(resumed)
             self._marker.unlink(missing_ok=True)
         self.status.newest_snapshot = summary.snapshot_id
-        self.status.newest_snapshot_time = datetime.now(UTC).isoformat()
         self.status.bytes_added = summary.data_added
         self._record(
             ev.BackupFinished(

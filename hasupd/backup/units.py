@@ -20,6 +20,7 @@ from typing import Any
 
 from hasupd import events as ev
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
+from hasupd.backup.restore import Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
 from hasupd.runtimes.base import ExitStatus, SpawnSpec
@@ -197,6 +198,13 @@ class BackupUnits:
         self._closed = True
         for runner in self.runners.values():
             runner.cancel_timers()
+
+    def restorer(self, name: str, manager: Any) -> Restorer | None:
+        """Return a Restorer for job ``name`` acting on ``manager``'s services, or None if unknown."""
+        runner = self.runners.get(name)
+        if runner is None:
+            return None
+        return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
 
     def run_now(self, name: str, kind: Kind = Kind.BACKUP) -> None:
         """Queue ``kind`` for job ``name`` and start its unit if it is idle. Raise KeyError."""

@@ -49,10 +49,6 @@ class Plan:
     unchanged: tuple[str, ...]
     details: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> changed fields
 
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.updated)
-
     def describe(self) -> list[str]:
         """Return the plan as lines for people (``reload --dry-run``)."""
         fields = dict(self.details)

@@ -25,7 +25,7 @@ def _units(ctx: Context) -> BackupUnits:
     return ctx.backups
 
 
-def _runner(ctx: Context, args: dict[str, Any]) -> JobRunner:
+def job_runner(ctx: Context, args: dict[str, Any]) -> JobRunner:
     name = args.get("job")
     units = _units(ctx)
     if not isinstance(name, str) or name not in units.runners:
@@ -56,7 +56,7 @@ def _job_status(runner: JobRunner) -> dict[str, Any]:
 
 
 async def run(ctx: Context, args: dict[str, Any]) -> Any:
-    runner = _runner(ctx, args)
+    runner = job_runner(ctx, args)
     try:
         kind = Kind(args.get("kind", "backup"))
     except ValueError:
@@ -82,7 +82,7 @@ async def run(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 async def list_snapshots(ctx: Context, args: dict[str, Any]) -> Any:
-    runners = [_runner(ctx, args)] if args.get("job") else list(_units(ctx).runners.values())
+    runners = [job_runner(ctx, args)] if args.get("job") else list(_units(ctx).runners.values())
     out = []
     for runner in runners:
         try:
@@ -102,5 +102,5 @@ async def list_snapshots(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 async def status(ctx: Context, args: dict[str, Any]) -> Any:
-    runners = [_runner(ctx, args)] if args.get("job") else list(_units(ctx).runners.values())
+    runners = [job_runner(ctx, args)] if args.get("job") else list(_units(ctx).runners.values())
     return [_job_status(r) for r in runners]

@@ -7,18 +7,17 @@ from typing import Any
 from hasupd.backup.compat import ResticError
 from hasupd.backup.restore import RestoreError, Restorer
 from hasupd.control.handlers import CommandError, Context
-from hasupd.control.handlers_backup import _runner
+from hasupd.control.handlers_backup import job_runner
 from hasupd.control.protocol import Exit
 
 
 def restorer_for(ctx: Context, job: str) -> Restorer:
-    runner = _runner(ctx, {"job": job})
-    return Restorer(
-        runner.job,
-        ctx.manager.publish,
-        ctx.manager.stop_for_restore,
-        ctx.manager.start_and_wait_healthy,
-    )
+    """Return the Restorer of ``job``. Raise CommandError (not found) for an unknown job."""
+    job_runner(ctx, {"job": job})  # raises for an unknown job or before backups are set up
+    assert ctx.backups is not None
+    restorer = ctx.backups.restorer(job, ctx.manager)
+    assert restorer is not None
+    return restorer
 
 
 async def restore(ctx: Context, args: dict[str, Any]) -> Any:

@@ -20,9 +20,10 @@ import pytest
 
 from hasupd.config.model import ServiceConfig
 from hasupd.containment import Containment, Reaper, make_subreaper
-from hasupd.runtimes.base import ExitStatus, SpawnSpec
+from hasupd.runtimes.base import SpawnSpec
 from hasupd.runtimes.exec import ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
+from tests.integration.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 
@@ -93,23 +94,6 @@ async def spawner(containment: Containment, reaper: Reaper, tmp_path: Path) -> A
     )
     yield s
     s.close()
-
-
-class Exit:
-    """on_exit callback that records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[ExitStatus] = []
-        self.done = asyncio.Event()
-
-    def __call__(self, status: ExitStatus) -> None:
-        self.calls.append(status)
-        self.done.set()
-
-    async def wait(self, timeout: float = 5.0) -> ExitStatus:
-        await asyncio.wait_for(self.done.wait(), timeout)
-        assert len(self.calls) == 1
-        return self.calls[0]
 
 
 def make_spec(argv: list[str], name: str = "svc") -> SpawnSpec:

@@ -28,6 +28,7 @@ from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import parse_environment
 from hasupd.runtimes.exec import DEFAULT_PATH, ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
+from tests.integration.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 
@@ -66,21 +67,6 @@ async def spawner(containment: Containment, reaper: Reaper, tmp_path: Path) -> A
     s = new_spawner(containment, reaper, tmp_path)
     yield s
     s.close()
-
-
-class Exit:
-    def __init__(self) -> None:
-        self.calls: list[ExitStatus] = []
-        self.done = asyncio.Event()
-
-    def __call__(self, status: ExitStatus) -> None:
-        self.calls.append(status)
-        self.done.set()
-
-    async def wait(self, timeout: float = 10.0) -> ExitStatus:
-        await asyncio.wait_for(self.done.wait(), timeout)
-        assert len(self.calls) == 1
-        return self.calls[0]
 
 
 def make_spec(

@@ -1,9 +1,13 @@
-"""Prometheus metrics: the text exposition format 0.0.4 at ``http://<metrics.listen>/metrics``.
+"""Prometheus metrics at ``http://<metrics.listen>/metrics``, through prometheus_client.
 
 Counters are kept from bus events (per event); gauges are read from the manager's services when
-scraped (cost per scrape, not per tick). The only periodic work is one timer for the whole daemon
-that measures how late the event loop answers. The HTTP server is a few lines of asyncio: it serves
-``GET``/``HEAD /metrics`` and nothing else, one request per connection.
+scraped (cost per scrape, not per tick). A custom collector turns both into metric families at scrape
+time, in a private registry (prometheus_client's global one, with its process collectors, is not
+used). The exposition (text format 0.0.4, or OpenMetrics when the ``Accept`` header asks for it) is
+prometheus_client's; the HTTP server is hasupd's own few lines of asyncio on the event loop (no
+server thread): it serves ``GET``/``HEAD /metrics`` and nothing else, one request per connection.
+The only periodic work is one timer for the whole daemon that measures how late the event loop
+answers.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from hasupd import events as ev
 from hasupd.service import Service
 from hasupd.states import ServiceState
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_INTERVAL_SEC = 1.0
 READ_TIMEOUT_SEC = 5.0
 MAX_REQUEST_BYTES = 8192
@@ -39,39 +46,21 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class Exposition:
-    """Builds one scrape's text."""
-
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(
-        self, name: str, kind: str, text: str, samples: Iterable[tuple[dict[str, str], float]]
-    ) -> None:
-        self._lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-        suffix = "_total" if kind == "counter" else ""
-        self._lines += [f"{name}{suffix}{_labels(labels)} {_number(v)}" for labels, v in samples]
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
+def accept_header(head: bytes) -> str:
+    """Return the value of the request's ``Accept`` header(s), joined by commas ("" without one)."""
+    values = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "accept":
+            values.append(value.strip())
+    return ",".join(values)
 
 
 class Metrics:
-    """Counts events and serves the metrics of ``source``'s services on ``listen`` ("host:port")."""
+    """Counts events and serves the metrics of ``source``'s services on ``listen`` ("host:port").
+
+    ``registry`` holds one collector that reads this object at scrape time.
+    """
 
     def __init__(self, bus: ev.EventBus, source: Services, listen: str | None) -> None:
         self._bus = bus
@@ -88,6 +77,10 @@ class Metrics:
         self.backup_failures: Counter[str] = Counter()
         self._active = 0
         bus.subscribe(self._on_event)
+        # A registry of its own: the global one carries prometheus_client's process and platform
+        # collectors, and would keep serving this collector after this object is gone.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Families(self))
 
     def _on_event(self, event: ev.Event) -> None:
         match event:
@@ -111,91 +104,98 @@ class Metrics:
 
     # ------------------------------------------------------------------ exposition
 
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family, computed now from the counters and the services' state."""
+        services = sorted(self._source.services.items())
+        state = GaugeMetricFamily(
+            "hasupd_service_state",
+            "1 for the state the service is in, 0 for the others",
+            labels=("service", "state"),
+        )
+        up = GaugeMetricFamily("hasupd_service_up", "1 when the service is running", labels=("service",))
+        exit_code = GaugeMetricFamily(
+            "hasupd_service_last_exit_code",
+            "exit code of the last main process that ended (128+N for signal N)",
+            labels=("service",),
+        )
+        watchdog = CounterMetricFamily(
+            "hasupd_watchdog_timeouts", "runs ended by the service watchdog", labels=("service",)
+        )
+        health = GaugeMetricFamily(
+            "hasupd_health_status",
+            "1 when every health probe of the service passes, 0 otherwise (absent without probes)",
+            labels=("service",),
+        )
+        for name, service in services:
+            for st in ServiceState:
+                state.add_metric((name, str(st)), float(service.state is st))
+            up.add_metric((name,), float(service.state is ServiceState.RUNNING))
+            if service.last_exit is not None:
+                exit_code.add_metric((name,), _exit_code(service))
+            watchdog.add_metric((name,), self.watchdog_timeouts[name])
+            if service.config.health:
+                health.add_metric((name,), 1.0 if service.health == "healthy" else 0.0)
+        restarts = CounterMetricFamily(
+            "hasupd_service_restarts",
+            "automatic restarts, by the result of the run that ended",
+            labels=("service", "result"),
+        )
+        for (name, result), count in sorted(self.restarts.items()):
+            restarts.add_metric((name, result), count)
+        yield from (state, up, restarts, exit_code, watchdog, health)
+        yield GaugeMetricFamily(
+            "hasupd_event_loop_lag_seconds",
+            f"how late hasupd's event loop ran a timer due every {LAG_INTERVAL_SEC:g}s",
+            value=round(self.loop_lag, 6),
+        )
+        yield GaugeMetricFamily(
+            "hasupd_alert_spool_depth", "alerts waiting to be sent", value=self.alert_spool_depth()
+        )
+        yield from self._backup_families()
+        reloads = CounterMetricFamily(
+            "hasupd_config_reloads", "configuration reloads by outcome", labels=("outcome",)
+        )
+        for outcome, count in sorted(self.reloads.items()):
+            reloads.add_metric((outcome,), count)
+        yield reloads
+
+    def _backup_families(self) -> Iterator[Metric]:
+        last = GaugeMetricFamily(
+            "hasupd_backup_last_success_timestamp_seconds",
+            "when the job's last backup succeeded (Unix time)",
+            labels=("job",),
+        )
+        duration = GaugeMetricFamily(
+            "hasupd_backup_duration_seconds",
+            "how long the job's last successful backup took",
+            labels=("job",),
+        )
+        added = GaugeMetricFamily(
+            "hasupd_backup_bytes_added",
+            "bytes the job's last successful backup added to its repository",
+            labels=("job",),
+        )
+        for job, (time, took, size) in sorted(self.backups.items()):
+            last.add_metric((job,), round(time, 3))
+            duration.add_metric((job,), took)
+            added.add_metric((job,), float(size))
+        failures = CounterMetricFamily("hasupd_backup_failures", "failed backup job steps", labels=("job",))
+        for job, count in sorted(self.backup_failures.items()):
+            failures.add_metric((job,), count)
+        yield from (last, duration, added, failures)
+
     def render(self) -> str:
         """Return the current metrics in the text exposition format 0.0.4."""
-        services = sorted(self._source.services.items())
-        out = Exposition()
-        out.family(
-            "hasupd_service_state",
-            "gauge",
-            "1 for the state the service is in, 0 for the others",
-            (
-                ({"service": n, "state": str(st)}, float(s.state is st))
-                for n, s in services
-                for st in ServiceState
-            ),
-        )
-        out.family(
-            "hasupd_service_up",
-            "gauge",
-            "1 when the service is running",
-            (({"service": n}, float(s.state is ServiceState.RUNNING)) for n, s in services),
-        )
-        out.family(
-            "hasupd_service_restarts",
-            "counter",
-            "automatic restarts, by the result of the run that ended",
-            (({"service": n, "result": r}, v) for (n, r), v in sorted(self.restarts.items())),
-        )
-        out.family(
-            "hasupd_service_last_exit_code",
-            "gauge",
-            "exit code of the last main process that ended (128+N for signal N)",
-            (({"service": n}, _exit_code(s)) for n, s in services if s.last_exit is not None),
-        )
-        out.family(
-            "hasupd_watchdog_timeouts",
-            "counter",
-            "runs ended by the service watchdog",
-            (({"service": n}, self.watchdog_timeouts[n]) for n, _ in services),
-        )
-        out.family(
-            "hasupd_health_status",
-            "gauge",
-            "1 when every health probe of the service passes, 0 otherwise (absent without probes)",
-            (({"service": n}, 1.0 if s.health == "healthy" else 0.0) for n, s in services if s.config.health),
-        )
-        out.family(
-            "hasupd_event_loop_lag_seconds",
-            "gauge",
-            f"how late hasupd's event loop ran a timer due every {LAG_INTERVAL_SEC:g}s",
-            [({}, round(self.loop_lag, 6))],
-        )
-        out.family(
-            "hasupd_alert_spool_depth", "gauge", "alerts waiting to be sent", [({}, self.alert_spool_depth())]
-        )
-        jobs = sorted(self.backups.items())
-        out.family(
-            "hasupd_backup_last_success_timestamp_seconds",
-            "gauge",
-            "when the job's last backup succeeded (Unix time)",
-            (({"job": j}, round(t, 3)) for j, (t, _, _) in jobs),
-        )
-        out.family(
-            "hasupd_backup_duration_seconds",
-            "gauge",
-            "how long the job's last successful backup took",
-            (({"job": j}, d) for j, (_, d, _) in jobs),
-        )
-        out.family(
-            "hasupd_backup_bytes_added",
-            "gauge",
-            "bytes the job's last successful backup added to its repository",
-            (({"job": j}, float(b)) for j, (_, _, b) in jobs),
-        )
-        out.family(
-            "hasupd_backup_failures",
-            "counter",
-            "failed backup job steps",
-            (({"job": j}, n) for j, n in sorted(self.backup_failures.items())),
-        )
-        out.family(
-            "hasupd_config_reloads",
-            "counter",
-            "configuration reloads by outcome",
-            (({"outcome": o}, v) for o, v in sorted(self.reloads.items())),
-        )
-        return out.text()
+        return generate_latest(self.registry).decode()
+
+    def scrape(self, accept: str) -> tuple[bytes, str]:
+        """Return (body, content type) of a scrape, in the format the ``Accept`` header prefers.
+
+        OpenMetrics when it lists ``application/openmetrics-text``, else the text format 0.0.4 (or
+        what else the installed prometheus_client negotiates, e.g. text 1.0.0 with newer releases).
+        """
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     # ------------------------------------------------------------------ serving
 
@@ -245,11 +245,14 @@ class Metrics:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_SEC)
             method, target, *_ = [*head.decode("latin-1").split("\r\n", 1)[0].split(" "), "", ""]
             if method not in ("GET", "HEAD"):
-                writer.write(_response(405, "method not allowed\n", head=False, extra="Allow: GET, HEAD\r\n"))
+                writer.write(
+                    _response(405, b"method not allowed\n", head=False, extra="Allow: GET, HEAD\r\n")
+                )
             elif target.split("?", 1)[0] != "/metrics":
-                writer.write(_response(404, "not found; metrics are at /metrics\n", head=method == "HEAD"))
+                writer.write(_response(404, b"not found; metrics are at /metrics\n", head=method == "HEAD"))
             else:
-                writer.write(_response(200, self.render(), head=method == "HEAD", content_type=CONTENT_TYPE))
+                body, content_type = self.scrape(accept_header(head))
+                writer.write(_response(200, body, head=method == "HEAD", content_type=content_type))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_SEC)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             pass  # a client that sends no complete request, or leaves, gets nothing
@@ -264,9 +267,8 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 def _response(
-    status: int, body: str, *, head: bool, content_type: str = "text/plain; charset=utf-8", extra: str = ""
+    status: int, data: bytes, *, head: bool, content_type: str = "text/plain; charset=utf-8", extra: str = ""
 ) -> bytes:
-    data = body.encode()
     header = (
         f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(data)}\r\nConnection: close\r\n{extra}\r\n"
@@ -278,3 +280,13 @@ def _exit_code(service: Service) -> float:
     status = service.last_exit
     assert status is not None
     return float(128 + status.signal if status.signal is not None else status.code or 0)
+
+
+class _Families(Collector):
+    """The registry's view of a Metrics: its families, computed at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect()

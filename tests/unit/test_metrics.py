@@ -1,18 +1,20 @@
-"""Prometheus exposition: counters from events, gauges from the services, parsed by prometheus_client."""
+"""Prometheus exposition: counters from events, gauges from the services, parsed by prometheus_client
+(text format 0.0.4 and OpenMetrics, chosen by the Accept header)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from hasupd import events as ev
-from hasupd.config.model import ServiceConfig, StartLimit
-from hasupd.metrics import Metrics, split_listen
+from hasupd.config.model import HealthProbe, ProbeKind, ServiceConfig, StartLimit
+from hasupd.metrics import Metrics, accept_header, split_listen
 from hasupd.service import Service
 from hasupd.states import OutputMode
+from tests.metrics_families import FAMILIES, Samples, check_families
 from tests.unit.fakes import FakeClock, FakeSpawner
+
+OPENMETRICS = "application/openmetrics-text"
 
 
 class Source:
@@ -20,20 +22,19 @@ class Source:
         self.services: dict[str, Service] = {}
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+def samples(text: str) -> Samples:
+    return check_families(text)
 
 
-def make_service(name: str, bus: ev.EventBus, spawner: FakeSpawner, clock: FakeClock) -> Service:
+def make_service(
+    name: str, bus: ev.EventBus, spawner: FakeSpawner, clock: FakeClock, *probes: HealthProbe
+) -> Service:
     config = ServiceConfig(
         name=name,
         command=("/bin/true",),
         restart_sec=0.1,
         start_limit=StartLimit(burst=50, interval_sec=60.0),
+        health=probes,
     )
     return Service(config, spawner=spawner, clock=clock, bus=bus, output=OutputMode.INHERIT, rand=lambda: 0.0)
 
@@ -80,6 +81,51 @@ def test_counters_come_from_events_and_gauges_from_the_services() -> None:
     assert samples(metrics.render())[("hasupd_service_up", (("service", "web"),))] == 1
 
 
+def test_every_family_is_typed_and_documented_in_both_formats() -> None:
+    """Counters are typed ``counter`` (not ``unknown``) with their ``_total`` samples under them, and
+    every family has a help text, in the text format and in OpenMetrics."""
+    bus = ev.EventBus()
+    source = Source()
+    metrics = Metrics(bus, source, None)
+    metrics.alert_spool_depth = lambda: 2
+    spawner, clock = FakeSpawner(), FakeClock()
+    probe = HealthProbe(kind=ProbeKind.EXEC, argv=("/bin/true",))
+    web = source.services["web"] = make_service("web", bus, spawner, clock, probe)
+    web.start()
+    spawner.last.exit(code=3)
+    bus.publish(
+        ev.BackupFinished(
+            job="app-data", snapshot="ab12", files_new=1, files_changed=0, bytes_added=4096, duration_sec=1.5
+        )
+    )
+    bus.publish(ev.BackupFailed(job="app-data", step="check", error="boom"))
+    bus.publish(ev.ConfigApplied())
+
+    text = metrics.render()
+    assert "# TYPE hasupd_service_restarts_total counter" in text
+    body, content_type = metrics.scrape(f"{OPENMETRICS}; version=1.0.0, text/plain;q=0.5")
+    # The version differs: prometheus_client 0.16 (Debian 12) says 0.0.1, newer releases 1.0.0.
+    assert content_type.startswith(f"{OPENMETRICS}; version=") and "charset=utf-8" in content_type
+    assert body.decode().endswith("# EOF\n")
+    for got in (check_families(text), check_families(body.decode(), openmetrics=True)):
+        named = {name for name, _ in got}
+        assert named == {n + "_total" if t == "counter" else n for n, t in FAMILIES.items()}
+        assert got[("hasupd_service_restarts_total", (("result", "exit-code"), ("service", "web")))] == 1
+        assert got[("hasupd_backup_failures_total", (("job", "app-data"),))] == 1
+        assert got[("hasupd_backup_bytes_added", (("job", "app-data"),))] == 4096
+        assert got[("hasupd_backup_duration_seconds", (("job", "app-data"),))] == 1.5
+        assert got[("hasupd_health_status", (("service", "web"),))] == 0
+        assert got[("hasupd_alert_spool_depth", ())] == 2
+    assert metrics.scrape("")[1] == "text/plain; version=0.0.4; charset=utf-8"
+    assert metrics.scrape("*/*")[0].decode() == metrics.render()
+
+
+def test_accept_header_is_read_case_insensitively_and_joined() -> None:
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: text/plain\r\naccept:  a/b;q=1\r\n\r\n"
+    assert accept_header(head) == "text/plain,a/b;q=1"
+    assert accept_header(b"GET /metrics HTTP/1.1\r\nX-Accept: a/b\r\n\r\n") == ""
+
+
 def test_listen_addresses() -> None:
     assert split_listen("127.0.0.1:9101") == ("127.0.0.1", 9101)
     assert split_listen("[::1]:9101") == ("::1", 9101)
@@ -102,6 +148,12 @@ async def test_served_over_http_and_a_busy_port_is_recorded_not_fatal() -> None:
         assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in reply
         assert b"# TYPE hasupd_service_up gauge" in reply
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {OPENMETRICS}\r\n\r\n".encode())
+        header, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        writer.close()
+        assert f"\r\nContent-Type: {OPENMETRICS}; version=".encode() in header
+        check_families(body.decode(), openmetrics=True)
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST /metrics HTTP/1.1\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 405")

@@ -1,0 +1,136 @@
+"""A full scrape of a running daemon (services restarted, failed and probed, a backup, an alert waiting
+in the spool, reloads) read by Prometheus' own tools: prometheus_client's text and OpenMetrics parsers
+and ``promtool check metrics``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from tests.integration.backup import jobsupport
+from tests.integration.backup.jobsupport import QUIET, Setup, stamp
+from tests.integration.harness import Hasupd, require
+from tests.metrics_families import FAMILIES, check_families
+
+# The fixtures of the daemon-level backup tests: an initialised restic repository and data.
+repo_template = jobsupport.repo_template
+setup = jobsupport.setup
+
+SLEEP = ["/bin/sleep", "1000"]
+FAST_RESTARTS = {
+    "restart_sec": "100ms",
+    "restart_max_delay_sec": "200ms",
+    "start_limit": {"burst": 50, "interval_sec": "60s"},
+}
+OPT_OUT = "HASUPD_TEST_NO_PROMTOOL"
+# What Prometheus 2.x sends when it scrapes: OpenMetrics preferred.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int, accept: str | None = None) -> tuple[str, str]:
+    """Return (content type, body) of GET /metrics."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if accept is not None:
+        request.add_header("Accept", accept)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def promtool_check(body: str) -> None:
+    """Assert that ``promtool check metrics`` (Prometheus' parser and linter) finds nothing to say."""
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool is not installed (apt-get install prometheus)", OPT_OUT)
+    assert promtool is not None
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), body
+
+
+def test_full_scrape_is_typed_documented_and_passes_promtool(
+    setup: Setup, hasupd: Callable[..., Hasupd]
+) -> None:
+    port, smtp_port = free_port(), free_port()  # nothing listens on smtp_port: the alert stays spooled
+    channel = {
+        "email": {
+            "smtp": {"host": "127.0.0.1", "port": smtp_port, "tls": "none", "timeout_sec": "2s"},
+            "from": "hasupd@example.invalid",
+            "to": ["ops@example.invalid"],
+        },
+        "coalesce_sec": "0s",
+    }
+    config = setup.config(
+        QUIET,
+        services={
+            "web": {"command": SLEEP, **FAST_RESTARTS},
+            "probed": {"command": SLEEP, "health": [{"exec": ["/bin/true"], "interval_sec": "200ms"}]},
+            "broken": {"command": ["/bin/false"], "restart_sec": "100ms", "start_limit": {"burst": 2}},
+        },
+        daemon={"metrics": {"listen": f"127.0.0.1:{port}"}, "alerts": {"ops": channel}},
+    )
+    # app-data runs when asked; "failing" runs at start (it never ran) and fails in its before hook.
+    for kind in ("backup", "prune"):
+        stamp(setup.tmp / "work0", kind, datetime.now(UTC))
+    failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
+    (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_for("backup.failed", job="failing", timeout=60)
+    d.wait_for("metrics.listening", timeout=30)
+    for n in range(2):
+        pid = d.wait_for("service.started", count=n + 1, service="web", timeout=30)[n]["pid"]
+        os.kill(pid, signal.SIGKILL)
+    d.wait_for("service.started", count=3, service="web", timeout=30)
+    d.wait_for("service.failed", service="broken", timeout=30)
+    d.wait_for("alert.failed", channel="ops", timeout=60)
+    d.wait_for("health.ok", service="probed", timeout=30)
+    backup = d.ctl("backup", "run", "app-data")
+    assert backup.returncode == 0, backup.stderr
+    (config / "services.d" / "extra.yaml").write_text('command: ["/bin/sleep", "1000"]\n')
+    assert d.ctl("reload").returncode == 0
+    d.wait_for("service.started", service="extra", timeout=30)
+
+    content_type, text = scrape(port)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    got = check_families(text)
+    promtool_check(text)
+    assert "# TYPE hasupd_service_restarts_total counter" in text
+    assert got[("hasupd_service_restarts_total", (("result", "signal"), ("service", "web")))] == 2
+    assert got[("hasupd_service_restarts_total", (("result", "exit-code"), ("service", "broken")))] >= 1
+    assert got[("hasupd_service_state", (("service", "broken"), ("state", "failed")))] == 1
+    assert got[("hasupd_service_up", (("service", "extra"),))] == 1
+    assert got[("hasupd_service_last_exit_code", (("service", "web"),))] == 128 + signal.SIGKILL
+    assert got[("hasupd_health_status", (("service", "probed"),))] == 1
+    assert got[("hasupd_watchdog_timeouts_total", (("service", "web"),))] == 0
+    assert got[("hasupd_config_reloads_total", (("outcome", "applied"),))] == 1
+    assert got[("hasupd_alert_spool_depth", ())] >= 1
+    assert got[("hasupd_backup_bytes_added", (("job", "app-data"),))] > 0
+    assert got[("hasupd_backup_duration_seconds", (("job", "app-data"),))] > 0
+    assert ("hasupd_backup_last_success_timestamp_seconds", (("job", "app-data"),)) in got
+    assert got[("hasupd_backup_failures_total", (("job", "failing"),))] >= 1
+
+    # OpenMetrics, asked for as Prometheus itself asks; the same families and values.
+    for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT):
+        content_type, body = scrape(port, accept)
+        assert content_type.startswith("application/openmetrics-text; version="), content_type
+        assert body.endswith("# EOF\n")
+        om = check_families(body, openmetrics=True)
+        assert om.keys() == got.keys()
+        assert om[("hasupd_service_restarts_total", (("result", "signal"), ("service", "web")))] == 2
+    assert len(FAMILIES) == len({name for name, _ in got})  # every family has samples in this scrape
+    assert d.stop() == 0

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.integration.harness import Hasupd, require
+from tests.integration.harness import REPO, Hasupd, require
 from tests.metrics_families import FAMILIES, check_families
 
 # The fixtures of the daemon-level backup tests: an initialised restic repository and data.
@@ -89,7 +89,10 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
         stamp(setup.tmp / "work0", kind, datetime.now(UTC))
     failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
     (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
-    d = hasupd(config, extra_args=("--no-watch",))
+    # The daemon sees the same prometheus_client as the parsers here (PYTHONPATH is kept): put Debian's
+    # first on PYTHONPATH to run both on it.
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    d = hasupd(config, extra_args=("--no-watch",), env={"PYTHONPATH": pythonpath})
     d.wait_for("backup.failed", job="failing", timeout=60)
     d.wait_for("metrics.listening", timeout=30)
     for n in range(2):

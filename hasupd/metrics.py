@@ -26,6 +26,7 @@ from hasupd import events as ev
 from hasupd.service import Service
 from hasupd.states import ServiceState
 
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # generate_latest's format
 LAG_INTERVAL_SEC = 1.0
 READ_TIMEOUT_SEC = 5.0
 MAX_REQUEST_BYTES = 8192
@@ -193,8 +194,14 @@ class Metrics:
 
         OpenMetrics when it lists ``application/openmetrics-text``, else the text format 0.0.4 (or
         what else the installed prometheus_client negotiates, e.g. text 1.0.0 with newer releases).
+        A header prometheus_client cannot read gets the text format 0.0.4.
         """
-        encoder, content_type = choose_encoder(accept)
+        try:
+            encoder, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):
+            # Newer releases compare the header's version with numbers and raise on one like
+            # "version=abc": a client's header must not take hasupd down; it gets the default format.
+            encoder, content_type = generate_latest, TEXT_CONTENT_TYPE
         return encoder(self.registry), content_type
 
     # ------------------------------------------------------------------ serving

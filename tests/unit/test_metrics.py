@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 
 from hasupd import events as ev
@@ -120,6 +121,40 @@ def test_every_family_is_typed_and_documented_in_both_formats() -> None:
     assert metrics.scrape("*/*")[0].decode() == metrics.render()
 
 
+def test_a_malformed_accept_header_gets_the_text_format() -> None:
+    """prometheus_client 0.2x raises TypeError on ``version=abc``; a scraper's header must not reach
+    hasupd's TaskGroup as an exception. A few hundred random headers built from the tokens that matter."""
+    metrics = Metrics(ev.EventBus(), Source(), None)
+    for accept in (f"{OPENMETRICS}; version=abc", "text/plain; version=x.y", "text/plain;version=="):
+        body, content_type = metrics.scrape(accept)
+        assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+        check_families(body.decode())
+    rand = random.Random(15)
+    tokens = [
+        OPENMETRICS,
+        "text/plain",
+        "*/*",
+        "version=",
+        "version=1.0.0",
+        "version=0.0.1",
+        "version=a.b",
+        "version=1",
+        "escaping=",
+        "escaping=dots",
+        "escaping=values",
+        "q=0.5",
+        "=",
+        ";",
+        ",",
+        "\xff",
+        " ",
+    ]
+    for _ in range(300):
+        accept = "".join(rand.choice(tokens) + rand.choice(("", ";", ",")) for _ in range(rand.randint(1, 8)))
+        body, content_type = metrics.scrape(accept)
+        check_families(body.decode(), openmetrics=content_type.startswith(OPENMETRICS))
+
+
 def test_accept_header_is_read_case_insensitively_and_joined() -> None:
     head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nACCEPT: text/plain\r\naccept:  a/b;q=1\r\n\r\n"
     assert accept_header(head) == "text/plain,a/b;q=1"
@@ -154,6 +189,10 @@ async def test_served_over_http_and_a_busy_port_is_recorded_not_fatal() -> None:
         writer.close()
         assert f"\r\nContent-Type: {OPENMETRICS}; version=".encode() in header
         check_families(body.decode(), openmetrics=True)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /metrics HTTP/1.1\r\nAccept: {OPENMETRICS}; version=abc\r\n\r\n".encode())
+        assert (await reader.read()).startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4")
+        writer.close()
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST /metrics HTTP/1.1\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 405")

@@ -55,24 +55,40 @@ def other_suite() -> str:
 
 def second_restic() -> Path:
     """Return the other release's restic binary, fetching it once. Raise RuntimeError with the reason."""
-    suite = other_suite()
-    root = cache_root() / f"restic-{suite}"
-    binary = root / "usr" / "bin" / "restic"
+    return fetched_binary(other_suite(), "restic", "usr/bin/restic")
+
+
+def this_suite() -> str:
+    """Return this machine's Debian suite: bookworm on Debian 12, else trixie."""
+    version = Path("/etc/debian_version").read_text().strip()
+    return "bookworm" if version.startswith("12") else "trixie"
+
+
+def fetched_binary(suite: str, package: str, member: str) -> Path:
+    """Return ``member`` (a path inside ``package``'s .deb of ``suite``), extracted once into the cache.
+
+    Nothing is installed: no maintainer script runs (so a server package starts no service), and the
+    system's apt sources and state are untouched. Raise RuntimeError with the reason when it cannot be had.
+    """
+    root = cache_root() / f"{package}-{suite}"
+    binary = root / member
     if binary.exists():
         return binary
     if not KEYRING.exists():
         raise RuntimeError(f"{KEYRING} is missing: apt-get install -y debian-archive-keyring")
     cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / ".restic.lock", "w") as lock:
+    with open(cache_root() / f".{package}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test runs fetch it once
         if binary.exists():
             return binary
-        _fetch(suite, root)
+        _fetch(suite, package, root)
+    if not binary.exists():
+        raise RuntimeError(f"{package} from {suite} has no {member}")
     return binary
 
 
-def _fetch(suite: str, root: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="restic-apt-", dir=cache_root()) as tmp:
+def _fetch(suite: str, package: str, root: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"{package}-apt-", dir=cache_root()) as tmp:
         work = Path(tmp)
         for sub in ("lists/partial", "cache/archives/partial", "deb"):
             (work / sub).mkdir(parents=True)
@@ -87,7 +103,7 @@ def _fetch(suite: str, root: Path) -> None:
             "-oAPT::Sandbox::User=root",  # the temp dir is not readable by _apt
             "-oDebug::NoLocking=1",
         ]
-        for argv in (["apt-get", *options, "update"], ["apt-get", *options, "download", "restic"]):
+        for argv in (["apt-get", *options, "update"], ["apt-get", *options, "download", package]):
             done = subprocess.run(
                 argv, check=False, cwd=work / "deb", capture_output=True, text=True, timeout=600
             )
@@ -95,9 +111,9 @@ def _fetch(suite: str, root: Path) -> None:
                 raise RuntimeError(
                     f"{' '.join(argv[:1] + argv[-1:])} for {suite} failed: {done.stderr[-2000:]}"
                 )
-        debs = list((work / "deb").glob("restic_*.deb"))
+        debs = list((work / "deb").glob(f"{package}_*.deb"))
         if len(debs) != 1:
-            raise RuntimeError(f"apt-get download restic gave {debs}")
+            raise RuntimeError(f"apt-get download {package} gave {debs}")
         staging = work / "root"
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(staging)], check=True, timeout=120)
         if root.exists():

@@ -299,3 +299,33 @@ def test_incident_reasons_name_the_service(tmp_path: Path, hasupd: Callable[...,
         assert reason.startswith(start.format(pid=pid)), (name, shown.stdout)
         assert "None" not in reason
     assert d.stop() == 0
+
+
+def test_a_heartbeat_and_a_limit_added_by_a_reload_act_on_the_running_process(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    hog = script(tmp_path, "hog.py", "import time\nblock = bytearray(96 * 1024 * 1024)\ntime.sleep(1000)\n")
+    beat = {"command": ["/bin/sleep", "1000"]}
+    hogged = {"command": [PY, hog]}
+    config = write_config(tmp_path / "etc", {"beat": beat, "hog": hogged})
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_ready()
+    pids = {name: d.find("service.started", service=name)[0]["pid"] for name in ("beat", "hog")}
+    time.sleep(1.5)  # the hog has its memory now; nothing watches it yet
+    assert d.find("limit.exceeded") == [] and d.find("watchdog.timeout") == []
+    services = config / "services.d"
+    heartbeat = {"path": str(tmp_path / "never-touched"), "max_age_sec": "500ms"}
+    (services / "beat.yaml").write_text(json.dumps({**beat, "heartbeat_file": heartbeat}))
+    (services / "hog.yaml").write_text(json.dumps({**hogged, "limits": {"memory": "32M"}}))
+    dry = d.ctl("reload", "--dry-run").stdout
+    assert "update  beat in place (changed: heartbeat_file)" in dry, dry
+    assert "update  hog in place (changed: limits)" in dry, dry
+    assert d.ctl("reload").returncode == 0
+    timeout = d.wait_for("watchdog.timeout", service="beat", timeout=10)[0]
+    exceeded = d.wait_for("limit.exceeded", service="hog", timeout=15)[0]
+    # Caught on the very processes that ran before the reload: the reload itself restarted nothing.
+    assert timeout["pid"] == pids["beat"] and "never-touched" in timeout["reason"]
+    assert exceeded["limit"] == "memory"
+    exited = {name: d.wait_for("service.exited", service=name)[0] for name in pids}
+    assert {name: r["pid"] for name, r in exited.items()} == pids
+    assert d.stop() == 0

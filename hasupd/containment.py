@@ -78,8 +78,9 @@ class ScopeImpl(ABC):
         before exec, or None when there is no cgroup. Raise SpawnError if it cannot be opened."""
         return None
 
-    def set_memory_max(self, nbytes: int) -> bool:
-        """Set memory.max of the scope; return False if the memory controller is not available."""
+    def set_memory_max(self, nbytes: int | None) -> bool:
+        """Set memory.max of the scope (None: no limit); return False if the memory controller is not
+        available."""
         return False
 
     @abstractmethod
@@ -119,9 +120,9 @@ class CgroupScope(ScopeImpl):
         except OSError as e:
             raise SpawnError(f"cannot open {self.path}/cgroup.procs: {e.strerror}") from e
 
-    def set_memory_max(self, nbytes: int) -> bool:
+    def set_memory_max(self, nbytes: int | None) -> bool:
         try:
-            _write(self.path / "memory.max", str(nbytes))
+            _write(self.path / "memory.max", "max" if nbytes is None else str(nbytes))
         except FileNotFoundError:
             return False
         return True

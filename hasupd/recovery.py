@@ -33,19 +33,31 @@ RECOVERY_USER = "hasupd (recovery)"
 
 
 class KnownGood:
-    """The last config each service ran healthy under."""
+    """The last config each service ran healthy under.
+
+    Every instance of a service reports its first stable run, but they all share one config: what was
+    saved (or found on disk) is remembered per service, so the file is read at most once and written
+    once per config, not once per instance (``instances: 500`` used to mean 500 reads and fsyncs on the
+    event loop).
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir / "known-good"
+        self._saved: dict[str, ServiceConfig] = {}  # what the file of each service holds
 
     def _path(self, name: str) -> Path:
         return self._dir / f"{name}.pickle"
 
     def save(self, config: ServiceConfig) -> None:
-        if self.load(config.name) == config:
+        """Keep ``config`` as its service's known-good config, unless the file already holds it."""
+        if self._saved.get(config.name) == config:
+            return
+        if config.name not in self._saved and self.load(config.name) == config:
+            self._saved[config.name] = config  # from an earlier run of hasupd
             return
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write_bytes(self._path(config.name), pickle.dumps(config))
+        self._saved[config.name] = config
 
     def load(self, name: str) -> ServiceConfig | None:
         try:

@@ -129,9 +129,10 @@ class Service:
         self._timer: TimerHandle | None = None
         self._poll: TimerHandle | None = None
         self._generation = 0
-        # Freeze detection: the notify endpoint lives as long as the service; the rest per run.
+        # Freeze detection: the notify endpoint lives as long as the service; the rest per run, keyed
+        # by what they watch ("health", "heartbeat", "limits"), so a reload re-arms only what changed.
         self._notify: NotifyChannel | None = None
-        self._monitors: list[Stoppable] = []
+        self._monitors: dict[str, Stoppable] = {}
         self._watchdog: TimerHandle | None = None
         self._watchdog_sec = config.watchdog_sec
         self.status_text: str | None = None
@@ -242,10 +243,26 @@ class Service:
         self._close_incident(outcome)
 
     def update_config(self, config: ServiceConfig) -> None:
-        """Take a new config whose differences do not touch the running process (see config.diff)."""
-        self.config = config
+        """Take a new config whose differences do not touch the running process (see config.diff).
+
+        The process keeps running; probes, heartbeat and limits whose settings changed are stopped and
+        armed anew with the new ones at once (new probes start with their start period, a new
+        heartbeat gives the file ``max_age_sec`` from now), as far as the current state watches them.
+        """
+        old, self.config = self.config, config
         self._start_limit.burst = config.start_limit.burst
         self._start_limit.interval = config.start_limit.interval_sec
+        process = self._process
+        if self._watchers is None or process is None or self.state not in _WATCHED_STATES:
+            return  # nothing is watched now; the next run arms what the new config asks for
+        if old.heartbeat_file != config.heartbeat_file:
+            self._arm_heartbeat()
+        if old.limits != config.limits:
+            self._arm_limits(process, rearm=True)
+        if old.health != config.health and self.state is S.RUNNING:
+            # A notify service in start gets its probes on READY=1, as always.
+            self.health = "starting" if config.health else None
+            self._arm_probes()
 
     @property
     def is_inactive(self) -> bool:
@@ -370,9 +387,8 @@ class Service:
             self.health = "starting"
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)
-        if self.config.health and self._watchers is not None:
-            # Probes judge a running service: for notify ones, only once READY=1 came.
-            self._monitors.append(self._watchers.probes(self.config.health, self._on_probe))
+        # Probes judge a running service: for notify ones, only once READY=1 came.
+        self._arm_probes()
 
     def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:
         """Signal the whole tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it."""
@@ -570,19 +586,51 @@ class Service:
         return pid == self._process.pid or pid in self._process.scope.pids()
 
     def _arm_monitors(self, process: Process) -> None:
-        watchers = self._watchers
-        if watchers is None:
+        if self._watchers is None:
             return
         self._arm_watchdog()
-        if self.config.heartbeat_file is not None:
-            self._monitors.append(watchers.heartbeat(self.config.heartbeat_file, self._on_heartbeat_stale))
-        if self.config.limits.memory is not None or self.config.limits.cpu_percent is not None:
-            self._monitors.append(watchers.resources(self.config.limits, process.scope, self._on_limit))
+        self._arm_heartbeat()
+        self._arm_limits(process, rearm=False)
+
+    def _replace_monitor(self, kind: str, monitor: Stoppable | None) -> None:
+        """Stop the ``kind`` watcher of this run, if any, and keep ``monitor`` in its place."""
+        old = self._monitors.pop(kind, None)
+        if old is not None:
+            old.stop()
+        if monitor is not None:
+            self._monitors[kind] = monitor
+
+    def _arm_probes(self) -> None:
+        probes = self.config.health
+        watchers = self._watchers
+        self._replace_monitor(
+            "health", watchers.probes(probes, self._on_probe) if probes and watchers is not None else None
+        )
+
+    def _arm_heartbeat(self) -> None:
+        spec = self.config.heartbeat_file
+        watchers = self._watchers
+        self._replace_monitor(
+            "heartbeat",
+            watchers.heartbeat(spec, self._on_heartbeat_stale) if spec and watchers is not None else None,
+        )
+
+    def _arm_limits(self, process: Process, *, rearm: bool) -> None:
+        """Watch the limits; ``rearm``: they changed while running, so even none at all must be
+        applied (a memory.max set by the old limits is lifted)."""
+        limits = self.config.limits
+        watchers = self._watchers
+        wanted = limits.memory is not None or limits.cpu_percent is not None
+        self._replace_monitor(
+            "limits",
+            watchers.resources(limits, process.scope, self._on_limit)
+            if watchers is not None and (wanted or rearm)
+            else None,
+        )
 
     def _disarm_monitors(self) -> None:
-        for monitor in self._monitors:
-            monitor.stop()
-        self._monitors.clear()
+        for kind in list(self._monitors):
+            self._replace_monitor(kind, None)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -616,7 +664,8 @@ class Service:
 
     def _freeze(self, result: ServiceResult, record: ev.Event) -> None:
         """The process is alive but not working: record why, then stop it (SIGABRT for the watchdog)."""
-        self._open_incident(record.message())
+        # The reason is the record's own sentence, so it must name the service before it is formatted.
+        self._open_incident(self._stamped(record).message())
         self._publish(record)
         self._enter_signal(S.STOP_WATCHDOG if result is R.WATCHDOG else S.STOP_SIGTERM, result)
 
@@ -703,6 +752,10 @@ class Service:
             self._publish(ev.IncidentClosed(outcome=outcome))
             self.incident = None
 
+    def _stamped(self, event: ev.Event) -> ev.Event:
+        """Return ``event`` with this service's name and open incident filled in."""
+        return dataclasses.replace(event, service=self.name, incident=self.incident)
+
     def _publish(self, event: ev.Event) -> None:
         # Every record of this service carries its name and the open incident.
-        self._bus.publish(dataclasses.replace(event, service=self.name, incident=self.incident))
+        self._bus.publish(self._stamped(event))

@@ -79,8 +79,10 @@ class LoopWatchers:
         return watch
 
     def resources(self, limits: Limits, scope: Scope, on_exceeded: Callable[[str, str], None]) -> Stoppable:
-        if limits.memory is not None and isinstance(scope, CgroupScope):
-            # The kernel enforces it too where the memory controller is there (OOM kill -> oom-kill).
+        """Watch ``limits`` on ``scope``; also called with no limits when a reload removed them."""
+        if isinstance(scope, CgroupScope):
+            # The kernel enforces it too where the memory controller is there (OOM kill -> oom-kill);
+            # no memory limit (any more) is "max".
             scope.set_memory_max(limits.memory)
         watch = ResourceWatch(limits, scope.pids, on_exceeded)
         watch.start(self._loop)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from hasupd.config.model import Config, ServiceConfig
 
 # Changing one of these changes the running program: the service is restarted. Every other field
-# (restart policy, timeouts, probes, alerts, description ...) only changes how hasupd treats the
-# process, and is applied in place without touching it.
+# (restart policy, timeouts, probes, heartbeat, limits, alerts, description ...) only changes how hasupd
+# treats the process, and is applied in place without touching it (Service.update_config re-arms the
+# watchers whose settings changed).
 PROCESS_FIELDS = frozenset(
     {
         "command",
@@ -23,8 +24,7 @@ PROCESS_FIELDS = frozenset(
         "sockets",
         "container",
         "output",
-        "watchdog_sec",
-        "limits",
+        "watchdog_sec",  # the program is told WATCHDOG_USEC when it starts
     }
 )
 

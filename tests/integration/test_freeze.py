@@ -214,3 +214,118 @@ def test_after_waits_for_a_slow_ready(tmp_path: Path, hasupd: Callable[..., Hasu
     # Stopped in reverse: b before a.
     stopped = [r["service"] for r in d.records if r.get("event") == "service.stopped"]
     assert stopped == ["b", "a"]
+
+
+def test_a_probe_added_by_a_reload_catches_a_freeze(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    port = free_port()
+    app = script(tmp_path, "app.py", HTTP_APP)
+    body = {"command": [PY, app, str(tmp_path / "flag"), str(tmp_path / "log"), "0", str(port)]}
+    config = write_config(tmp_path / "etc", {"web": body})
+    d = hasupd(config, extra_args=("--no-watch",))  # the reload below is the explicit one
+    pid = d.wait_for("service.started", service="web")[0]["pid"]
+    probe = {
+        "http": f"http://127.0.0.1:{port}/",
+        "interval_sec": "200ms",
+        "timeout_sec": "500ms",
+        "failures": 2,
+    }
+    (config / "services.d" / "web.yaml").write_text(json.dumps({**body, "health": [probe]}))
+    dry = d.ctl("reload", "--dry-run")
+    assert "update  web in place (changed: health)" in dry.stdout, dry.stdout
+    reload = d.ctl("reload")
+    assert reload.returncode == 0, reload.stderr
+    assert d.wait_for("config.applied")[0]["changed"] == ["web"]
+    # The process was kept, and the new probe runs against it: healthy, so the status says so.
+    d.wait_for("health.ok", service="web", timeout=10)
+    [status] = json.loads(d.ctl("status", "--json").stdout)
+    assert status["pid"] == pid and status["health"] == "healthy"
+    assert len(d.find("service.started", service="web")) == 1
+    frozen_at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    failed = d.wait_for("health.failed", service="web", timeout=10)[0]
+    again = d.wait_for("service.started", service="web", count=2, timeout=10)[1]
+    assert again["pid"] != pid
+    # Two failed checks of at most interval + timeout each, then the stop.
+    assert record_time(failed) - frozen_at < 2 * (0.2 + 0.5) + 1.0, record_time(failed) - frozen_at
+    exited = d.find("service.exited", service="web")[0]
+    assert exited["pid"] == pid and exited["expected"] is True
+    assert d.find("service.restart_scheduled", service="web")[0]["result"] == "health"
+    assert d.stop() == 0
+
+
+def test_incident_reasons_name_the_service(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    hog = script(
+        tmp_path,
+        "hog.py",
+        """
+        import time
+        block = bytearray(96 * 1024 * 1024)
+        time.sleep(1000)
+        """,
+    )
+    sleep = ["/bin/sleep", "1000"]
+    slow = {"restart_sec": "30s"}  # one incident each is enough
+    config = write_config(
+        tmp_path / "etc",
+        {
+            "probed": {
+                "command": sleep,
+                "health": [{"exec": ["/bin/false"], "interval_sec": "200ms", "failures": 2}],
+                **slow,
+            },
+            "pinged": {"command": sleep, "watchdog_sec": "500ms", **slow},
+            "beating": {
+                "command": sleep,
+                "heartbeat_file": {"path": str(tmp_path / "beat"), "max_age_sec": "500ms"},
+                **slow,
+            },
+            "hog": {"command": [PY, hog], "limits": {"memory": "32M"}, **slow},
+        },
+    )
+    d = hasupd(config)
+    expected = {
+        "probed": "probed unhealthy after 2 failed exec probe(s): ",
+        "pinged": "pinged (pid {pid}) watchdog: no WATCHDOG=1 within 0.5s",
+        "beating": "beating (pid {pid}) watchdog: heartbeat file ",
+        "hog": "hog over its memory limit: ",
+    }
+    for name, start in expected.items():
+        opened = d.wait_for("incident.opened", service=name, timeout=20)[0]
+        pid = d.find("service.started", service=name)[0]["pid"]
+        shown = d.ctl("incident", opened["incident"])
+        assert shown.returncode == 0, shown.stderr
+        line = next(li for li in shown.stdout.splitlines() if li.startswith("  opened "))
+        reason = line.split(": ", 1)[1]
+        assert reason.startswith(start.format(pid=pid)), (name, shown.stdout)
+        assert "None" not in reason
+    assert d.stop() == 0
+
+
+def test_a_heartbeat_and_a_limit_added_by_a_reload_act_on_the_running_process(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    hog = script(tmp_path, "hog.py", "import time\nblock = bytearray(96 * 1024 * 1024)\ntime.sleep(1000)\n")
+    beat = {"command": ["/bin/sleep", "1000"]}
+    hogged = {"command": [PY, hog]}
+    config = write_config(tmp_path / "etc", {"beat": beat, "hog": hogged})
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_ready()
+    pids = {name: d.find("service.started", service=name)[0]["pid"] for name in ("beat", "hog")}
+    time.sleep(1.5)  # the hog has its memory now; nothing watches it yet
+    assert d.find("limit.exceeded") == [] and d.find("watchdog.timeout") == []
+    services = config / "services.d"
+    heartbeat = {"path": str(tmp_path / "never-touched"), "max_age_sec": "500ms"}
+    (services / "beat.yaml").write_text(json.dumps({**beat, "heartbeat_file": heartbeat}))
+    (services / "hog.yaml").write_text(json.dumps({**hogged, "limits": {"memory": "32M"}}))
+    dry = d.ctl("reload", "--dry-run").stdout
+    assert "update  beat in place (changed: heartbeat_file)" in dry, dry
+    assert "update  hog in place (changed: limits)" in dry, dry
+    assert d.ctl("reload").returncode == 0
+    timeout = d.wait_for("watchdog.timeout", service="beat", timeout=10)[0]
+    exceeded = d.wait_for("limit.exceeded", service="hog", timeout=15)[0]
+    # Caught on the very processes that ran before the reload: the reload itself restarted nothing.
+    assert timeout["pid"] == pids["beat"] and "never-touched" in timeout["reason"]
+    assert exceeded["limit"] == "memory"
+    exited = {name: d.wait_for("service.exited", service=name)[0] for name in pids}
+    assert {name: r["pid"] for name, r in exited.items()} == pids
+    assert d.stop() == 0

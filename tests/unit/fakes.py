@@ -127,3 +127,60 @@ class Recorder:
 
     def of(self, cls: type[Event]) -> list[Event]:
         return [e for e in self.events if isinstance(e, cls)]
+
+
+@dataclass
+class FakeWatcher:
+    """One armed watcher: what it watches, its callback, and whether it was stopped."""
+
+    kind: str
+    spec: object
+    callback: Callable[..., None]
+    stopped: bool = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeNotify:
+    environment: dict[str, str] = {}
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakeWatchers:
+    """Records every watcher the state machine arms (runtimes.base.Watchers), arming nothing real."""
+
+    def __init__(self) -> None:
+        self.armed: list[FakeWatcher] = []
+        self.memory_max: list[int | None] = []
+
+    def _arm(self, kind: str, spec: object, callback: Callable[..., None]) -> FakeWatcher:
+        watcher = FakeWatcher(kind, spec, callback)
+        self.armed.append(watcher)
+        return watcher
+
+    def active(self, kind: str) -> list[FakeWatcher]:
+        return [w for w in self.armed if w.kind == kind and not w.stopped]
+
+    def notify(self, config: object, unit: str, on_message: object, allowed: object) -> FakeNotify:
+        return FakeNotify()
+
+    def probes(self, probes: object, on_outcome: Callable[..., None]) -> FakeWatcher:
+        return self._arm("health", probes, on_outcome)
+
+    def heartbeat(self, spec: object, on_stale: Callable[[str], None]) -> FakeWatcher:
+        return self._arm("heartbeat", spec, on_stale)
+
+    def resources(
+        self, limits: object, scope: object, on_exceeded: Callable[[str, str], None]
+    ) -> FakeWatcher:
+        self.memory_max.append(getattr(limits, "memory", None))
+        return self._arm("limits", limits, on_exceeded)
+
+    def oom_killed(self, scope: object) -> bool:
+        return False

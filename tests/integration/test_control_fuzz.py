@@ -20,7 +20,7 @@ from hasupd.control.protocol import MAX_REQUEST_BYTES, Exit
 from tests.integration.harness import Hasupd, pid_alive, write_config
 
 SLEEP = ["/bin/sleep", "1000"]
-REQUESTS = 3000
+REQUESTS = 5000
 TIME_BUDGET_SEC = 20.0  # the loop stops here even if not all requests were sent (it says so)
 
 # Every argument each command reads. A new command or argument must be added here, or the test fails.
@@ -44,6 +44,42 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
 # Commands that would change the running services given a harmless-looking value (no names: every
 # service) get only values that cannot name a service; see _value.
 SERVICE_NAMES = ("web", "db")
+
+
+# Arguments that pass validation (and act on nothing), so that a wrong value of one argument reaches the
+# code that reads it; each WRONG_VALUES entry then replaces one of them (or is added) in turn.
+VALID_BASE: dict[str, dict[str, Any]] = {
+    "start": {"names": ["nope"]},
+    "stop": {"names": ["nope"]},
+    "restart": {"names": ["nope"]},
+    "reset-failed": {"names": ["nope"]},
+    "reload": {"dry_run": True},
+    "logs": {"name": "nope", "lines": 1, "follow": False},
+    "events": {"since": "1h", "service": "nope", "lines": 1},
+    "incident": {"id": "abc"},
+    "alert-test": {"channel": "nope"},
+    "backup-run": {"job": "nope", "kind": "backup"},
+    "restore": {"job": "nope", "snapshot": "latest", "target": "/nonexistent", "dry_run": True},
+}
+# Every command gets each of these for each of its arguments once, before the random part.
+WRONG_VALUES: tuple[Any, ...] = (
+    None,
+    True,
+    0,
+    -1,
+    10**30,
+    1.5,
+    float("nan"),
+    "",
+    "\ud800",
+    "\x00",
+    "nope",
+    [],
+    [1],
+    ["\udfff"],
+    {},
+    {"k": [1]},
+)
 
 
 def _nested(rng: random.Random, depth: int) -> Any:
@@ -227,12 +263,22 @@ def test_fuzzed_control_requests_leave_hasupd_and_its_services_alone(
     before = {s["name"]: s["pid"] for s in status}
     daemon_pid = d.proc.pid
 
+    systematic = [
+        (
+            "every-argument",
+            _dumps({"v": 1, "cmd": cmd, "args": {**VALID_BASE.get(cmd, {}), arg: value}}),
+            False,
+        )
+        for cmd, names in sorted(ARGUMENTS.items())
+        for arg in names
+        for value in WRONG_VALUES
+    ]
     sent, answered, errors_by_kind = 0, 0, {}
     started = time.monotonic()
-    for i in range(REQUESTS):
+    for i in range(len(systematic) + REQUESTS):
         if time.monotonic() - started > TIME_BUDGET_SEC:
             break
-        kind, payload, close_early = _payload(rng)
+        kind, payload, close_early = systematic[i] if i < len(systematic) else _payload(rng)
         raw = _exchange(d.socket, payload, close_early)
         sent += 1
         if raw is None:

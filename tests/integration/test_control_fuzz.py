@@ -249,6 +249,20 @@ def _exchange(path: Path, payload: bytes, close_early: bool) -> bytes | None:
         return b"".join(chunks) or None
 
 
+def _status_when_idle(d: Hasupd) -> list[dict[str, Any]]:
+    """Return `hasupctl status --json`; while the fuzzer's last connections still hold every slot,
+    hasupd answers "busy" (exit 5), which is right, so that is retried for a few seconds."""
+    deadline = time.monotonic() + 15
+    while True:
+        done = d.ctl("status", "--json")
+        if done.returncode == 0:
+            result: list[dict[str, Any]] = json.loads(done.stdout)
+            return result
+        assert done.returncode == 5 and "busy" in done.stderr, done
+        assert time.monotonic() < deadline, done
+        time.sleep(0.2)
+
+
 def test_fuzzed_control_requests_leave_hasupd_and_its_services_alone(
     tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
@@ -296,7 +310,7 @@ def test_fuzzed_control_requests_leave_hasupd_and_its_services_alone(
     # Many connections at once, each closed mid-request.
     for _ in range(10):
         burst = []
-        for _ in range(50):
+        for _ in range(30):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(10)
             s.connect(str(d.socket))
@@ -315,7 +329,7 @@ def test_fuzzed_control_requests_leave_hasupd_and_its_services_alone(
     assert d.proc.poll() is None and d.proc.pid == daemon_pid
     # No request reached an unexpected exception in a handler: each got a deliberate answer.
     assert d.find("control.error") == [], d.find("control.error")[:3]
-    after = json.loads(d.ctl("status", "--json").stdout)
+    after = _status_when_idle(d)
     assert {s["name"]: s["pid"] for s in after} == before
     assert all(s["state"] == "running" and pid_alive(s["pid"]) for s in after)
     assert d.stop() == 0

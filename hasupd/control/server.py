@@ -15,7 +15,7 @@ from typing import Any
 from hasupd import events as ev
 from hasupd.config.model import AccessConfig
 from hasupd.control import protocol
-from hasupd.control.auth import Peer, Role, peer_of, role_of
+from hasupd.control.auth import Peer, Role, peer_credentials, peer_of, role_of
 from hasupd.control.handlers import COMMANDS, CommandError, Context
 from hasupd.control.protocol import Exit, ProtocolError
 
@@ -102,15 +102,22 @@ class ControlServer:
             self.path.unlink()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
         try:
-            peer = peer_of(writer.get_extra_info("socket"))
+            uid = peer_credentials(sock)[1]
+            if self._per_uid.get(uid, 0) >= MAX_PER_UID:
+                # Only callers without the admin role are counted per uid: this one is refused before
+                # the slower /proc and group lookups, so a caller connecting in a loop costs little.
+                self._refuse(uid, sock, writer, self._over_uid_cap(uid))
+                return
+            peer = peer_of(sock)
         except OSError:  # gone before it could be identified
             writer.close()
             return
         admin = role_of(peer, self._access()) is Role.ADMIN
         refusal = self._refusal(peer.uid, admin)
         if refusal is not None:
-            self._refuse(peer, writer, refusal)
+            self._refuse(peer.uid, sock, writer, refusal)
             return
         self._active += 1
         if not admin:
@@ -120,6 +127,10 @@ class ControlServer:
         # cancellation out, so a bad request cannot stop hasupd.
         self._spawn(self._serve(peer, admin, reader, writer))
 
+    @staticmethod
+    def _over_uid_cap(uid: int) -> str:
+        return f"too many connections: uid {uid} holds {MAX_PER_UID} already (the most one user may)"
+
     def _refusal(self, uid: int, admin: bool) -> str | None:
         """Return why a new connection of ``uid`` gets no slot, or None if it gets one."""
         if self._active >= MAX_CONNECTIONS:
@@ -127,7 +138,7 @@ class ControlServer:
         if admin:
             return None
         if self._per_uid.get(uid, 0) >= MAX_PER_UID:
-            return f"too many connections: uid {uid} holds {MAX_PER_UID} already (the most one user may)"
+            return self._over_uid_cap(uid)
         if self._unprivileged >= MAX_CONNECTIONS - ADMIN_RESERVE:
             return (
                 f"hasupd is busy: {MAX_CONNECTIONS - ADMIN_RESERVE} connections are open, "
@@ -135,21 +146,22 @@ class ControlServer:
             )
         return None
 
-    def _refuse(self, peer: Peer, writer: asyncio.StreamWriter, reason: str) -> None:
+    def _refuse(self, uid: int, sock: Any, writer: asyncio.StreamWriter, reason: str) -> None:
         """Answer a caller that gets no slot with an error (not a silent close), at once, and record it
         (at most once per uid every REFUSAL_RECORD_EVERY_SEC, with the count since the last record)."""
         self.refused += 1
         with contextlib.suppress(ConnectionError):
             writer.write(protocol.error(Exit.UNREACHABLE, reason))
-        writer.close()  # the transport sends what was written, then closes
         now = time.monotonic()
-        last, count = self._refusals.get(peer.uid, (float("-inf"), 0))
+        last, count = self._refusals.get(uid, (float("-inf"), 0))
         if now - last < REFUSAL_RECORD_EVERY_SEC:
-            self._refusals[peer.uid] = (last, count + 1)
-            return
-        self._refusals[peer.uid] = (now, 0)
-        more = f" (and {count} more since the last record)" if count else ""
-        self._audit(peer, "(connection)", f"refused: {reason}{more}", None)
+            self._refusals[uid] = (last, count + 1)
+        else:
+            self._refusals[uid] = (now, 0)
+            more = f" (and {count} more since the last record)" if count else ""
+            with contextlib.suppress(OSError):  # identified before the socket closes
+                self._audit(peer_of(sock), "(connection)", f"refused: {reason}{more}", None)
+        writer.close()  # the transport sends what was written, then closes
 
     async def _serve(
         self, peer: Peer, admin: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

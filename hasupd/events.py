@@ -604,6 +604,24 @@ class Audit(Event):
         return logging.INFO if self.outcome == "ok" else logging.WARNING
 
 
+@dataclass(frozen=True, kw_only=True)
+class ControlFailed(Event):
+    """A control request raised something its handler did not expect. The caller got an error reply and
+    hasupd went on; this is a bug in hasupd, reported with its traceback."""
+
+    NAME = "control.error"
+    LEVEL = logging.ERROR
+    uid: int
+    user: str
+    pid: int
+    request: str
+    error: str
+    traceback: str
+
+    def message(self) -> str:
+        return f"control request {self.request!r} from {self.user} (pid {self.pid}) failed: {self.error}"
+
+
 # --------------------------------------------------------------------------- alerts
 # ``service`` and ``incident`` are those of the alert's subject (None for daemon-wide alerts).
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -104,7 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit code when whoever reads hasupctl's output stops reading (`hasupctl status | head -1`): the one a
+# shell reports for any program ended by SIGPIPE there, so pipelines see what they see from cat or ls.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one hasupctl command; return its exit code (the table in the README).
+
+    A closed stdout is no error of the command: hasupctl stops printing and returns EXIT_BROKEN_PIPE
+    without a traceback (Python's documented recipe: stdout is pointed at /dev/null so the flush at
+    exit cannot fail again).
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # inside the try: buffered output meets the closed pipe here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

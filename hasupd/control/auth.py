@@ -51,14 +51,22 @@ def _cmdline(pid: int) -> str:
     return " ".join(part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0"))
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """Return (pid, uid, gid) of the process at the other end of a unix stream socket, from the kernel
+    (SO_PEERCRED, as they were at connect()): cheap, and cannot be forged. Raise OSError if the socket
+    is unusable."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
 def peer_of(sock: socket.socket) -> Peer:
     """Return the identity of the process at the other end of a unix stream socket.
 
     uid, gid and pid come from the kernel (SO_PEERCRED), so they cannot be forged; the supplementary
     groups and the command line are read from /proc for that pid.
     """
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
+    pid, uid, gid = peer_credentials(sock)
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -60,7 +60,8 @@ async def logs(ctx: Context, args: dict[str, Any]) -> Any:
     name = _service(args, "name", required=True)
     assert name is not None
     lines = _lines(args, DEFAULT_LOG_LINES)
-    assert lines is not None
+    if lines is None:  # an explicit null: logs has no "all lines"
+        raise CommandError(Exit.USAGE, f"'lines' must be a whole number from 0 to {MAX_LINES}")
     follow = args.get("follow", False)
     if not isinstance(follow, bool):
         raise CommandError(Exit.USAGE, "'follow' must be true or false")

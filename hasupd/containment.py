@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -89,6 +90,22 @@ class ScopeImpl(ABC):
     def signal_all(self, sig: int) -> int:
         """Send ``sig`` to every process of the scope; return how many were signalled."""
         return signal_each(self.pids(), sig)
+
+    def signal_main(self, sig: int) -> int:
+        """Send ``sig`` and SIGCONT to the main process only; with no main left, to every process.
+
+        Return how many processes the scope has. The main's pid cannot have been reused: it is only
+        forgotten (``detach``) once reaped, and reaping happens on the same loop thread.
+        """
+        if not self._main_alive or self._leader is None or self._released:
+            count = self.signal_all(sig)
+            if count and sig not in (signal.SIGKILL, signal.SIGCONT):
+                self.signal_all(signal.SIGCONT)
+            return count
+        signal_each([self._leader], sig)
+        if sig not in (signal.SIGKILL, signal.SIGCONT):
+            signal_each([self._leader], signal.SIGCONT)
+        return max(1, len(self.pids()))
 
     @abstractmethod
     def kill_all(self) -> int:

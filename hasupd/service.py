@@ -375,7 +375,12 @@ class Service:
             self._monitors.append(self._watchers.probes(self.config.health, self._on_probe))
 
     def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:
-        """Signal the whole tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it."""
+        """Signal the tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it.
+
+        systemd's KillMode=mixed: the stop signal goes to the main process only, and to the rest of the
+        tree once the main has exited (``_on_exit``); SIGKILL, at the timeout, goes to every process. A
+        master that respawns its workers (nginx) so never sees them die before it was told to stop.
+        """
         self._set_result(result)
         scope = self._process.scope if self._process is not None else None
         if scope is None:
@@ -393,10 +398,8 @@ class Service:
                 )
         else:
             sig = signal.SIGABRT if state is S.STOP_WATCHDOG else self.config.kill_signal
-            count = scope.signal_all(sig)
-            if count and sig not in (signal.SIGKILL, signal.SIGCONT):
-                # A stopped process only acts on the signal once it runs again (systemd does the same).
-                scope.signal_all(signal.SIGCONT)
+            # With SIGCONT: a stopped process only acts on the signal once it runs again (as systemd).
+            count = scope.signal_main(sig)
         if count == 0 and not self._main_alive:
             self._enter_dead()
             return
@@ -498,8 +501,13 @@ class Service:
             case _ if self.state in STOPPING_STATES:
                 if self._process is None or not self._process.scope.pids():
                     self._enter_dead()
-                else:
-                    self._arm_poll()
+                    return
+                if self.state in (S.STOP_SIGTERM, S.STOP_WATCHDOG):
+                    # KillMode=mixed, second half: the main is gone, now the rest gets the signal.
+                    sig = signal.SIGABRT if self.state is S.STOP_WATCHDOG else self.config.kill_signal
+                    if self._process.scope.signal_all(sig) and sig not in (signal.SIGKILL, signal.SIGCONT):
+                        self._process.scope.signal_all(signal.SIGCONT)
+                self._arm_poll()
             case _:
                 raise AssertionError(f"main process exit in state {self.state}: no process should exist")
 

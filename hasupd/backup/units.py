@@ -61,6 +61,9 @@ class _JobScope:
     def signal_all(self, sig: int) -> int:
         return 1 if self._cancel() else 0
 
+    def signal_main(self, sig: int) -> int:
+        return self.signal_all(sig)
+
     def kill_all(self) -> int:
         return 1 if self._cancel() else 0
 

@@ -83,6 +83,12 @@ class Scope(Protocol):
         """Send ``sig`` to every process of the scope; return how many were signalled."""
         ...
 
+    def signal_main(self, sig: int) -> int:
+        """Send ``sig`` (and SIGCONT, so that a stopped process acts on it) to the main process only, the
+        first half of a stop with systemd's KillMode=mixed; with no main process left, to every process.
+        Return how many processes the scope has (0: nothing is left to stop)."""
+        ...
+
     def kill_all(self) -> int:
         """SIGKILL every process of the scope (cgroup.kill where there is a cgroup); return the count."""
         ...

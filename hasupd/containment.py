@@ -48,6 +48,7 @@ from hasupd.runtimes.base import SpawnError
 
 __all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "Reaper", "ScopeImpl", "make_subreaper"]
 _SUFFIX = ".service"
+_MAX_ANCESTRY = 256  # deeper trees than this are not real services; the walk must end
 
 # --------------------------------------------------------------------------- scopes
 
@@ -112,6 +113,11 @@ class ScopeImpl(ABC):
         """SIGKILL every process of the scope; return how many there were."""
 
     @abstractmethod
+    def holds(self, pid: int) -> bool:
+        """Return True if kernel facts (cgroup; else ancestry, session, process group) put ``pid`` in
+        the scope; an INVOCATION_ID in its environment never does (any process can copy it)."""
+
+    @abstractmethod
     def release(self) -> None:
         """Forget the scope once it is empty (a later call retries if it is not). Safe to repeat."""
 
@@ -146,6 +152,10 @@ class CgroupScope(ScopeImpl):
     def pids(self) -> set[int]:
         """Return the pids in the cgroup (the kernel lists no zombies in cgroup.procs)."""
         return set() if self._released else _cgroup_pids(self.path)
+
+    def holds(self, pid: int) -> bool:
+        """Return True if ``pid`` is in the cgroup: only root or the kernel can move a process here."""
+        return not self._released and pid in _cgroup_pids(self.path)
 
     def kill_all(self) -> int:
         """SIGKILL every process in the cgroup (cgroup.kill, which also catches forks in flight).
@@ -243,6 +253,35 @@ class ProcessGroupScope(ScopeImpl):
             if self._leader in (st.sid, st.pgid) or has_env(pid, marker):
                 add_tree(pid)
         return {pid for pid, state in found.items() if state != "Z" and pid != me}
+
+    def holds(self, pid: int) -> bool:
+        """Return True if ``pid`` is the live main process, descends from it, or is in its session or
+        process group; or, once the main is gone, is an orphan hasupd adopted from that session or
+        process group, or a descendant of one.
+
+        Sound because the main leads a session hasupd created (setsid) and nobody can join a session
+        from outside, and because the main's pid cannot be reused while hasupd has not reaped it; once
+        it is reaped, a session id equal to it proves nothing unless the process came to hasupd as an
+        orphan. The environment's INVOCATION_ID is not looked at: any process of the same user can read
+        and copy it from /proc.
+        """
+        leader = self._leader
+        if self._released or leader is None:
+            return False
+        me = os.getpid()
+        others = self._owner._mains() - {leader}
+        for _ in range(_MAX_ANCESTRY):
+            st = stat(pid)
+            if st is None or st.state == "Z" or pid in others:
+                return False
+            if self._main_alive and (pid == leader or leader in (st.sid, st.pgid)):
+                return True
+            if st.ppid == me:  # an adopted orphan (or the main): the first ancestor below hasupd
+                return leader in (st.sid, st.pgid)
+            if st.ppid <= 1:
+                return False
+            pid = st.ppid
+        return False
 
     def kill_all(self) -> int:
         """SIGKILL the scope's processes until none is left (bounded, ~1 s); return how many."""

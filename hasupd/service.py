@@ -59,6 +59,8 @@ _WATCHED_STATES = frozenset({S.START, S.RUNNING})
 SIGKILL_WAIT_SEC = 5.0
 # While the main process is gone but other processes of the tree remain, check this often.
 EMPTY_POLL_SEC = 0.02
+# A flood of refused notify datagrams makes one record per this long, with the count in between.
+NOTIFY_REJECT_RECORD_SEC = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Service:
         self._running_since: float | None = None
         self._timer: TimerHandle | None = None
         self._poll: TimerHandle | None = None
+        self._notify_rejected = 0  # refused datagrams not yet recorded
+        self._notify_rejected_at: float | None = None  # when the last notify.rejected was recorded
         self._generation = 0
         # Freeze detection: the notify endpoint lives as long as the service; the rest per run.
         self._notify: NotifyChannel | None = None
@@ -572,10 +576,24 @@ class Service:
         return env
 
     def _is_ours(self, pid: int) -> bool:
-        """Datagrams count only from the service's own processes."""
-        if self._process is None:
-            return False
-        return pid == self._process.pid or pid in self._process.scope.pids()
+        """Datagrams count only from the service's own processes, as the kernel places them
+        (``Scope.holds``); a refused one is recorded, at most once per NOTIFY_REJECT_RECORD_SEC."""
+        if self._process is not None and (pid == self._process.pid or self._process.scope.holds(pid)):
+            return True
+        self._notify_rejected += 1
+        now = self._clock.time()
+        if self._notify_rejected_at is None or now - self._notify_rejected_at >= NOTIFY_REJECT_RECORD_SEC:
+            kind = self._process.scope.kind if self._process is not None else ""
+            reason = (
+                "not in the service's cgroup"
+                if kind == "cgroup"
+                else "not in the service's process tree, session or process group"
+                " (an INVOCATION_ID in its environment does not count)"
+            )
+            self._publish(ev.NotifyRejected(pid=pid, reason=reason, suppressed=self._notify_rejected - 1))
+            self._notify_rejected_at = now
+            self._notify_rejected = 0
+        return False
 
     def _arm_monitors(self, process: Process) -> None:
         watchers = self._watchers

@@ -93,6 +93,12 @@ class Scope(Protocol):
         """SIGKILL every process of the scope (cgroup.kill where there is a cgroup); return the count."""
         ...
 
+    def holds(self, pid: int) -> bool:
+        """Return True if the kernel's own facts place ``pid`` in the scope: its cgroup, or (without
+        cgroups) a parent chain up to the live main process, or the session or process group created
+        for it. Never an environment marker such as INVOCATION_ID, which any process can copy."""
+        ...
+
     def release(self) -> None:
         """Forget the scope (remove its cgroup when empty). Safe to call more than once."""
         ...

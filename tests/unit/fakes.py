@@ -71,6 +71,9 @@ class FakeScope:
         self.signals.append(sig)
         return len(self.alive)
 
+    def holds(self, pid: int) -> bool:
+        return pid in self.alive
+
     def signal_main(self, sig: int) -> int:
         self.main_signals.append(sig)
         return len(self.alive)

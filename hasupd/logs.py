@@ -159,19 +159,20 @@ class _Dropping(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self._failed = False
         if self.dropped:
-            resumed = ev.RecordsResumed(destination=self.destination, dropped=self.dropped)
+            dropped = self.dropped
+            resumed = ev.RecordsResumed(destination=self.destination, dropped=dropped)
             self._write(_log_record(LOGGER_NAME, resumed))
             if self._failed:
-                self.dropped += 1  # still failing: this record is lost too
+                self.dropped = dropped + 1  # still failing: this record is lost (the notice is no record)
                 return
             self.dropped = 0
             self._notify(resumed)
         self._write(record)
 
     def _notify(self, event: ev.Event) -> None:
-        # Straight to the fallback's emit: never through the logger, which would come back here.
+        # Straight to the fallback handler: never through the logger, which would come back here.
         if self.fallback is not None:
-            self.fallback.emit(_log_record(LOGGER_NAME, event))
+            self.fallback.handle(_log_record(LOGGER_NAME, event))
 
 
 def _stderr_json() -> logging.Handler:

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hasupd import events as ev
-from hasupd.logs import RECORDS_FILE, RecordFileHandler, _log_record, log_events
+from hasupd.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -145,6 +146,9 @@ def test_a_full_disk_gives_one_dropping_record_then_one_resumed_record_with_the_
     assert len(resumed) == 1 and resumed[0]["dropped"] == dropped and resumed[0]["level"] == "warning"
     assert records[-1]["pid"] == 1000 and records[-2] is resumed[0]
     assert records[0]["pid"] == 1
+    # The count is exact: every record published while full is either in the file or counted.
+    written_while_full = [r for r in records if 2 <= r.get("pid", 0) < 540]
+    assert dropped == 538 - len(written_while_full)
     # Whatever a failed write cut off stays on its own line: every other line is a whole record.
     assert sum(1 for line in lines if not line.startswith("{")) <= 1
 
@@ -196,3 +200,31 @@ def test_the_record_format_is_the_documented_one_with_both_python_json_logger_ve
     )
     assert out.stderr == ""
     assert out.stdout.strip() == readme_example()
+
+
+def test_journald_gone_gives_one_notice_on_stderr_and_one_when_it_is_back(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    path = tmp_path / "journal.sock"
+    stderr = io.StringIO()
+    handler = JournalHandler(path)
+    assert handler.fallback is not None
+    handler.fallback = logging.StreamHandler(stderr)
+    handler.fallback.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    for pid in range(100):  # nobody listens: every send fails
+        logger.handle(_log_record(logger.name, exited(pid)))
+    assert stderr.getvalue().splitlines() == [
+        f"records to journald ({path}) are being dropped: No such file or directory"
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journald:
+        journald.bind(str(path))
+        logger.handle(_log_record(logger.name, exited(100)))
+        first = journald.recv(65536)
+        second = journald.recv(65536)
+    assert b"HASUPD_EVENT=records.resumed\n" in first and b"HASUPD_DROPPED=100\n" in first
+    assert b"HASUPD_PID=100\n" in second
+    assert (
+        stderr.getvalue().splitlines()[1]
+        == f"records to journald ({path}) are written again; 100 record(s) were dropped"
+    )

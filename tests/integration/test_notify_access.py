@@ -4,14 +4,17 @@ came to hasupd as an orphan, is refused and recorded; the service's own main pro
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.integration.harness import Hasupd, write_config
+import pytest
 
-PY = sys.executable
+from tests.integration.harness import Hasupd, require_root, write_config
+from tests.integration.users import temp_user, world_dir
+
+PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 
 # The service: records its pid, waits for the go file, then says READY=1 itself.
 VICTIM = r"""
@@ -65,25 +68,43 @@ def wait_file(path: Path, timeout: float = 15.0) -> str:
     return path.read_text()
 
 
+@contextlib.contextmanager
+def service_user(who: str) -> Iterator[str | None]:
+    """None: hasupd's own user (root here); else a new unprivileged user for both services."""
+    if who == "root":
+        yield None
+        return
+    require_root()
+    with temp_user() as user:
+        yield user.pw_name
+
+
+@pytest.mark.parametrize("who", ["root", "unprivileged"])
 def test_an_orphan_with_a_copied_invocation_id_is_refused_and_the_main_is_heard(
-    tmp_path: Path, hasupd: Callable[..., Hasupd]
+    who: str, tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (tmp_path / "victim.py").write_text(VICTIM)
-    (tmp_path / "attacker.py").write_text(ATTACKER)
+    with world_dir() as shared, service_user(who) as user:
+        run_attack(shared, user, tmp_path, hasupd)
+
+
+def run_attack(shared: Path, user: str | None, tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    (shared / "victim.py").write_text(VICTIM)
+    (shared / "attacker.py").write_text(ATTACKER)
+    as_user = {"user": user} if user is not None else {}
     config = write_config(
         tmp_path / "etc",
         {
             "victim": {
                 "type": "notify",
-                "command": [PY, str(tmp_path / "victim.py"), str(shared)],
+                "command": [PY, str(shared / "victim.py"), str(shared)],
                 "timeout_start_sec": "60s",
+                **as_user,
             },
-            "attacker": {"command": [PY, str(tmp_path / "attacker.py"), str(shared)]},
+            "attacker": {"command": [PY, str(shared / "attacker.py"), str(shared)], **as_user},
         },
     )
-    d = hasupd(config, extra_args=("--no-cgroup",))
+    # The notify sockets must be reachable for the services' user: not under pytest's private tmp_path.
+    d = hasupd(config, extra_args=("--no-cgroup",), runtime_dir=shared / "run")
     main = d.wait_for("service.started", service="victim")[0]["pid"]
     sender = int(wait_file(shared / "sent"))
     rejected = d.wait_for("notify.rejected", service="victim", timeout=10)[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Hasupd, pid_alive, write_config
+from tests.integration.harness import Hasupd, pid_alive, require, write_config
 from tests.integration.test_supervise import CONTAINMENT, containment_args
 
 NGINX = "/usr/sbin/nginx"
@@ -122,8 +122,11 @@ def test_a_respawning_shell_master_respawns_no_worker_during_the_stop(
 def test_nginx_stops_without_respawning_workers(
     kind: str, tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
-    if not os.path.exists(NGINX):
-        pytest.fail("nginx is not installed (Debian's nginx-light, in scripts/test's APT_PACKAGES)")
+    require(
+        os.path.exists(NGINX),
+        "nginx is not installed (Debian's nginx-light, in scripts/test's APT_PACKAGES)",
+        "HASUPD_TEST_NO_NGINX",
+    )
     extra = containment_args(kind)
     prefix = tmp_path / "nginx"
     (prefix / "logs").mkdir(parents=True)

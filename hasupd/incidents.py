@@ -212,9 +212,13 @@ class ServiceOutput:
                     before = _line_start_distance(f, start)
             except FileNotFoundError:
                 continue
-            chunk = self._timed_lines(name, data, start, st.st_ino, st.st_mtime, first_before=before)
+            # A line longer than the rotation size began in the files rotated before this one.
+            carried = _carried_over(path) if candidate == path and before == start else 0
+            chunk = self._timed_lines(
+                name, data, start, st.st_ino, st.st_mtime, first_before=before + carried
+            )
             out = chunk + out
-            if len(out) >= lines or start > 0:
+            if len(out) >= lines or start > 0 or carried:
                 break
         return out[-lines:] if lines > 0 else []
 
@@ -315,6 +319,24 @@ def _line_start_distance(f: BinaryIO, offset: int) -> int:
             return offset - (pos - n + newline + 1)
         pos -= n
     return offset
+
+
+def _carried_over(path: Path) -> int:
+    """Return how many bytes of the first line of the log file ``path`` are in its rotated files
+    (``.1``, ``.2`` ...): the rotation cuts by size, not at line ends."""
+    total = 0
+    older = 1
+    while True:
+        try:
+            with open(path.with_name(f"{path.name}.{older}"), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                part = _line_start_distance(f, size)
+        except FileNotFoundError:
+            return total
+        total += part
+        if part < size:  # the line began in this file
+            return total
+        older += 1
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:

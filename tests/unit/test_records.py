@@ -280,3 +280,18 @@ async def test_long_lines_in_a_tail_are_cut_to_their_end_and_short_ones_stay_who
     lines = [item["output"] for _, item in await store.output.tail("web", 20)]
     assert lines[0] == "first" and lines[2] == "last"
     assert lines[1] == "[cut: 1809 bytes] " + "z" * 8191 + "!"
+
+
+async def test_a_line_the_rotation_split_counts_its_bytes_in_the_rotated_files(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    bus = ev.EventBus()
+    store = store_for(tmp_path, logger, bus, Source(web=OutputMode.FILE))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "web.log.2").write_bytes(b"old line\n" + b"a" * 5000)
+    (logs / "web.log.1").write_bytes(b"b" * 6000)
+    (logs / "web.log").write_bytes(b"c" * 3000 + b"END\n")
+    lines = [item["output"] for _, item in await store.output.tail("web", 20)]
+    # Shown: the part in the current file; cut: the 6000 + 5000 bytes of it in the rotated files.
+    assert lines == ["[cut: 11000 bytes] " + "c" * 3000 + "END"]

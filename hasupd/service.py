@@ -578,18 +578,23 @@ class Service:
     def _is_ours(self, pid: int) -> bool:
         """Datagrams count only from the service's own processes, as the kernel places them
         (``Scope.holds``); a refused one is recorded, at most once per NOTIFY_REJECT_RECORD_SEC."""
-        if self._process is not None and (pid == self._process.pid or self._process.scope.holds(pid)):
+        process = self._process
+        if process is not None and (
+            (self._main_alive and pid == process.pid) or process.scope.holds(pid)  # a reaped pid is reusable
+        ):
             return True
         self._notify_rejected += 1
         now = self._clock.time()
         if self._notify_rejected_at is None or now - self._notify_rejected_at >= NOTIFY_REJECT_RECORD_SEC:
-            kind = self._process.scope.kind if self._process is not None else ""
-            reason = (
-                "not in the service's cgroup"
-                if kind == "cgroup"
-                else "not in the service's process tree, session or process group"
-                " (an INVOCATION_ID in its environment does not count)"
-            )
+            if process is None:
+                reason = "the service has no process running"
+            elif process.scope.kind == "cgroup":
+                reason = "not in the service's cgroup"
+            else:
+                reason = (
+                    "not in the service's process tree, session or process group"
+                    " (an INVOCATION_ID in its environment does not count)"
+                )
             self._publish(ev.NotifyRejected(pid=pid, reason=reason, suppressed=self._notify_rejected - 1))
             self._notify_rejected_at = now
             self._notify_rejected = 0

@@ -49,8 +49,9 @@ if os.fork() == 0:
         time.sleep(0.3)  # the middle process is gone: hasupd is the parent now
         sender = (
             "import os, socket, time; d = %r\n"
-            "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1\\nSTATUS=pwned', "
-            "os.environ['NOTIFY_SOCKET'])\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "for _ in range(50):  # a flood makes one record\n"
+            "    s.sendto(b'READY=1\\nSTATUS=pwned', os.environ['NOTIFY_SOCKET'])\n"
             "open(d + '/sent', 'w').write(str(os.getpid()))\n"
             "time.sleep(1000)\n" % d
         )

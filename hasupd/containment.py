@@ -20,6 +20,8 @@ then, and when there is no writable cgroup2 at all, the fallback is used: every 
 its own session, and hasupd is a child subreaper so that orphans of a service tree come back to
 hasupd instead of init. The fallback finds a scope's processes through the main's descendants and
 hasupd's adopted children that carry the scope's ``INVOCATION_ID`` or its session / process group.
+That marker is good enough for killing (a process that copies it only gets itself killed), never for
+trust: who may speak sd_notify for a scope is decided by ``holds``, from kernel facts only.
 
 Nothing here polls: scopes are looked at when the state machine asks, and the Reaper acts on SIGCHLD.
 """

@@ -20,6 +20,8 @@ then, and when there is no writable cgroup2 at all, the fallback is used: every 
 its own session, and hasupd is a child subreaper so that orphans of a service tree come back to
 hasupd instead of init. The fallback finds a scope's processes through the main's descendants and
 hasupd's adopted children that carry the scope's ``INVOCATION_ID`` or its session / process group.
+That marker is good enough for killing (a process that copies it only gets itself killed), never for
+trust: who may speak sd_notify for a scope is decided by ``holds``, from kernel facts only.
 
 Nothing here polls: scopes are looked at when the state machine asks, and the Reaper acts on SIGCHLD.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -47,6 +50,7 @@ from hasupd.runtimes.base import SpawnError
 
 __all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "Reaper", "ScopeImpl", "make_subreaper"]
 _SUFFIX = ".service"
+_MAX_ANCESTRY = 256  # deeper trees than this are not real services; the walk must end
 
 # --------------------------------------------------------------------------- scopes
 
@@ -91,9 +95,30 @@ class ScopeImpl(ABC):
         """Send ``sig`` to every process of the scope; return how many were signalled."""
         return signal_each(self.pids(), sig)
 
+    def signal_main(self, sig: int) -> int:
+        """Send ``sig`` and SIGCONT to the main process only; with no main left, to every process.
+
+        Return how many processes the scope has. The main's pid cannot have been reused: it is only
+        forgotten (``detach``) once reaped, and reaping happens on the same loop thread.
+        """
+        if not self._main_alive or self._leader is None or self._released:
+            count = self.signal_all(sig)
+            if count and sig not in (signal.SIGKILL, signal.SIGCONT):
+                self.signal_all(signal.SIGCONT)
+            return count
+        signal_each([self._leader], sig)
+        if sig not in (signal.SIGKILL, signal.SIGCONT):
+            signal_each([self._leader], signal.SIGCONT)
+        return max(1, len(self.pids()))
+
     @abstractmethod
     def kill_all(self) -> int:
         """SIGKILL every process of the scope; return how many there were."""
+
+    @abstractmethod
+    def holds(self, pid: int) -> bool:
+        """Return True if kernel facts (cgroup; else ancestry, session, process group) put ``pid`` in
+        the scope; an INVOCATION_ID in its environment never does (any process can copy it)."""
 
     @abstractmethod
     def release(self) -> None:
@@ -130,6 +155,10 @@ class CgroupScope(ScopeImpl):
     def pids(self) -> set[int]:
         """Return the pids in the cgroup (the kernel lists no zombies in cgroup.procs)."""
         return set() if self._released else _cgroup_pids(self.path)
+
+    def holds(self, pid: int) -> bool:
+        """Return True if ``pid`` is in the cgroup: only root or the kernel can move a process here."""
+        return not self._released and pid in _cgroup_pids(self.path)
 
     def kill_all(self) -> int:
         """SIGKILL every process in the cgroup (cgroup.kill, which also catches forks in flight).
@@ -227,6 +256,35 @@ class ProcessGroupScope(ScopeImpl):
             if self._leader in (st.sid, st.pgid) or has_env(pid, marker):
                 add_tree(pid)
         return {pid for pid, state in found.items() if state != "Z" and pid != me}
+
+    def holds(self, pid: int) -> bool:
+        """Return True if ``pid`` is the live main process, descends from it, or is in its session or
+        process group; or, once the main is gone, is an orphan hasupd adopted from that session or
+        process group, or a descendant of one.
+
+        Sound because the main leads a session hasupd created (setsid) and nobody can join a session
+        from outside, and because the main's pid cannot be reused while hasupd has not reaped it; once
+        it is reaped, a session id equal to it proves nothing unless the process came to hasupd as an
+        orphan. The environment's INVOCATION_ID is not looked at: any process of the same user can read
+        and copy it from /proc.
+        """
+        leader = self._leader
+        if self._released or leader is None:
+            return False
+        me = os.getpid()
+        others = self._owner._mains() - {leader}
+        for _ in range(_MAX_ANCESTRY):
+            st = stat(pid)
+            if st is None or st.state == "Z" or pid in others:
+                return False
+            if self._main_alive and (pid == leader or leader in (st.sid, st.pgid)):
+                return True
+            if st.ppid == me:  # an adopted orphan (or the main): the first ancestor below hasupd
+                return leader in (st.sid, st.pgid)
+            if st.ppid <= 1:
+                return False
+            pid = st.ppid
+        return False
 
     def kill_all(self) -> int:
         """SIGKILL the scope's processes until none is left (bounded, ~1 s); return how many."""

@@ -126,6 +126,7 @@ class Daemon:
             self.options.log_target or log_cfg.target,
             self.options.log_format or log_cfg.format,
             records_dir=state_dir / "records",
+            group=config.daemon.access.socket_group,
         )
         log_events(self.bus, logs.logger)
         # Traversable by everyone: services reach their notify sockets here; the control socket itself

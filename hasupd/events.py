@@ -670,6 +670,50 @@ class AlertDropped(Event):
         return f"alert on channel {self.channel} dropped: {self.reason}"
 
 
+# --------------------------------------------------------------------------- hasupd's own records
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordsDropping(Event):
+    """A record writer failed (a full disk, journald gone): its records are dropped from now on."""
+
+    NAME = "records.dropping"
+    LEVEL = logging.ERROR
+    destination: str
+    error: str
+
+    def message(self) -> str:
+        return f"records to {self.destination} are being dropped: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordsResumed(Event):
+    """A record writer works again after ``dropped`` records were lost."""
+
+    NAME = "records.resumed"
+    LEVEL = logging.WARNING
+    destination: str
+    dropped: int
+
+    def message(self) -> str:
+        return f"records to {self.destination} are written again; {self.dropped} record(s) were dropped"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyRejected(Event):
+    """A datagram on a service's NOTIFY_SOCKET came from a process outside the service's tree."""
+
+    NAME = "notify.rejected"
+    LEVEL = logging.WARNING
+    pid: int
+    reason: str
+    suppressed: int = 0  # rejected datagrams not recorded since the previous record
+
+    def message(self) -> str:
+        more = f" ({self.suppressed} more since the last such record)" if self.suppressed else ""
+        return f"notify datagram from pid {self.pid} rejected: {self.reason}{more}"
+
+
 # --------------------------------------------------------------------------- the bus
 
 Subscriber = Callable[[Event], None]

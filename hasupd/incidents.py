@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from hasupd import events as ev
 from hasupd.containment import Reaper
@@ -39,6 +39,7 @@ FOLLOW_POLL_SEC = 0.5  # file mode only, and only while someone follows
 _MARKS_KEPT = 512
 _TAIL_READ_BYTES = 256 * 1024
 _MAX_LINE = 8192  # longer lines are cut in what hasupd shows (the file keeps them whole)
+_SCAN_BLOCK = 1024 * 1024  # looking back for where a line cut by the read window began
 
 # A line of output: (wall-clock time, the JSON object shown for it)
 Line = tuple[float, dict[str, Any]]
@@ -190,7 +191,7 @@ class ServiceOutput:
         item: dict[str, Any] = {
             "time": iso(ts),
             "service": name,
-            "output": journal_value(entry.get("MESSAGE"))[:_MAX_LINE],
+            "output": shown_line(journal_value(entry.get("MESSAGE")).encode("utf-8", "replace")),
         }
         if journal_value(entry.get("PRIORITY")) == "3":
             item["stream"] = "stderr"
@@ -208,17 +209,24 @@ class ServiceOutput:
                     start = max(0, end - _TAIL_READ_BYTES)
                     f.seek(start)
                     data = f.read(end - start)
+                    before = _line_start_distance(f, start)
             except FileNotFoundError:
                 continue
-            chunk = self._timed_lines(name, data, start, st.st_ino, st.st_mtime, skip_first=start > 0)
+            # A line longer than the rotation size began in the files rotated before this one.
+            carried = _carried_over(path) if candidate == path and before == start else 0
+            chunk = self._timed_lines(
+                name, data, start, st.st_ino, st.st_mtime, first_before=before + carried
+            )
             out = chunk + out
-            if len(out) >= lines or start > 0:
+            if len(out) >= lines or start > 0 or carried:
                 break
         return out[-lines:] if lines > 0 else []
 
     def _timed_lines(
-        self, name: str, data: bytes, offset: int, inode: int, mtime: float, *, skip_first: bool
+        self, name: str, data: bytes, offset: int, inode: int, mtime: float, *, first_before: int
     ) -> list[Line]:
+        """Return the lines of ``data`` (read at ``offset``), each cut to its last ``_MAX_LINE`` bytes;
+        the first line began ``first_before`` bytes before the read window (cut too, and said so)."""
         marks = [m for m in self._marks.get(name, ()) if m.inode == inode]
         out: list[Line] = []
         pos = offset
@@ -227,10 +235,8 @@ class ServiceOutput:
             raw_lines.pop()
         for i, raw in enumerate(raw_lines):
             pos += len(raw) + 1
-            if i == 0 and skip_first:
-                continue  # probably cut by the read window
             ts = self._time_of(marks, pos, mtime)
-            text = raw.decode("utf-8", "replace")[:_MAX_LINE]
+            text = shown_line(raw, first_before if i == 0 else 0)
             out.append((ts, {"time": iso(ts), "service": name, "output": text, "estimated_time": True}))
         return out
 
@@ -288,6 +294,49 @@ class ServiceOutput:
             now = datetime.now(UTC).timestamp()
             for raw in complete:
                 put((now, {"time": iso(now), "service": name, "output": raw.decode("utf-8", "replace")}))
+
+
+def shown_line(raw: bytes, before: int = 0) -> str:
+    """Return a line of output as hasupd shows it: its last ``_MAX_LINE`` bytes, after
+    ``"[cut: N bytes] "`` when N bytes of it (``before`` of them not even read) are left out. The end
+    is kept: that is where a program says what went wrong."""
+    cut = before + max(0, len(raw) - _MAX_LINE)
+    text = raw[-_MAX_LINE:].decode("utf-8", "replace")
+    return f"[cut: {cut} bytes] {text}" if cut else text
+
+
+def _line_start_distance(f: BinaryIO, offset: int) -> int:
+    """Return how many bytes before ``offset`` the line holding ``offset`` began (0: at ``offset``).
+
+    Reads backwards in blocks: linear in the length of that line, which the log rotation bounds.
+    """
+    pos = offset
+    while pos > 0:
+        n = min(_SCAN_BLOCK, pos)
+        f.seek(pos - n)
+        newline = f.read(n).rfind(b"\n")
+        if newline >= 0:
+            return offset - (pos - n + newline + 1)
+        pos -= n
+    return offset
+
+
+def _carried_over(path: Path) -> int:
+    """Return how many bytes of the first line of the log file ``path`` are in its rotated files
+    (``.1``, ``.2`` ...): the rotation cuts by size, not at line ends."""
+    total = 0
+    older = 1
+    while True:
+        try:
+            with open(path.with_name(f"{path.name}.{older}"), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                part = _line_start_distance(f, size)
+        except FileNotFoundError:
+            return total
+        total += part
+        if part < size:  # the line began in this file
+            return total
+        older += 1
 
 
 def _read_range(path: Path, start: int, end: int) -> bytes:

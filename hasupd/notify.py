@@ -3,7 +3,8 @@
 A service gets its own datagram socket (``/run/hasupd/notify/NAME.sock``) so that a message can only
 come from that service's socket path, and every datagram carries the kernel-verified sender pid
 (``SO_PASSCRED`` -> ``SCM_CREDENTIALS``). The owner decides which pids may talk (systemd's
-``NotifyAccess=``) through the ``allowed`` callback; everything else is dropped and counted.
+``NotifyAccess=``) through the ``allowed`` callback (hasupd's services: ``Scope.holds``, which the
+kernel's facts decide, never an environment variable); everything else is dropped and counted.
 
 Protocol as in sd_notify(3) and systemd's ``manager_dispatch_notify_fd``: a datagram is a
 newline-separated list of ``KEY=VALUE`` lines (a trailing newline is optional), at most

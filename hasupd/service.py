@@ -59,6 +59,8 @@ _WATCHED_STATES = frozenset({S.START, S.RUNNING})
 SIGKILL_WAIT_SEC = 5.0
 # While the main process is gone but other processes of the tree remain, check this often.
 EMPTY_POLL_SEC = 0.02
+# A flood of refused notify datagrams makes one record per this long, with the count in between.
+NOTIFY_REJECT_RECORD_SEC = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Service:
         self._running_since: float | None = None
         self._timer: TimerHandle | None = None
         self._poll: TimerHandle | None = None
+        self._notify_rejected = 0  # refused datagrams not yet recorded
+        self._notify_rejected_at: float | None = None  # when the last notify.rejected was recorded
         self._generation = 0
         # Freeze detection: the notify endpoint lives as long as the service; the rest per run, keyed
         # by what they watch ("health", "heartbeat", "limits"), so a reload re-arms only what changed.
@@ -391,7 +395,12 @@ class Service:
         self._arm_probes()
 
     def _enter_signal(self, state: ServiceState, result: ServiceResult) -> None:
-        """Signal the whole tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it."""
+        """Signal the tree (kill_signal, SIGABRT for the watchdog, or SIGKILL) and wait for it.
+
+        systemd's KillMode=mixed: the stop signal goes to the main process only, and to the rest of the
+        tree once the main has exited (``_on_exit``); SIGKILL, at the timeout, goes to every process. A
+        master that respawns its workers (nginx) so never sees them die before it was told to stop.
+        """
         self._set_result(result)
         scope = self._process.scope if self._process is not None else None
         if scope is None:
@@ -409,10 +418,8 @@ class Service:
                 )
         else:
             sig = signal.SIGABRT if state is S.STOP_WATCHDOG else self.config.kill_signal
-            count = scope.signal_all(sig)
-            if count and sig not in (signal.SIGKILL, signal.SIGCONT):
-                # A stopped process only acts on the signal once it runs again (systemd does the same).
-                scope.signal_all(signal.SIGCONT)
+            # With SIGCONT: a stopped process only acts on the signal once it runs again (as systemd).
+            count = scope.signal_main(sig)
         if count == 0 and not self._main_alive:
             self._enter_dead()
             return
@@ -514,8 +521,13 @@ class Service:
             case _ if self.state in STOPPING_STATES:
                 if self._process is None or not self._process.scope.pids():
                     self._enter_dead()
-                else:
-                    self._arm_poll()
+                    return
+                if self.state in (S.STOP_SIGTERM, S.STOP_WATCHDOG):
+                    # KillMode=mixed, second half: the main is gone, now the rest gets the signal.
+                    sig = signal.SIGABRT if self.state is S.STOP_WATCHDOG else self.config.kill_signal
+                    if self._process.scope.signal_all(sig) and sig not in (signal.SIGKILL, signal.SIGCONT):
+                        self._process.scope.signal_all(signal.SIGCONT)
+                self._arm_poll()
             case _:
                 raise AssertionError(f"main process exit in state {self.state}: no process should exist")
 
@@ -580,10 +592,29 @@ class Service:
         return env
 
     def _is_ours(self, pid: int) -> bool:
-        """Datagrams count only from the service's own processes."""
-        if self._process is None:
-            return False
-        return pid == self._process.pid or pid in self._process.scope.pids()
+        """Datagrams count only from the service's own processes, as the kernel places them
+        (``Scope.holds``); a refused one is recorded, at most once per NOTIFY_REJECT_RECORD_SEC."""
+        process = self._process
+        if process is not None and (
+            (self._main_alive and pid == process.pid) or process.scope.holds(pid)  # a reaped pid is reusable
+        ):
+            return True
+        self._notify_rejected += 1
+        now = self._clock.time()
+        if self._notify_rejected_at is None or now - self._notify_rejected_at >= NOTIFY_REJECT_RECORD_SEC:
+            if process is None:
+                reason = "the service has no process running"
+            elif process.scope.kind == "cgroup":
+                reason = "not in the service's cgroup"
+            else:
+                reason = (
+                    "not in the service's process tree, session or process group"
+                    " (an INVOCATION_ID in its environment does not count)"
+                )
+            self._publish(ev.NotifyRejected(pid=pid, reason=reason, suppressed=self._notify_rejected - 1))
+            self._notify_rejected_at = now
+            self._notify_rejected = 0
+        return False
 
     def _arm_monitors(self, process: Process) -> None:
         if self._watchers is None:

@@ -61,6 +61,12 @@ class _JobScope:
     def signal_all(self, sig: int) -> int:
         return 1 if self._cancel() else 0
 
+    def signal_main(self, sig: int) -> int:
+        return self.signal_all(sig)
+
+    def holds(self, pid: int) -> bool:
+        return False  # a job has no processes of its own that could speak sd_notify
+
     def kill_all(self) -> int:
         return 1 if self._cancel() else 0
 

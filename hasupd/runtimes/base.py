@@ -83,8 +83,20 @@ class Scope(Protocol):
         """Send ``sig`` to every process of the scope; return how many were signalled."""
         ...
 
+    def signal_main(self, sig: int) -> int:
+        """Send ``sig`` (and SIGCONT, so that a stopped process acts on it) to the main process only, the
+        first half of a stop with systemd's KillMode=mixed; with no main process left, to every process.
+        Return how many processes the scope has (0: nothing is left to stop)."""
+        ...
+
     def kill_all(self) -> int:
         """SIGKILL every process of the scope (cgroup.kill where there is a cgroup); return the count."""
+        ...
+
+    def holds(self, pid: int) -> bool:
+        """Return True if the kernel's own facts place ``pid`` in the scope: its cgroup, or (without
+        cgroups) a parent chain up to the live main process, or the session or process group created
+        for it. Never an environment marker such as INVOCATION_ID, which any process can copy."""
         ...
 
     def release(self) -> None:

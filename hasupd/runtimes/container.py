@@ -438,6 +438,18 @@ class ContainerScope:
             self._process.request_signal(sig)
         return count + len(inside)
 
+    def holds(self, pid: int) -> bool:
+        """Return True for the CLI's own processes (see ``ScopeImpl.holds``) and the container's."""
+        return self.cli_scope.holds(pid) or pid in self._process.container_pids()
+
+    def signal_main(self, sig: int) -> int:
+        """The same as ``signal_all``: the engine's stop already signals the container's main process
+        first and the rest only at its timeout; SIGCONT goes to every process."""
+        count = self.signal_all(sig)
+        if count and sig not in (signal.SIGKILL, signal.SIGCONT):
+            self.signal_all(signal.SIGCONT)
+        return count
+
     def kill_all(self) -> int:
         """SIGKILL the CLI's own tree and the container's processes now; the engine then kills and
         removes the container in the background (conmon, left alive, records its exit).

@@ -166,6 +166,35 @@ async def test_kill_all_ends_the_whole_tree(
         assert not (containment.parent / "svc.service").exists()
 
 
+async def test_holds_places_a_pid_by_cgroup_or_ancestry_never_by_a_copied_invocation_id(
+    containment: Containment, spawner: ExecSpawner, tmp_path: Path
+) -> None:
+    proc, exit_, pids = await start_tree(spawner, tmp_path)
+    scope = proc.scope
+    # A process outside the tree, a child of "hasupd" (this process) like an adopted orphan, that
+    # carries the scope's INVOCATION_ID copied from /proc.
+    foreign = subprocess.Popen(
+        ["/bin/sleep", "1000"], env={"INVOCATION_ID": scope.invocation_id}, start_new_session=True
+    )
+    try:
+        assert scope.holds(pids["main"]) and scope.holds(pids["setsid"])  # its parent is the main
+        assert not scope.holds(foreign.pid)
+        assert not scope.holds(os.getpid()) and not scope.holds(1)
+        if containment.kind == "cgroup":
+            assert scope.holds(pids["daemon"])  # the kernel keeps it in the cgroup
+        else:
+            # Left the session and lost its parent: without cgroups nothing the kernel says ties it
+            # to the service any more (the README says so); it is still killed with the scope.
+            assert not scope.holds(pids["daemon"])
+            assert foreign.pid in scope.pids()  # killed with the scope, but never heard
+    finally:
+        foreign.kill()
+        foreign.wait()
+        scope.kill_all()
+        await exit_.wait()
+        scope.release()
+
+
 async def test_new_scope_of_same_unit_kills_leftovers(
     containment: Containment, spawner: ExecSpawner, tmp_path: Path
 ) -> None:

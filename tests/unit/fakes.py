@@ -54,7 +54,8 @@ class FakeClock:
 @dataclass
 class FakeScope:
     alive: set[int] = field(default_factory=set)
-    signals: list[int] = field(default_factory=list)
+    signals: list[int] = field(default_factory=list)  # to every process
+    main_signals: list[int] = field(default_factory=list)  # to the main process only
     released: bool = False
     # pids that ignore the stop signal and only die on SIGKILL
     stubborn: set[int] = field(default_factory=set)
@@ -68,6 +69,13 @@ class FakeScope:
 
     def signal_all(self, sig: int) -> int:
         self.signals.append(sig)
+        return len(self.alive)
+
+    def holds(self, pid: int) -> bool:
+        return pid in self.alive
+
+    def signal_main(self, sig: int) -> int:
+        self.main_signals.append(sig)
         return len(self.alive)
 
     def kill_all(self) -> int:

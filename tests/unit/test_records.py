@@ -244,3 +244,54 @@ async def test_follower_sends_new_records_once_and_stops_when_the_client_goes(
     await follower.run(initial, send)
     assert [i["pid"] for i in sent] == [1, 2, 4]
     assert len(bus._subscribers) == 2  # the writer and the marks; the follower unsubscribed
+
+
+@pytest.mark.parametrize(
+    ("content", "last"),
+    [
+        (b"early\n" + b"x" * (1024 * 1024) + b"END\n", 1024 * 1024 + 3),  # a last line of 1 MiB
+        (b"early\n" + b"y" * (32 * 1024 * 1024) + b"END", 32 * 1024 * 1024 + 3),  # 32 MiB, no newline
+    ],
+    ids=["1MiB-line", "32MiB-no-newline"],
+)
+async def test_a_tail_ending_in_a_huge_line_keeps_its_end_and_says_how_much_was_cut(
+    tmp_path: Path, logger: logging.Logger, content: bytes, last: int
+) -> None:
+    bus = ev.EventBus()
+    store = store_for(tmp_path, logger, bus, Source(web=OutputMode.FILE))
+    log = tmp_path / "logs" / "web.log"
+    log.parent.mkdir()
+    log.write_bytes(content)
+    lines = [item["output"] for _, item in await store.output.tail("web", 20)]
+    assert len(lines) == 1  # the earlier line lies outside the read window; the last one is kept
+    shown = lines[0]
+    assert shown.startswith(f"[cut: {last - 8192} bytes] ") and shown.endswith("END")
+    assert len(shown) == len(f"[cut: {last - 8192} bytes] ") + 8192
+
+
+async def test_long_lines_in_a_tail_are_cut_to_their_end_and_short_ones_stay_whole(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    bus = ev.EventBus()
+    store = store_for(tmp_path, logger, bus, Source(web=OutputMode.FILE))
+    log = tmp_path / "logs" / "web.log"
+    log.parent.mkdir()
+    log.write_bytes(b"first\n" + b"z" * 10_000 + b"!\nlast\n")
+    lines = [item["output"] for _, item in await store.output.tail("web", 20)]
+    assert lines[0] == "first" and lines[2] == "last"
+    assert lines[1] == "[cut: 1809 bytes] " + "z" * 8191 + "!"
+
+
+async def test_a_line_the_rotation_split_counts_its_bytes_in_the_rotated_files(
+    tmp_path: Path, logger: logging.Logger
+) -> None:
+    bus = ev.EventBus()
+    store = store_for(tmp_path, logger, bus, Source(web=OutputMode.FILE))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "web.log.2").write_bytes(b"old line\n" + b"a" * 5000)
+    (logs / "web.log.1").write_bytes(b"b" * 6000)
+    (logs / "web.log").write_bytes(b"c" * 3000 + b"END\n")
+    lines = [item["output"] for _, item in await store.output.tail("web", 20)]
+    # Shown: the part in the current file; cut: the 6000 + 5000 bytes of it in the rotated files.
+    assert lines == ["[cut: 11000 bytes] " + "c" * 3000 + "END"]

@@ -111,6 +111,22 @@ def test_start_limit_hit_result_when_nothing_failed_before() -> None:
     assert svc.result is R.START_LIMIT_HIT
 
 
+def test_stop_signals_the_rest_of_the_tree_only_once_the_main_has_exited() -> None:
+    svc, spawner, clock, rec = make(kill_signal=signal.SIGTERM)
+    svc.start()
+    proc = spawner.last
+    proc.scope.alive.add(4242)  # a worker the main would respawn
+    svc.stop()
+    assert (proc.scope.main_signals, proc.scope.signals) == ([signal.SIGTERM], [])
+    proc.exit(sig=signal.SIGTERM, leave={4242})
+    assert svc.state is S.STOP_SIGTERM
+    assert proc.scope.signals == [signal.SIGTERM, signal.SIGCONT]
+    proc.scope.alive.clear()  # the worker obeyed
+    clock.advance(0.5)
+    assert svc.state is S.DEAD and svc.result is R.SUCCESS
+    assert "service.killed" not in rec.names()
+
+
 def test_stop_sends_kill_signal_then_sigkill_after_timeout() -> None:
     svc, spawner, clock, rec = make(kill_signal=signal.SIGINT)
     svc.start()
@@ -118,7 +134,9 @@ def test_stop_sends_kill_signal_then_sigkill_after_timeout() -> None:
     proc.scope.alive.add(4242)  # a grandchild
     svc.stop()
     assert svc.state is S.STOP_SIGTERM
-    assert proc.scope.signals == [signal.SIGINT, signal.SIGCONT]
+    # KillMode=mixed: the main first; the grandchild is left alone while the main is alive.
+    assert proc.scope.main_signals == [signal.SIGINT]
+    assert proc.scope.signals == []
     clock.advance(1.9)
     assert svc.state is S.STOP_SIGTERM
     clock.advance(0.2)

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
+from tests.restic_versions import fetched_binary, this_suite
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -184,17 +184,24 @@ def readme_example() -> str:
 @pytest.mark.parametrize("python", ["venv", "debian"])
 def test_the_record_format_is_the_documented_one_with_both_python_json_logger_versions(python: str) -> None:
     exe = sys.executable if python == "venv" else DEBIAN_PYTHON
+    pythonpath = str(REPO)
     if python == "debian":
-        probe = subprocess.run(
-            [DEBIAN_PYTHON, "-c", "import pythonjsonlogger.jsonlogger"], check=False, capture_output=True
-        )
-        if not shutil.which(DEBIAN_PYTHON) or probe.returncode != 0:
-            pytest.skip("Debian's python3-pythonjsonlogger (2.0) is not installed")
+        # Debian 12's python-json-logger, taken out of its .deb (not installed) and put first on the path,
+        # run by Debian's own Python: the library version the .deb runs on.
+        try:
+            module = fetched_binary(
+                this_suite(),
+                "python3-pythonjsonlogger",
+                "usr/lib/python3/dist-packages/pythonjsonlogger/jsonlogger.py",
+            )
+        except RuntimeError as e:
+            pytest.fail(str(e))
+        pythonpath = f"{module.parent.parent}:{REPO}"
     out = subprocess.run(
         [exe, "-W", "error", "-c", FORMAT_PROGRAM],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": pythonpath},
         timeout=60,
         check=True,
     )

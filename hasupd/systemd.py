@@ -36,8 +36,9 @@ SYSTEMD_VARIABLES = (
 
 
 class _Datagrams(sdnotify.SystemdNotifier):  # type: ignore[misc]
-    """sdnotify's notifier connected to ``address``, which hasupd read from the environment it was
-    given (sdnotify's own constructor reads ``os.environ``, and would swallow a failed connect).
+    """sdnotify's notifier in debug mode, connected to ``address``: the address hasupd read from the
+    environment it was given (sdnotify's own constructor reads ``os.environ`` itself), so only the
+    connect differs from sdnotify's; ``notify()`` is sdnotify's.
 
     Raise OSError if the address cannot be connected to. ``notify()`` raises what went wrong.
     """

@@ -50,7 +50,10 @@ def setuptools_version(python: str) -> tuple[int, ...]:
 def test_metadata_builds_without_deprecation(tmp_path: Path, python: str, want: tuple[int, ...]) -> None:
     assert shutil.which(python), f"{python} is needed (apt-get install python3 python3-setuptools)"
     version = setuptools_version(python)
-    assert version >= want, f"{python} has setuptools {version}, this case needs {want} or newer"
+    assert version >= want, (
+        f"{python} has setuptools {version}, this case needs {want} or newer "
+        "(scripts/test installs the newest with the `test` extra)"
+    )
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "setup.cfg", "README.md"):

@@ -155,14 +155,16 @@ class Hasupd(Supervisor):
         version = match.group(1) if match else "?"
         if self.label is not None:
             return f"{version} ({self.label})"
+        # safe.directory: the tree may belong to another user than the one running the bench (root).
+        git = ["git", "-c", f"safe.directory={self.src.resolve()}", "-C", str(self.src)]
         commit = subprocess.run(
-            ["git", "-C", str(self.src), "rev-parse", "--short", "HEAD"],
+            [*git, "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(self.src), "status", "--porcelain", "--", "hasupd"],
+            [*git, "status", "--porcelain", "--", "hasupd"],
             capture_output=True,
             text=True,
             check=False,

@@ -1,17 +1,24 @@
 """hasupd's own sd_notify towards systemd: READY, RELOADING, STOPPING, STATUS and watchdog pings.
 
-Pings come from a task on the event loop, and only while the loop answers promptly: a loop that is
-blocked or badly late sends nothing, so systemd's watchdog catches a hung hasupd.
+The datagrams go out through the `sdnotify` package. Pings come from a task on the event loop, and
+only while the loop answers promptly: a loop that is blocked or badly late sends nothing, so
+systemd's watchdog catches a hung hasupd (sdnotify has no watchdog logic of its own).
+
+Errors: sdnotify swallows every error unless ``debug=True``; hasupd sets it, so that nothing is lost
+silently. A manager that is not (or no longer) listening (ECONNREFUSED, ENOENT) is not hasupd's
+failure: that datagram is dropped, as sd_notify(3) does. Anything else (a datagram too long, a
+permission error) is a bug and propagates.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+
+import sdnotify
 
 from hasupd import events as ev
 
@@ -28,6 +35,31 @@ SYSTEMD_VARIABLES = (
 )
 
 
+class _Datagrams(sdnotify.SystemdNotifier):  # type: ignore[misc]
+    """sdnotify's notifier in debug mode, connected to ``address``: the address hasupd read from the
+    environment it was given (sdnotify's own constructor reads ``os.environ`` itself), so only the
+    connect differs from sdnotify's; ``notify()`` is sdnotify's.
+
+    Raise OSError if the address cannot be connected to. ``notify()`` raises what went wrong.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.debug = True
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.socket.connect(address)
+        except OSError:
+            self.socket.close()
+            raise
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+# The manager is not listening there (any more): the datagram is dropped.
+_GONE = (ConnectionRefusedError, FileNotFoundError)
+
+
 class SystemdNotifier:
     """Talks to the service manager that started hasupd, if any; every method is a no-op otherwise."""
 
@@ -36,9 +68,7 @@ class SystemdNotifier:
         # "@name" is an abstract socket (a leading NUL byte on the wire).
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self.enabled = bool(address)
-        self._sock = (
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) if self.enabled else None
-        )
+        self._datagrams: _Datagrams | None = None
         self.watchdog_interval: float | None = None
         usec = environ.get("WATCHDOG_USEC", "")
         pid = environ.get("WATCHDOG_PID", "")
@@ -50,16 +80,30 @@ class SystemdNotifier:
     def send(self, *lines: str) -> None:
         """Send one datagram with ``lines`` (e.g. "READY=1", "STATUS=..."); no-op without systemd.
 
-        A manager that went away is not hasupd's failure: the datagram is dropped.
+        A manager that is not listening is not hasupd's failure: the datagram is dropped, and the
+        next one connects afresh (so a socket that appears or is replaced later is found). Raise
+        OSError for any other failure to send.
         """
-        if self._sock is not None:
-            with contextlib.suppress(ConnectionRefusedError, FileNotFoundError):
-                self._sock.sendto("\n".join(lines).encode(), self._address)
+        if not self.enabled:
+            return
+        # sdnotify encodes as Latin-1 (0.3); the protocol is UTF-8. Latin-1 maps each code point
+        # below 256 to that byte, so the UTF-8 bytes pass through unchanged.
+        state = "\n".join(lines).encode().decode("latin-1")
+        # A connected socket whose peer was replaced refuses once: then connect again and retry.
+        for _attempt in range(2):
+            try:
+                if self._datagrams is None:
+                    self._datagrams = _Datagrams(self._address)
+                self._datagrams.notify(state)
+            except _GONE:
+                self.close()
+                continue
+            return
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._datagrams is not None:
+            self._datagrams.close()
+            self._datagrams = None
 
     def ready(self, status: str) -> None:
         self._last_status = status

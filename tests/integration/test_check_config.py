@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from hasupd.states import ServiceType
 from tests.integration.harness import REPO
 
 
@@ -48,6 +51,61 @@ def test_the_shipped_configs_are_valid() -> None:
     for folder in (REPO / "etc" / "hasupd", REPO / "examples" / "demo"):
         result = check(folder)
         assert (result.returncode, result.stderr) == (0, ""), folder
+
+
+# Commented-out keys that name another service, which the examples do not define.
+NAMES_ANOTHER_SERVICE = ("after", "quiesce")
+
+
+def uncomment(text: str, skip: tuple[str, ...] = ()) -> str:
+    """Return ``text`` with every commented-out key (``#key: ...``, and the ``#  ...`` lines that
+    continue its block) made live, except the keys in ``skip``; prose comments (``# ...``) stay."""
+    out = []
+    in_block = False
+    for line in text.splitlines():
+        key = re.match(r"#([a-z_]+):", line)
+        if key and key.group(1) not in skip:
+            in_block = True
+            out.append(line[1:])
+        elif in_block and line.startswith("#  "):
+            out.append(line[1:])
+        else:
+            in_block = False
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_shipped_examples_are_valid_when_enabled(tmp_path: Path) -> None:
+    """What an operator does with /etc/hasupd: rename an example to .yaml and uncomment what they
+    want. Every example file, with everything in it uncommented (and hasupd.yaml's commented
+    settings, which define the repositories the backup example names), passes check-config."""
+    etc = REPO / "etc" / "hasupd"
+    shutil.copytree(etc, tmp_path / "hasupd")
+    (tmp_path / "hasupd" / "hasupd.yaml").write_text(uncomment((etc / "hasupd.yaml").read_text()))
+    examples = sorted(etc.glob("*/*.yaml.example"))
+    assert {path.parent.name for path in examples} == {"services.d", "backups.d"}, examples
+    for example in examples:
+        live = tmp_path / "hasupd" / example.parent.name / example.name.removesuffix(".example")
+        live.write_text(uncomment(example.read_text(), skip=NAMES_ANOTHER_SERVICE))
+        (live.parent / example.name).unlink()
+    result = check(tmp_path / "hasupd")
+    assert (result.returncode, result.stderr) == (0, "")
+    # As shipped (only renamed) they are valid as well.
+    for example in examples:
+        (tmp_path / "hasupd" / example.parent.name / example.name.removesuffix(".example")).write_text(
+            example.read_text()
+        )
+    result = check(tmp_path / "hasupd")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_the_service_example_names_every_type() -> None:
+    """The `type:` line of the service example lists every type hasupd accepts."""
+    text = (REPO / "etc" / "hasupd" / "services.d" / "web.yaml.example").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("type:")]
+    # "simple | notify (...) | oneshot": the first word of each alternative.
+    listed = {alternative.split()[0] for alternative in line.partition("#")[2].split("|")}
+    assert listed == {str(t) for t in ServiceType}, line
 
 
 def test_a_runtime_dir_too_long_for_unix_sockets_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,10 +8,12 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sdnotify
 
 from hasupd import events as ev
 from hasupd.systemd import SystemdNotifier
@@ -132,3 +134,72 @@ def test_notify_socket_is_not_inherited_by_children(
     assert env["NOTIFY_SOCKET"] == str(d.runtime_dir / "notify" / "a.sock")
     assert env["INVOCATION_ID"] != "x" * 32
     assert d.stop() == 0
+
+
+def receive(sock: socket.socket) -> str:
+    sock.settimeout(2)
+    return sock.recv(4096).decode()
+
+
+def test_abstract_namespace_socket_as_systemd_gives_it() -> None:
+    """systemd's NOTIFY_SOCKET is often abstract ("@/org/freedesktop/systemd1/notify/..."), and
+    STATUS= text is UTF-8 on the wire (sdnotify itself would encode Latin-1 and fail on it)."""
+    name = f"/hasupd-test/notify/{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind("\0" + name)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": "@" + name})
+        notifier.ready("2 running, 1 failed: web→db ✓")
+        assert receive(manager) == f"READY=1\nSTATUS=2 running, 1 failed: web→db ✓\nMAINPID={os.getpid()}"
+        notifier.status("1 running")
+        assert receive(manager) == "STATUS=1 running"
+        notifier.close()
+
+
+def test_a_manager_that_is_missing_or_replaced_costs_only_its_datagrams(tmp_path: Path) -> None:
+    """No listener yet: the datagram is dropped quietly. A listener that appears, or is replaced at
+    the same path (a re-executed manager), gets the next datagram."""
+    path = tmp_path / "notify.sock"
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+    notifier.send("STATUS=nobody listens")  # no error
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as first:
+        first.bind(str(path))
+        notifier.send("STATUS=one")
+        assert receive(first) == "STATUS=one"
+    path.unlink()
+    notifier.send("STATUS=gone again")  # no error
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as second:
+        second.bind(str(path))
+        notifier.send("STATUS=two")
+        assert receive(second) == "STATUS=two"
+    notifier.close()
+
+
+def test_other_send_errors_are_not_swallowed(tmp_path: Path) -> None:
+    """sdnotify swallows every error unless debug=True; hasupd lets a real fault through."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+        with pytest.raises(OSError, match="too long"):
+            notifier.send("STATUS=" + "x" * 1_000_000)  # EMSGSIZE: larger than any datagram
+        notifier.close()
+
+
+def test_the_datagrams_go_through_sdnotify(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The declared dependency does the sending (issue 15: it sat unused in the dependency list)."""
+    sent: list[str] = []
+    original = sdnotify.SystemdNotifier.notify
+
+    def spy(self: sdnotify.SystemdNotifier, state: str) -> None:
+        sent.append(state)
+        original(self, state)
+
+    monkeypatch.setattr(sdnotify.SystemdNotifier, "notify", spy)
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+        notifier.stopping()
+        assert receive(manager) == "STOPPING=1\nSTATUS=stopping services"
+        notifier.close()
+    assert sent == ["STOPPING=1\nSTATUS=stopping services"]

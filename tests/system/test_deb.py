@@ -1,8 +1,8 @@
 """The systemd unit and the Debian package, proven under a real systemd.
 
 The `system` tests share one container (see conftest.py) and run in file order: install, reload,
-crash, watchdog, journal, purge. Each one that needs the sleep service sets it up if it is missing,
-so that any of them can also run alone.
+invalid reload, crash, watchdog, journal, purge. Each one that needs the sleep service sets it up
+if it is missing, so that any of them can also run alone.
 """
 
 from __future__ import annotations
@@ -27,21 +27,25 @@ WATCHDOG_DROPIN = "/etc/systemd/system/hasupd.service.d/50-systest-watchdog.conf
 def test_unit_verifies_clean(tmp_path: Path) -> None:
     """`systemd-analyze verify` has nothing to say about the unit and exits 0.
 
-    verify checks that ExecStart= binaries exist and that Documentation= man pages resolve. On a
-    build machine /usr/bin/hasupd is not installed, so a copy of the unit is verified with the two
-    hasupd command paths pointed at a stub executable (everything else byte for byte the same),
-    and MANPATH points at the man pages in the source tree, which the package installs.
+    verify checks that Exec*= binaries exist and that Documentation= man pages resolve. On a
+    build machine /usr/bin/hasupd and /usr/bin/hasupctl are not installed, so a copy of the unit is
+    verified with the three command paths pointed at stub executables (everything else byte for
+    byte the same), and MANPATH points at the man pages in the source tree, which the package
+    installs.
     """
     require_tools("systemd-analyze", "man", hint="apt-get install systemd man-db")
     text = UNIT.read_text()
     assert text.count("=/usr/bin/hasupd ") == 2, (
         "expected ExecStartPre= and ExecStart= to run /usr/bin/hasupd"
     )
-    stub = tmp_path / "hasupd"
-    stub.write_text("#!/bin/sh\nexit 0\n")
-    stub.chmod(0o755)
+    assert text.count("=/usr/bin/hasupctl ") == 1, "expected ExecReload= to run /usr/bin/hasupctl"
+    for program in ("hasupd", "hasupctl"):
+        stub = tmp_path / program
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+        text = text.replace(f"=/usr/bin/{program} ", f"={stub} ")
     unit = tmp_path / "hasupd.service"
-    unit.write_text(text.replace("=/usr/bin/hasupd ", f"={stub} "))
+    unit.write_text(text)
     proc = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
         capture_output=True,
@@ -120,6 +124,45 @@ def test_reload_starts_a_new_service(machine: Machine) -> None:
     machine.exec("systemctl", "reload", "hasupd")
     (pid,) = machine.wait_for("the new service runs after reload", lambda: one_sleep(machine), timeout=10)
     assert_supervised_by_hasupd(machine, pid)
+
+
+def hasupd_pid(machine: Machine) -> str:
+    return props(machine, "MainPID")["MainPID"]
+
+
+@pytest.mark.system
+def test_reload_of_an_invalid_config_fails_and_keeps_the_old_one(machine: Machine) -> None:
+    """`systemctl reload hasupd` with an invalid service file fails (exit 1, the file:line:col error
+    in the journal), hasupd stays active with the same pid and its old services; once the file is
+    fixed the same command succeeds and applies it."""
+    sleeper_pid = ensure_sleeper(machine)
+    daemon_pid = hasupd_pid(machine)
+    broken = "/etc/hasupd/services.d/broken.yaml"
+    # A file written with the watcher on could be reloaded before systemctl asks: the outcome
+    # (kept out, old config running) is the same either way.
+    machine.write(broken, 'command: [/bin/sleep, "1000"]\nrestart_sec: 10 parsecs\n')
+    try:
+        proc = machine.exec("systemctl", "reload", "hasupd", check=False, timeout=120)
+        assert proc.returncode != 0, f"an invalid config reloaded successfully\n{machine.journal()}"
+        journal = machine.journal(lines=200)
+        assert f"{broken}:2:14: restart_sec: " in journal, journal
+        state = props(machine, "ActiveState", "SubState", "MainPID")
+        assert state == {"ActiveState": "active", "SubState": "running", "MainPID": daemon_pid}, state
+        assert sleep_pids(machine) == [sleeper_pid], "the running service was touched"
+
+        machine.write(broken, 'command: [/bin/sleep, "1001"]\n')
+        machine.exec("systemctl", "reload", "hasupd", timeout=120)
+
+        def fixed_runs() -> str | None:
+            pids = machine.exec("pgrep", "--full", "--exact", "/bin/sleep 1001", check=False).stdout
+            return pids.strip() or None
+
+        machine.wait_for("the fixed service runs after reload", fixed_runs, timeout=10)
+        assert hasupd_pid(machine) == daemon_pid
+        assert sleep_pids(machine) == [sleeper_pid]
+    finally:
+        machine.exec("rm", "-f", broken)
+        machine.exec("systemctl", "reload", "hasupd", check=False, timeout=120)
 
 
 @pytest.mark.system

@@ -507,6 +507,21 @@ class BackupResumed(Event):
         return f"backup {self.job} was interrupted while {', '.join(self.units)} were stopped; they run again"
 
 
+@dataclass(frozen=True, kw_only=True)
+class BackupInterrupted(Event):
+    """hasupd died during a job or a restore; at its next start it cleaned up what was left."""
+
+    NAME = "backup.interrupted"
+    LEVEL = logging.WARNING
+    job: str
+    operations: tuple[str, ...]  # what was interrupted: job kinds, "in-place restore by root (phase swap)"
+    cleaned: tuple[str, ...]  # what was done about it, one line each
+
+    def message(self) -> str:
+        what = ", ".join(self.operations) or "restic"
+        return f"{self.job}: {what} was interrupted by hasupd's end; cleaned up: {'; '.join(self.cleaned)}"
+
+
 # --------------------------------------------------------------------------- restore and recovery
 
 

@@ -16,10 +16,12 @@ import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
+from hasupd.backup.leftovers import recover_job, stop_leftovers
 from hasupd.backup.restore import Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
@@ -178,15 +180,33 @@ class BackupUnits:
 
     # ------------------------------------------------------------------ scheduling
 
-    def add(self, runner: JobRunner, unit: Service) -> None:
+    def add(self, runner: JobRunner, unit: Service, *, arm: bool = True) -> None:
+        """Own ``runner``; with ``arm``, start its schedule (at start-up: after recover_interrupted)."""
         runner.unit = unit
         self.runners[runner.job.config.name] = runner
-        interrupted = runner.job.interrupted_quiesce()
-        if interrupted:
-            # hasupd died mid-backup: those services are started with all the others at start-up.
-            self._publish(ev.BackupResumed(job=runner.job.config.name, units=tuple(interrupted)))
+        if arm:
+            self.arm(runner)
+
+    def arm(self, runner: JobRunner) -> None:
+        """Start the schedule and max_age timers of ``runner`` (due work starts at once)."""
         self._arm(runner)
         self._arm_stale(runner)
+
+    async def recover_interrupted(self, owner: str, grace_sec: float = 30.0) -> None:
+        """Before any job runs: stop the restic processes an earlier hasupd on this state dir left
+        running, undo its interrupted restores, remove the stale locks, and record it (leftovers.py)."""
+        leftovers = await stop_leftovers(owner, grace_sec)
+        for runner in self.runners.values():
+            await recover_job(runner.job, leftovers, self._publish)
+        known = {
+            r.repo.url for runner in self.runners.values() for r in (runner.job.hot, runner.job.cold) if r
+        }
+        strays = [
+            f"pid {lo.pid} ({how}): {lo.command}" for lo, how in leftovers if lo.repository not in known
+        ]
+        if strays:
+            # A repository no job uses any more: its processes are stopped, its locks stay.
+            self._publish(ev.BackupInterrupted(job="", operations=(), cleaned=tuple(strays)))
 
     def remove(self, name: str) -> JobRunner | None:
         runner = self.runners.pop(name, None)
@@ -303,7 +323,7 @@ class BackupSetup:
         self._restic = restic_binary or shutil.which("restic") or "restic"
         self.jobs: dict[str, BackupJobConfig] = {}
 
-    def add(self, job: BackupJobConfig, repositories: dict[str, Any]) -> None:
+    def add(self, job: BackupJobConfig, repositories: dict[str, Any], *, arm: bool = True) -> None:
         backup = BackupJob(
             job,
             repositories,
@@ -322,7 +342,7 @@ class BackupSetup:
             unit_name=job.name,
         )
         self._manager.add_job_unit(unit)
-        self.units.add(JobRunner(backup), unit)
+        self.units.add(JobRunner(backup), unit, arm=arm)
         self.jobs[job.name] = job
 
     async def apply(self, jobs: tuple[BackupJobConfig, ...], repositories: dict[str, Any]) -> None:
@@ -352,7 +372,7 @@ class BackupSetup:
         return current != wanted
 
 
-def setup_backups(
+async def setup_backups(
     jobs: tuple[BackupJobConfig, ...],
     repositories: dict[str, Any],
     *,
@@ -365,7 +385,8 @@ def setup_backups(
     reaper: Any,
     restic_binary: str | None = None,
 ) -> BackupSetup:
-    """Create the job units, register them with the manager and arm their schedules."""
+    """Create the job units, register them with the manager, clean up what a killed hasupd left
+    (before any job or service starts: see leftovers.py), then arm their schedules."""
     units = BackupUnits(loop, spawn_task, bus.publish)
 
     def on_event(event: ev.Event) -> None:
@@ -387,5 +408,8 @@ def setup_backups(
         restic_binary=restic_binary,
     )
     for job in jobs:
-        setup.add(job, repositories)
+        setup.add(job, repositories, arm=False)
+    await units.recover_interrupted(str(Path(state_dir).absolute()))
+    for runner in units.runners.values():
+        units.arm(runner)
     return setup

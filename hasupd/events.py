@@ -522,6 +522,25 @@ class BackupInterrupted(Event):
         return f"{self.job}: {what} was interrupted by hasupd's end; cleaned up: {'; '.join(self.cleaned)}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class BackupUnlocked(Event):
+    """After an interruption: the stale locks a plain ``restic unlock`` removed (or why it could not)."""
+
+    NAME = "backup.unlocked"
+    job: str
+    repository: str
+    removed: int
+    error: str | None = None
+
+    def level(self) -> int:
+        return logging.INFO if self.error is None else logging.WARNING
+
+    def message(self) -> str:
+        if self.error is not None:
+            return f"{self.job}: could not remove stale locks in repository {self.repository}: {self.error}"
+        return f"{self.job}: removed {self.removed} stale lock(s) from repository {self.repository}"
+
+
 # --------------------------------------------------------------------------- restore and recovery
 
 

@@ -134,7 +134,10 @@ class BackupJob:
         if hasupd dies meanwhile (``leftovers.py`` then removes the stale locks it left).
         """
         kinds = list(kinds)
-        self.journal.begin_run([str(k) for k in kinds])
+        try:
+            self.journal.begin_run([str(k) for k in kinds])
+        except OSError as error:  # a full or read-only state dir: no unrecorded restic run
+            self._fail("journal", f"cannot write {self.journal.run_file}: {error}", retry=True)
         try:
             for kind in kinds:
                 try:

@@ -6,9 +6,10 @@ left of its backups and restores.
    restic cannot clean up), time to remove their locks, then SIGKILL. Nothing new starts beside them.
 2. An interrupted in-place restore is undone from its journal: the original data live again, staging
    removed (journal.undo_restore); a partial ``--target`` restore is removed.
-3. The stale locks of every repository an interrupted job or leftover restic used are removed with a
-   plain ``restic unlock`` (never ``--remove-all``).
-4. One ``backup.interrupted`` record per job says what was found and done.
+3. One ``backup.interrupted`` record per job says what was interrupted and what was done.
+4. In the background (an unreachable repository must hold back no service), a plain ``restic unlock``
+   (never ``--remove-all``) removes the stale locks of each repository of an interrupted job, recorded
+   as ``backup.unlocked``; only then is the job's schedule armed again.
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ async def stop_leftovers(owner: str, grace_sec: float) -> list[tuple[Leftover, s
     return [(lo, "SIGKILL" if lo.pid in stubborn else "SIGINT") for lo in leftovers]
 
 
-async def recover_job(
+def recover_files(
     job: BackupJob, leftovers: list[tuple[Leftover, str]], publish: Callable[[ev.Event], None]
-) -> None:
-    """Clean up what an interrupted run or restore of ``job`` left; publish what was done (if anything)."""
+) -> bool:
+    """Undo what an interrupted run or restore of ``job`` left on disk and record it all (the
+    leftover restic processes of its repositories included) as ``backup.interrupted``.
+
+    Return True if something was interrupted: the job's repositories then need their stale locks
+    removed (remove_stale_locks) before it runs again.
+    """
     repos = [job.hot] + ([job.cold] if job.cold is not None else [])
     urls = {r.repo.url for r in repos}
     cleaned = [
@@ -120,19 +126,26 @@ async def recover_job(
         # Started with all the other services, now that nothing of the old run is left.
         publish(ev.BackupResumed(job=job.config.name, units=tuple(resumed)))
     if not (operations or cleaned or resumed):
-        return
-    for repo in repos:
+        return False
+    names = ", ".join(r.repo.name for r in repos)
+    cleaned.append(f"stale locks in {names} are removed before the job runs again")
+    publish(ev.BackupInterrupted(job=job.config.name, operations=tuple(operations), cleaned=tuple(cleaned)))
+    return True
+
+
+async def remove_stale_locks(job: BackupJob, publish: Callable[[ev.Event], None]) -> None:
+    """Run a plain ``restic unlock`` on each repository of ``job``; record what it removed or why not.
+
+    Off the start-up path: an unreachable repository must not hold back the services.
+    """
+    for repo in [job.hot] + ([job.cold] if job.cold is not None else []):
         try:
             before = await repo.locks()
             await repo.unlock()
-            removed = len(before) - len(set(before) & set(await repo.locks()))
+            removed = len(set(before) - set(await repo.locks()))
         except ResticError as error:
-            cleaned.append(f"could not remove stale locks in repository {repo.repo.name}: {error}")
+            publish(
+                ev.BackupUnlocked(job=job.config.name, repository=repo.repo.name, removed=0, error=str(error))
+            )
             continue
-        if removed:
-            cleaned.append(f"removed {removed} stale lock(s) from repository {repo.repo.name}")
-    publish(
-        ev.BackupInterrupted(
-            job=job.config.name, operations=tuple(operations), cleaned=tuple(cleaned) or ("nothing was left",)
-        )
-    )
+        publish(ev.BackupUnlocked(job=job.config.name, repository=repo.repo.name, removed=removed))

@@ -321,10 +321,14 @@ class Restorer:
                 self._step(
                     "swap", f"{live} is the restored data; the old data is kept at {sp.kept}", user, incident
                 )
-        except OSError as error:
+        except Exception as error:
+            # Whatever broke the swap (the file system refusing, or a bug here), the original data
+            # goes back and the services run again before the failure goes on.
             self._abandon(entry, user, incident)
             back = await self._supervised(self._start_healthy(units))
             self._step("swap", f"failed: {error}; the original data is live again", user, incident, ok=False)
+            if not isinstance(error, OSError):
+                raise
             running = "they run" if back else "they are not healthy"
             raise RestoreError(
                 f"the swap failed ({error}); the original data is live again and {running}"
@@ -348,9 +352,12 @@ class Restorer:
                 os.rename(live, live.with_name(f"{live.name}.rejected-restore-{stamp}"))
                 if sp.existed:
                     os.rename(sp.kept, live)
-        except OSError as error:
+        except Exception as error:
             self._abandon(entry, user, incident)  # finishes the swap back from the journal
             self._step("rolled-back", f"putting the original back: {error}", user, incident, ok=False)
+            if not isinstance(error, OSError):  # a bug: the services run again, then it goes on
+                await self._supervised(self._start_healthy(units))
+                raise
         else:
             self.job.journal.end_restore()
         back = await self._supervised(self._start_healthy(units))

@@ -21,7 +21,7 @@ from typing import Any
 
 from hasupd import events as ev
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
-from hasupd.backup.leftovers import recover_job, stop_leftovers
+from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
 from hasupd.backup.restore import Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
@@ -149,6 +149,7 @@ class BackupUnits:
         self._publish = publish
         self.runners: dict[str, JobRunner] = {}
         self._closed = False
+        self._unlocking: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ Spawner
 
@@ -193,11 +194,18 @@ class BackupUnits:
         self._arm_stale(runner)
 
     async def recover_interrupted(self, owner: str, grace_sec: float = 30.0) -> None:
-        """Before any job runs: stop the restic processes an earlier hasupd on this state dir left
-        running, undo its interrupted restores, remove the stale locks, and record it (leftovers.py)."""
+        """Before any job runs or service starts: stop the restic processes an earlier hasupd on this
+        state dir left running, undo its interrupted restores, record it (leftovers.py); then arm the
+        schedules: at once, or for an interrupted job once its stale locks are removed (in the
+        background, so that an unreachable repository holds back no service)."""
         leftovers = await stop_leftovers(owner, grace_sec)
         for runner in self.runners.values():
-            await recover_job(runner.job, leftovers, self._publish)
+            if recover_files(runner.job, leftovers, self._publish):
+                task = self._spawn_task(self._unlock_then_arm(runner))
+                self._unlocking.add(task)
+                task.add_done_callback(self._unlocking.discard)
+            else:
+                self.arm(runner)
         known = {
             r.repo.url for runner in self.runners.values() for r in (runner.job.hot, runner.job.cold) if r
         }
@@ -208,6 +216,11 @@ class BackupUnits:
             # A repository no job uses any more: its processes are stopped, its locks stay.
             self._publish(ev.BackupInterrupted(job="", operations=(), cleaned=tuple(strays)))
 
+    async def _unlock_then_arm(self, runner: JobRunner) -> None:
+        await remove_stale_locks(runner.job, self._publish)
+        if not self._closed and self.runners.get(runner.job.config.name) is runner:
+            self.arm(runner)
+
     def remove(self, name: str) -> JobRunner | None:
         runner = self.runners.pop(name, None)
         if runner is not None:
@@ -216,6 +229,8 @@ class BackupUnits:
 
     def close(self) -> None:
         self._closed = True
+        for task in self._unlocking:
+            task.cancel()  # restic is stopped with SIGINT by the cancellation
         for runner in self.runners.values():
             runner.cancel_timers()
 
@@ -410,6 +425,4 @@ async def setup_backups(
     for job in jobs:
         setup.add(job, repositories, arm=False)
     await units.recover_interrupted(str(Path(state_dir).absolute()))
-    for runner in units.runners.values():
-        units.arm(runner)
     return setup

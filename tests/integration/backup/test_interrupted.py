@@ -158,6 +158,8 @@ def test_kill_9_mid_backup_then_restart_resumes_the_service_once(
     record = d2.wait_for("backup.interrupted", timeout=60)[0]
     assert "backup" in record["operations"], record
     assert d2.wait_for("backup.resumed", timeout=10)[0]["units"] == ["app"]
+    unlocked = d2.wait_for("backup.unlocked", timeout=60)[0]
+    assert unlocked["repository"] == "hot" and "error" not in unlocked, unlocked
     d2.wait_for("backup.finished", timeout=120)  # the interrupted backup runs again, alone
     d2.wait_for("service.stopped", service="app-data", timeout=120)
     assert locks(setup) == []

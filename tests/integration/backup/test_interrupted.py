@@ -128,6 +128,7 @@ def test_kill_9_mid_in_place_restore_then_restart_undoes_it(
     assert any("in-place restore by root" in op for op in record["operations"]), record
     assert any("removed the staging folder" in line for line in record["cleaned"]), record
     d2.wait_for("daemon.ready", timeout=30)
+    d2.wait_for("backup.unlocked", repository="hot", timeout=60)  # in the background, after ready
     assert not list(setup.tmp.glob(".data.hasupd-restore-*"))  # no staging left
     assert not list(setup.tmp.glob("data.*"))  # nothing moved aside either
     assert digest(setup.data) == before  # the live data as it was

@@ -215,7 +215,7 @@ class Daemon:
                     tasks.create_task(metrics.run()),
                     tasks.create_task(alerts.run()),
                 )
-                self.backup_setup = setup_backups(
+                self.backup_setup = await setup_backups(
                     config.backups,
                     {r.name: r for r in config.daemon.repositories},
                     manager=manager,

@@ -507,6 +507,40 @@ class BackupResumed(Event):
         return f"backup {self.job} was interrupted while {', '.join(self.units)} were stopped; they run again"
 
 
+@dataclass(frozen=True, kw_only=True)
+class BackupInterrupted(Event):
+    """hasupd died during a job or a restore; at its next start it cleaned up what was left."""
+
+    NAME = "backup.interrupted"
+    LEVEL = logging.WARNING
+    job: str
+    operations: tuple[str, ...]  # what was interrupted: job kinds, "in-place restore by root (phase swap)"
+    cleaned: tuple[str, ...]  # what was done about it, one line each
+
+    def message(self) -> str:
+        what = ", ".join(self.operations) or "restic"
+        return f"{self.job}: {what} was interrupted by hasupd's end; cleaned up: {'; '.join(self.cleaned)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupUnlocked(Event):
+    """After an interruption: the stale locks a plain ``restic unlock`` removed (or why it could not)."""
+
+    NAME = "backup.unlocked"
+    job: str
+    repository: str
+    removed: int
+    error: str | None = None
+
+    def level(self) -> int:
+        return logging.INFO if self.error is None else logging.WARNING
+
+    def message(self) -> str:
+        if self.error is not None:
+            return f"{self.job}: could not remove stale locks in repository {self.repository}: {self.error}"
+        return f"{self.job}: removed {self.removed} stale lock(s) from repository {self.repository}"
+
+
 # --------------------------------------------------------------------------- restore and recovery
 
 

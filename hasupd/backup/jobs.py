@@ -17,6 +17,7 @@ from typing import Protocol
 from hasupd import events as ev
 from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
+from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
 from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
 from hasupd.backup.schedule import Stamps
@@ -89,8 +90,13 @@ class BackupJob:
         self._state_dir = state_dir
         self._reaper = reaper
         cache = state_dir / "restic-cache"
+        owner = str(state_dir.absolute())  # a leftover restic of this state dir is found by it
         self.hot = Restic(
-            repositories[config.repository], reaper=reaper, binary=restic_binary, cache_dir=cache
+            repositories[config.repository],
+            reaper=reaper,
+            binary=restic_binary,
+            cache_dir=cache,
+            owner=owner,
         )
         self.cold = (
             Restic(
@@ -98,6 +104,7 @@ class BackupJob:
                 reaper=reaper,
                 binary=restic_binary,
                 cache_dir=cache,
+                owner=owner,
             )
             if config.long_term is not None
             else None
@@ -105,6 +112,7 @@ class BackupJob:
         self.stamps = Stamps(state_dir)
         self.status = JobStatus()
         self._marker = state_dir / "backup" / config.name / "quiesced.json"
+        self.journal = Journal(state_dir, config.name)
 
     @property
     def tags(self) -> list[str]:
@@ -120,17 +128,29 @@ class BackupJob:
             self.stamps.set(self.config.name, str(kind), now)
 
     async def run(self, kinds: Iterable[Kind]) -> None:
-        """Do the given kinds of work in order. Raise JobFailed at the first failing step."""
-        for kind in kinds:
-            try:
-                await self._run_one(kind)
-            except JobFailed as failure:
-                self._done(kind, False, str(failure))
-                raise
-            except ResticError as error:
-                self._done(kind, False, str(error))
-                self._record(ev.BackupFailed(job=self.config.name, step=str(kind), error=str(error)))
-                raise JobFailed(str(kind), str(error), retry=True) from error
+        """Do the given kinds of work in order. Raise JobFailed at the first failing step.
+
+        While it runs, a journal entry (fsynced) tells a later hasupd that this job was interrupted
+        if hasupd dies meanwhile (``leftovers.py`` then removes the stale locks it left).
+        """
+        kinds = list(kinds)
+        try:
+            self.journal.begin_run([str(k) for k in kinds])
+        except OSError as error:  # a full or read-only state dir: no unrecorded restic run
+            self._fail("journal", f"cannot write {self.journal.run_file}: {error}", retry=True)
+        try:
+            for kind in kinds:
+                try:
+                    await self._run_one(kind)
+                except JobFailed as failure:
+                    self._done(kind, False, str(failure))
+                    raise
+                except ResticError as error:
+                    self._done(kind, False, str(error))
+                    self._record(ev.BackupFailed(job=self.config.name, step=str(kind), error=str(error)))
+                    raise JobFailed(str(kind), str(error), retry=True) from error
+        finally:
+            self.journal.end_run()
 
     async def _run_one(self, kind: Kind) -> None:
         match kind:

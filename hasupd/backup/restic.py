@@ -242,6 +242,11 @@ class Restic(ResticRunner):
         result = await self._run_locked("restore", args, exclusive=False, timeout=self._timeout)
         return parse_restore(result.stdout) if features.restore_json else RestoreResult(None, None)
 
+    async def locks(self) -> list[str]:
+        """Return the ids of the locks in the repository (``list locks``, taking no lock itself)."""
+        result = await self._run("list", ["locks"], timeout=self._quick, global_args=["--no-lock"])
+        return [line for line in result.stdout.decode("utf-8", "replace").split() if _FULL_ID.match(line)]
+
     async def ls(self, snapshot: str) -> list[LsEntry]:
         """Return every node of ``snapshot`` as (path, type, size) for verification."""
         if not _SNAPSHOT_REF.match(snapshot):

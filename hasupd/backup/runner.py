@@ -1,6 +1,10 @@
 """Running restic for one repository: environment, exit-code classification, lock waiting.
 
-plumbum builds each command line; ``run_command`` runs it (pidfd exit, own process group, Reaper). Secrets
+Each command is a plumbum command object (``local[restic][args].with_env(...)``: argv and the child's
+whole environment); ``run_command`` runs what it formulates as an asyncio-driven subprocess (pidfd exit,
+own process group, Reaper). Every restic child gets SIGINT when hasupd dies (PR_SET_PDEATHSIG), so none
+runs on without its parent, and carries ``HASUPD_RESTIC_OWNER`` (the state dir) in its environment so a
+later hasupd on the same state can find one that survived anyway (``leftovers.py``). Secrets
 never reach argv: the repository URL and password file go in ``RESTIC_REPOSITORY``/``RESTIC_PASSWORD_FILE``
 (``RESTIC_FROM_*`` for the source of ``copy``/``init``), the repository's ``environment_file`` (AWS_* keys
 ...) is merged into the child's environment. restic is stopped with SIGINT, never SIGTERM: 0.14 leaves a
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbum import CommandNotFound, local
+from plumbum.commands.base import BaseCommand, BoundEnvCommand
 
 from hasupd.backup.compat import (
     MIN_VERSION,
@@ -45,6 +50,7 @@ _PASS_ENV = (
 _RESERVED_ENV = re.compile(r"RESTIC_(REPOSITORY|PASSWORD|FROM_)")
 
 _MARKER = "HASUPD_RESTIC_RUN"
+OWNER_ENV = "HASUPD_RESTIC_OWNER"
 
 Accept = Callable[[ErrorKind, str], bool]
 
@@ -63,11 +69,13 @@ class ResticRunner:
         timeout_sec: float | None = None,
         quick_timeout_sec: float = 300.0,
         stop_grace_sec: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         """``cache_dir`` None: restic's default cache. ``lock_wait_sec`` bounds waiting for a lock held by
         someone else; ``timeout_sec`` bounds backup/copy/check/prune/restore/ls, ``quick_timeout_sec`` the
         metadata commands (0.18 retries an unreachable server for ~15 minutes); ``stop_grace_sec`` is
-        how long restic may clean up after SIGINT before SIGKILL."""
+        how long restic may clean up after SIGINT before SIGKILL. ``owner`` (the state dir) is put in
+        every child's environment as ``HASUPD_RESTIC_OWNER`` to find leftovers after a crash."""
         self.repo = repo
         self._reaper = reaper
         self._binary = binary
@@ -76,6 +84,7 @@ class ResticRunner:
         self._timeout = timeout_sec
         self._quick = quick_timeout_sec
         self._grace = stop_grace_sec
+        self._owner = owner
         self._features: Features | None = None
 
     async def version(self) -> tuple[int, int, int]:
@@ -85,7 +94,7 @@ class ResticRunner:
     async def features(self) -> Features:
         """Return the feature gates of this binary (cached). Raise ResticError like ``version``."""
         if self._features is None:
-            result = await self._exec(self._argv(["version"]), self._base_env(), self._quick, "version")
+            result = await self._exec(self._command(["version"], self._base_env()), self._quick, "version")
             if not result.ok:
                 raise ResticError(ErrorKind.FATAL, result.status.code, result.tail(), "version")
             try:
@@ -149,37 +158,46 @@ class ResticRunner:
             raise ResticError(ErrorKind.FATAL, None, message)
         return values
 
-    def _argv(self, args: Sequence[str]) -> tuple[str, ...]:
+    def _command(self, args: Sequence[str], env: Mapping[str, str]) -> BaseCommand:
+        """Return ``restic ARGS`` as a plumbum command carrying the child's whole environment.
+
+        Raise ResticError if the binary cannot be found.
+        """
         try:
-            command = local[self._binary]
+            restic = local[self._binary]
         except CommandNotFound as e:
             raise ResticError(ErrorKind.FATAL, None, f"restic binary {self._binary!r} not found") from e
-        return tuple(command[list(args)].formulate())
+        owner = {OWNER_ENV: self._owner} if self._owner is not None else {}
+        return restic[list(args)].with_env(**{**env, **owner})
 
     async def _exec(
         self,
-        argv: tuple[str, ...],
-        env: Mapping[str, str],
+        restic: BaseCommand,
         timeout: float | None,
         command: str,
         on_line: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         """Run restic; on cancellation stop it with SIGINT and let it clean up before re-raising.
 
-        Why not run_command's own cancellation: it signals the group and closes the pipes at once, and
-        restic (0.14 and 0.18 alike) then dies of SIGPIPE writing "cleaning up" before it removes its
-        lock. Here the command keeps running shielded, so its pipes stay drained until it exits.
+        Only the command's own environment reaches restic (not hasupd's, which plumbum's ``popen``
+        would merge in). Why not run_command's own cancellation: it signals the group and closes the
+        pipes at once, and restic (0.14 and 0.18 alike) then dies of SIGPIPE writing "cleaning up"
+        before it removes its lock. Here the command keeps running shielded, so its pipes stay drained
+        until it exits.
         """
+        argv = tuple(restic.formulate())
         marker = uuid.uuid4().hex  # finds this very process among hasupd's children
         run = asyncio.ensure_future(
             run_command(
                 argv,
                 reaper=self._reaper,
-                env={**env, _MARKER: marker},
+                env={**_env_of(restic), _MARKER: marker},
                 timeout=timeout,
                 stop_signal=signal.SIGINT,
                 kill_after=self._grace,
                 on_stdout_line=on_line,
+                # SIGINT, not SIGKILL: restic removes its lock on SIGINT (0.14 leaves it on SIGTERM).
+                parent_death_signal=signal.SIGINT,
             )
         )
         try:
@@ -227,8 +245,8 @@ class ResticRunner:
         features = await self.features()
         env = self.environment()
         env.update(extra_env or {})
-        argv = self._argv([*global_args, command, *args])
-        result = await self._exec(argv, env, timeout, command, on_line)
+        restic = self._command([*global_args, command, *args], env)
+        result = await self._exec(restic, timeout, command, on_line)
         tail = readable_stderr(result.stderr)
         code = result.status.code
         if result.timed_out:
@@ -284,6 +302,11 @@ class ResticRunner:
     async def unlock(self) -> None:
         """Remove stale locks (plain ``unlock``; never ``--remove-all``, which would break a live run)."""
         await self._run("unlock", timeout=self._quick)
+
+
+def _env_of(command: BaseCommand) -> dict[str, str]:
+    """Return the environment a plumbum command carries (``with_env`` of nothing adds none)."""
+    return dict(command.env) if isinstance(command, BoundEnvCommand) else {}
 
 
 def _child_with_marker(marker: str) -> int | None:

@@ -16,10 +16,12 @@ import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
+from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
 from hasupd.backup.restore import Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
@@ -153,6 +155,7 @@ class BackupUnits:
         self._publish = publish
         self.runners: dict[str, JobRunner] = {}
         self._closed = False
+        self._unlocking: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ Spawner
 
@@ -184,15 +187,45 @@ class BackupUnits:
 
     # ------------------------------------------------------------------ scheduling
 
-    def add(self, runner: JobRunner, unit: Service) -> None:
+    def add(self, runner: JobRunner, unit: Service, *, arm: bool = True) -> None:
+        """Own ``runner``; with ``arm``, start its schedule (at start-up: after recover_interrupted)."""
         runner.unit = unit
         self.runners[runner.job.config.name] = runner
-        interrupted = runner.job.interrupted_quiesce()
-        if interrupted:
-            # hasupd died mid-backup: those services are started with all the others at start-up.
-            self._publish(ev.BackupResumed(job=runner.job.config.name, units=tuple(interrupted)))
+        if arm:
+            self.arm(runner)
+
+    def arm(self, runner: JobRunner) -> None:
+        """Start the schedule and max_age timers of ``runner`` (due work starts at once)."""
         self._arm(runner)
         self._arm_stale(runner)
+
+    async def recover_interrupted(self, owner: str, grace_sec: float = 30.0) -> None:
+        """Before any job runs or service starts: stop the restic processes an earlier hasupd on this
+        state dir left running, undo its interrupted restores, record it (leftovers.py); then arm the
+        schedules: at once, or for an interrupted job once its stale locks are removed (in the
+        background, so that an unreachable repository holds back no service)."""
+        leftovers = await stop_leftovers(owner, grace_sec)
+        for runner in self.runners.values():
+            if recover_files(runner.job, leftovers, self._publish):
+                task = self._spawn_task(self._unlock_then_arm(runner))
+                self._unlocking.add(task)
+                task.add_done_callback(self._unlocking.discard)
+            else:
+                self.arm(runner)
+        known = {
+            r.repo.url for runner in self.runners.values() for r in (runner.job.hot, runner.job.cold) if r
+        }
+        strays = [
+            f"pid {lo.pid} ({how}): {lo.command}" for lo, how in leftovers if lo.repository not in known
+        ]
+        if strays:
+            # A repository no job uses any more: its processes are stopped, its locks stay.
+            self._publish(ev.BackupInterrupted(job="", operations=(), cleaned=tuple(strays)))
+
+    async def _unlock_then_arm(self, runner: JobRunner) -> None:
+        await remove_stale_locks(runner.job, self._publish)
+        if not self._closed and self.runners.get(runner.job.config.name) is runner:
+            self.arm(runner)
 
     def remove(self, name: str) -> JobRunner | None:
         runner = self.runners.pop(name, None)
@@ -202,6 +235,8 @@ class BackupUnits:
 
     def close(self) -> None:
         self._closed = True
+        for task in self._unlocking:
+            task.cancel()  # restic is stopped with SIGINT by the cancellation
         for runner in self.runners.values():
             runner.cancel_timers()
 
@@ -309,7 +344,7 @@ class BackupSetup:
         self._restic = restic_binary or shutil.which("restic") or "restic"
         self.jobs: dict[str, BackupJobConfig] = {}
 
-    def add(self, job: BackupJobConfig, repositories: dict[str, Any]) -> None:
+    def add(self, job: BackupJobConfig, repositories: dict[str, Any], *, arm: bool = True) -> None:
         backup = BackupJob(
             job,
             repositories,
@@ -328,7 +363,7 @@ class BackupSetup:
             unit_name=job.name,
         )
         self._manager.add_job_unit(unit)
-        self.units.add(JobRunner(backup), unit)
+        self.units.add(JobRunner(backup), unit, arm=arm)
         self.jobs[job.name] = job
 
     async def apply(self, jobs: tuple[BackupJobConfig, ...], repositories: dict[str, Any]) -> None:
@@ -358,7 +393,7 @@ class BackupSetup:
         return current != wanted
 
 
-def setup_backups(
+async def setup_backups(
     jobs: tuple[BackupJobConfig, ...],
     repositories: dict[str, Any],
     *,
@@ -371,7 +406,8 @@ def setup_backups(
     reaper: Any,
     restic_binary: str | None = None,
 ) -> BackupSetup:
-    """Create the job units, register them with the manager and arm their schedules."""
+    """Create the job units, register them with the manager, clean up what a killed hasupd left
+    (before any job or service starts: see leftovers.py), then arm their schedules."""
     units = BackupUnits(loop, spawn_task, bus.publish)
 
     def on_event(event: ev.Event) -> None:
@@ -393,5 +429,6 @@ def setup_backups(
         restic_binary=restic_binary,
     )
     for job in jobs:
-        setup.add(job, repositories)
+        setup.add(job, repositories, arm=False)
+    await units.recover_interrupted(str(Path(state_dir).absolute()))
     return setup

@@ -1,11 +1,18 @@
-"""``hasupctl restore``: admin only, every step recorded with who asked."""
+"""``hasupctl restore``: admin only, every step recorded with who asked.
+
+A restore that fails for any reason of its own (restic, the file system, a bad path, even a bug in the
+restore code) is an error reply and a ``restore.step`` record; it never stops hasupd. Only a failure of
+the supervision itself (stopping or starting the services: SupervisionError) propagates, as every bug
+in the supervision path does.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from hasupd import events as ev
 from hasupd.backup.compat import ResticError
-from hasupd.backup.restore import RestoreError, Restorer
+from hasupd.backup.restore import BadRestorePath, RestoreError, Restorer, SupervisionError
 from hasupd.control.handlers import CommandError, Context
 from hasupd.control.handlers_backup import job_runner
 from hasupd.control.protocol import Exit
@@ -41,5 +48,14 @@ async def restore(ctx: Context, args: dict[str, Any]) -> Any:
             aside = await restorer.in_place(plan, user)
             return {"plan": plan.describe(), "moved_aside": aside}
         return {"plan": plan.describe(), "restored_to": await restorer.to_target(plan, user)}
+    except BadRestorePath as error:
+        raise CommandError(Exit.USAGE, str(error)) from None
     except (RestoreError, ResticError) as error:
         raise CommandError(Exit.FAILED, str(error)) from None
+    except SupervisionError:
+        raise
+    # A bug in the restore code costs one failed request, not every service on the host.
+    except Exception as error:  # noqa: BLE001
+        detail = f"unexpected {type(error).__name__}: {error}"
+        ctx.manager.publish(ev.RestoreStep(job=job, step="error", detail=detail, user=user, ok=False))
+        raise CommandError(Exit.FAILED, f"restore failed: {detail}") from None

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hasupd.containment import Reaper
+from hasupd.procfs import parent_death_signal as parent_death_signal_preexec
 from hasupd.runtimes.base import ExitStatus
 
 _READ_CHUNK = 65536
@@ -83,12 +84,14 @@ async def run_command(
     stdin: bytes | None = None,
     max_output: int = 16 * 1024 * 1024,
     on_stdout_line: Callable[[bytes], None] | None = None,
+    parent_death_signal: int | None = None,
 ) -> CommandResult:
     """Run ``argv`` and return how it ended with its output.
 
     On timeout (or cancellation) the process group gets ``stop_signal``, then SIGKILL after
-    ``kill_after`` seconds; the result says ``timed_out``. Raise OSError (FileNotFoundError,
-    PermissionError ...) if it cannot be started.
+    ``kill_after`` seconds; the result says ``timed_out``. ``parent_death_signal``: the signal the
+    command gets when hasupd dies (even by SIGKILL), so that it does not run on without its parent.
+    Raise OSError (FileNotFoundError, PermissionError ...) if it cannot be started.
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -101,6 +104,9 @@ async def run_command(
         cwd=cwd,
         start_new_session=True,
         close_fds=True,
+        # Safe beside threads: the function makes two system calls through a libc handle loaded
+        # before the fork, and takes no lock another thread could hold.
+        preexec_fn=None if parent_death_signal is None else parent_death_signal_preexec(parent_death_signal),  # noqa: PLW1509
     )
     pid = proc.pid
     if reaper is not None:

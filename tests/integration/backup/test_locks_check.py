@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,3 +163,73 @@ async def test_rotating_check_finds_a_corrupted_pack(
     assert len(damaged) == 1, [r.output_tail for r in results]
     assert pack.name in damaged[0].output_tail or "does not match" in damaged[0].output_tail
     assert rotation.current() == "1/3"
+
+
+_PARENT = """
+import asyncio, sys
+from pathlib import Path
+from hasupd.backup.restic import Restic
+from hasupd.config.model import RepositoryConfig
+
+repo = RepositoryConfig(name="hot", url=sys.argv[1], password_file=sys.argv[2])
+restic = Restic(repo, reaper=None, binary=sys.argv[3], cache_dir=Path(sys.argv[4]), owner=sys.argv[4])
+asyncio.run(restic.backup([sys.argv[5]]))
+"""
+
+
+async def test_restic_gets_sigint_when_hasupd_dies_and_leaves_no_lock(
+    make_restic: Callable[..., Restic], fresh_repo: Path, tmp_path: Path, password_file: Path
+) -> None:
+    """kill -9 of the process that runs restic (hasupd): restic does not run on without it
+    (PR_SET_PDEATHSIG with SIGINT). Its lock may stay (with its parent gone, restic can die of SIGPIPE
+    writing "cleaning up" to the closed stderr pipe), but it is stale and a plain unlock removes it."""
+    restic = make_restic(fresh_repo)
+    src = big_source(tmp_path, megabytes=128)
+    owner = tmp_path / "state"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _PARENT,
+            str(fresh_repo),
+            str(password_file),
+            restic._binary,
+            str(owner),
+            str(src),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    try:
+        await asyncio.to_thread(wait_for, lambda: bool(locks(fresh_repo)))
+        await asyncio.sleep(0.5)  # past 0.14's window where the lock file exists before it is held
+        children = _pids_with_env(f"HASUPD_RESTIC_OWNER={owner}")
+        assert children, "restic is not running under its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+    await asyncio.to_thread(wait_for, lambda: not _pids_with_env(f"HASUPD_RESTIC_OWNER={owner}"), 10.0)
+    for pid in children:
+        # Re-parented to this test process if it is a subreaper (the Reaper fixture makes it one), else
+        # reaped by PID 1: until then the zombie keeps the lock looking alive to restic.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    await asyncio.to_thread(wait_for, lambda: not any(os.path.exists(f"/proc/{p}") for p in children), 60.0)
+    # Left or not, the lock is now stale: the plain unlock of hasupd's next start removes it.
+    await restic.unlock()
+    assert await restic.locks() == [] and locks(fresh_repo) == []
+
+
+def _pids_with_env(entry: str) -> set[int]:
+    out = set()
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if entry.encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        out.add(int(name))
+    return out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from plumbum.commands.base import BoundEnvCommand
 
 from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import (
@@ -203,8 +204,26 @@ def test_environment_keeps_secrets_out_of_argv(tmp_path: Path, monkeypatch: pyte
     assert env["RESTIC_REPOSITORY"] == "/srv/cold" and env["RESTIC_PASSWORD_FILE"] == "/etc/cold.pass"
     assert env["AWS_SECRET_ACCESS_KEY"] == "s e" and env["RESTIC_CACHE_DIR"] == str(tmp_path / "cache")
     assert "RESTIC_PASSWORD" not in env and "NOTIFY_SOCKET" not in env
-    argv = r._argv(["snapshots"])
+    command = r._command(["snapshots"], env)
+    argv = command.formulate()
     assert not any("/srv/cold" in a or "pass" in a or "AK" in a for a in argv)
+
+
+def test_restic_commands_are_plumbum_commands_carrying_argv_and_the_whole_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plumbum builds the command (argv and environment); hasupd runs what it formulates."""
+    monkeypatch.setenv("RESTIC_PASSWORD", "leaked")
+    fake = tmp_path / "restic"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    r = Restic(repo(tmp_path, "hot", None), reaper=None, binary=str(fake), owner="/var/lib/hasupd")
+    command = r._command(["backup", "--json", "/srv/a b"], r.environment())
+    assert command.formulate() == [str(fake), "backup", "--json", "/srv/a b"]
+    assert isinstance(command, BoundEnvCommand)
+    assert command.env["RESTIC_REPOSITORY"] == "/srv/hot"
+    assert command.env["HASUPD_RESTIC_OWNER"] == "/var/lib/hasupd"  # leftovers are found by it
+    assert "RESTIC_PASSWORD" not in command.env
 
 
 def test_environment_file_may_not_set_the_repository(tmp_path: Path) -> None:
@@ -232,4 +251,4 @@ def test_copy_source_environment(tmp_path: Path) -> None:
 def test_missing_binary_is_a_restic_error() -> None:
     r = Restic(RepositoryConfig(name="x", url="/x", password_file="/p"), reaper=None, binary="no-such-restic")
     with pytest.raises(ResticError, match="not found"):
-        r._argv(["version"])
+        r._command(["version"], {})

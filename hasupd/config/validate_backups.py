@@ -33,8 +33,8 @@ from hasupd.config.nodes import (
 
 SCHEDULE_MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 _CRON_FIELDS = 5
-_RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
-_SUBSET = re.compile(r"(\d+)/(\d+)")
+_RESTIC_DURATION = re.compile(r"(?:[0-9]{1,6}[ymdh])+")
+_SUBSET = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
 
 
 def to_schedule(ctx: Ctx, node: Node, path: str) -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from yaml.nodes import Node
 
+from hasupd.backup.schedule import parse_cron
 from hasupd.config.model import BackupJobConfig, CheckSpec, DrillSpec, Keep, LongTerm
 from hasupd.config.nodes import (
     Converter,
@@ -43,7 +44,14 @@ def to_schedule(ctx: Ctx, node: Node, path: str) -> str | None:
     if value is None:
         return None
     text = value.strip()
-    if text in SCHEDULE_MACROS or (not text.startswith("@") and len(text.split()) == _CRON_FIELDS):
+    if text in SCHEDULE_MACROS:
+        return text
+    if not text.startswith("@") and len(text.split()) == _CRON_FIELDS:
+        try:
+            parse_cron(text)  # what the scheduler does with it: a bad field must fail here, not there
+        except ValueError as exc:
+            ctx.error(node, path, f"invalid schedule: {exc}")
+            return None
         return text
     ctx.error(
         node,

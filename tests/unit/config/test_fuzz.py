@@ -12,7 +12,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from tests.unit.config.mutants import Mutant, random_mutant, seed_files, special
 BUDGET_SEC = 15.0  # the whole test, far below a minute even on a loaded machine
 MAX_MUTANTS = 4000
 SLOW_SEC = 3.0  # one mutant; the worst legal file takes ~0.3 s unloaded
+HUNG_SEC = 6.0  # one mutant, interrupted
 
 
 def _values(value: object) -> list[object]:
@@ -35,6 +39,26 @@ def _values(value: object) -> list[object]:
     return [value]
 
 
+class _Hung(Exception):
+    pass
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise _Hung in the block after ``seconds`` (a blocking open() of a FIFO is interrupted too)."""
+
+    def fire(signum: int, frame: object) -> None:
+        raise _Hung
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _check_one(mutant: Mutant, root: Path) -> str | None:
     """Run ``load_config`` on ``mutant`` written into ``root``; return what is wrong, or None."""
     shutil.rmtree(root, ignore_errors=True)
@@ -42,7 +66,10 @@ def _check_one(mutant: Mutant, root: Path) -> str | None:
     mutant.write(root)
     started = time.monotonic()
     try:
-        config: Config | None = load_config(root)
+        with _alarm(HUNG_SEC):
+            config: Config | None = load_config(root)
+    except _Hung:
+        return f"hung for {HUNG_SEC}s"
     except ConfigError as error:
         config = None
         for issue in error.issues:
@@ -87,8 +114,8 @@ def test_config_mutants_give_located_errors_promptly(tmp_path: Path) -> None:
         if problem is not None:
             failures.append(f"{mutant.label}: {problem}")
     print(f"{count} config mutants checked")
-    assert count >= 100, f"only {count} mutants in {BUDGET_SEC}s"
     assert not failures, f"seed {seed}: {len(failures)} of {count} mutants:\n" + "\n".join(failures[:30])
+    assert count >= 100, f"only {count} mutants in {BUDGET_SEC}s"
 
 
 @pytest.mark.parametrize(

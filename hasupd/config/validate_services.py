@@ -55,8 +55,8 @@ from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFAULTS = ServiceConfig(name="-")
-# Bounds on counts (see README, "Limits"): far above any real use, low enough that a typo is caught
-# before it becomes a billion processes or a start limit that never trips.
+# Bounds on counts (see README, "Bounds of a config file"): far above any real use, low enough that a
+# typo is caught before it becomes a billion processes or a start limit that never trips.
 MAX_INSTANCES = 1000
 MAX_BURST = 1000
 MAX_PROBE_FAILURES = 1000

@@ -27,6 +27,7 @@ from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.model import Config
 from hasupd.config.nodes import Document, join
 from hasupd.config.validate import build_config
+from hasupd.files import NotARegularFile, file_kind, read_regular_file
 
 __all__ = ["ConfigError", "ConfigIssue", "load_config"]
 
@@ -190,55 +191,7 @@ class _KeyChecker:
 
 
 class _Unreadable(Exception):
-    """A config file or folder that cannot be read as one; ``str()`` says why."""
-
-
-def _kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "a regular file")
-
-
-def _read_regular(path: Path) -> bytes:
-    """Return the content of the regular file at ``path`` (symlinks followed).
-
-    Raise _Unreadable, without blocking, for anything else (a FIFO, a device, a folder, a symlink loop
-    or to nothing), a file larger than ``MAX_FILE_BYTES`` or one that cannot be opened.
-    """
-    try:
-        # stat before open: opening some devices has effects (a tape rewinds, a tty becomes ours).
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise _Unreadable(f"not a regular file: it is {_kind(os.stat(path).st_mode)}")
-        # O_NONBLOCK: were it swapped for a FIFO since, open() must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _Unreadable(f"cannot read the file: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _Unreadable(f"not a regular file: it is {_kind(info.st_mode)}")
-        if info.st_size > MAX_FILE_BYTES:
-            raise _Unreadable(f"file too large: {info.st_size} bytes, at most {MAX_FILE_BYTES}")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_FILE_BYTES:  # the file may grow while it is read
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_FILE_BYTES:
-            raise _Unreadable(f"file too large: more than {MAX_FILE_BYTES} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise _Unreadable(f"cannot read the file: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    """A config folder that cannot be listed as one; ``str()`` says why."""
 
 
 def read_document(path: Path, issues: list[ConfigIssue]) -> Document:
@@ -247,9 +200,12 @@ def read_document(path: Path, issues: list[ConfigIssue]) -> Document:
     name = path.name.removesuffix(_SUFFIX)
     unparsed = Document(str(path), name, None, parsed=False)
     try:
-        data = _read_regular(path)
-    except _Unreadable as exc:
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except NotARegularFile as exc:
         issues.append(_issue_at(str(path), None, str(exc)))
+        return unparsed
+    except OSError as exc:
+        issues.append(_issue_at(str(path), None, f"cannot read the file: {exc.strerror or exc}"))
         return unparsed
     try:
         node = yaml.compose(data, Loader=_BoundedLoader)
@@ -301,7 +257,7 @@ def _list_folder(folder: Path) -> list[str]:
     except OSError as exc:
         raise _Unreadable(exc.strerror or str(exc)) from None
     if not stat.S_ISDIR(info.st_mode):
-        raise _Unreadable(f"not a folder: it is {_kind(info.st_mode)}")
+        raise _Unreadable(f"not a folder: it is {file_kind(info.st_mode)}")
     try:
         return os.listdir(folder)
     except OSError as exc:

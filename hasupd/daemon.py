@@ -107,6 +107,7 @@ class Daemon:
         self._stop_reason = ""
         self._status_pending = False
         self._tasks: asyncio.TaskGroup | None = None
+        self._reload_lock = asyncio.Lock()
         self.manager: Manager | None = None
         self.backups: BackupUnits | None = None
         self.backup_setup: BackupSetup | None = None
@@ -281,23 +282,35 @@ class Daemon:
         Raise CommandError (after recording config.invalid) if the config is invalid: nothing changes.
         """
         assert self.manager is not None
+        if dry_run:
+            return self.manager.plan(await self._read_config_off_loop())
+        # Held from reading to applying: two reloads read and apply in turn, so the newer files win.
+        async with self._reload_lock:
+            config = await self._read_config_off_loop()
+            self.notifier.reloading()
+            try:
+                plan = await self.manager.apply(config)
+                if self.backup_setup is not None:
+                    await self.backup_setup.apply(
+                        config.backups, {r.name: r for r in config.daemon.repositories}
+                    )
+            finally:
+                self.notifier.ready(self.manager.summary())
+        return plan
+
+    async def _read_config_off_loop(self) -> Config:
+        """Return the config read and validated in a worker thread, so that supervision (restarts,
+        probes, the watchdog ping) goes on while a large or slow file is parsed.
+
+        Raise CommandError (after recording config.invalid) if the config is invalid.
+        """
         try:
-            config = read_config(self.options)
+            return await asyncio.to_thread(read_config, self.options)
         except ConfigError as error:
             self.bus.publish(ev.ConfigInvalid(errors=tuple(str(i) for i in error.issues)))
             raise CommandError(
                 Exit.FAILED, "configuration invalid, nothing changed:\n" + str(error)
             ) from None
-        if dry_run:
-            return self.manager.plan(config)
-        self.notifier.reloading()
-        try:
-            plan = await self.manager.apply(config)
-            if self.backup_setup is not None:
-                await self.backup_setup.apply(config.backups, {r.name: r for r in config.daemon.repositories})
-        finally:
-            self.notifier.ready(self.manager.summary())
-        return plan
 
     def _schedule_status(self, loop: asyncio.AbstractEventLoop, manager: Manager, event: ev.Event) -> None:
         # One STATUS= per burst of state changes, not one per change.

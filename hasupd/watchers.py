@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import grp
-import pwd
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from hasupd.notify import NotifyEndpoint, NotifyMessage
 from hasupd.resources import ResourceWatch, oom_killed
 from hasupd.runtimes.base import Clock, Scope, SpawnError, Stoppable
 from hasupd.runtimes.exec import DEFAULT_PATH
+from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 # exec probes run as hasupd's user with a clean environment, never with hasupd's own variables.
 PROBE_ENVIRONMENT = {"PATH": DEFAULT_PATH}
@@ -54,13 +53,13 @@ class LoopWatchers:
             raise SpawnError(f"cannot create the notify socket of {unit}: {error}") from error
         if config.user is not None or config.group is not None:
             # Only the service's own user (and root) may even send.
-            uid = pwd.getpwnam(config.user).pw_uid if config.user else -1
-            gid = (
-                grp.getgrnam(config.group).gr_gid
-                if config.group
-                else (pwd.getpwnam(config.user).pw_gid if config.user else -1)
-            )
-            endpoint.chown(uid, gid)
+            try:  # validated, but the user database may have changed since
+                user = lookup_user(config.user) if config.user else None
+                gid = lookup_group(config.group) if config.group else (user.gid if user else -1)
+            except UnknownIdentity as error:
+                endpoint.close()
+                raise SpawnError(f"cannot create the notify socket of {unit}: {error}") from None
+            endpoint.chown(user.uid if user else -1, gid)
         return endpoint
 
     def probes(

@@ -3,13 +3,22 @@
 Layout of CONFIG_DIR: ``hasupd.yaml`` (optional), ``services.d/NAME.yaml`` (one service each) and
 ``backups.d/NAME.yaml`` (one backup job each). Only files ending in ".yaml" and not starting with "."
 are read, so "web.yaml.example", "web.yaml~" and ".web.yaml.swp" are ignored.
+
+Reading is bounded, so that no file can hang, exhaust or crash the daemon that reloads it: a config
+file must be a regular file (after symlinks; a FIFO or a device is refused without blocking) of at most
+``MAX_FILE_BYTES``, nested at most ``MAX_DEPTH`` levels, of at most ``MAX_NODES`` YAML nodes. Only a
+part of the layout that does not exist is taken as empty; one that cannot be read (a folder that is a
+file, a symlink loop, no permission) is an error, never "no services".
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
@@ -18,6 +27,7 @@ from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.model import Config
 from hasupd.config.nodes import Document, join
 from hasupd.config.validate import build_config
+from hasupd.files import NotARegularFile, file_kind, read_regular_file
 
 __all__ = ["ConfigError", "ConfigIssue", "load_config"]
 
@@ -26,6 +36,39 @@ SERVICES_DIR = "services.d"
 BACKUPS_DIR = "backups.d"
 _SUFFIX = ".yaml"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# Far above any real config file (the shipped ones are < 4 KiB and < 200 nodes), low enough that the
+# pure-Python YAML parser is done with any one file in well under a second.
+MAX_FILE_BYTES = 256 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 10_000
+
+
+class _LimitError(ComposerError):
+    """A document beyond ``MAX_DEPTH`` or ``MAX_NODES``; raised while composing, at the node's mark."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader whose (recursive) composer stops at ``MAX_DEPTH`` levels and ``MAX_NODES``
+    nodes, with a located error instead of a RecursionError or minutes of work."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _LimitError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+            if self._nodes > MAX_NODES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _LimitError(None, None, f"more than {MAX_NODES} YAML nodes in one file", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _issue_at(path: str, mark: yaml.Mark | None, message: str) -> ConfigIssue:
@@ -67,6 +110,7 @@ class _KeyChecker:
         self.path = path
         self.issues = issues
         self.seen: set[int] = set()  # node ids: aliases share nodes, and may form cycles
+        self.bad_text = False  # a scalar with text no OS interface takes; the document is unusable
         self.constructor = SafeConstructor()
 
     def check(self, node: Node, key_path: str) -> None:
@@ -74,11 +118,27 @@ class _KeyChecker:
         if id(node) in self.seen:
             return
         self.seen.add(id(node))
-        if isinstance(node, SequenceNode):
+        if isinstance(node, ScalarNode):
+            self._check_text(node, key_path)
+        elif isinstance(node, SequenceNode):
             for index, item in enumerate(node.value):
                 self.check(item, join(key_path, index))
         elif isinstance(node, MappingNode):
             self._check_mapping(node, key_path)
+
+    def _check_text(self, node: ScalarNode, key_path: str) -> None:
+        """Report a scalar that no file name, argv, environment or user database can hold: a NUL, or a
+        lone UTF-16 surrogate (a double-quoted "\\ud800" escape), which cannot even be encoded."""
+        text = str(node.value)
+        bad = next((c for c in text if c == "\0" or "\ud800" <= c <= "\udfff"), None)
+        if bad is None:
+            return
+        what = (
+            "a NUL character" if bad == "\0" else f"a lone surrogate \\u{ord(bad):04x} (half a UTF-16 pair)"
+        )
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        self.issues.append(ConfigIssue(self.path, line, col, key_path, f"not valid text: {what}"))
+        self.bad_text = True
 
     def _check_mapping(self, node: MappingNode, key_path: str) -> None:
         first: dict[str, Node] = {}
@@ -92,6 +152,7 @@ class _KeyChecker:
                 continue
             if isinstance(key_node, ScalarNode):
                 key = str(key_node.value)
+                self._check_text(key_node, key_path)
                 if key in first:
                     mark = first[key].start_mark
                     message = f"duplicate key {key!r} (first given at {mark.line + 1}:{mark.column + 1})"
@@ -129,51 +190,112 @@ class _KeyChecker:
         node.value = kept + own
 
 
+class _Unreadable(Exception):
+    """A config folder that cannot be listed as one; ``str()`` says why."""
+
+
 def read_document(path: Path, issues: list[ConfigIssue]) -> Document:
-    """Return the composed root node of ``path``; report read and syntax errors and duplicate keys."""
+    """Return the composed root node of ``path``; report read and syntax errors, limits exceeded,
+    text no OS interface takes (NUL, lone surrogates) and duplicate keys."""
     name = path.name.removesuffix(_SUFFIX)
+    unparsed = Document(str(path), name, None, parsed=False)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except NotARegularFile as exc:
+        issues.append(_issue_at(str(path), None, str(exc)))
+        return unparsed
     except OSError as exc:
         issues.append(_issue_at(str(path), None, f"cannot read the file: {exc.strerror or exc}"))
-        return Document(str(path), name, None, parsed=False)
+        return unparsed
     try:
-        node = yaml.compose(data, Loader=yaml.SafeLoader)
+        node = yaml.compose(data, Loader=_BoundedLoader)
     except ReaderError as exc:
         issues.append(_reader_issue(str(path), exc, data))
-        return Document(str(path), name, None, parsed=False)
+        return unparsed
+    except _LimitError as exc:
+        issues.append(_issue_at(str(path), exc.problem_mark, f"too complex: {exc.problem}"))
+        return unparsed
     except yaml.YAMLError as exc:
         issues.append(_syntax_issue(str(path), exc))
-        return Document(str(path), name, None, parsed=False)
+        return unparsed
     if node is not None:
-        _KeyChecker(str(path), issues).check(node, "")
+        checker = _KeyChecker(str(path), issues)
+        try:
+            checker.check(node, "")
+        except RecursionError:  # chains of aliases and merge keys deeper than MAX_DEPTH
+            issues.append(_issue_at(str(path), None, "too complex: aliases or merge keys nest too deeply"))
+            return unparsed
+        if checker.bad_text:
+            return unparsed
     return Document(str(path), name, node)
 
 
-def _unit_files(folder: Path) -> list[Path]:
-    """Return the NAME.yaml entries of ``folder`` in name order ([] when there is no such folder)."""
-    if not folder.is_dir():
+def _unit_files(folder: Path, issues: list[ConfigIssue]) -> list[Path]:
+    """Return the NAME.yaml entries of ``folder`` in name order ([] when there is no such folder).
+
+    Report a ``folder`` that exists but cannot be listed (a file, a symlink loop or to nothing, no
+    permission): that is not an empty folder, whose services a reload would stop.
+    """
+    try:
+        names = _list_folder(folder)
+    except _Unreadable as exc:
+        issues.append(_issue_at(str(folder), None, f"cannot read the folder: {exc}"))
         return []
-    entries = (p for p in folder.iterdir() if p.name.endswith(_SUFFIX) and not p.name.startswith("."))
-    return sorted((p for p in entries if not p.is_dir()), key=lambda p: p.name)
+    paths = [folder / name for name in names if name.endswith(_SUFFIX) and not name.startswith(".")]
+    return sorted((path for path in paths if not _is_dir(path)), key=lambda p: p.name)
+
+
+def _list_folder(folder: Path) -> list[str]:
+    """Return the names in ``folder`` ([] when nothing is there). Raise _Unreadable if it is not a
+    folder that can be listed."""
+    try:
+        info = os.stat(folder)
+    except FileNotFoundError:
+        if os.path.lexists(folder):
+            raise _Unreadable("it is a symlink to nothing") from None
+        return []
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise _Unreadable(f"not a folder: it is {file_kind(info.st_mode)}")
+    try:
+        return os.listdir(folder)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from None
+
+
+def _is_dir(path: Path) -> bool:
+    """Return whether ``path`` is a folder (after symlinks); a folder named x.yaml is no unit file."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False  # reading it reports the problem
 
 
 def load_config(config_dir: str | Path) -> Config:
     """Return the validated config of ``config_dir``.
 
     Raise ConfigError with every problem of every file (ordered by file, line, column) if there is any:
-    a missing dir, unreadable files, YAML syntax errors, duplicate or unknown keys, bad values, and
-    references between files that do not resolve. A syntax error in one file does not stop the others
-    from being validated.
+    a missing dir, unreadable files or folders, files that are not regular or too large or too deeply
+    nested, YAML syntax errors, duplicate or unknown keys, bad values, and references between files
+    that do not resolve. A syntax error in one file does not stop the others from being validated.
+    Raise nothing else, whatever ``config_dir`` holds.
     """
     root = Path(config_dir)
-    if not root.is_dir():
-        raise ConfigError([ConfigIssue(str(root), 1, 1, "", "the config directory does not exist")])
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            raise ConfigError([ConfigIssue(str(root), 1, 1, "", "the config directory is not a folder")])
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(str(root), 1, 1, "", "the config directory does not exist")]) from None
+    except OSError as exc:
+        message = f"cannot read the config directory: {exc.strerror or exc}"
+        raise ConfigError([ConfigIssue(str(root), 1, 1, "", message)]) from None
     issues: list[ConfigIssue] = []
     daemon_path = root / DAEMON_FILE
-    daemon = read_document(daemon_path, issues) if daemon_path.exists() else None
-    services = [read_document(path, issues) for path in _unit_files(root / SERVICES_DIR)]
-    backups = [read_document(path, issues) for path in _unit_files(root / BACKUPS_DIR)]
+    # lexists: a hasupd.yaml that is a symlink loop or to nothing is an error, not "use the defaults".
+    daemon = read_document(daemon_path, issues) if os.path.lexists(daemon_path) else None
+    services = [read_document(path, issues) for path in _unit_files(root / SERVICES_DIR, issues)]
+    backups = [read_document(path, issues) for path in _unit_files(root / BACKUPS_DIR, issues)]
     config = build_config(str(root), daemon, services, backups, issues)
     if issues:
         raise ConfigError(issues)

@@ -50,20 +50,42 @@ class Document:
     parsed: bool = True
 
 
+MAX_ISSUES_PER_FILE = 100
+
+
 class Ctx:
-    """Collects the issues of one file into a shared list; ``count`` is how many it reported."""
+    """Collects the issues of one file into a shared list; ``count`` is how many it reported.
+
+    Only the first ``MAX_ISSUES_PER_FILE`` are kept (a file of 5,000 unknown keys needs no 5,000
+    lines); ``finish()`` adds one issue that counts the rest.
+    """
 
     def __init__(self, file: str, issues: list[ConfigIssue]) -> None:
         self.file = file
         self.issues = issues
         self.count = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether further issues are only counted (callers may skip costly messages then)."""
+        return self.count >= MAX_ISSUES_PER_FILE
+
     def error(self, node: Node | None, key: str, message: str) -> None:
         """Report ``message`` for ``key`` at ``node``'s start (at 1:1 when there is no node)."""
-        mark = node.start_mark if node is not None else None
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        self.issues.append(ConfigIssue(self.file, line, col, key, message))
+        if not self.full:
+            mark = node.start_mark if node is not None else None
+            line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+            self.issues.append(ConfigIssue(self.file, line, col, key, message))
         self.count += 1
+
+    def finish(self) -> None:
+        """Report how many issues were left out, if any."""
+        if self.count > MAX_ISSUES_PER_FILE:
+            left_out = self.count - MAX_ISSUES_PER_FILE
+            message = (
+                f"{left_out} more problems in this file are not shown (the first {MAX_ISSUES_PER_FILE} are)"
+            )
+            self.issues.append(ConfigIssue(self.file, 1, 1, "", message))
 
 
 def is_name(text: str) -> bool:
@@ -162,7 +184,8 @@ def read_mapping(
         key = key_node.value
         convert = fields.get(key)
         if convert is None:
-            ctx.error(key_node, join(path, key), unknown_key_message(key, fields))
+            message = f"unknown key {key!r}" if ctx.full else unknown_key_message(key, fields)
+            ctx.error(key_node, join(path, key), message)
             continue
         value = convert(ctx, value_node, join(path, key))
         if value is not None:
@@ -247,40 +270,75 @@ def to_abs_path(ctx: Ctx, node: Node, path: str) -> str | None:
     return value
 
 
+def _constructed(node: ScalarNode, construct: Callable[[ScalarNode], Any]) -> Any:
+    """Return YAML's value of ``node``, or None when its text does not make one.
+
+    YAML 1.1 resolves "0x50", "0b101", "1:30" (base 60) and "1_000" as integers, and an explicit tag
+    ("!!int abc", "!!float x", "!!bool maybe") makes any text claim a type it may not have.
+    """
+    try:
+        return construct(node)
+    except (ValueError, KeyError):  # int()/float() of bad text; an unknown boolean word
+        return None
+
+
 def to_bool(ctx: Ctx, node: Node, path: str) -> bool | None:
     if isinstance(node, ScalarNode) and node.tag == TAG + "bool":
-        return _CONSTRUCTOR.construct_yaml_bool(node)
+        value = _constructed(node, _CONSTRUCTOR.construct_yaml_bool)
+        if value is not None:
+            return bool(value)
+        ctx.error(node, path, f"expected true or false, got {node.value!r}")
+        return None
     ctx.error(node, path, f"expected true or false, got {describe(node)}")
     return None
 
 
-def to_int(minimum: int = 1, maximum: int | None = None) -> Converter:
-    """Return a converter to an integer in ``minimum..maximum``."""
-    wanted = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+def to_int(minimum: int = 1, maximum: int = 1_000_000) -> Converter:
+    """Return a converter to an integer in ``minimum..maximum`` (every count has a bound)."""
+    wanted = f"an integer from {minimum} to {maximum}"
 
     def convert(ctx: Ctx, node: Node, path: str) -> int | None:
         if not (isinstance(node, ScalarNode) and node.tag == TAG + "int"):
             ctx.error(node, path, f"expected {wanted}, got {describe(node)}")
             return None
-        value = _CONSTRUCTOR.construct_yaml_int(node)
-        if value < minimum or (maximum is not None and value > maximum):
-            ctx.error(node, path, f"expected {wanted}, got {value}")
+        value = _constructed(node, _CONSTRUCTOR.construct_yaml_int)
+        if value is None:
+            ctx.error(node, path, f"expected {wanted}, got {node.value!r}")
             return None
-        return value
+        if not minimum <= value <= maximum:
+            shown = value if len(node.value) <= 30 else f"{node.value[:20]}..."
+            ctx.error(node, path, f"expected {wanted}, got {shown}")
+            return None
+        return int(value)
 
     return convert
 
 
-def to_positive_number(ctx: Ctx, node: Node, path: str) -> float | None:
-    """Return a finite number > 0."""
-    if isinstance(node, ScalarNode) and node.tag in (TAG + "int", TAG + "float"):
-        value = float(node.value) if node.tag == TAG + "int" else _CONSTRUCTOR.construct_yaml_float(node)
-        if math.isfinite(value) and value > 0:
+def to_positive_number(maximum: float) -> Converter:
+    """Return a converter to a number in (0, ``maximum``]."""
+    wanted = f"a number > 0 and <= {maximum:g}"
+
+    def convert(ctx: Ctx, node: Node, path: str) -> float | None:
+        if not (isinstance(node, ScalarNode) and node.tag in (TAG + "int", TAG + "float")):
+            ctx.error(node, path, f"expected {wanted}, got {describe(node)}")
+            return None
+        construct = (
+            _CONSTRUCTOR.construct_yaml_int if node.tag == TAG + "int" else _CONSTRUCTOR.construct_yaml_float
+        )
+        value = _constructed(node, construct)
+        if value is None:
+            ctx.error(node, path, f"expected {wanted}, got {node.value!r}")
+            return None
+        if isinstance(value, int) and value > maximum:  # float() of a huge int raises OverflowError
+            value = math.inf
+        value = float(value)
+        if math.isfinite(value) and 0 < value <= maximum:
             return value
-        ctx.error(node, path, f"expected a number > 0, got {node.value}")
+        shown = node.value if len(node.value) <= 30 else f"{node.value[:20]}..."
+        ctx.error(node, path, f"expected {wanted}, got {shown}")
         return None
-    ctx.error(node, path, f"expected a number > 0, got {describe(node)}")
-    return None
+
+    return convert
 
 
 def to_duration(positive: bool = False) -> Converter:
@@ -391,7 +449,7 @@ def listen_problem(text: str, unix: bool) -> str | None:
             return f"invalid address {text!r}: {host} is not an IPv6 address in brackets"
     elif ":" in host:
         return f"invalid address {text!r}: write an IPv6 address in brackets, as in [::1]:8080"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not 1 <= int(port) <= 65535:
         return f"invalid port {port!r} in {text!r}: expected 1 to 65535"
     return None
 

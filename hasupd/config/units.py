@@ -47,6 +47,14 @@ _DURATION_UNITS: dict[str, float] = {
     "year": 365.25 * _DAY,
     "years": 365.25 * _DAY,
 }
+# Bounds for what has no sensible larger value: a duration up to 10 years (asyncio timers and
+# datetime arithmetic stay exact far below their limits), a size up to 1E (fits a signed 64-bit number,
+# as cgroup and engine limits are).
+MAX_DURATION = 10 * 365.25 * _DAY
+MAX_DURATION_TEXT = "10y"
+MAX_SIZE = 1 << 60
+MAX_SIZE_TEXT = "1E"
+_MAX_DIGITS = 30  # longer numbers exceed every maximum; int() of 4300+ digits even raises
 _DURATION_HELP = (
     "expected a number with a unit (us, ms, s, min, h, d, w, M, y) such as 250ms, 30s, 5min, 1h 30min"
 )
@@ -79,6 +87,8 @@ def parse_duration(value: str | float) -> float:
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"invalid duration {value!r}: must be a finite number >= 0")
+        if value > MAX_DURATION:
+            raise ValueError(f"invalid duration {value!r}: at most {MAX_DURATION_TEXT}")
         return float(value)
     text = value.strip()
     if not text:
@@ -96,7 +106,11 @@ def parse_duration(value: str | float) -> float:
         if not unit and pos < len(text):
             # "1.5.3s" or "30 5s": a part without a unit is only allowed last
             raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
+        if len(number) > _MAX_DIGITS:
+            raise ValueError(f"invalid duration {value!r}: at most {MAX_DURATION_TEXT}")
         total += float(number) * _DURATION_UNITS[unit]
+    if total > MAX_DURATION:
+        raise ValueError(f"invalid duration {value!r}: at most {MAX_DURATION_TEXT}")
     return total
 
 
@@ -106,13 +120,15 @@ def parse_size(value: str | int) -> int:
     Accept a non-negative integer (bytes) or a string ``NUMBER[SUFFIX]`` where the suffix is one of
     K, M, G, T, P, E (powers of 1024, case-insensitive, optionally followed by "B" or "iB") or "B".
     A fraction is allowed with a suffix ("1.5G"); the result is rounded down to whole bytes.
-    Raise ValueError for anything else.
+    Raise ValueError for anything else, and for more than ``MAX_SIZE``.
     """
     if isinstance(value, bool):
         value = str(value)  # YAML's true/false is no number
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid size {value!r}: must be >= 0")
+        if value > MAX_SIZE:
+            raise ValueError(f"invalid size {value!r}: at most {MAX_SIZE_TEXT}")
         return value
     match = _SIZE.fullmatch(value)
     if match is None:
@@ -120,9 +136,12 @@ def parse_size(value: str | int) -> int:
     number, suffix = match.group(1), (match.group(2) or "").upper()
     if not suffix and "." in number:
         raise ValueError(f"invalid size {value!r}: a size without a suffix is whole bytes")
-    if "." in number:
-        return int(float(number) * _SIZE_UNITS[suffix])
-    return int(number) * _SIZE_UNITS[suffix]
+    if len(number) > _MAX_DIGITS:
+        raise ValueError(f"invalid size {value!r}: at most {MAX_SIZE_TEXT}")
+    size = int(float(number) * _SIZE_UNITS[suffix]) if "." in number else int(number) * _SIZE_UNITS[suffix]
+    if size > MAX_SIZE:
+        raise ValueError(f"invalid size {value!r}: at most {MAX_SIZE_TEXT}")
+    return size
 
 
 def _signal_names() -> str:
@@ -139,11 +158,13 @@ def parse_signal(value: str | int) -> signal.Signals:
     if isinstance(value, bool):
         value = str(value)  # YAML's true/false is no number
     text = value.strip() if isinstance(value, str) else value
-    if isinstance(text, int) or text.isdigit():
+    if isinstance(text, int) or (text.isascii() and text.isdigit()):
+        number = int(text) if isinstance(text, int) or len(text) <= _MAX_DIGITS else -1
         try:
-            return signal.Signals(int(text))
+            return signal.Signals(number)
         except ValueError:
-            raise ValueError(f"invalid signal {value!r}: no signal has number {int(text)}") from None
+            shown = number if number >= 0 else "that"
+            raise ValueError(f"invalid signal {value!r}: no signal has number {shown}") from None
     name = text.upper()
     if not name.startswith("SIG"):
         name = "SIG" + name

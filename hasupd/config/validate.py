@@ -109,9 +109,8 @@ def build_config(
     returned Config is only meaningful when nothing was appended (invalid parts are left out of it).
     """
     ctxs = {doc.path: Ctx(doc.path, issues) for doc in (*services, *backups)}
-    daemon_config, channels, repositories = validate_daemon(
-        Ctx(daemon.path if daemon else "", issues), daemon
-    )
+    daemon_ctx = Ctx(daemon.path if daemon else "", issues)
+    daemon_config, channels, repositories = validate_daemon(daemon_ctx, daemon)
     service_names = frozenset(
         doc.name for doc in services if _check_file_name(ctxs[doc.path], doc, "service")
     )
@@ -132,6 +131,8 @@ def build_config(
     _check_cycles(ctxs, services, service_names)
 
     job_configs = [validate_backup(ctxs[doc.path], doc, service_names, repositories) for doc in backups]
+    for ctx in (daemon_ctx, *ctxs.values()):
+        ctx.finish()
     return Config(
         config_dir=config_dir,
         daemon=daemon_config,

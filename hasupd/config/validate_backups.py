@@ -11,6 +11,7 @@ from collections.abc import Collection
 
 from yaml.nodes import Node
 
+from hasupd.backup.schedule import parse_cron
 from hasupd.config.model import BackupJobConfig, CheckSpec, DrillSpec, Keep, LongTerm
 from hasupd.config.nodes import (
     Converter,
@@ -33,8 +34,8 @@ from hasupd.config.nodes import (
 
 SCHEDULE_MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 _CRON_FIELDS = 5
-_RESTIC_DURATION = re.compile(r"(?:\d+[ymdh])+")
-_SUBSET = re.compile(r"(\d+)/(\d+)")
+_RESTIC_DURATION = re.compile(r"(?:[0-9]{1,6}[ymdh])+")
+_SUBSET = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
 
 
 def to_schedule(ctx: Ctx, node: Node, path: str) -> str | None:
@@ -43,7 +44,14 @@ def to_schedule(ctx: Ctx, node: Node, path: str) -> str | None:
     if value is None:
         return None
     text = value.strip()
-    if text in SCHEDULE_MACROS or (not text.startswith("@") and len(text.split()) == _CRON_FIELDS):
+    if text in SCHEDULE_MACROS:
+        return text
+    if not text.startswith("@") and len(text.split()) == _CRON_FIELDS:
+        try:
+            parse_cron(text)  # what the scheduler does with it: a bad field must fail here, not there
+        except ValueError as exc:
+            ctx.error(node, path, f"invalid schedule: {exc}")
+            return None
         return text
     ctx.error(
         node,

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import re
 import shutil
 from typing import Any
@@ -51,35 +49,42 @@ from hasupd.config.nodes import (
     to_str,
 )
 from hasupd.states import OutputMode, RestartMode, ServiceType
+from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 # systemd's default PATH for services (and hasupd's, when a service sets none).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFAULTS = ServiceConfig(name="-")
+# Bounds on counts (see README, "Bounds of a config file"): far above any real use, low enough that a
+# typo is caught before it becomes a billion processes or a start limit that never trips.
+MAX_INSTANCES = 1000
+MAX_BURST = 1000
+MAX_PROBE_FAILURES = 1000
+MAX_CPU_PERCENT = 100_000.0  # 1000 CPUs
 
 
 def _to_user(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a user name known to pwd, or a numeric uid."""
+    """Return a user name or a numeric uid that the user database holds (see ``hasupd.userdb``)."""
     value = to_nonempty_str(ctx, node, path)
-    if value is None or value.isdigit():
-        return value
+    if value is None:
+        return None
     try:
-        pwd.getpwnam(value)
-    except KeyError:
-        ctx.error(node, path, f"unknown user {value!r}")
+        lookup_user(value)
+    except UnknownIdentity as error:
+        ctx.error(node, path, str(error))
         return None
     return value
 
 
 def _to_group(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a group name known to grp, or a numeric gid."""
+    """Return a group name or a numeric gid that the group database holds (see ``hasupd.userdb``)."""
     value = to_nonempty_str(ctx, node, path)
-    if value is None or value.isdigit():
-        return value
+    if value is None:
+        return None
     try:
-        grp.getgrnam(value)
-    except KeyError:
-        ctx.error(node, path, f"unknown group {value!r}")
+        lookup_group(value)
+    except UnknownIdentity as error:
+        ctx.error(node, path, str(error))
         return None
     return value
 
@@ -146,7 +151,7 @@ _PROBE_FIELDS: dict[str, Converter] = {
     ProbeKind.EXEC: to_argv,
     "interval_sec": to_duration(positive=True),
     "timeout_sec": to_duration(positive=True),
-    "failures": to_int(minimum=1),
+    "failures": to_int(minimum=1, maximum=MAX_PROBE_FAILURES),
     "start_period_sec": to_duration(),
 }
 
@@ -209,7 +214,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "environment": _to_environment,
     "environment_files": seq_of(_to_environment_file, "a list of absolute paths"),
     "after": seq_of(to_name, "a list of service names"),
-    "instances": to_int(minimum=1),
+    "instances": to_int(minimum=1, maximum=MAX_INSTANCES),
     "sockets": seq_of(
         record(SocketSpec, {"listen": to_listen(unix=True), "name": _to_fd_name}, required=("listen",)),
         "a list of sockets such as {listen: '127.0.0.1:8080'}",
@@ -218,7 +223,8 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "restart_sec": to_duration(),
     "restart_max_delay_sec": to_duration(),
     "start_limit": record(
-        StartLimit, {"burst": to_int(minimum=1), "interval_sec": to_duration(positive=True)}
+        StartLimit,
+        {"burst": to_int(minimum=1, maximum=MAX_BURST), "interval_sec": to_duration(positive=True)},
     ),
     "timeout_start_sec": to_duration(positive=True),
     "timeout_stop_sec": to_duration(positive=True),
@@ -230,7 +236,11 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "health": seq_of(_to_probe, "a list of probes such as {tcp: '127.0.0.1:5432'}"),
     "limits": record(
         Limits,
-        {"memory": to_size, "cpu_percent": to_positive_number, "cpu_window_sec": to_duration(positive=True)},
+        {
+            "memory": to_size,
+            "cpu_percent": to_positive_number(MAX_CPU_PERCENT),
+            "cpu_window_sec": to_duration(positive=True),
+        },
     ),
     "output": to_enum(OutputMode),
     "container": record(

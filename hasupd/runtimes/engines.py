@@ -22,7 +22,6 @@ or 125 (the engine failed), 126 (the command cannot be invoked), 127 (the comman
 from __future__ import annotations
 
 import contextlib
-import grp
 import math
 import os
 import pwd
@@ -38,6 +37,7 @@ from hasupd.runtimes.base import SpawnError, SpawnSpec
 from hasupd.runtimes.command import CommandResult, run_command
 from hasupd.runtimes.envfile import load_environment_files
 from hasupd.runtimes.exec import DEFAULT_PATH
+from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 __all__ = [
     "CONTAINER_NOTIFY_SOCKET",
@@ -386,16 +386,16 @@ def user_option(service: ServiceConfig) -> list[str]:
     if service.user is None and service.group is None:
         return []
     try:
-        pw = pwd.getpwnam(service.user) if service.user else None
-    except KeyError:
+        user = lookup_user(service.user) if service.user else None
+    except UnknownIdentity:
         raise SpawnError(f"user {service.user!r} does not exist") from None
     try:
-        gid = grp.getgrnam(service.group).gr_gid if service.group else None
-    except KeyError:
+        gid = lookup_group(service.group) if service.group else None
+    except UnknownIdentity:
         raise SpawnError(f"group {service.group!r} does not exist") from None
-    uid = pw.pw_uid if pw is not None else os.geteuid()
+    uid = user.uid if user is not None else os.geteuid()
     if gid is None:
-        gid = pw.pw_gid if pw is not None else os.getegid()
+        gid = user.gid if user is not None else os.getegid()
     return ["--user", f"{uid}:{gid}"]
 
 

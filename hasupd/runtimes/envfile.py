@@ -10,31 +10,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
+from hasupd.files import NotARegularFile, read_regular_file
 from hasupd.runtimes.base import SpawnError
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_ENVIRONMENT_FILE_BYTES = 1 << 20
 
 
 def load_environment_files(specs: Iterable[str]) -> dict[str, str]:
     """Return the variables of the files in order (a later file wins).
 
     A path starting with "-" may be missing. Raise SpawnError naming the file if a required file is
-    missing or unreadable, and "FILE:LINE: ..." for a malformed line.
+    missing or unreadable, if a file is no regular file (a FIFO, a device) or larger than
+    ``MAX_ENVIRONMENT_FILE_BYTES``, and "FILE:LINE: ..." for a malformed line.
     """
     env: dict[str, str] = {}
     for spec in specs:
         optional = spec.startswith("-")
         path = spec[1:] if optional else spec
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            # Read on the event loop at every start: a FIFO or /dev/zero must not hang or fill it.
+            text = read_regular_file(path, MAX_ENVIRONMENT_FILE_BYTES).decode("utf-8")
         except FileNotFoundError as e:
             if optional:
                 continue
             raise SpawnError(f"environment file {path} does not exist") from e
         except OSError as e:
             raise SpawnError(f"cannot read environment file {path}: {e.strerror}") from e
+        except NotARegularFile as e:
+            raise SpawnError(f"cannot read environment file {path}: {e}") from e
         except UnicodeDecodeError as e:
             raise SpawnError(f"environment file {path} is not UTF-8 text") from e
         env.update(parse_environment(text, path))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import grp
 import logging
 import os
 import pwd
@@ -25,6 +24,7 @@ from hasupd.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, 
 from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import load_environment_files
 from hasupd.states import OutputMode
+from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 log = logging.getLogger(__name__)
 
@@ -223,14 +223,14 @@ def _identity(
     gid = _gid(group) if group else None
     if user:
         try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
+            entry = lookup_user(user)
+        except UnknownIdentity:
             raise SpawnError(f"user {user!r} does not exist") from None
-        gid = pw.pw_gid if gid is None else gid
-        env = {"USER": pw.pw_name, "LOGNAME": pw.pw_name, "HOME": pw.pw_dir, "SHELL": pw.pw_shell}
+        gid = entry.gid if gid is None else gid
+        env = {"USER": entry.name, "LOGNAME": entry.name, "HOME": entry.home, "SHELL": entry.shell}
         if root:
-            return pw.pw_uid, gid, os.getgrouplist(pw.pw_name, gid), env
-        if pw.pw_uid == os.geteuid() and gid == os.getegid():
+            return entry.uid, gid, os.getgrouplist(entry.name, gid), env
+        if entry.uid == os.geteuid() and gid == os.getegid():
             return None, None, None, env
         raise SpawnError(f"cannot run as user {user!r}: hasupd is not running as root")
     if gid is not None and not root and gid != os.getegid():
@@ -250,8 +250,8 @@ def _identity(
 
 def _gid(group: str) -> int:
     try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
+        return lookup_group(group)
+    except UnknownIdentity:
         raise SpawnError(f"group {group!r} does not exist") from None
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hasupd.states import ServiceType
 from tests.integration.harness import REPO
+from tests.unit.config.mutants import located_problems, nesting_mutant, special_mutants
 
 
 def check(config_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -134,3 +137,32 @@ def test_a_runtime_dir_too_long_for_unix_sockets_is_a_clear_error(tmp_path: Path
     assert result.returncode == 1
     assert "runtime_dir is too long for unix sockets" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_files_of_issue_15_are_located_errors_without_a_hang(tmp_path: Path) -> None:
+    """The real CLI on the special mutants (FIFO, /dev/zero, 10 MB, symlink loops, deep nesting, odd
+    scalars): exit 1 within seconds, every line FILE:LINE:COL, no traceback."""
+    chosen = list(special_mutants())
+    rng = random.Random(15)
+    chosen += [nesting_mutant(rng) for _ in range(3)]
+    for index, mutant in enumerate(chosen):
+        root = tmp_path / f"m{index}"
+        root.mkdir()
+        mutant.write(root)
+        started = time.monotonic()
+        result = check(root)
+        took = time.monotonic() - started
+        assert result.returncode == 1, (mutant.label, result.stderr)
+        assert "Traceback" not in result.stderr, (mutant.label, result.stderr)
+        assert result.stderr.strip(), mutant.label
+        assert located_problems(result.stderr, root) == [], (mutant.label, result.stderr)
+        assert took < 20, (mutant.label, took)
+
+
+def test_a_numeric_user_passes_check_config(tmp_path: Path) -> None:
+    (tmp_path / "services.d").mkdir()
+    (tmp_path / "services.d" / "a.yaml").write_text(
+        "command: [/bin/sleep, '10']\nuser: 65534\ngroup: 65534\n"
+    )
+    result = check(tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")

@@ -272,6 +272,9 @@ async def test_pass_fds_arrive_at_3_in_order(spawner: ExecSpawner, listen: bool)
             "environment file /nonexistent/app.env does not exist",
         ),
         ({"environment_files": ("BAD",)}, r"\.env:2: expected KEY=VALUE"),
+        # issue 15: read at every start on the event loop; these hung it or filled the memory
+        ({"environment_files": ("FIFO",)}, r"fifo\.env: not a regular file: it is a FIFO"),
+        ({"environment_files": ("-/dev/zero",)}, "/dev/zero: not a regular file: it is a character device"),
         ({"command": ("NOEXEC",)}, "cannot execute .*: Exec format error"),
     ],
 )
@@ -286,6 +289,9 @@ async def test_spawn_errors_leave_nothing_behind(
     garbage.chmod(0o755)
     if kw.get("environment_files") == ("BAD",):
         kw = {"environment_files": (str(bad_env),)}
+    if kw.get("environment_files") == ("FIFO",):
+        os.mkfifo(tmp_path / "fifo.env")
+        kw = {"environment_files": (str(tmp_path / "fifo.env"),)}
     if kw.get("command") == ("NOEXEC",):
         kw = {"command": (str(garbage),)}
     command = kw.pop("command", ("/bin/true",))

@@ -70,3 +70,30 @@ def test_service_runs_as_another_user_with_its_environment_only(
         assert env["NOTIFY_SOCKET"] == str(d.runtime_dir / "notify" / "app.sock")  # its own, not hasupd's
         assert os.stat(f"/proc/{started['pid']}").st_uid == user.pw_uid
         assert d.stop() == 0
+
+
+def test_numeric_user_and_group_are_ids_at_start_and_on_reload(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    """issue 15: ``user: 65534`` passed check-config, then pwd.getpwnam("65534") killed hasupd."""
+    require_root()
+    with temp_group() as extra, temp_user() as user:
+        gid = grp.getgrnam(extra).gr_gid
+        numeric = {"command": ["/bin/sleep", "1000"], "user": user.pw_uid, "group": gid}
+        config = write_config(tmp_path / "etc", {"app": numeric})
+        d = hasupd(config, extra_args=("--no-watch",))
+        pid = d.wait_for("service.started", service="app")[0]["pid"]
+        info = os.stat(f"/proc/{pid}")
+        assert (info.st_uid, info.st_gid) == (user.pw_uid, gid)
+        # the notify socket is the service's own: owned by its numeric uid and gid too
+        sock = os.stat(d.runtime_dir / "notify" / "app.sock")
+        assert (sock.st_uid, sock.st_gid) == (user.pw_uid, gid)
+        # a reload that adds another numeric-user service starts it; the first keeps its pid
+        write_config(config, {"app": numeric, "other": {**numeric, "group": str(gid)}})
+        reply = d.ctl("reload")
+        assert reply.returncode == 0, reply.stderr
+        other = d.wait_for("service.started", service="other")[0]["pid"]
+        assert os.stat(f"/proc/{other}").st_uid == user.pw_uid
+        assert d.proc.poll() is None
+        assert d.find("service.started", service="app")[-1]["pid"] == pid
+        assert d.stop() == 0

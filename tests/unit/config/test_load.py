@@ -187,12 +187,12 @@ def test_wrong_types(tmp_path: Path) -> None:
         "services.d/a.yaml:1:10: command: expected a list of strings or a command line, got a mapping",
         "services.d/a.yaml:2:8: after: expected a list of service names, got a string",
         "services.d/a.yaml:3:21: environment_files.0: expected a string, got a mapping",
-        "services.d/a.yaml:4:12: instances: expected an integer >= 1, got a string",
+        "services.d/a.yaml:4:12: instances: expected an integer from 1 to 1000, got a string",
         "services.d/a.yaml:5:14: start_limit: expected a mapping, got a list",
         "services.d/a.yaml:6:18: environment.A: expected a string, got a list",
         "services.d/a.yaml:6:26: environment.B: expected a string, got null",
         "services.d/a.yaml:7:8: output: expected a string, got null",
-        "services.d/a.yaml:8:23: limits.cpu_percent: expected a number > 0, got a string",
+        "services.d/a.yaml:8:23: limits.cpu_percent: expected a number > 0 and <= 100000, got a string",
     ]
 
 
@@ -232,9 +232,9 @@ def test_positive_integers_and_restart_delays(tmp_path: Path) -> None:
         restart_max_delay_sec: 10s
         """,
     ) == [
-        "services.d/a.yaml:2:12: instances: expected an integer >= 1, got 0",
-        "services.d/a.yaml:3:22: start_limit.burst: expected an integer >= 1, got -1",
-        "services.d/a.yaml:4:33: health.0.failures: expected an integer >= 1, got 0",
+        "services.d/a.yaml:2:12: instances: expected an integer from 1 to 1000, got 0",
+        "services.d/a.yaml:3:22: start_limit.burst: expected an integer from 1 to 1000, got -1",
+        "services.d/a.yaml:4:33: health.0.failures: expected an integer from 1 to 1000, got 0",
         "services.d/a.yaml:6:24: restart_max_delay_sec: must be >= restart_sec (60s)",
     ]
 
@@ -504,9 +504,9 @@ def test_backup_job_values(tmp_path: Path) -> None:
     )
     assert issues(tmp_path) == [
         "backups.d/job.yaml:2:8: paths: expected a list of absolute paths, got an empty list",
-        "backups.d/job.yaml:3:15: keep.daily: expected an integer >= 1, got 0",
-        "backups.d/job.yaml:3:26: keep.weekly: expected an integer >= 1, got -1",
-        "backups.d/job.yaml:3:39: keep.monthly: expected an integer >= 1, got a boolean",
+        "backups.d/job.yaml:3:15: keep.daily: expected an integer from 1 to 1000000, got 0",
+        "backups.d/job.yaml:3:26: keep.weekly: expected an integer from 1 to 1000000, got -1",
+        "backups.d/job.yaml:3:39: keep.monthly: expected an integer from 1 to 1000000, got a boolean",
         "backups.d/job.yaml:3:52: keep.within: invalid duration '2 years': "
         "expected restic's form such as 7d, 2y5m7d3h (y m d h)",
         "backups.d/job.yaml:4:11: schedule: invalid schedule 'every day': expected @hourly, @daily, "

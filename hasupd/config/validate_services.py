@@ -58,7 +58,7 @@ _DEFAULTS = ServiceConfig(name="-")
 # Bounds on counts (see README, "Bounds of a config file"): far above any real use, low enough that a
 # typo is caught before it becomes a billion processes or a start limit that never trips.
 MAX_INSTANCES = 1000
-MAX_BURST = 1000
+MAX_BURST = 1_000_000  # a huge burst is how one says "never give up"
 MAX_PROBE_FAILURES = 1000
 MAX_CPU_PERCENT = 100_000.0  # 1000 CPUs
 

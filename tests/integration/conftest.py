@@ -21,9 +21,8 @@ def hasupd(tmp_path: Path) -> Iterator[Callable[..., Hasupd]]:
 
     yield start
     for daemon in started:
-        if daemon.proc.poll() is None:
-            try:
-                daemon.stop(timeout=20)
-            except Exception:
-                daemon.kill()
-                raise
+        try:
+            daemon.stop(timeout=20)  # also closes the pipe of a hasupd that already exited
+        except Exception:
+            daemon.kill()
+            raise

@@ -126,7 +126,7 @@ def test_config_mutants_give_located_errors_promptly(tmp_path: Path) -> None:
         ("instances: !!int abc", "2:12: instances: expected an integer from 1 to 1000, got 'abc'"),
         (
             "start_limit: {burst: !!int 0x}",
-            "2:22: start_limit.burst: expected an integer from 1 to 1000, got '0x'",
+            "2:22: start_limit.burst: expected an integer from 1 to 1000000, got '0x'",
         ),
         ('group: "\\ud800"', "2:8: group: not valid text: a lone surrogate \\ud800 (half a UTF-16 pair)"),
         ('watchdog_sec: "' + "9" * 400 + 's"', "2:15: watchdog_sec: invalid duration '999"),

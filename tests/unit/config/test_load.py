@@ -233,7 +233,7 @@ def test_positive_integers_and_restart_delays(tmp_path: Path) -> None:
         """,
     ) == [
         "services.d/a.yaml:2:12: instances: expected an integer from 1 to 1000, got 0",
-        "services.d/a.yaml:3:22: start_limit.burst: expected an integer from 1 to 1000, got -1",
+        "services.d/a.yaml:3:22: start_limit.burst: expected an integer from 1 to 1000000, got -1",
         "services.d/a.yaml:4:33: health.0.failures: expected an integer from 1 to 1000, got 0",
         "services.d/a.yaml:6:24: restart_max_delay_sec: must be >= restart_sec (60s)",
     ]

@@ -14,23 +14,24 @@ from pathlib import Path
 
 from hasupd import __version__
 from hasupd import events as ev
-from hasupd.alerts import Alerts
+from hasupd.alerts.policy import Alerts
 from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.diff import Plan
 from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
-from hasupd.config_watch import ConfigWatch
-from hasupd.containment import Containment, Reaper
+from hasupd.config.watch import ConfigWatch
 from hasupd.control.handlers import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.incidents import IncidentOutputCapture, ServiceOutput
-from hasupd.logs import log_events, setup_logging
+from hasupd.host.containment import Containment, Reaper
+from hasupd.host.output import journal_available
+from hasupd.host.systemd import SystemdNotifier
 from hasupd.manager import Manager
-from hasupd.metrics import Metrics
-from hasupd.output import journal_available
-from hasupd.records import RecordStore
+from hasupd.observe.logs import log_events, setup_logging
+from hasupd.observe.metrics import Metrics
+from hasupd.observe.queries import RecordStore
+from hasupd.observe.service_output import IncidentOutputCapture, ServiceOutput
 from hasupd.recovery import Recovery
 from hasupd.runtimes.container import (
     ContainerSpawner,
@@ -41,8 +42,7 @@ from hasupd.runtimes.container import (
 )
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.states import OutputMode
-from hasupd.systemd import SystemdNotifier
-from hasupd.watchers import LoopWatchers
+from hasupd.watch.watchers import LoopWatchers
 
 
 @dataclass(frozen=True)

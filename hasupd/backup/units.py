@@ -25,7 +25,7 @@ from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_left
 from hasupd.backup.restore import Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
-from hasupd.runtimes.base import ExitStatus, SpawnSpec
+from hasupd.ports import ExitStatus, SpawnSpec
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
 

@@ -12,12 +12,12 @@ from hasupd.config.diff import Plan
 from hasupd.control.auth import Role
 from hasupd.control.protocol import Exit
 from hasupd.manager import Manager, RollingRestartError
-from hasupd.records import RecordStore
+from hasupd.observe.queries import RecordStore
 from hasupd.service import Service
 from hasupd.states import STOPPING_STATES, ServiceState
 
 if TYPE_CHECKING:
-    from hasupd.alerts import Alerts
+    from hasupd.alerts.policy import Alerts
     from hasupd.backup.units import BackupUnits
 
 # How long start/stop requests wait for the service to settle, beyond its own timeouts.

@@ -7,8 +7,8 @@ from typing import Any
 
 from hasupd.control.handlers import CommandError, Context
 from hasupd.control.protocol import Exit, Streaming
-from hasupd.incidents import JournalctlError
-from hasupd.records import Query, RecordStore, parse_since
+from hasupd.observe.queries import Query, RecordStore, parse_since
+from hasupd.observe.service_output import JournalctlError
 
 MAX_LINES = 100_000
 DEFAULT_LOG_LINES = 10

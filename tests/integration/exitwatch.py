@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hasupd.runtimes.base import ExitStatus
+from hasupd.ports import ExitStatus
 
 
 class Exit:

@@ -23,9 +23,9 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig, StartLimit
-from hasupd.containment import Containment, Reaper
 from hasupd.daemon import LoopClock, containment_name
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.host.containment import Containment, Reaper
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.container import (
     ContainerProcess,
     ContainerSpawner,
@@ -35,7 +35,7 @@ from hasupd.runtimes.container import (
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
-from hasupd.watchers import LoopWatchers
+from hasupd.watch.watchers import LoopWatchers
 from tests.integration.harness import Hasupd, pid_alive, record_time, write_config
 from tests.integration.podman import Podman, docker_api_fixture, podman_fixture  # noqa: F401  (fixtures)
 

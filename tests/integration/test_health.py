@@ -17,9 +17,9 @@ import psutil
 import pytest
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ProbeKind
-from hasupd.containment import Reaper
-from hasupd.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
-from hasupd.resources import ResourceWatch, oom_killed
+from hasupd.host.containment import Reaper
+from hasupd.watch.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
+from hasupd.watch.resources import ResourceWatch, oom_killed
 
 # --------------------------------------------------------------------------- helpers
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hasupd.notify import NOTIFY_BUFFER_MAX, NotifyEndpoint, NotifyMessage
+from hasupd.host.notify import NOTIFY_BUFFER_MAX, NotifyEndpoint, NotifyMessage
 from hasupd.runtimes.command import run_command
 from tests.integration.users import temp_user
 

@@ -21,7 +21,7 @@ LARGE_RECORD = """
 import json, sys
 from hasupd import events as ev
 from hasupd.config.model import LogFormat, LogTarget
-from hasupd.logs import log_events, setup_logging
+from hasupd.observe.logs import log_events, setup_logging
 
 setup = setup_logging(LogTarget.JOURNAL, LogFormat.JSON)
 bus = ev.EventBus()

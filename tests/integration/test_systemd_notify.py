@@ -16,7 +16,7 @@ import pytest
 import sdnotify
 
 from hasupd import events as ev
-from hasupd.systemd import SystemdNotifier
+from hasupd.host.systemd import SystemdNotifier
 from tests.integration.harness import Hasupd, write_config
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hasupd.events import Event, EventBus
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 
 
 class FakeTimer:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from hasupd import events as ev
-from hasupd.alert_delivery import Delivery
-from hasupd.alert_mail import Accepted, DeliveryError, render
-from hasupd.alert_spool import Spool, SpoolEntry
-from hasupd.alert_text import IncidentLog, clip
-from hasupd.alerts import ALERTS, OUTPUT_WAIT_SEC, Alerts
+from hasupd.alerts.delivery import Delivery
+from hasupd.alerts.mail import Accepted, DeliveryError, render
+from hasupd.alerts.policy import ALERTS, OUTPUT_WAIT_SEC, Alerts
+from hasupd.alerts.spool import Spool, SpoolEntry
+from hasupd.alerts.text import IncidentLog, clip
 from hasupd.config.model import AlertChannel, Config, DaemonConfig, EmailChannel, ServiceConfig, SmtpConfig
 from hasupd.states import OutputMode
 from tests.unit.fakes import FakeClock

@@ -16,7 +16,7 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.config.model import LogFormat, LogTarget
-from hasupd.logs import (
+from hasupd.observe.logs import (
     RECORDS_FILE,
     JournalHandler,
     RecordFileHandler,

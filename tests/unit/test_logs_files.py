@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hasupd import events as ev
-from hasupd.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
+from hasupd.observe.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
 from tests.restic_versions import fetched_binary, this_suite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,7 +168,7 @@ def test_standard_extra_fields_reach_the_record_through_python_json_logger(
 FORMAT_PROGRAM = """
 import json
 from hasupd import events as ev
-from hasupd.logs import RecordJsonFormatter, _log_record
+from hasupd.observe.logs import RecordJsonFormatter, _log_record
 e = ev.ServiceExited(service="web", incident="3fa2b91c0d4e", pid=4121, result="signal", signal="SIGKILL",
                      expected=False, status="SIGKILL", time=1742033071.227114)
 print(RecordJsonFormatter().format(_log_record("hasupd", e)))

@@ -9,7 +9,7 @@ import signal
 
 from hasupd import events as ev
 from hasupd.config.model import HealthProbe, ProbeKind, ServiceConfig, StartLimit
-from hasupd.metrics import Metrics, accept_header, split_listen
+from hasupd.observe.metrics import Metrics, accept_header, split_listen
 from hasupd.service import Service
 from hasupd.states import OutputMode
 from tests.metrics_families import FAMILIES, Samples, check_families

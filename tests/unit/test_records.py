@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from hasupd import events as ev
-from hasupd.incidents import ServiceOutput
-from hasupd.logs import RECORDS_FILE, LogSetup, RecordFileHandler, log_events
-from hasupd.records import Query, RecordStore, normalise, parse_since, scan_files
+from hasupd.observe.logs import RECORDS_FILE, LogSetup, RecordFileHandler, log_events
+from hasupd.observe.queries import Query, RecordStore, normalise, parse_since, scan_files
+from hasupd.observe.service_output import ServiceOutput
 from hasupd.states import OutputMode
 
 NOW = 1_700_000_000.0

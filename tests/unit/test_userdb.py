@@ -1,4 +1,4 @@
-"""hasupd.userdb: a user or group by name or by number, the same for the validator and the spawners."""
+"""hasupd.host.users: a user or group by name or by number, the same for the validator and the spawners."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pwd
 import pytest
 
 from hasupd.config.model import ServiceConfig
-from hasupd.runtimes.base import SpawnError
+from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
+from hasupd.ports import SpawnError
 from hasupd.runtimes.engines import user_option
-from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 NOBODY = pwd.getpwuid(65534)
 

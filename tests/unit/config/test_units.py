@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from hasupd.config.units import parse_duration, parse_signal, parse_size
+from hasupd.config.quantities import parse_duration, parse_signal, parse_size
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@
   more events: 19 x restart, 1 x failed"), which opens the next window. One timer per open window.
 - A single alert about an incident waits (at most ``OUTPUT_WAIT_SEC``) for the incident's
   ``incident.output`` record, so the message carries the service's last output lines.
-- **Delivery** (``hasupd.alert_delivery``) spools every message durably before trying it and
+- **Delivery** (``hasupd.alerts.delivery``) spools every message durably before trying it and
   retries with backoff; nothing here awaits: the bus callback only records, counts and enqueues.
 
 The incident chain in a message comes from the bus itself (bounded per incident), not from the journal.
@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hasupd import events as ev
-from hasupd.alert_delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
-from hasupd.alert_mail import Mailer, SmtpMailer
-from hasupd.alert_spool import Spool, SpoolEntry
-from hasupd.alert_text import Alert, Held, IncidentLog, single, summary, trial_message
+from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
+from hasupd.alerts.mail import Mailer, SmtpMailer
+from hasupd.alerts.spool import Spool, SpoolEntry
+from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
 from hasupd.config.model import AlertChannel, Config, ServiceConfig
-from hasupd.runtimes.base import Clock, TimerHandle
+from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
 
 OUTPUT_WAIT_SEC = 2.0  # how long a first alert waits for the incident's output lines

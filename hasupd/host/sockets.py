@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from hasupd.config.model import SocketSpec
-from hasupd.runtimes.base import SpawnError
+from hasupd.ports import SpawnError
 
 BACKLOG = 4096  # capped by net.core.somaxconn
 

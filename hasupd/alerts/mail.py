@@ -35,7 +35,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from hasupd.alert_spool import SpoolEntry
+from hasupd.alerts.spool import SpoolEntry
 from hasupd.config.model import SmtpConfig, TlsMode
 
 _POLICY = email.policy.SMTP

@@ -16,7 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hasupd.runtimes.base import SpawnError
+from hasupd.ports import SpawnError
 from hasupd.states import OutputMode
 
 DEFAULT_JOURNAL_DIR = Path("/run/systemd/journal")

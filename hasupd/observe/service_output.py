@@ -1,7 +1,7 @@
 """A service's own output, read back: its last lines, following new ones, and the tail before an incident.
 
 Output that goes to the journal is read with ``journalctl`` (``SYSLOG_IDENTIFIER=<unit>``, as
-``hasupd.output`` connects it), run with ``run_command`` so the loop never blocks. Output that goes to
+``hasupd.host.output`` connects it), run with ``run_command`` so the loop never blocks. Output that goes to
 ``STATE_DIR/logs/<unit>.log`` carries no per-line times (hasupd splices the bytes without looking at
 them), so times are estimated from *marks*: the file's size when each start and exit of the service
 was recorded. A line gets the time of the first mark that found it in the file; bytes that arrive
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from hasupd import events as ev
-from hasupd.containment import Reaper
+from hasupd.host.containment import Reaper
 from hasupd.runtimes.command import run_command
 from hasupd.service import Service
 from hasupd.states import OutputMode

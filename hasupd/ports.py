@@ -1,7 +1,7 @@
 """The interfaces between a service's state machine and the operating system.
 
 The state machine only sees these protocols, so its unit tests run with a fake spawner and a fake
-clock; the real implementations live in ``hasupd.runtimes.exec`` and ``hasupd.containment``.
+clock; the real implementations live in ``hasupd.runtimes.exec`` and ``hasupd.host.containment``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfi
 from hasupd.states import OutputMode
 
 if TYPE_CHECKING:
-    from hasupd.health import ProbeOutcome
-    from hasupd.notify import NotifyMessage
+    from hasupd.host.notify import NotifyMessage
+    from hasupd.watch.health import ProbeOutcome
 
 
 class SpawnError(Exception):
@@ -164,7 +164,7 @@ class NotifyChannel(Protocol):
 class Watchers(Protocol):
     """Makes the observers of one service: its notify endpoint, probes, heartbeat and limits.
 
-    Every callback is called from the event loop. The real one is hasupd.watchers.LoopWatchers.
+    Every callback is called from the event loop. The real one is hasupd.watch.watchers.LoopWatchers.
     """
 
     def notify(

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hasupd import events as ev
-from hasupd.alert_mail import DeliveryError, Mailer, MailSession, render
-from hasupd.alert_spool import Spool, SpoolEntry
+from hasupd.alerts.mail import DeliveryError, Mailer, MailSession, render
+from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.config.model import AlertChannel
 from hasupd.restart import backoff_delay
 

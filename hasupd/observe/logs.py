@@ -322,7 +322,7 @@ def journal_available(socket_path: Path = JOURNAL_SOCKET) -> bool:
 
 @dataclass(frozen=True)
 class LogSetup:
-    """Where records go, for the writers (``logger``) and the readers (``hasupd.records``)."""
+    """Where records go, for the writers (``logger``) and the readers (``hasupd.observe.queries``)."""
 
     logger: logging.Logger
     journal: bool  # records go to journald (and are read back from it)

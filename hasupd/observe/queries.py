@@ -1,9 +1,9 @@
 """Queries over hasupd's records: events, the most common errors, one incident's chain, a service's log.
 
-Records are read from where they were written (``hasupd.logs``): the journal (``journalctl -o json``
+Records are read from where they were written (``hasupd.observe.logs``): the journal (``journalctl -o json``
 with ``SYSLOG_IDENTIFIER=hasupd`` and ``HASUPD_*`` matches, run without blocking the loop), or else the
 JSON-line files under ``STATE_DIR/records`` (read in a worker thread). A service's own output comes from
-``hasupd.incidents.ServiceOutput``. Every query returns JSON-ready dicts, oldest first.
+``hasupd.observe.service_output.ServiceOutput``. Every query returns JSON-ready dicts, oldest first.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
-from hasupd.containment import Reaper
-from hasupd.incidents import JournalctlError, Line, ServiceOutput, iso, journal_value, journalctl
-from hasupd.logs import IDENTIFIER, RECORDS_FILE, RECORDS_KEEP, LogSetup, event_record
+from hasupd.host.containment import Reaper
+from hasupd.observe.logs import IDENTIFIER, RECORDS_FILE, RECORDS_KEEP, LogSetup, event_record
+from hasupd.observe.service_output import JournalctlError, Line, ServiceOutput, iso, journal_value, journalctl
 
 EVENTS_DEFAULT_LIMIT = 100
 FOLLOW_HEARTBEAT_SEC = 5.0  # a heartbeat tells the server whether the follower is still there

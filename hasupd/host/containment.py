@@ -35,7 +35,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from hasupd.procfs import (
+from hasupd.host.procfs import (
     KILL_BOUND_SEC,
     Children,
     has_env,
@@ -45,8 +45,8 @@ from hasupd.procfs import (
     signal_each,
     stat,
 )
-from hasupd.reaper import Reaper
-from hasupd.runtimes.base import SpawnError
+from hasupd.host.reaper import Reaper
+from hasupd.ports import SpawnError
 
 __all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "Reaper", "ScopeImpl", "make_subreaper"]
 _SUFFIX = ".service"
@@ -56,7 +56,7 @@ _MAX_ANCESTRY = 256  # deeper trees than this are not real services; the walk mu
 
 
 class ScopeImpl(ABC):
-    """One start of one unit: the common part of both kinds; satisfies ``hasupd.runtimes.base.Scope``."""
+    """One start of one unit: the common part of both kinds; satisfies ``hasupd.ports.Scope``."""
 
     kind = ""  # "cgroup" or "process-group"
 

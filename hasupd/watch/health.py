@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, ProbeKind
-from hasupd.containment import Reaper
-from hasupd.runtimes.base import Clock, TimerHandle
+from hasupd.host.containment import Reaper
+from hasupd.ports import Clock, TimerHandle
 from hasupd.runtimes.command import run_command
 
 # An exec probe that ignores SIGTERM at its timeout gets SIGKILL this much later.

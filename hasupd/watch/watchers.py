@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
-from hasupd.containment import CgroupScope, Reaper
-from hasupd.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
-from hasupd.notify import NotifyEndpoint, NotifyMessage
-from hasupd.resources import ResourceWatch, oom_killed
-from hasupd.runtimes.base import Clock, Scope, SpawnError, Stoppable
+from hasupd.host.containment import CgroupScope, Reaper
+from hasupd.host.notify import NotifyEndpoint, NotifyMessage
+from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
+from hasupd.ports import Clock, Scope, SpawnError, Stoppable
 from hasupd.runtimes.exec import DEFAULT_PATH
-from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
+from hasupd.watch.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
+from hasupd.watch.resources import ResourceWatch, oom_killed
 
 # exec probes run as hasupd's user with a clean environment, never with hasupd's own variables.
 PROBE_ENVIRONMENT = {"PATH": DEFAULT_PATH}

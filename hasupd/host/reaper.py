@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 
-from hasupd.procfs import Children, stat
+from hasupd.host.procfs import Children, stat
 
 # SIGCHLDs arriving within this long are handled by one sweep.
 SWEEP_DELAY_SEC = 0.05

@@ -24,8 +24,9 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.handlers import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.host.containment import Containment, Reaper
+from hasupd.host.containment import Containment
 from hasupd.host.output import journal_available
+from hasupd.host.reaper import Reaper
 from hasupd.host.systemd import SystemdNotifier
 from hasupd.manager import Manager
 from hasupd.observe.logs import log_events, setup_logging

@@ -17,7 +17,6 @@ from hasupd.states import OutputMode
 
 if TYPE_CHECKING:
     from hasupd.host.notify import NotifyMessage
-    from hasupd.watch.health import ProbeOutcome
 
 
 class SpawnError(Exception):
@@ -25,6 +24,22 @@ class SpawnError(Exception):
 
     ``str(error)`` is a complete sentence for the operator.
     """
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """The result of one check.
+
+    ``healthy``: this check passed. ``transition``: this outcome changes the reported health (the
+    first success, a success after unhealthy, or the ``failures``-th consecutive counted failure);
+    then ``healthy`` is the new health. Failures inside the start period are not counted.
+    """
+
+    probe: HealthProbe
+    healthy: bool
+    detail: str
+    consecutive_failures: int
+    transition: bool
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from hasupd.backup.compat import ResticError
 from hasupd.backup.restore import RestoreError, Restorer
 from hasupd.backup.statefile import atomic_write_bytes
 from hasupd.config.model import RecoveryAction, RecoveryKind, ServiceConfig
-from hasupd.host.containment import Reaper
+from hasupd.host.reaper import Reaper
 from hasupd.manager import Manager
 from hasupd.runtimes.command import run_command
 from hasupd.runtimes.exec import DEFAULT_PATH

@@ -46,7 +46,7 @@ from hasupd.states import (
 if TYPE_CHECKING:
     from hasupd.host.notify import NotifyMessage
     from hasupd.host.sockets import SocketSet
-    from hasupd.watch.health import ProbeOutcome
+    from hasupd.ports import ProbeOutcome
 
 S = ServiceState
 R = ServiceResult

@@ -45,10 +45,9 @@ from hasupd.host.procfs import (
     signal_each,
     stat,
 )
-from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnError
 
-__all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "Reaper", "ScopeImpl", "make_subreaper"]
+__all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "ScopeImpl", "make_subreaper"]
 _SUFFIX = ".service"
 _MAX_ANCESTRY = 256  # deeper trees than this are not real services; the walk must end
 

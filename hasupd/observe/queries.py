@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
-from hasupd.host.containment import Reaper
+from hasupd.host.reaper import Reaper
 from hasupd.observe.logs import IDENTIFIER, RECORDS_FILE, RECORDS_KEEP, LogSetup, event_record
 from hasupd.observe.service_output import JournalctlError, Line, ServiceOutput, iso, journal_value, journalctl
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from hasupd import events as ev
-from hasupd.host.containment import Reaper
+from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 from hasupd.service import Service
 from hasupd.states import OutputMode

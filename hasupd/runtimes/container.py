@@ -45,8 +45,9 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from hasupd.config.model import ContainerEngine, ContainerSpec
-from hasupd.host.containment import Reaper, ScopeImpl
+from hasupd.host.containment import ScopeImpl
 from hasupd.host.procfs import Children, pids_with_env, signal_each, stat
+from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec
 from hasupd.runtimes.engines import (
     CONTAINER_NOTIFY_SOCKET,

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hasupd.config.model import ContainerEngine, ServiceConfig
-from hasupd.host.containment import Reaper
+from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import SpawnError, SpawnSpec
 from hasupd.runtimes.command import CommandResult, run_command

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from hasupd.config.model import Limits
-from hasupd.watch.health import Armed
+from hasupd.watch.armed import Armed
 
 _TICK = 1 / os.sysconf("SC_CLK_TCK")
 

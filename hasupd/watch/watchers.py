@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
-from hasupd.host.containment import CgroupScope, Reaper
+from hasupd.host.containment import CgroupScope
 from hasupd.host.notify import NotifyEndpoint, NotifyMessage
+from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
-from hasupd.ports import Clock, Scope, SpawnError, Stoppable
+from hasupd.ports import Clock, ProbeOutcome, Scope, SpawnError, Stoppable
 from hasupd.runtimes.exec import DEFAULT_PATH
-from hasupd.watch.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
+from hasupd.watch.heartbeat import HeartbeatWatch
+from hasupd.watch.probes import ProbeRunner
 from hasupd.watch.resources import ResourceWatch, oom_killed
 
 # exec probes run as hasupd's user with a clean environment, never with hasupd's own variables.

@@ -24,7 +24,8 @@ import pytest
 from hasupd import events as ev
 from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig, StartLimit
 from hasupd.daemon import LoopClock, containment_name
-from hasupd.host.containment import Containment, Reaper
+from hasupd.host.containment import Containment
+from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.container import (
     ContainerProcess,

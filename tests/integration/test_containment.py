@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from hasupd.config.model import ServiceConfig
-from hasupd.host.containment import Containment, Reaper, make_subreaper
+from hasupd.host.containment import Containment, make_subreaper
+from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnSpec
 from hasupd.runtimes.exec import ExecProcess, ExecSpawner
 from hasupd.states import OutputMode

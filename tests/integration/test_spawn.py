@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from hasupd.config.model import ServiceConfig
-from hasupd.host.containment import Containment, Reaper
+from hasupd.host.containment import Containment
 from hasupd.host.output import journal_available, journal_header
+from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import parse_environment
 from hasupd.runtimes.exec import DEFAULT_PATH, ExecProcess, ExecSpawner

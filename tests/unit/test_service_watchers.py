@@ -6,11 +6,11 @@ import dataclasses
 
 from hasupd import events as ev
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ProbeKind, ServiceConfig, StartLimit
+from hasupd.ports import ProbeOutcome
 from hasupd.service import Service
 from hasupd.states import OutputMode
 from hasupd.states import ServiceResult as R
 from hasupd.states import ServiceState as S
-from hasupd.watch.health import ProbeOutcome
 from tests.unit.fakes import FakeClock, FakeSpawner, FakeWatchers, Recorder
 
 EXEC_PROBE = HealthProbe(kind=ProbeKind.EXEC, argv=("/bin/true",), interval_sec=1.0, failures=2)

@@ -21,7 +21,7 @@ import pytest
 
 from hasupd.backup.restic import Restic
 from hasupd.config.model import RepositoryConfig
-from hasupd.host.containment import Reaper
+from hasupd.host.reaper import Reaper
 from tests import restic_versions
 from tests.integration.backup import jobsupport
 

@@ -1,14 +1,7 @@
-"""Freeze detection inside a running service: health probes, heartbeat files and resource limits.
+"""Health probes of a running service: http, tcp and exec checks with Docker's semantics.
 
-Each watcher is armed for one service by the state machine and driven by its own timer
-(``loop.call_at``); nothing ticks over all services, so idle cost is one timer per armed check. The
-watchers only observe and call back; what to do (stop, restart, alert) is the state machine's call.
-
-* ``ProbeRunner``: one http/tcp/exec ``HealthProbe``, with Docker's semantics for ``failures`` and
-  ``start_period_sec``.
-* ``HeartbeatWatch``: a file the service touches; one ``stat`` per ``max_age_sec``.
-* ``ResourceWatch``: RSS and CPU of a process tree with psutil, acting only on sustained excess.
-* ``oom_killed``: whether the kernel's OOM killer hit a cgroup.
+``ProbeRunner`` runs one ``HealthProbe``, with Docker's semantics for ``failures`` and
+``start_period_sec``; its outcomes are ``hasupd.ports.ProbeOutcome`` values.
 """
 
 from __future__ import annotations
@@ -18,90 +11,20 @@ import contextlib
 import os
 import socket
 import ssl
-import time
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from hasupd.config.model import HealthProbe, HeartbeatFile, ProbeKind
-from hasupd.host.containment import Reaper
-from hasupd.ports import Clock, TimerHandle
+from hasupd.config.model import HealthProbe, ProbeKind
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ProbeOutcome
 from hasupd.runtimes.command import run_command
+from hasupd.watch.armed import Armed
 
 # An exec probe that ignores SIGTERM at its timeout gets SIGKILL this much later.
 EXEC_KILL_AFTER_SEC = 1.0
 # Closing a connection must not stretch a check much past its timeout.
 _CLOSE_WAIT_SEC = 1.0
 _OUTPUT_TAIL = 400
-# Start times in /proc are in clock ticks (1/100 s); a process born in the tick of a sample is new.
-_TICK = 1 / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    """The result of one check.
-
-    ``healthy``: this check passed. ``transition``: this outcome changes the reported health (the
-    first success, a success after unhealthy, or the ``failures``-th consecutive counted failure);
-    then ``healthy`` is the new health. Failures inside the start period are not counted.
-    """
-
-    probe: HealthProbe
-    healthy: bool
-    detail: str
-    consecutive_failures: int
-    transition: bool
-
-
-class Armed:
-    """Base of the watchers: one timer and at most one task at a time, both owned and cancelled here.
-
-    Single use: a service's next start gets new watchers, so a late result of an old check can never
-    reach the new run.
-    """
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.Handle | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._used = False
-
-    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._used:
-            raise RuntimeError(f"{type(self).__name__} is single-use: make a new one for each start")
-        self._used = True
-        self._loop = loop
-
-    def stop(self) -> None:
-        """Disarm the timer and cancel a running check; ``wait_stopped`` waits for its cleanup."""
-        loop, self._loop = self._loop, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        # A callback that stops its own watcher runs inside that task, which ends by itself.
-        if loop is not None and self._task is not None and self._task is not asyncio.current_task(loop):
-            self._task.cancel()
-
-    async def wait_stopped(self) -> None:
-        """Wait until the task cancelled by ``stop`` has finished (its process is signalled)."""
-        if self._task is not None:
-            await asyncio.wait({self._task})
-
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        if self._loop is not None:
-            self._timer = self._loop.call_at(self._loop.time() + delay, callback)
-
-    def _spawn(self, coro: Coroutine[None, None, None], name: str) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(coro, name=name)
-        self._task = task
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if self._task is task:
-            self._task = None
-        if not task.cancelled():
-            task.result()  # a bug in a check surfaces in the loop's exception handler
 
 
 class ProbeRunner(Armed):
@@ -186,9 +109,9 @@ class ProbeRunner(Armed):
         except TimeoutError as e:
             if e.errno is None:  # ours, not the kernel's ETIMEDOUT
                 return False, f"timed out after {timeout:g}s"
-            return False, _describe_error(e)
+            return False, describe_error(e)
         except OSError as e:
-            return False, _describe_error(e)
+            return False, describe_error(e)
 
     async def _check_exec(self) -> tuple[bool, str]:
         timeout = self.probe.timeout_sec
@@ -202,7 +125,7 @@ class ProbeRunner(Armed):
                 max_output=64 * 1024,
             )
         except OSError as e:
-            return False, f"cannot run {self.probe.argv[0]}: {_describe_error(e)}"
+            return False, f"cannot run {self.probe.argv[0]}: {describe_error(e)}"
         tail = result.tail(_OUTPUT_TAIL)
         head = f"timed out after {timeout:g}s" if result.timed_out else result.status.describe()
         return result.ok, f"{head}: {tail}" if tail else head
@@ -225,7 +148,8 @@ def _parse_target(probe: HealthProbe) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def _describe_error(e: OSError) -> str:
+def describe_error(e: OSError) -> str:
+    """Return a short operator-facing description of ``e`` (TLS, resolver or errno text)."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS certificate: {e.verify_message}"
     if isinstance(e, ssl.SSLError):
@@ -280,60 +204,3 @@ async def _check_http(url: str, address: tuple[str, int]) -> tuple[bool, str]:
         return 200 <= int(code) < 400, f"HTTP {code} {reason}".rstrip()
     finally:
         await _close(writer)
-
-
-class HeartbeatWatch:
-    """Watches a file the service touches to say it is alive.
-
-    ``start`` arms a timer ``max_age_sec`` ahead. When it fires the file is stat'ed once: if it was
-    touched less than ``max_age_sec`` ago, the timer is re-armed for the rest of that age; else
-    ``on_stale(detail)`` is called once and the watch disarms. File times are wall-clock times, so
-    ``wall`` (default ``time.time``) measures the age; ``clock`` only schedules.
-    """
-
-    def __init__(
-        self,
-        spec: HeartbeatFile,
-        on_stale: Callable[[str], None],
-        clock: Clock,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        self.spec = spec
-        self._on_stale = on_stale
-        self._clock = clock
-        self._wall = wall
-        self._timer: TimerHandle | None = None
-        self.stats = 0  # how many times the file was looked at
-
-    def start(self) -> None:
-        """Arm the watch: the service has ``max_age_sec`` from now for its first touch."""
-        self.stop()
-        self._arm(self.spec.max_age_sec)
-
-    def stop(self) -> None:
-        """Disarm the watch. Safe to call more than once."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _arm(self, delay: float) -> None:
-        self._timer = self._clock.call_at(self._clock.time() + delay, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        path, max_age = self.spec.path, self.spec.max_age_sec
-        self.stats += 1
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            self._on_stale(f"heartbeat file {path} does not exist")
-            return
-        except OSError as e:
-            self._on_stale(f"heartbeat file {path} cannot be read: {_describe_error(e)}")
-            return
-        age = self._wall() - mtime
-        if age < max_age:
-            # A file dated in the future (clock stepped back) counts as touched just now.
-            self._arm(max_age - max(age, 0.0))
-            return
-        self._on_stale(f"heartbeat file {path} not touched for {age:.1f}s")

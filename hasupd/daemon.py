@@ -21,7 +21,7 @@ from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.config.watch import ConfigWatch
-from hasupd.control.handlers import CommandError, Context
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
 from hasupd.host.containment import Containment

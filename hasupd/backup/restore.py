@@ -13,15 +13,46 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
-from hasupd.backup.journal import ROLLBACK, STARTED, STOP, SWAP, RestoreEntry, SwapPath, undo_restore
+from hasupd.backup.journal import (
+    ROLLBACK,
+    STARTED,
+    STOP,
+    SWAP,
+    Journal,
+    RestoreEntry,
+    SwapPath,
+    undo_restore,
+)
 from hasupd.backup.models import LsEntry, Snapshot
 
 if TYPE_CHECKING:
-    from hasupd.backup.jobs import BackupJob
+    from hasupd.backup.restic import Restic
+    from hasupd.config.model import BackupJobConfig
+
+
+class RestoreSource(Protocol):
+    """What a restore or a drill needs of a backup job (``hasupd.backup.jobs.BackupJob`` is one).
+
+    Only these: the job's config (name, paths, quiesce list), its hot repository, the tags of its
+    snapshots and its journal. Declared here so that jobs imports restore and never the reverse.
+    """
+
+    @property
+    def config(self) -> BackupJobConfig: ...
+
+    @property
+    def hot(self) -> Restic: ...
+
+    @property
+    def tags(self) -> list[str]: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
 
 T = TypeVar("T")
 
@@ -106,7 +137,7 @@ class Restorer:
 
     def __init__(
         self,
-        job: BackupJob,
+        job: RestoreSource,
         publish: Callable[[ev.Event], None],
         stop_services: Callable[[list[str], str], Awaitable[list[str]]],
         start_and_wait_healthy: Callable[[list[str]], Awaitable[bool]],
@@ -373,7 +404,7 @@ class Restorer:
         raise RestoreError("the services rejected the restored data; the original data is live again")
 
 
-async def run_drill(job: BackupJob, scratch: Path) -> str:
+async def run_drill(job: RestoreSource, scratch: Path) -> str:
     """Restore the latest snapshot of ``job`` into ``scratch``, verify it against the snapshot's file
     list and sizes, and delete it. Return a summary; raise RestoreError or ResticError on failure."""
     shutil.rmtree(scratch, ignore_errors=True)

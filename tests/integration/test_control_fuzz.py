@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hasupd.control.handlers import COMMANDS
+from hasupd.control.commands import COMMANDS
 from hasupd.control.protocol import MAX_REQUEST_BYTES, Exit
 from tests.integration.harness import Hasupd, pid_alive, write_config
 

@@ -12,9 +12,10 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.config.model import AccessConfig
-from hasupd.control import handlers
+from hasupd.control import commands
 from hasupd.control.auth import Role
-from hasupd.control.handlers import Command, Context
+from hasupd.control.commands import Command
+from hasupd.control.context import Context
 from hasupd.control.server import ControlServer
 
 
@@ -34,7 +35,7 @@ async def _ask(path: Path, line: bytes) -> dict[str, Any]:
 def test_unexpected_handler_error_is_a_reply_and_a_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(handlers.COMMANDS, "boom", Command(Role.READ, False, _boom))
+    monkeypatch.setitem(commands.COMMANDS, "boom", Command(Role.READ, False, _boom))
     published: list[ev.Event] = []
 
     async def scenario() -> None:

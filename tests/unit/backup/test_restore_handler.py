@@ -9,8 +9,8 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.backup.restore import BadRestorePath, RestoreError, SupervisionError
-from hasupd.control.handlers import CommandError, Context
-from hasupd.control.handlers_restore import restore
+from hasupd.control.commands.restore import restore
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 
 

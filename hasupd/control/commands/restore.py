@@ -13,8 +13,8 @@ from typing import Any
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
 from hasupd.backup.restore import BadRestorePath, RestoreError, Restorer, SupervisionError
-from hasupd.control.handlers import CommandError, Context
-from hasupd.control.handlers_backup import job_runner
+from hasupd.control.commands.backup import job_runner
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 
 

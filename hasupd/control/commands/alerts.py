@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from hasupd.control.handlers import CommandError, Context
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hasupd.control.handlers import CommandError, Context
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit, Streaming
 from hasupd.observe.queries import Query, RecordStore, parse_since
 from hasupd.observe.service_output import JournalctlError

@@ -1,58 +1,20 @@
-"""One handler per control command; the table says which role each needs and whether it changes state."""
+"""Handlers of the service commands: status, start, stop, restart (also rolling), reset-failed, reload."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-from hasupd.config.diff import Plan
-from hasupd.control.auth import Role
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
-from hasupd.manager import Manager, RollingRestartError
-from hasupd.observe.queries import RecordStore
+from hasupd.manager import RollingRestartError
 from hasupd.service import Service
 from hasupd.states import STOPPING_STATES, ServiceState
 
-if TYPE_CHECKING:
-    from hasupd.alerts.policy import Alerts
-    from hasupd.backup.units import BackupUnits
-
 # How long start/stop requests wait for the service to settle, beyond its own timeouts.
 SETTLE_MARGIN_SEC = 5.0
-
-
-class CommandError(Exception):
-    def __init__(self, code: Exit, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Reloader(Protocol):
-    async def reload_plan(self, dry_run: bool) -> Plan:
-        """Return the plan for the config on disk (applied unless dry_run). Raise CommandError if invalid."""
-        ...
-
-
-@dataclass
-class Context:
-    manager: Manager
-    reloader: Reloader
-    records: RecordStore | None = None  # logs, events, errors, incident
-    alerts: Alerts | None = None  # alert test
-    backups: BackupUnits | None = None  # set once the job units exist
-
-
-Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Command:
-    role: Role
-    changes_state: bool
-    handler: Handler
 
 
 def _names(ctx: Context, args: dict[str, Any], *, required: bool) -> list[str]:
@@ -88,7 +50,7 @@ def service_status(service: Service) -> dict[str, Any]:
     }
 
 
-async def _status(ctx: Context, args: dict[str, Any]) -> Any:
+async def status(ctx: Context, args: dict[str, Any]) -> Any:
     return [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
 
 
@@ -119,7 +81,7 @@ def _report(ctx: Context, names: list[str], bad: Callable[[Service], bool], verb
     return states
 
 
-async def _start(ctx: Context, args: dict[str, Any]) -> Any:
+async def start(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=True)
     for name in names:
         ctx.manager.start(name)
@@ -130,7 +92,7 @@ async def _start(ctx: Context, args: dict[str, Any]) -> Any:
     )
 
 
-async def _stop(ctx: Context, args: dict[str, Any]) -> Any:
+async def stop(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=True)
     await ctx.manager.stop_many(names, "stopped with hasupctl")
     return [service_status(ctx.manager.services[n]) for n in names]
@@ -159,7 +121,7 @@ async def _rolling_restart(ctx: Context, args: dict[str, Any]) -> Any:
     return [service_status(ctx.manager.services[u]) for u in done]
 
 
-async def _restart(ctx: Context, args: dict[str, Any]) -> Any:
+async def restart(ctx: Context, args: dict[str, Any]) -> Any:
     if args.get("rolling"):
         return await _rolling_restart(ctx, args)
     names = _names(ctx, args, required=True)
@@ -169,38 +131,16 @@ async def _restart(ctx: Context, args: dict[str, Any]) -> Any:
     return _report(ctx, names, lambda s: s.state is ServiceState.FAILED, "restart failed")
 
 
-async def _reset_failed(ctx: Context, args: dict[str, Any]) -> Any:
+async def reset_failed(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=False)
     for name in names:
         ctx.manager.services[name].reset_failed()
     return [service_status(ctx.manager.services[n]) for n in names]
 
 
-async def _reload(ctx: Context, args: dict[str, Any]) -> Any:
+async def reload(ctx: Context, args: dict[str, Any]) -> Any:
     dry_run = args.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise CommandError(Exit.USAGE, "'dry_run' must be true or false")
     plan = await ctx.reloader.reload_plan(dry_run)
     return {"dry_run": dry_run, "plan": plan.describe()}
-
-
-# Imported here: those handlers need CommandError and Context from above.
-from hasupd.control import handlers_alerts, handlers_backup, handlers_records, handlers_restore  # noqa: E402
-
-COMMANDS: dict[str, Command] = {
-    "status": Command(Role.READ, False, _status),
-    "start": Command(Role.OPERATE, True, _start),
-    "stop": Command(Role.OPERATE, True, _stop),
-    "restart": Command(Role.OPERATE, True, _restart),
-    "reset-failed": Command(Role.OPERATE, True, _reset_failed),
-    "reload": Command(Role.OPERATE, True, _reload),
-    "logs": Command(Role.READ, False, handlers_records.logs),
-    "events": Command(Role.READ, False, handlers_records.events),
-    "errors": Command(Role.READ, False, handlers_records.errors),
-    "incident": Command(Role.READ, False, handlers_records.incident),
-    "alert-test": Command(Role.OPERATE, True, handlers_alerts.alert_test),
-    "backup-run": Command(Role.OPERATE, True, handlers_backup.run),
-    "backup-list": Command(Role.READ, False, handlers_backup.list_snapshots),
-    "backup-status": Command(Role.READ, False, handlers_backup.status),
-    "restore": Command(Role.ADMIN, True, handlers_restore.restore),
-}

@@ -1,4 +1,4 @@
-"""Control handlers for backup jobs: run now, list snapshots, status."""
+"""Handlers of the backup commands: run now, list snapshots, status."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import Kind
-from hasupd.control.handlers import CommandError, Context
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.states import ServiceState
 

@@ -237,7 +237,7 @@ class Daemon:
                     state_dir=state_dir,
                     reaper=reaper,
                     spawn_task=tasks.create_task,
-                    restorer_for=lambda job: backups.restorer(job, manager),
+                    restorer_for=lambda job: backups.data_restorer(job, manager),
                 )
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))

@@ -203,3 +203,26 @@ class Watchers(Protocol):
     def oom_killed(self, scope: Scope) -> bool:
         """Return True if the kernel's OOM killer killed a process of ``scope``."""
         ...
+
+
+class DataRestoreFailed(Exception):
+    """A restore of a service's data failed; what was live is live again. ``str()`` says why."""
+
+
+@dataclass(frozen=True)
+class RestoredData:
+    """A restore that was done: the snapshot now live and the folders the old data was moved to."""
+
+    snapshot: str
+    aside: list[str]
+
+
+class DataRestorer(Protocol):
+    """Restores one backup job's data in place (the ``restore`` recovery action sees backups only so)."""
+
+    async def restore_latest(self, user: str, incident: str | None) -> RestoredData:
+        """Restore the newest snapshot in place, with the services stopped and started around the swap.
+
+        Return what was restored. Raise DataRestoreFailed if it failed (the old data is live again).
+        """
+        ...

@@ -22,8 +22,8 @@ from hasupd.backup.restic import Restic
 from hasupd.backup.restore import RestoreError, run_drill
 from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
 from hasupd.backup.schedule import Stamps
-from hasupd.backup.statefile import atomic_write_text
 from hasupd.config.model import BackupJobConfig, RepositoryConfig
+from hasupd.files import atomic_write_text
 from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 from hasupd.runtimes.exec import DEFAULT_PATH

@@ -28,6 +28,7 @@ from hasupd.backup.journal import (
     undo_restore,
 )
 from hasupd.backup.models import LsEntry, Snapshot
+from hasupd.ports import DataRestoreFailed, RestoredData
 
 if TYPE_CHECKING:
     from hasupd.backup.restic import Restic
@@ -422,3 +423,20 @@ async def run_drill(job: RestoreSource, scratch: Path) -> str:
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class LatestInPlace:
+    """A ``hasupd.ports.DataRestorer``: the newest snapshot of a job, restored in place by ``restorer``."""
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+
+    async def restore_latest(self, user: str, incident: str | None) -> RestoredData:
+        """Plan and run an in-place restore of the latest snapshot. Raise DataRestoreFailed on a
+        RestoreError or ResticError (SupervisionError, a bug, propagates)."""
+        try:
+            plan = await self._restorer.plan("latest", None, None, in_place=True)
+            aside = await self._restorer.in_place(plan, user, incident)
+        except (RestoreError, ResticError) as error:
+            raise DataRestoreFailed(str(error)) from error
+        return RestoredData(plan.snapshot, aside)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from hasupd import events as ev
+from hasupd.build import LoopClock, containment_name
 from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig, StartLimit
-from hasupd.daemon import LoopClock, containment_name
 from hasupd.host.containment import Containment
 from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec

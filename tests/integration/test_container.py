@@ -37,8 +37,8 @@ from hasupd.runtimes.exec import ExecSpawner
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
 from hasupd.watch.watchers import LoopWatchers
-from tests.integration.harness import Hasupd, pid_alive, record_time, write_config
-from tests.integration.podman import Podman, docker_api_fixture, podman_fixture  # noqa: F401  (fixtures)
+from tests.support.harness import Hasupd, pid_alive, record_time, write_config
+from tests.support.podman import Podman, docker_api_fixture, podman_fixture  # noqa: F401  (fixtures)
 
 # PID 1 of the container: stops at once on SIGTERM (its trap runs after the current 0.1 s sleep).
 SERVING = "trap 'exit 0' TERM; while :; do sleep 0.1; done"

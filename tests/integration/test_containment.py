@@ -24,7 +24,7 @@ from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnSpec
 from hasupd.runtimes.exec import ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
-from tests.integration.exitwatch import Exit
+from tests.support.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 

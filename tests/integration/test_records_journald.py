@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, write_config
-from tests.integration.journald import Journald, running_journald
-from tests.integration.records_backend import Backend
+from tests.support.harness import REPO, write_config
+from tests.support.journald import Journald, running_journald
+from tests.support.records_backend import Backend
 
 # A record far over the datagram limit: journald gets it through a sealed memfd.
 LARGE_RECORD = """

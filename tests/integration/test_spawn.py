@@ -29,7 +29,7 @@ from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import parse_environment
 from hasupd.runtimes.exec import DEFAULT_PATH, ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
-from tests.integration.exitwatch import Exit
+from tests.support.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 

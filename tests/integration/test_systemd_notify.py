@@ -17,7 +17,7 @@ import sdnotify
 
 from hasupd import events as ev
 from hasupd.host.systemd import SystemdNotifier
-from tests.integration.harness import Hasupd, write_config
+from tests.support.harness import Hasupd, write_config
 
 
 class NotifyListener:

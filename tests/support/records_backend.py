@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import REPO, Hasupd
-from tests.integration.journald import Journald, running_journald
+from tests.support.harness import REPO, Hasupd
+from tests.support.journald import Journald, running_journald
 
 Record = dict[str, Any]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import require
+from tests.support.harness import require
 
 JOURNALD = "/lib/systemd/systemd-journald"
 OPT_OUT = "HASUPD_TEST_NO_JOURNALD"

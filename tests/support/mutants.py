@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 SERVICE = "command: [/bin/sleep, '1000']\n"
 LOCATED = re.compile(r"^(?P<file>/[^\n]*?):(?P<line>[1-9][0-9]*):(?P<col>[1-9][0-9]*): \S")
 

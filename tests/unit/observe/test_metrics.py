@@ -12,7 +12,7 @@ from hasupd.config.model import HealthProbe, ProbeKind, ServiceConfig, StartLimi
 from hasupd.observe.metrics import Metrics, accept_header, split_listen
 from hasupd.service import Service
 from hasupd.states import OutputMode
-from tests.metrics_families import FAMILIES, Samples, check_families
+from tests.support.metrics_families import FAMILIES, Samples, check_families
 from tests.unit.fakes import FakeClock, FakeSpawner
 
 OPENMETRICS = "application/openmetrics-text"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import require
+from tests.support.harness import require
 
 OPT_OUT = "HASUPD_TEST_NO_PODMAN"
 CACHE_ENV = "HASUPD_TEST_CACHE"

@@ -21,9 +21,9 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.observe.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
-from tests.restic_versions import fetched_binary, this_suite
+from tests.support.restic_versions import fetched_binary, this_suite
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 

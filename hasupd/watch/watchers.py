@@ -31,7 +31,7 @@ class _Probes:
 
 
 class LoopWatchers:
-    """Implements runtimes.base.Watchers on the running event loop."""
+    """Implements hasupd.ports.Watchers on the running event loop."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, clock: Clock, runtime_dir: Path, reaper: Reaper

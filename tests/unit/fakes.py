@@ -161,7 +161,7 @@ class FakeNotify:
 
 
 class FakeWatchers:
-    """Records every watcher the state machine arms (runtimes.base.Watchers), arming nothing real."""
+    """Records every watcher the state machine arms (hasupd.ports.Watchers), arming nothing real."""
 
     def __init__(self) -> None:
         self.armed: list[FakeWatcher] = []

@@ -1,48 +1,29 @@
-"""The daemon: wires config, records, containment, the manager and systemd together under one TaskGroup."""
+"""The daemon's lifecycle: one TaskGroup, signals, READY / RELOADING / STOPPING towards systemd, reload,
+ordered shutdown. What it runs is built by ``hasupd.build``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hasupd import __version__
 from hasupd import events as ev
-from hasupd.alerts import Alerts
-from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
+from hasupd.backup.units import BackupSetup, BackupUnits
+from hasupd.build import build, build_backups
 from hasupd.config.diff import Plan
 from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
-from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
-from hasupd.config_watch import ConfigWatch
-from hasupd.containment import Containment, Reaper
-from hasupd.control.handlers import CommandError, Context
+from hasupd.config.model import Config, LogFormat, LogTarget
+from hasupd.config.watch import ConfigWatch
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.incidents import IncidentOutputCapture, ServiceOutput
-from hasupd.logs import log_events, setup_logging
+from hasupd.host.systemd import SystemdNotifier
 from hasupd.manager import Manager
-from hasupd.metrics import Metrics
-from hasupd.output import journal_available
-from hasupd.records import RecordStore
-from hasupd.recovery import Recovery
-from hasupd.runtimes.container import (
-    ContainerSpawner,
-    EngineError,
-    RoutingSpawner,
-    cleanup_stale_containers,
-    engine_environment,
-)
-from hasupd.runtimes.exec import ExecSpawner
-from hasupd.states import OutputMode
-from hasupd.systemd import SystemdNotifier
-from hasupd.watchers import LoopWatchers
 
 
 @dataclass(frozen=True)
@@ -56,32 +37,7 @@ class Options:
     no_watch: bool = False
 
 
-def containment_name(runtime_dir: Path) -> str:
-    """Return the name of hasupd's cgroup: "hasupd" for the default runtime dir, else one per runtime dir.
-
-    Two hasupd instances with different runtime dirs (tests, a user's own) never touch each other's
-    services, even when one cleans up what it believes an earlier run of itself left behind.
-    """
-    if runtime_dir == Path(DEFAULT_RUNTIME_DIR):
-        return "hasupd"
-    digest = hashlib.sha256(str(runtime_dir.resolve()).encode()).hexdigest()[:10]
-    return f"hasupd-{digest}"
-
-
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-
-
-class LoopClock:
-    """The event loop as the state machine's Clock."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    def time(self) -> float:
-        return self._loop.time()
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
-        return self._loop.call_at(when, callback)
 
 
 def read_config(options: Options) -> Config:
@@ -119,80 +75,25 @@ class Daemon:
     async def run(self, config: Config) -> int:
         """Supervise until SIGTERM or SIGINT; return the exit code."""
         loop = asyncio.get_running_loop()
-        log_cfg = config.daemon.log
-        state_dir = Path(config.daemon.state_dir)
         runtime_dir = Path(config.daemon.runtime_dir)
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        logs = setup_logging(
-            self.options.log_target or log_cfg.target,
-            self.options.log_format or log_cfg.format,
-            records_dir=state_dir / "records",
-            group=config.daemon.access.socket_group,
-        )
-        log_events(self.bus, logs.logger)
-        # Traversable by everyone: services reach their notify sockets here; the control socket itself
-        # is 0660.
-        runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-
-        base_name = containment_name(runtime_dir)
-        container_prefix = base_name + "-"
-        engine_env = engine_environment(os.environ)
-        # Before Containment.cleanup_stale: an engine removes a container best while its conmon lives.
-        for engine in sorted({s.container.engine for s in config.services if s.container is not None}):
-            try:
-                removed = await cleanup_stale_containers(engine, container_prefix, engine_env=engine_env)
-            except EngineError as error:
-                logs.logger.warning("cannot remove the %s containers of an earlier run: %s", engine, error)
-                continue
-            if removed:
-                logs.logger.info("removed %s containers of an earlier run: %s", engine, ", ".join(removed))
-        containment = Containment.detect(
-            base_name=base_name,
-            force_fallback=self.options.force_fallback_containment,
-            runtime_dir=runtime_dir,
-        )
-        containment.cleanup_stale()
-        reaper = Reaper(loop)
-        programs = ExecSpawner(loop, containment, reaper, state_dir)
-        containers = ContainerSpawner(
-            programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env
-        )
-        spawner = RoutingSpawner(programs, containers)
-        default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
-        self.bus.publish(
-            ev.DaemonStarted(
-                version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
-            )
-        )
-        clock = LoopClock(loop)
-        watchers = LoopWatchers(loop, clock, runtime_dir, reaper)
-        manager = Manager(
+        graph = await build(
             config,
-            spawner=spawner,
-            clock=clock,
-            bus=self.bus,
-            default_output=default_output,
-            watchers=watchers,
+            self.bus,
+            log_target=self.options.log_target,
+            log_format=self.options.log_format,
+            force_fallback_containment=self.options.force_fallback_containment,
         )
-        self.manager = manager
-        # Records read back, incident output tails, metrics.
-        service_output = ServiceOutput(self.bus, state_dir / "logs", reaper, manager)
-        records = RecordStore(logs, service_output, reaper, self.bus)
-        capture = IncidentOutputCapture(self.bus, service_output)
-        metrics = Metrics(self.bus, manager, config.daemon.metrics.listen)
-        alerts = Alerts(self.bus, manager, state_dir / "alerts", clock)  # email alerts, spool, delivery
-        metrics.alert_spool_depth = lambda: alerts.depth
+        manager = self.manager = graph.manager
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
             if self.options.no_watch
             else ConfigWatch(self.options.config_dir, loop, self._on_config_change)
         )
-
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                context = Context(manager=manager, reloader=self, records=records, alerts=alerts)
+                context = Context(manager=manager, reloader=self, records=graph.records, alerts=graph.alerts)
                 control = ControlServer(
                     runtime_dir / "control.sock",
                     context,
@@ -201,43 +102,17 @@ class Daemon:
                     spawn=tasks.create_task,
                 )
                 await control.start()
-                for sig, reason in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
-                    loop.add_signal_handler(sig, self.request_stop, reason)
-                loop.add_signal_handler(signal.SIGHUP, self._on_config_change)
-                # Stopping hundreds of services sends a storm of SIGCHLD that fills asyncio's wake-up
-                # pipe; the bytes it drops are surplus wake-ups (the reaper coalesces them anyway), not
-                # worth a warning each on stderr. (asyncio sets the fd again with every handler added.)
-                signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+                self._handle_signals(loop)
                 if watch is not None:
                     watch.start()
                 pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
                 observers = (
-                    tasks.create_task(capture.run()),
-                    tasks.create_task(metrics.run()),
-                    tasks.create_task(alerts.run()),
+                    tasks.create_task(graph.capture.run()),
+                    tasks.create_task(graph.metrics.run()),
+                    tasks.create_task(graph.alerts.run()),
                 )
-                self.backup_setup = await setup_backups(
-                    config.backups,
-                    {r.name: r for r in config.daemon.repositories},
-                    manager=manager,
-                    loop=loop,
-                    spawn_task=tasks.create_task,
-                    bus=self.bus,
-                    clock=clock,
-                    state_dir=state_dir,
-                    reaper=reaper,
-                )
-                self.backups = self.backup_setup.units
-                context.backups = self.backups
-                backups = self.backups
-                Recovery(
-                    manager,
-                    bus=self.bus,
-                    state_dir=state_dir,
-                    reaper=reaper,
-                    spawn_task=tasks.create_task,
-                    restorer_for=lambda job: backups.restorer(job, manager),
-                )
+                self.backup_setup = await build_backups(config, graph, self.bus, tasks.create_task)
+                self.backups = context.backups = self.backup_setup.units
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
@@ -250,7 +125,7 @@ class Daemon:
                 await control.close()
                 self.backups.close()
                 await manager.stop_all("hasupd is stopping")
-                await containers.wait_idle(30.0)  # removals of stopped containers
+                await graph.containers.wait_idle(30.0)  # removals of stopped containers
                 pinger.cancel()
                 for observer in observers:
                     observer.cancel()
@@ -259,13 +134,23 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             if watch is not None:
                 watch.stop()
-            containers.close()
-            programs.close()
-            containment.close()
-            reaper.close()
+            graph.containers.close()
+            graph.programs.close()
+            graph.containment.close()
+            graph.reaper.close()
             self.notifier.close()
         self.bus.publish(ev.DaemonStopped())
         return 0
+
+    def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM and SIGINT stop hasupd; SIGHUP reloads its config."""
+        for sig, reason in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            loop.add_signal_handler(sig, self.request_stop, reason)
+        loop.add_signal_handler(signal.SIGHUP, self._on_config_change)
+        # Stopping hundreds of services sends a storm of SIGCHLD that fills asyncio's wake-up
+        # pipe; the bytes it drops are surplus wake-ups (the reaper coalesces them anyway), not
+        # worth a warning each on stderr. (asyncio sets the fd again with every handler added.)
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
 
     def _on_config_change(self) -> None:
         """SIGHUP or a file change: reload in the background (reloads queue up, never overlap)."""

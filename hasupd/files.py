@@ -1,4 +1,5 @@
-"""Reading a file an operator named (a config file, an environment file) without trusting what it is.
+"""Reading a file an operator named (a config file, an environment file) without trusting what it is,
+and writing hasupd's own small state files whole or not at all (``atomic_write_*``).
 
 Stdlib only. A FIFO, a device (``/dev/zero``, ``/dev/urandom``, a tty) or a folder is refused before it
 is read, and without blocking; a regular file is read up to a bound. So no file can hang, fill the
@@ -60,3 +61,34 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably (fsync of the file and its directory).
+
+    Raise OSError if it cannot be written.
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably. Raise OSError if it cannot be written."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    # The rename is only durable once the directory entry is on disk.
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from hasupd import events as ev
 from hasupd.config.diff import Plan, plan_reload
 from hasupd.config.model import Config, ServiceConfig
-from hasupd.runtimes.base import Clock, Spawner, Watchers
+from hasupd.host.sockets import SocketSet
+from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
-from hasupd.sockets import SocketSet
 from hasupd.states import OutputMode, ServiceState
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
-from hasupd.backup.compat import ResticError
-from hasupd.backup.restore import RestoreError, Restorer
-from hasupd.backup.statefile import atomic_write_bytes
 from hasupd.config.model import RecoveryAction, RecoveryKind, ServiceConfig
-from hasupd.containment import Reaper
+from hasupd.files import atomic_write_bytes
+from hasupd.host.reaper import Reaper
 from hasupd.manager import Manager
+from hasupd.ports import DataRestoreFailed, DataRestorer
 from hasupd.runtimes.command import run_command
 from hasupd.runtimes.exec import DEFAULT_PATH
 from hasupd.states import ServiceResult
@@ -80,7 +79,7 @@ class Recovery:
         state_dir: Path,
         reaper: Reaper | None,
         spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
-        restorer_for: Callable[[str], Restorer | None],
+        restorer_for: Callable[[str], DataRestorer | None],
     ) -> None:
         self._manager = manager
         self._bus = bus
@@ -176,14 +175,11 @@ class Recovery:
                 if restorer is None:
                     return False, f"backup job {action.job} is not known"
                 try:
-                    plan = await restorer.plan("latest", None, None, in_place=True)
-                    aside = await restorer.in_place(
-                        plan, RECOVERY_USER, service.incident if service else None
-                    )
-                except (RestoreError, ResticError) as error:
+                    done = await restorer.restore_latest(RECOVERY_USER, service.incident if service else None)
+                except DataRestoreFailed as error:
                     return False, f"restore of {action.job} failed: {error}"
-                kept = ", ".join(aside)
-                return True, f"restored snapshot {plan.snapshot[:8]} of {action.job}; old data kept at {kept}"
+                kept = ", ".join(done.aside)
+                return True, f"restored snapshot {done.snapshot[:8]} of {action.job}; old data kept at {kept}"
             case RecoveryKind.ROLLBACK_CONFIG:
                 good = self.known_good.load(config.name)
                 if good is None:

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 
 from hasupd import events as ev
 from hasupd.config.model import ServiceConfig
-from hasupd.restart import StartLimit, backoff_delay, shall_restart
-from hasupd.runtimes.base import (
+from hasupd.ports import (
     Clock,
     ExitStatus,
     NotifyChannel,
@@ -33,6 +32,7 @@ from hasupd.runtimes.base import (
     TimerHandle,
     Watchers,
 )
+from hasupd.restart import StartLimit, backoff_delay, shall_restart
 from hasupd.states import (
     ACTIVE_STATES,
     INACTIVE_STATES,
@@ -44,9 +44,9 @@ from hasupd.states import (
 )
 
 if TYPE_CHECKING:
-    from hasupd.health import ProbeOutcome
-    from hasupd.notify import NotifyMessage
-    from hasupd.sockets import SocketSet
+    from hasupd.host.notify import NotifyMessage
+    from hasupd.host.sockets import SocketSet
+    from hasupd.ports import ProbeOutcome
 
 S = ServiceState
 R = ServiceResult

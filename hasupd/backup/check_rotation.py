@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hasupd.backup.statefile import atomic_write_text, check_name, read_text
+from hasupd.backup.statefile import check_name, read_text
+from hasupd.files import atomic_write_text
 
 
 class CheckRotation:

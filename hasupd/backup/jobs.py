@@ -19,11 +19,12 @@ from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
 from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
+from hasupd.backup.restore import RestoreError, run_drill
 from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
 from hasupd.backup.schedule import Stamps
-from hasupd.backup.statefile import atomic_write_text
 from hasupd.config.model import BackupJobConfig, RepositoryConfig
-from hasupd.containment import Reaper
+from hasupd.files import atomic_write_text
+from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 from hasupd.runtimes.exec import DEFAULT_PATH
 
@@ -294,7 +295,6 @@ class BackupJob:
 
     async def drill(self) -> None:
         """Restore the latest snapshot into scratch space and verify it. Raise JobFailed if it fails."""
-        from hasupd.backup.restore import RestoreError, run_drill  # noqa: PLC0415  (restore imports jobs)
 
         try:
             summary = await run_drill(self, self._state_dir / "drill" / self.config.name)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hasupd.backup.statefile import atomic_write_text
+from hasupd.files import atomic_write_text
 
 # Phases of an in-place restore, in order. Up to STOP nothing live was touched.
 STAGE, STOP, SWAP, STARTED, ROLLBACK = "stage", "stop", "swap", "started", "rollback"

@@ -27,7 +27,7 @@ from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import BackupJob
 from hasupd.backup.journal import undo_restore
 from hasupd.backup.runner import OWNER_ENV
-from hasupd.procfs import kill_loop, stat
+from hasupd.host.procfs import kill_loop, stat
 
 POLL_SEC = 0.05
 

@@ -13,15 +13,47 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
-from hasupd.backup.journal import ROLLBACK, STARTED, STOP, SWAP, RestoreEntry, SwapPath, undo_restore
+from hasupd.backup.journal import (
+    ROLLBACK,
+    STARTED,
+    STOP,
+    SWAP,
+    Journal,
+    RestoreEntry,
+    SwapPath,
+    undo_restore,
+)
 from hasupd.backup.models import LsEntry, Snapshot
+from hasupd.ports import DataRestoreFailed, RestoredData
 
 if TYPE_CHECKING:
-    from hasupd.backup.jobs import BackupJob
+    from hasupd.backup.restic import Restic
+    from hasupd.config.model import BackupJobConfig
+
+
+class RestoreSource(Protocol):
+    """What a restore or a drill needs of a backup job (``hasupd.backup.jobs.BackupJob`` is one).
+
+    Only these: the job's config (name, paths, quiesce list), its hot repository, the tags of its
+    snapshots and its journal. Declared here so that jobs imports restore and never the reverse.
+    """
+
+    @property
+    def config(self) -> BackupJobConfig: ...
+
+    @property
+    def hot(self) -> Restic: ...
+
+    @property
+    def tags(self) -> list[str]: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
 
 T = TypeVar("T")
 
@@ -106,7 +138,7 @@ class Restorer:
 
     def __init__(
         self,
-        job: BackupJob,
+        job: RestoreSource,
         publish: Callable[[ev.Event], None],
         stop_services: Callable[[list[str], str], Awaitable[list[str]]],
         start_and_wait_healthy: Callable[[list[str]], Awaitable[bool]],
@@ -373,7 +405,7 @@ class Restorer:
         raise RestoreError("the services rejected the restored data; the original data is live again")
 
 
-async def run_drill(job: BackupJob, scratch: Path) -> str:
+async def run_drill(job: RestoreSource, scratch: Path) -> str:
     """Restore the latest snapshot of ``job`` into ``scratch``, verify it against the snapshot's file
     list and sizes, and delete it. Return a summary; raise RestoreError or ResticError on failure."""
     shutil.rmtree(scratch, ignore_errors=True)
@@ -391,3 +423,20 @@ async def run_drill(job: BackupJob, scratch: Path) -> str:
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class LatestInPlace:
+    """A ``hasupd.ports.DataRestorer``: the newest snapshot of a job, restored in place by ``restorer``."""
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+
+    async def restore_latest(self, user: str, incident: str | None) -> RestoredData:
+        """Plan and run an in-place restore of the latest snapshot. Raise DataRestoreFailed on a
+        RestoreError or ResticError (SupervisionError, a bug, propagates)."""
+        try:
+            plan = await self._restorer.plan("latest", None, None, in_place=True)
+            aside = await self._restorer.in_place(plan, user, incident)
+        except (RestoreError, ResticError) as error:
+            raise DataRestoreFailed(str(error)) from error
+        return RestoredData(plan.snapshot, aside)

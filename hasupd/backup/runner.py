@@ -36,8 +36,8 @@ from hasupd.backup.compat import (
     readable_stderr,
 )
 from hasupd.config.model import RepositoryConfig
-from hasupd.containment import Reaper
-from hasupd.runtimes.base import SpawnError
+from hasupd.host.reaper import Reaper
+from hasupd.ports import SpawnError
 from hasupd.runtimes.command import CommandResult, run_command
 from hasupd.runtimes.envfile import load_environment_files
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from hasupd.backup.statefile import atomic_write_text, check_name, read_text
+from hasupd.backup.statefile import check_name, read_text
+from hasupd.files import atomic_write_text
 
 SHORTHANDS = {
     "@hourly": "0 * * * *",

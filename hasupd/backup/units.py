@@ -22,10 +22,10 @@ from typing import Any
 from hasupd import events as ev
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
-from hasupd.backup.restore import Restorer
+from hasupd.backup.restore import LatestInPlace, Restorer
 from hasupd.backup.schedule import next_due, stable_offset
 from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
-from hasupd.runtimes.base import ExitStatus, SpawnSpec
+from hasupd.ports import ExitStatus, SpawnSpec
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
 
@@ -246,6 +246,11 @@ class BackupUnits:
         if runner is None:
             return None
         return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
+
+    def data_restorer(self, name: str, manager: Any) -> LatestInPlace | None:
+        """Return the recovery action's view of job ``name`` (restore the latest in place), or None."""
+        restorer = self.restorer(name, manager)
+        return None if restorer is None else LatestInPlace(restorer)
 
     def run_now(self, name: str, kind: Kind = Kind.BACKUP) -> None:
         """Queue ``kind`` for job ``name`` and start its unit if it is idle. Raise KeyError."""

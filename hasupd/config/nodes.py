@@ -22,7 +22,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.units import parse_duration, parse_signal, parse_size
+from hasupd.config.quantities import parse_duration, parse_signal, parse_size
 
 NAME_PATTERN = "[a-z0-9][a-z0-9_.-]*"
 _NAME = re.compile(NAME_PATTERN)

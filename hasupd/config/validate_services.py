@@ -48,8 +48,8 @@ from hasupd.config.nodes import (
     to_size,
     to_str,
 )
+from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
-from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 # systemd's default PATH for services (and hasupd's, when a service sets none).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -64,7 +64,7 @@ MAX_CPU_PERCENT = 100_000.0  # 1000 CPUs
 
 
 def _to_user(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a user name or a numeric uid that the user database holds (see ``hasupd.userdb``)."""
+    """Return a user name or a numeric uid that the user database holds (see ``hasupd.host.users``)."""
     value = to_nonempty_str(ctx, node, path)
     if value is None:
         return None
@@ -77,7 +77,7 @@ def _to_user(ctx: Ctx, node: Node, path: str) -> str | None:
 
 
 def _to_group(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a group name or a numeric gid that the group database holds (see ``hasupd.userdb``)."""
+    """Return a group name or a numeric gid that the group database holds (see ``hasupd.host.users``)."""
     value = to_nonempty_str(ctx, node, path)
     if value is None:
         return None

@@ -16,7 +16,8 @@ from hasupd import events as ev
 from hasupd.config.model import AccessConfig
 from hasupd.control import protocol
 from hasupd.control.auth import Peer, Role, peer_credentials, peer_of, role_of
-from hasupd.control.handlers import COMMANDS, CommandError, Context
+from hasupd.control.commands import COMMANDS
+from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit, ProtocolError
 
 READ_TIMEOUT_SEC = 5.0  # for the whole request line

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from hasupd.containment import Reaper
-from hasupd.procfs import parent_death_signal as parent_death_signal_preexec
-from hasupd.runtimes.base import ExitStatus
+from hasupd.host.procfs import parent_death_signal as parent_death_signal_preexec
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ExitStatus
 
 _READ_CHUNK = 65536
 

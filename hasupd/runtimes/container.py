@@ -1,4 +1,4 @@
-"""Containers as main processes: ``ContainerSpawner`` implements ``hasupd.runtimes.base.Spawner``.
+"""Containers as main processes: ``ContainerSpawner`` implements ``hasupd.ports.Spawner``.
 
 The engine's CLI (``podman run`` / ``docker run``) runs in the foreground as the service's main process,
 started by ``ExecSpawner`` like any program: same scope, clean environment and output handling (the
@@ -45,9 +45,10 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from hasupd.config.model import ContainerEngine, ContainerSpec
-from hasupd.containment import Reaper, ScopeImpl
-from hasupd.procfs import Children, pids_with_env, signal_each, stat
-from hasupd.runtimes.base import ExitStatus, Process, Spawner, SpawnError, SpawnSpec
+from hasupd.host.containment import ScopeImpl
+from hasupd.host.procfs import Children, pids_with_env, signal_each, stat
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec
 from hasupd.runtimes.engines import (
     CONTAINER_NOTIFY_SOCKET,
     CONTAINER_ONLY,
@@ -243,7 +244,7 @@ async def _logged(coro: Coroutine[Any, Any, None], what: str) -> None:
 
 
 class ContainerProcess:
-    """A started container service; satisfies ``hasupd.runtimes.base.Process``. The main process is
+    """A started container service; satisfies ``hasupd.ports.Process``. The main process is
     the engine CLI."""
 
     def __init__(
@@ -401,7 +402,7 @@ class ContainerProcess:
 
 
 class ContainerScope:
-    """The engine CLI's scope plus the container's processes; satisfies ``hasupd.runtimes.base.Scope``."""
+    """The engine CLI's scope plus the container's processes; satisfies ``hasupd.ports.Scope``."""
 
     def __init__(self, process: ContainerProcess, cli_scope: ScopeImpl) -> None:
         self._process = process
@@ -469,7 +470,7 @@ class ContainerScope:
 
 
 class RoutingSpawner:
-    """Implements ``hasupd.runtimes.base.Spawner``: services with ``container:`` go to ``containers``,
+    """Implements ``hasupd.ports.Spawner``: services with ``container:`` go to ``containers``,
     all others to ``programs``."""
 
     def __init__(self, programs: Spawner, containers: Spawner) -> None:

@@ -32,12 +32,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hasupd.config.model import ContainerEngine, ServiceConfig
-from hasupd.containment import Reaper
-from hasupd.runtimes.base import SpawnError, SpawnSpec
+from hasupd.host.reaper import Reaper
+from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
+from hasupd.ports import SpawnError, SpawnSpec
 from hasupd.runtimes.command import CommandResult, run_command
 from hasupd.runtimes.envfile import load_environment_files
 from hasupd.runtimes.exec import DEFAULT_PATH
-from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 __all__ = [
     "CONTAINER_NOTIFY_SOCKET",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from hasupd.files import NotARegularFile, read_regular_file
-from hasupd.runtimes.base import SpawnError
+from hasupd.ports import SpawnError
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MAX_ENVIRONMENT_FILE_BYTES = 1 << 20

@@ -1,4 +1,4 @@
-"""Plain programs as main processes: ``ExecSpawner`` implements ``hasupd.runtimes.base.Spawner``.
+"""Plain programs as main processes: ``ExecSpawner`` implements ``hasupd.ports.Spawner``.
 
 A child starts with a clean environment, stdin on /dev/null, in its own session, already inside its
 scope's cgroup (it writes "0" into cgroup.procs between fork and exec, so it cannot fork outside),
@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-from hasupd.containment import Containment, Reaper, ScopeImpl
-from hasupd.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.host.containment import Containment, ScopeImpl
+from hasupd.host.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
+from hasupd.host.reaper import Reaper
+from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import load_environment_files
 from hasupd.states import OutputMode
-from hasupd.userdb import UnknownIdentity, lookup_group, lookup_user
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _ExecArgs = tuple[str, list[str], dict[str, str]]
 
 
 class ExecProcess:
-    """A started main process; satisfies ``hasupd.runtimes.base.Process``."""
+    """A started main process; satisfies ``hasupd.ports.Process``."""
 
     def __init__(self, popen: subprocess.Popen[bytes], scope: ScopeImpl, pidfd: int, output: Output) -> None:
         self._popen = popen

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import require
+from tests.support.harness import require
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Hasupd
+from tests.support.harness import Hasupd
 
 
 @pytest.fixture

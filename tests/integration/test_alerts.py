@@ -21,10 +21,10 @@ import aiosmtplib
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hasupd.alert_mail import DeliveryError, SmtpMailer
+from hasupd.alerts.mail import DeliveryError, SmtpMailer
 from hasupd.config.model import SmtpConfig
-from tests.integration.harness import REPO, Hasupd, record_time, write_config
-from tests.integration.smtp import Cert, HangingServer, SmtpServer, free_port, self_signed
+from tests.support.harness import REPO, Hasupd, record_time, write_config
+from tests.support.smtp import Cert, HangingServer, SmtpServer, free_port, self_signed
 
 FROM, TO = "hasupd@test.example", "ops@test.example"
 LOOP = {"restart_sec": "100ms", "restart_max_delay_sec": "200ms"}

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from hasupd.states import ServiceType
-from tests.integration.harness import REPO
-from tests.unit.config.mutants import located_problems, nesting_mutant, special_mutants
+from tests.support.harness import REPO
+from tests.support.mutants import located_problems, nesting_mutant, special_mutants
 
 
 def check(config_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hasupd.containment import Reaper
+from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 
 

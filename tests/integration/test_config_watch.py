@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.harness import REPO, Hasupd, require, write_config
-from tests.restic_versions import cache_root
+from tests.support.harness import REPO, Hasupd, require, write_config
+from tests.support.restic_versions import cache_root
 
 OLD_WATCHDOG = "2.2.1"
 SLEEP = ["/bin/sleep", "1000"]

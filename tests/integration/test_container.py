@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from hasupd import events as ev
+from hasupd.build import LoopClock, containment_name
 from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig, StartLimit
-from hasupd.containment import Containment, Reaper
-from hasupd.daemon import LoopClock, containment_name
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.host.containment import Containment
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.container import (
     ContainerProcess,
     ContainerSpawner,
@@ -35,9 +36,9 @@ from hasupd.runtimes.container import (
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
-from hasupd.watchers import LoopWatchers
-from tests.integration.harness import Hasupd, pid_alive, record_time, write_config
-from tests.integration.podman import Podman, docker_api_fixture, podman_fixture  # noqa: F401  (fixtures)
+from hasupd.watch.watchers import LoopWatchers
+from tests.support.harness import Hasupd, pid_alive, record_time, write_config
+from tests.support.podman import Podman, docker_api_fixture, podman_fixture  # noqa: F401  (fixtures)
 
 # PID 1 of the container: stops at once on SIGTERM (its trap runs after the current 0.1 s sleep).
 SERVING = "trap 'exit 0' TERM; while :; do sleep 0.1; done"

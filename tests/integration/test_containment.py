@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from hasupd.config.model import ServiceConfig
-from hasupd.containment import Containment, Reaper, make_subreaper
-from hasupd.runtimes.base import SpawnSpec
+from hasupd.host.containment import Containment, make_subreaper
+from hasupd.host.reaper import Reaper
+from hasupd.ports import SpawnSpec
 from hasupd.runtimes.exec import ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
-from tests.integration.exitwatch import Exit
+from tests.support.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 
@@ -286,7 +287,7 @@ async def test_reaper_reaps_adopted_orphans_and_never_a_tracked_pid() -> None:
 
 DETECT = r"""
 import json, os, sys
-from hasupd.containment import Containment
+from hasupd.host.containment import Containment
 c = Containment.detect(base_name=sys.argv[1])
 with open("/proc/self/cgroup") as f:
     own = next(line.strip()[3:] for line in f if line.startswith("0::"))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.harness import REPO, Hasupd, pid_alive, require_root, write_config
-from tests.integration.users import temp_group, temp_user, world_dir
+from tests.support.harness import REPO, Hasupd, pid_alive, require_root, write_config
+from tests.support.users import temp_group, temp_user, world_dir
 
 SLEEP = ["/bin/sleep", "1000"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hasupd.control.handlers import COMMANDS
+from hasupd.control.commands import COMMANDS
 from hasupd.control.protocol import MAX_REQUEST_BYTES, Exit
-from tests.integration.harness import Hasupd, pid_alive, write_config
+from tests.support.harness import Hasupd, pid_alive, write_config
 
 SLEEP = ["/bin/sleep", "1000"]
 REQUESTS = 5000

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.harness import Hasupd, record_time, write_config
+from tests.support.harness import Hasupd, record_time, write_config
 
 PY = sys.executable
 

@@ -17,9 +17,11 @@ import psutil
 import pytest
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ProbeKind
-from hasupd.containment import Reaper
-from hasupd.health import HeartbeatWatch, ProbeOutcome, ProbeRunner
-from hasupd.resources import ResourceWatch, oom_killed
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ProbeOutcome
+from hasupd.watch.heartbeat import HeartbeatWatch
+from hasupd.watch.probes import ProbeRunner
+from hasupd.watch.resources import ResourceWatch, oom_killed
 
 # --------------------------------------------------------------------------- helpers
 

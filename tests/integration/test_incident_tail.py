@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Hasupd, write_config
+from tests.support.harness import Hasupd, write_config
 
 PY = sys.executable
 

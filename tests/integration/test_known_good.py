@@ -17,7 +17,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from tests.integration.harness import Hasupd, record_time, write_config
+from tests.support.harness import Hasupd, record_time, write_config
 
 INSTANCES = 40
 

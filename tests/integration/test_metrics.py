@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.integration.harness import REPO, Hasupd, require
-from tests.metrics_families import FAMILIES, check_families
-from tests.restic_versions import fetched_binary, this_suite
+from tests.support.harness import REPO, Hasupd, require
+from tests.support.metrics_families import FAMILIES, check_families
+from tests.support.restic_versions import fetched_binary, this_suite
 
 # The fixtures of the daemon-level backup tests: an initialised restic repository and data.
 repo_template = jobsupport.repo_template

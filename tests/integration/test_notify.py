@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hasupd.notify import NOTIFY_BUFFER_MAX, NotifyEndpoint, NotifyMessage
+from hasupd.host.notify import NOTIFY_BUFFER_MAX, NotifyEndpoint, NotifyMessage
 from hasupd.runtimes.command import run_command
-from tests.integration.users import temp_user
+from tests.support.users import temp_user
 
 VENV_PYTHON = sys.executable
 SEND = "import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto({data!r}, {path!r})"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Hasupd, require_root, write_config
-from tests.integration.users import temp_user, world_dir
+from tests.support.harness import Hasupd, require_root, write_config
+from tests.support.users import temp_user, world_dir
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO
+from tests.support.harness import REPO
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 # Asks setuptools' PEP 517 backend for the wheel's METADATA, as pip and pybuild do, with every

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.integration.gitclone import clone
-from tests.integration.harness import REPO, require_root
-from tests.integration.users import temp_user, world_dir
+from tests.support.gitclone import clone
+from tests.support.harness import REPO, require_root
+from tests.support.users import temp_user, world_dir
 
 
 def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import Hasupd, record_time, write_config
-from tests.integration.records_backend import Backend, Follow, backend, ctl_json
+from tests.support.harness import Hasupd, record_time, write_config
+from tests.support.records_backend import Backend, Follow, backend, ctl_json
 
 PY = sys.executable
 SLEEP = ["/bin/sleep", "1000"]

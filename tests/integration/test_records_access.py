@@ -9,8 +9,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.harness import Hasupd, require_root, write_config
-from tests.integration.users import temp_group
+from tests.support.harness import Hasupd, require_root, write_config
+from tests.support.users import temp_group
 
 
 def test_records_are_0640_group_socket_group_in_a_0750_folder(

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.integration.harness import Hasupd, require_root, write_config
+from tests.support.harness import Hasupd, require_root, write_config
 
 
 @contextlib.contextmanager

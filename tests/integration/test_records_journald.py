@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, write_config
-from tests.integration.journald import Journald, running_journald
-from tests.integration.records_backend import Backend
+from tests.support.harness import REPO, write_config
+from tests.support.journald import Journald, running_journald
+from tests.support.records_backend import Backend
 
 # A record far over the datagram limit: journald gets it through a sealed memfd.
 LARGE_RECORD = """
 import json, sys
 from hasupd import events as ev
 from hasupd.config.model import LogFormat, LogTarget
-from hasupd.logs import log_events, setup_logging
+from hasupd.observe.logs import log_events, setup_logging
 
 setup = setup_logging(LogTarget.JOURNAL, LogFormat.JSON)
 bus = ev.EventBus()

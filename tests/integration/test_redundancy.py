@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import REPO, Hasupd, write_config
-from tests.integration.loadgen import Load
+from tests.support.harness import REPO, Hasupd, write_config
+from tests.support.loadgen import Load
 
 APP = str(REPO / "examples" / "listen_http.py")
 KILL_PHASE_SEC = 60.0

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hasupd.config.load import ConfigError, load_config
-from tests.integration.harness import Hasupd, record_time, write_config
-from tests.unit.config.mutants import (
+from tests.support.harness import Hasupd, record_time, write_config
+from tests.support.mutants import (
     Mutant,
     nesting_mutant,
     random_mutant,

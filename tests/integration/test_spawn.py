@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 
 from hasupd.config.model import ServiceConfig
-from hasupd.containment import Containment, Reaper
-from hasupd.output import journal_available, journal_header
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.host.containment import Containment
+from hasupd.host.output import journal_available, journal_header
+from hasupd.host.reaper import Reaper
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import parse_environment
 from hasupd.runtimes.exec import DEFAULT_PATH, ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
-from tests.integration.exitwatch import Exit
+from tests.support.exitwatch import Exit
 
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 

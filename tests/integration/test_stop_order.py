@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Hasupd, pid_alive, require, write_config
 from tests.integration.test_supervise import CONTAINMENT, containment_args
+from tests.support.harness import Hasupd, pid_alive, require, write_config
 
 NGINX = "/usr/sbin/nginx"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Hasupd, pid_alive, record_time, require, write_config
+from tests.support.harness import Hasupd, pid_alive, record_time, require, write_config
 
 PY = sys.executable
 CONTAINMENT = ["cgroup", "process-group"]

@@ -16,8 +16,8 @@ import pytest
 import sdnotify
 
 from hasupd import events as ev
-from hasupd.systemd import SystemdNotifier
-from tests.integration.harness import Hasupd, write_config
+from hasupd.host.systemd import SystemdNotifier
+from tests.support.harness import Hasupd, write_config
 
 
 class NotifyListener:

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.harness import Hasupd, require_root, write_config
-from tests.integration.users import temp_group, temp_user, world_dir
+from tests.support.harness import Hasupd, require_root, write_config
+from tests.support.users import temp_group, temp_user, world_dir
 
 
 def test_service_runs_as_another_user_with_its_environment_only(

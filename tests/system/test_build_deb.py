@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.integration.gitclone import clone
+from tests.support.gitclone import clone
 from tests.system.conftest import REPO, require, require_tools, run
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hasupd.events import Event, EventBus
-from hasupd.runtimes.base import ExitStatus, SpawnError, SpawnSpec
+from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 
 
 class FakeTimer:
@@ -161,7 +161,7 @@ class FakeNotify:
 
 
 class FakeWatchers:
-    """Records every watcher the state machine arms (runtimes.base.Watchers), arming nothing real."""
+    """Records every watcher the state machine arms (hasupd.ports.Watchers), arming nothing real."""
 
     def __init__(self) -> None:
         self.armed: list[FakeWatcher] = []

@@ -6,7 +6,7 @@ import dataclasses
 
 from hasupd import events as ev
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ProbeKind, ServiceConfig, StartLimit
-from hasupd.health import ProbeOutcome
+from hasupd.ports import ProbeOutcome
 from hasupd.service import Service
 from hasupd.states import OutputMode
 from hasupd.states import ServiceResult as R

@@ -1,4 +1,4 @@
-"""Real restic (both versions, see tests/restic_versions.py), a local hot repository and a REST "cold"
+"""Real restic (both versions, see tests/support/restic_versions.py), a local hot repository and a REST "cold"
 repository served by ``rclone serve restic``."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 
 from hasupd.backup.restic import Restic
 from hasupd.config.model import RepositoryConfig
-from hasupd.containment import Reaper
-from tests import restic_versions
+from hasupd.host.reaper import Reaper
 from tests.integration.backup import jobsupport
+from tests.support import restic_versions
 
 # The parametrized fixture (system restic, then the other Debian release's), for every test here.
 restic_binary = restic_versions.restic_binary

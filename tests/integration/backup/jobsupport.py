@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import write_config
+from tests.support.harness import write_config
 
 PASSWORD = "correct horse battery staple\n"
 

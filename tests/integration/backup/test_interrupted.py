@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.integration.harness import Hasupd, pid_alive
+from tests.support.harness import Hasupd, pid_alive
 
 
 def restic_pids(repo: Path) -> set[int]:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.backup.conftest import RestServer
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.integration.harness import Hasupd
+from tests.support.harness import Hasupd
 
 
 def free_port() -> int:

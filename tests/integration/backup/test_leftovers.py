@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hasupd.backup.leftovers import find_leftovers, stop_leftovers
-from tests.integration.harness import pid_alive
+from tests.support.harness import pid_alive
 
 
 def orphan(script: str, owner: str) -> int:

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from tests.integration.backup.jobsupport import QUIET, Setup
-from tests.integration.harness import Hasupd, require_root
-from tests.integration.smtp import SmtpServer, free_port
-from tests.integration.users import temp_group, temp_user, world_dir
+from tests.support.harness import Hasupd, require_root
+from tests.support.smtp import SmtpServer, free_port
+from tests.support.users import temp_group, temp_user, world_dir
 
 
 def checking_app(data: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.integration.harness import Hasupd
+from tests.support.harness import Hasupd
 
 
 def listing(root: Path) -> list[tuple[str, str]]:

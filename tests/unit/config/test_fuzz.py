@@ -22,7 +22,7 @@ import pytest
 
 from hasupd.config.load import ConfigError, load_config
 from hasupd.config.model import Config
-from tests.unit.config.mutants import Mutant, random_mutant, seed_files, special_mutants
+from tests.support.mutants import Mutant, random_mutant, seed_files, special_mutants
 
 BUDGET_SEC = 15.0  # the whole test, far below a minute even on a loaded machine
 MAX_MUTANTS = 4000

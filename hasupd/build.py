@@ -1,0 +1,208 @@
+"""Builds hasupd's object graph from a Config: records, containment, spawners, the manager and its
+observers (records read back, incident output, metrics, alerts), then backups and recovery.
+
+Only construction lives here; ``hasupd.daemon`` owns the lifecycle (TaskGroup, signals, READY /
+RELOADING / STOPPING, reload, ordered shutdown) and decides when each part starts and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hasupd import __version__
+from hasupd import events as ev
+from hasupd.alerts.policy import Alerts
+from hasupd.backup.units import BackupSetup, setup_backups
+from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
+from hasupd.host.containment import Containment
+from hasupd.host.output import journal_available
+from hasupd.host.reaper import Reaper
+from hasupd.manager import Manager
+from hasupd.observe.logs import LogSetup, log_events, setup_logging
+from hasupd.observe.metrics import Metrics
+from hasupd.observe.queries import RecordStore
+from hasupd.observe.service_output import IncidentOutputCapture, ServiceOutput
+from hasupd.recovery import Recovery
+from hasupd.runtimes.container import (
+    ContainerSpawner,
+    EngineError,
+    RoutingSpawner,
+    cleanup_stale_containers,
+    engine_environment,
+)
+from hasupd.runtimes.exec import ExecSpawner
+from hasupd.states import OutputMode
+from hasupd.watch.watchers import LoopWatchers
+
+
+def containment_name(runtime_dir: Path) -> str:
+    """Return the name of hasupd's cgroup: "hasupd" for the default runtime dir, else one per runtime dir.
+
+    Two hasupd instances with different runtime dirs (tests, a user's own) never touch each other's
+    services, even when one cleans up what it believes an earlier run of itself left behind.
+    """
+    if runtime_dir == Path(DEFAULT_RUNTIME_DIR):
+        return "hasupd"
+    digest = hashlib.sha256(str(runtime_dir.resolve()).encode()).hexdigest()[:10]
+    return f"hasupd-{digest}"
+
+
+class LoopClock:
+    """The event loop as the state machine's Clock."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
+        return self._loop.call_at(when, callback)
+
+
+@dataclass
+class Graph:
+    """What ``build`` made: the parts the daemon starts, runs and closes (in reverse order)."""
+
+    logs: LogSetup
+    containment: Containment
+    reaper: Reaper
+    programs: ExecSpawner
+    containers: ContainerSpawner
+    clock: LoopClock
+    manager: Manager
+    records: RecordStore
+    capture: IncidentOutputCapture
+    metrics: Metrics
+    alerts: Alerts
+
+
+async def build(
+    config: Config,
+    bus: ev.EventBus,
+    *,
+    log_target: LogTarget | None = None,
+    log_format: LogFormat | None = None,
+    force_fallback_containment: bool = False,
+) -> Graph:
+    """Make the state and runtime dirs, set up logging, remove what an earlier run left behind (its
+    containers, its cgroups) and build the object graph for ``config``; publish DaemonStarted.
+
+    ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
+    started: no service, no task. Must run on the event loop that will supervise.
+    """
+    loop = asyncio.get_running_loop()
+    log_cfg = config.daemon.log
+    state_dir = Path(config.daemon.state_dir)
+    runtime_dir = Path(config.daemon.runtime_dir)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    logs = setup_logging(
+        log_target or log_cfg.target,
+        log_format or log_cfg.format,
+        records_dir=state_dir / "records",
+        group=config.daemon.access.socket_group,
+    )
+    log_events(bus, logs.logger)
+    # Traversable by everyone: services reach their notify sockets here; the control socket itself
+    # is 0660.
+    runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+    base_name = containment_name(runtime_dir)
+    container_prefix = base_name + "-"
+    engine_env = engine_environment(os.environ)
+    # Before Containment.cleanup_stale: an engine removes a container best while its conmon lives.
+    for engine in sorted({s.container.engine for s in config.services if s.container is not None}):
+        try:
+            removed = await cleanup_stale_containers(engine, container_prefix, engine_env=engine_env)
+        except EngineError as error:
+            logs.logger.warning("cannot remove the %s containers of an earlier run: %s", engine, error)
+            continue
+        if removed:
+            logs.logger.info("removed %s containers of an earlier run: %s", engine, ", ".join(removed))
+    containment = Containment.detect(
+        base_name=base_name,
+        force_fallback=force_fallback_containment,
+        runtime_dir=runtime_dir,
+    )
+    containment.cleanup_stale()
+    reaper = Reaper(loop)
+    programs = ExecSpawner(loop, containment, reaper, state_dir)
+    containers = ContainerSpawner(
+        programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env
+    )
+    spawner = RoutingSpawner(programs, containers)
+    default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
+    bus.publish(
+        ev.DaemonStarted(
+            version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
+        )
+    )
+    clock = LoopClock(loop)
+    watchers = LoopWatchers(loop, clock, runtime_dir, reaper)
+    manager = Manager(
+        config,
+        spawner=spawner,
+        clock=clock,
+        bus=bus,
+        default_output=default_output,
+        watchers=watchers,
+    )
+    # Records read back, incident output tails, metrics.
+    service_output = ServiceOutput(bus, state_dir / "logs", reaper, manager)
+    records = RecordStore(logs, service_output, reaper, bus)
+    capture = IncidentOutputCapture(bus, service_output)
+    metrics = Metrics(bus, manager, config.daemon.metrics.listen)
+    alerts = Alerts(bus, manager, state_dir / "alerts", clock)  # email alerts, spool, delivery
+    metrics.alert_spool_depth = lambda: alerts.depth
+    return Graph(
+        logs=logs,
+        containment=containment,
+        reaper=reaper,
+        programs=programs,
+        containers=containers,
+        clock=clock,
+        manager=manager,
+        records=records,
+        capture=capture,
+        metrics=metrics,
+        alerts=alerts,
+    )
+
+
+async def build_backups(
+    config: Config,
+    graph: Graph,
+    bus: ev.EventBus,
+    spawn_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+) -> BackupSetup:
+    """Set up the backup job units of ``config`` and the recovery actions (which restore through
+    them); tasks go to ``spawn_task`` (the daemon's TaskGroup). Return the backup setup."""
+    state_dir = Path(config.daemon.state_dir)
+    manager = graph.manager
+    setup = await setup_backups(
+        config.backups,
+        {r.name: r for r in config.daemon.repositories},
+        manager=manager,
+        loop=asyncio.get_running_loop(),
+        spawn_task=spawn_task,
+        bus=bus,
+        clock=graph.clock,
+        state_dir=state_dir,
+        reaper=graph.reaper,
+    )
+    backups = setup.units
+    Recovery(
+        manager,
+        bus=bus,
+        state_dir=state_dir,
+        reaper=graph.reaper,
+        spawn_task=spawn_task,
+        restorer_for=lambda job: backups.data_restorer(job, manager),
+    )
+    return setup

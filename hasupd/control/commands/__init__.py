@@ -1,0 +1,44 @@
+"""The command table: for each control command its handler, the role it needs and whether it changes state.
+
+One module per command family; each imports only ``hasupd.control.context``, and this table imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hasupd.control.auth import Role
+from hasupd.control.commands import alerts, backup, records, restore, services
+from hasupd.control.context import Context
+
+Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: the role a caller needs, whether it is audited as a change, and its handler."""
+
+    role: Role
+    changes_state: bool
+    handler: Handler
+
+
+COMMANDS: dict[str, Command] = {
+    "status": Command(Role.READ, False, services.status),
+    "start": Command(Role.OPERATE, True, services.start),
+    "stop": Command(Role.OPERATE, True, services.stop),
+    "restart": Command(Role.OPERATE, True, services.restart),
+    "reset-failed": Command(Role.OPERATE, True, services.reset_failed),
+    "reload": Command(Role.OPERATE, True, services.reload),
+    "logs": Command(Role.READ, False, records.logs),
+    "events": Command(Role.READ, False, records.events),
+    "errors": Command(Role.READ, False, records.errors),
+    "incident": Command(Role.READ, False, records.incident),
+    "alert-test": Command(Role.OPERATE, True, alerts.alert_test),
+    "backup-run": Command(Role.OPERATE, True, backup.run),
+    "backup-list": Command(Role.READ, False, backup.list_snapshots),
+    "backup-status": Command(Role.READ, False, backup.status),
+    "restore": Command(Role.ADMIN, True, restore.restore),
+}

@@ -1,0 +1,38 @@
+"""What every control command handler gets (``Context``) and how it fails (``CommandError``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from hasupd.config.diff import Plan
+from hasupd.control.protocol import Exit
+from hasupd.manager import Manager
+from hasupd.observe.queries import RecordStore
+
+if TYPE_CHECKING:
+    from hasupd.alerts.policy import Alerts
+    from hasupd.backup.units import BackupUnits
+
+
+class CommandError(Exception):
+    """A request that cannot be served: ``code`` is the exit status hasupctl ends with."""
+
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Reloader(Protocol):
+    async def reload_plan(self, dry_run: bool) -> Plan:
+        """Return the plan for the config on disk (applied unless dry_run). Raise CommandError if invalid."""
+        ...
+
+
+@dataclass
+class Context:
+    manager: Manager
+    reloader: Reloader
+    records: RecordStore | None = None  # logs, events, errors, incident
+    alerts: Alerts | None = None  # alert test
+    backups: BackupUnits | None = None  # set once the job units exist

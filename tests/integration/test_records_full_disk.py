@@ -3,41 +3,12 @@ that records are being dropped, and says when they are written again, with the c
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.harness import Hasupd, require_root, write_config
-
-
-@contextlib.contextmanager
-def small_tmpfs() -> Iterator[Path]:
-    require_root()
-    point = Path(tempfile.mkdtemp(prefix="hasupd-full-state-"))
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(point)], check=True)
-        try:
-            yield point
-        finally:
-            subprocess.run(["umount", "-l", str(point)], check=True)
-    finally:
-        point.rmdir()
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            for _ in range(4096):  # 16 MiB at most: the filesystem is far smaller
-                os.write(fd, b"x" * 4096)
-    finally:
-        os.close(fd)
-    return filler
+from tests.support.fullfs import fill, small_tmpfs
+from tests.support.harness import Hasupd, write_config
 
 
 def test_a_full_state_dir_gives_one_dropping_record_and_one_resumed_record(

@@ -9,10 +9,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from hasupd import events as ev
 from hasupd.config.model import LogFormat, LogTarget
@@ -26,17 +23,6 @@ from hasupd.observe.logs import (
     log_events,
     setup_logging,
 )
-
-
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    log = logging.getLogger("hasupd.test-records")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
 
 
 def exited(pid: int = 42) -> ev.ServiceExited:

@@ -3,7 +3,6 @@ python-json-logger (2.0 on Debian 12, the newest in the venv) makes."""
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import io
 import json
@@ -13,29 +12,18 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hasupd import events as ev
 from hasupd.observe.logs import RECORDS_FILE, JournalHandler, RecordFileHandler, _log_record, log_events
+from tests.support.fullfs import fill, small_tmpfs
+from tests.support.harness import require_root
 from tests.support.restic_versions import fetched_binary, this_suite
 
 REPO = Path(__file__).resolve().parents[3]
 DEBIAN_PYTHON = "/usr/bin/python3"
-
-
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    log = logging.getLogger("hasupd.test-record-files")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
 
 
 def exited(pid: int) -> ev.ServiceExited:
@@ -50,8 +38,7 @@ def some_group() -> grp.struct_group:
 def test_records_are_0640_in_a_0750_folder_with_the_socket_group_also_after_rotation(
     tmp_path: Path, logger: logging.Logger
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("giving a file to another group needs root")
+    require_root()  # giving a file to another group
     group = some_group()
     folder = tmp_path / "records"
     folder.mkdir(mode=0o755)
@@ -82,35 +69,6 @@ def test_without_the_group_the_files_stay_0640_and_hasupds_own(
     logger.handle(_log_record(logger.name, exited(1)))
     st = (tmp_path / "records" / RECORDS_FILE).stat()
     assert (st.st_mode & 0o7777, st.st_gid) == (0o640, os.getegid())
-
-
-@contextlib.contextmanager
-def small_tmpfs() -> Iterator[Path]:
-    """A 2 MiB tmpfs on a temporary mountpoint (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    point = Path(tempfile.mkdtemp(prefix="hasupd-full-"))
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(point)], check=True)
-        try:
-            yield point
-        finally:
-            subprocess.run(["umount", "-l", str(point)], check=True)
-    finally:
-        point.rmdir()
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the filesystem is full; return it."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            for _ in range(4096):  # 16 MiB at most: the filesystem is far smaller
-                os.write(fd, b"x" * 4096)
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_gives_one_dropping_record_then_one_resumed_record_with_the_count(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,17 +44,6 @@ def test_normalise_replaces_numbers_pids_hex_ids_and_paths() -> None:
     )
     assert normalise("incident 3fa2b91c0d4e closed after 1.25s") == "incident <id> closed after <n>s"
     assert normalise("web2 is fine") == "web2 is fine"  # digits inside a name stay
-
-
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    log = logging.getLogger("hasupd.test-queries")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
 
 
 class Source:

@@ -1,10 +1,11 @@
 """Cron expressions as Vixie cron reads them.
 
-Five fields ``minute hour day-of-month month day-of-week`` with ``*``, lists, ranges, steps (``*/15``, ``1-10/2``, ``5/10`` = ``5-max/10``) and English names (``jan``, ``mon``); day of
-week 0 and 7 are Sunday. When both day fields are restricted a day matches if EITHER matches; a field that
-starts with ``*`` (``*/2`` included) counts as unrestricted, and then both must match. Shorthands:
-``@hourly @daily @midnight @weekly @monthly @yearly @annually``. Times are wall-clock times in the zone of
-the datetime passed in (use UTC to stay clear of DST; in a DST gap the wall time is taken as fold=0).
+Five fields ``minute hour day-of-month month day-of-week`` with ``*``, lists, ranges, steps (``*/15``,
+``1-10/2``, ``5/10`` = ``5-max/10``) and English names (``jan``, ``mon``); day of week 0 and 7 are Sunday.
+When both day fields are restricted a day matches if EITHER matches; a field that starts with ``*`` (``*/2``
+included) counts as unrestricted, and then both must match. Shorthands: ``@hourly @daily @midnight @weekly
+@monthly @yearly @annually``. Times are wall-clock times in the zone of the datetime passed in (use UTC to
+stay clear of DST; in a DST gap the wall time is taken as fold=0).
 
 Here in config/ because validation parses every schedule (a bad field fails at load, with its
 location); the backup scheduler imports it from here. Written here (~100 lines) rather than depending

@@ -14,7 +14,7 @@ from pathlib import Path
 from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
 from hasupd.build import build, build_backups
-from hasupd.config.diff import Plan
+from hasupd.config.diff import ReloadPlan
 from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
 from hasupd.config.model import Config, LogFormat, LogTarget
@@ -161,8 +161,9 @@ class Daemon:
         with contextlib.suppress(CommandError):  # already recorded as config.invalid
             await self.reload_plan(dry_run=False)
 
-    async def reload_plan(self, dry_run: bool) -> Plan:
-        """Re-read the config and return the plan; apply it unless ``dry_run``.
+    async def reload_plan(self, dry_run: bool) -> ReloadPlan:
+        """Re-read the config and return the one plan (services, backup jobs, alert channels); apply it
+        unless ``dry_run``: the manager its services' part, the backup setup its jobs' part.
 
         Raise CommandError (after recording config.invalid) if the config is invalid: nothing changes.
         """
@@ -176,9 +177,7 @@ class Daemon:
             try:
                 plan = await self.manager.apply(config)
                 if self.backup_setup is not None:
-                    await self.backup_setup.apply(
-                        config.backups, {r.name: r for r in config.daemon.repositories}
-                    )
+                    await self.backup_setup.apply(plan.jobs, config)
             finally:
                 self.notifier.ready(self.manager.summary())
         return plan

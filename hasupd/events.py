@@ -114,12 +114,26 @@ class ConfigApplied(Event):
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     unchanged: int = 0
+    # The rest of the reload plan (hasupd.config.diff): backup jobs and alert channels.
+    jobs_added: tuple[str, ...] = ()
+    jobs_removed: tuple[str, ...] = ()
+    jobs_changed: tuple[str, ...] = ()
+    channels_added: tuple[str, ...] = ()
+    channels_removed: tuple[str, ...] = ()
+    channels_changed: tuple[str, ...] = ()
 
     def message(self) -> str:
-        return (
+        text = (
             f"configuration applied: added {list(self.added)}, removed {list(self.removed)}, "
             f"changed {list(self.changed)}, {self.unchanged} unchanged"
         )
+        for what, added, removed, changed in (
+            ("backup jobs", self.jobs_added, self.jobs_removed, self.jobs_changed),
+            ("alert channels", self.channels_added, self.channels_removed, self.channels_changed),
+        ):
+            if added or removed or changed:
+                text += f"; {what}: added {list(added)}, removed {list(removed)}, changed {list(changed)}"
+        return text
 
 
 # --------------------------------------------------------------------------- services

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from hasupd import events as ev
-from hasupd.config.diff import Plan, plan_reload
+from hasupd.config.diff import ReloadPlan, plan_reload
 from hasupd.config.model import Config, ServiceConfig
 from hasupd.host.sockets import SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
@@ -371,14 +371,17 @@ class Manager:
 
     # ------------------------------------------------------------------ reload
 
-    def plan(self, new: Config) -> Plan:
-        """Return what applying ``new`` would do, changing nothing."""
+    def plan(self, new: Config) -> ReloadPlan:
+        """Return what applying ``new`` would do (services, backup jobs, alert channels), changing nothing."""
         return plan_reload(self.config, new)
 
-    async def apply(self, new: Config) -> Plan:
-        """Turn the running services into those of ``new``: only what changed is touched."""
+    async def apply(self, new: Config) -> ReloadPlan:
+        """Turn the running services into those of ``new``: only what changed is touched. Return the
+        whole plan: its backup jobs' part is the backup setup's to apply; the alerts read the channels
+        of ``self.config`` and learn of changed ones from config.applied."""
         async with self._reload_lock:
-            plan = plan_reload(self.config, new)
+            whole = plan_reload(self.config, new)
+            plan = whole.services
             old = {s.name: s for s in self.config.services}
             gone = [*plan.removed, *(s.name for s in plan.changed)]
             await self.stop_many([u for name in gone for u in self.units[name]], "configuration changed")
@@ -405,6 +408,12 @@ class Manager:
                     removed=plan.removed,
                     changed=tuple(s.name for s in (*plan.changed, *plan.updated)),
                     unchanged=len(plan.unchanged),
+                    jobs_added=whole.jobs.added,
+                    jobs_removed=whole.jobs.removed,
+                    jobs_changed=whole.jobs.changed_names,
+                    channels_added=whole.channels.added,
+                    channels_removed=whole.channels.removed,
+                    channels_changed=whole.channels.changed_names,
                 )
             )
-            return plan
+            return whole

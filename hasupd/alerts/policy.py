@@ -161,7 +161,6 @@ class Alerts:
         self._alerted: dict[tuple[str, str], str] = {}  # (channel, incident) -> first Message-ID
         self._waiting: dict[str, tuple[TimerHandle, list[Callable[[], None]]]] = {}
         self._seq = itertools.count()
-        self._known = self.channels()
         bus.subscribe(self._on_event)
 
     @property
@@ -207,7 +206,7 @@ class Alerts:
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ConfigApplied):
-            self._reconfigured()
+            self._reconfigured(event)
         if event.NAME.startswith("alert.") or not self._source.config.daemon.alerts:
             return
         self._track(event)
@@ -220,13 +219,13 @@ class Alerts:
                 self._remember(channel.name, event.incident)
             self._offer(channel, alert)
 
-    def _reconfigured(self) -> None:
-        """A reload changed a channel (a fixed password, another server): retry its messages now."""
-        now = self.channels()
-        for name in now.keys() | self._known.keys():
-            if now.get(name) != self._known.get(name):
-                self.delivery.retry_now(name)
-        self._known = now
+    def _reconfigured(self, applied: ev.ConfigApplied) -> None:
+        """A reload changed a channel (a fixed password, another server): retry its messages now. Which
+        channels changed is the channels' part of the reload plan (hasupd.config.diff), in the record."""
+        for name in dict.fromkeys(
+            (*applied.channels_added, *applied.channels_removed, *applied.channels_changed)
+        ):
+            self.delivery.retry_now(name)
 
     def _track(self, event: ev.Event) -> None:
         """Keep the incident's records (bounded) for the chain shown in messages."""

@@ -24,7 +24,8 @@ from hasupd.backup.jobs import BackupJob, JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
 from hasupd.backup.restore import LatestInPlace, Restorer
 from hasupd.backup.schedule import next_due, stable_offset
-from hasupd.config.model import BackupJobConfig, ServiceConfig, StartLimit
+from hasupd.config.diff import Changes
+from hasupd.config.model import BackupJobConfig, Config, ServiceConfig, StartLimit
 from hasupd.ports import ExitStatus, SpawnSpec
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
@@ -347,7 +348,6 @@ class BackupSetup:
         self._reaper = reaper
         # Found on hasupd's own PATH: services get a clean PATH, restic is hasupd's tool.
         self._restic = restic_binary or shutil.which("restic") or "restic"
-        self.jobs: dict[str, BackupJobConfig] = {}
 
     def add(self, job: BackupJobConfig, repositories: dict[str, Any], *, arm: bool = True) -> None:
         backup = BackupJob(
@@ -369,33 +369,21 @@ class BackupSetup:
         )
         self._manager.add_job_unit(unit)
         self.units.add(JobRunner(backup), unit, arm=arm)
-        self.jobs[job.name] = job
 
-    async def apply(self, jobs: tuple[BackupJobConfig, ...], repositories: dict[str, Any]) -> None:
-        """Reload: stop and replace the jobs whose config (or repository) changed; add new ones."""
-        new = {job.name: job for job in jobs}
-        gone = [name for name, job in self.jobs.items() if new.get(name) != job]
-        gone += [
-            n for n in self.jobs if n not in gone and n in new and self._repos_changed(new[n], repositories)
-        ]
+    async def apply(self, plan: Changes, config: Config) -> None:
+        """Reload: apply the backup jobs' part of the reload plan (``hasupd.config.diff``): stop and
+        remove the removed and changed jobs (config or repository), then add the changed and new ones
+        from ``config``, in its order."""
+        gone = [*plan.removed, *plan.changed_names]
         await self._manager.stop_many(gone, "backup job configuration changed")
         for name in gone:
             self.units.remove(name)
             self._manager.remove_job_unit(name)
-            del self.jobs[name]
-        for name, job in new.items():
-            if name not in self.jobs:
+        repositories = {r.name: r for r in config.daemon.repositories}
+        fresh = {*plan.added, *plan.changed_names}
+        for job in config.backups:
+            if job.name in fresh:
                 self.add(job, repositories)
-
-    def _repos_changed(self, job: BackupJobConfig, repositories: dict[str, Any]) -> bool:
-        runner = self.units.runners.get(job.name)
-        if runner is None:
-            return True
-        current = [runner.job.hot.repo] + ([runner.job.cold.repo] if runner.job.cold else [])
-        wanted = [repositories.get(job.repository)] + (
-            [repositories.get(job.long_term.repository)] if job.long_term else []
-        )
-        return current != wanted
 
 
 async def setup_backups(

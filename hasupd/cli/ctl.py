@@ -164,10 +164,15 @@ def _run(argv: list[str] | None) -> int:
         for outcome in data:
             print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
     elif args.command == "reload":
-        print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
-        for line in data["plan"] or ["nothing to do"]:
-            print("  " + line)
+        print_reload(data)
     return Exit.OK
+
+
+def print_reload(data: dict[str, Any]) -> None:
+    """Print the answer of ``reload``: the plan's lines (services, then backup jobs and alert channels)."""
+    print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
+    for line in data["plan"] or ["nothing to do"]:
+        print("  " + line)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from collections.abc import Collection
 
 from yaml.nodes import Node
 
-from hasupd.backup.schedule import parse_cron
+from hasupd.config.cron import parse_cron
 from hasupd.config.model import BackupJobConfig, CheckSpec, DrillSpec, Keep, LongTerm
 from hasupd.config.nodes import (
     Converter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from hasupd.config.diff import Plan
+from hasupd.config.diff import ReloadPlan
 from hasupd.control.protocol import Exit
 from hasupd.manager import Manager
 from hasupd.observe.queries import RecordStore
@@ -24,7 +24,7 @@ class CommandError(Exception):
 
 
 class Reloader(Protocol):
-    async def reload_plan(self, dry_run: bool) -> Plan:
+    async def reload_plan(self, dry_run: bool) -> ReloadPlan:
         """Return the plan for the config on disk (applied unless dry_run). Raise CommandError if invalid."""
         ...
 

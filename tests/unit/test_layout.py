@@ -27,6 +27,8 @@ LOW = ("host", "runtimes")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{low: (*TOP, "service", "manager", "recovery", "restart", *OBSERVERS) for low in LOW},
     **{core: (*TOP, *OBSERVERS) for core in CORE},
+    # The config is read by everyone: it reaches into no observer, no core module with behaviour, no top.
+    "config": (*TOP, "service", "manager", "recovery", "events", *OBSERVERS),
 }
 
 
@@ -187,6 +189,14 @@ def test_a_circle_is_found(tmp_path: Path, files: dict[str, str]) -> None:
             {"__init__.py": "", "runtimes/__init__.py": "", "runtimes/y.py": "import hasupd.watch.probes\n"},
             ["hasupd.runtimes.y -> hasupd.watch.probes"],
         ),
+        (
+            {
+                "__init__.py": "",
+                "config/__init__.py": "",
+                "config/v.py": "from hasupd.backup.schedule import p\n",
+            },
+            ["hasupd.config.v -> hasupd.backup.schedule"],
+        ),
     ],
 )
 def test_a_wrong_way_import_is_found(tmp_path: Path, files: dict[str, str], expected: list[str]) -> None:
@@ -198,6 +208,8 @@ def test_a_wrong_way_import_is_found(tmp_path: Path, files: dict[str, str], expe
         "alerts/policy.py",
         "watch/__init__.py",
         "watch/probes.py",
+        "backup/__init__.py",
+        "backup/schedule.py",
     ):
         (pkg / target).parent.mkdir(parents=True, exist_ok=True)
         (pkg / target).touch(exist_ok=True)

@@ -143,4 +143,5 @@ async def reload(ctx: Context, args: dict[str, Any]) -> Any:
     if not isinstance(dry_run, bool):
         raise CommandError(Exit.USAGE, "'dry_run' must be true or false")
     plan = await ctx.reloader.reload_plan(dry_run)
-    return {"dry_run": dry_run, "plan": plan.describe()}
+    # "plan": the lines people read (as before); the parts by kind for scripts (--json).
+    return {"dry_run": dry_run, "plan": plan.describe(), **plan.as_json()}

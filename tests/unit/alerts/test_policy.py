@@ -473,7 +473,7 @@ async def test_a_reload_that_changes_a_channel_retries_its_messages_at_once(tmp_
         rig.source.config = Config(
             config_dir="/etc/hasupd", daemon=DaemonConfig(alerts=(chan("ops", coalesce=0, port=587),))
         )
-        rig.bus.publish(ev.ConfigApplied())
+        rig.bus.publish(ev.ConfigApplied(channels_changed=("ops",)))
         await DeliveryRig.until(None, lambda: any(isinstance(r, ev.AlertSent) for r in records))  # type: ignore[arg-type]
         runner.cancel()
     assert mailer.opened == 2

@@ -89,8 +89,6 @@ class Manager:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._reload_lock = asyncio.Lock()
         self._stopping = False
-        self._starting = False
-        self._start_again = False
         bus.subscribe(self._on_event)
         for service in config.services:
             self._add(service)
@@ -211,25 +209,15 @@ class Manager:
         )
 
     def _start_ready(self) -> None:
-        # Starting a unit publishes "running", which calls this again: instead of recursing (once per
-        # unit: deep and quadratic with hundreds of services) the outer call goes round once more.
-        if self._starting:
-            self._start_again = True
-            return
-        self._starting = True
-        try:
-            self._start_again = True
-            while self._start_again:
-                self._start_again = False
-                for unit in sorted(self._pending):
-                    service = self.services.get(unit)
-                    if service is None:
-                        self._pending.discard(unit)
-                    elif unit in self._pending and self._deps_running(service.config):
-                        self._pending.discard(unit)
-                        service.start()
-        finally:
-            self._starting = False
+        # Starting a unit may publish "running" at once; the bus queues it behind the event being
+        # delivered (FIFO), so this never recurses, however many units start.
+        for unit in sorted(self._pending):
+            service = self.services.get(unit)
+            if service is None:
+                self._pending.discard(unit)
+            elif unit in self._pending and self._deps_running(service.config):
+                self._pending.discard(unit)
+                service.start()
 
     def _on_event(self, event: ev.Event) -> None:
         if not isinstance(event, ev.ServiceStateChanged | ev.HealthRecovered):

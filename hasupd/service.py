@@ -441,13 +441,13 @@ class Service:
             self._reset_for_explicit_start()
             self._enter_start()
             return
-        code = self.last_exit.code if self.last_exit is not None else None
-        if self.result is R.EXIT_CODE and code in self.config.restart_prevent_exit_status:
-            restart, reason = False, f"exit code {code} means a retry cannot help"
-        else:
-            restart, reason = shall_restart(
-                self.config.restart, self.result, stop_requested=self._stop_requested
-            )
+        restart, reason = shall_restart(
+            self.config.restart,
+            self.result,
+            stop_requested=self._stop_requested,
+            exit_code=self.last_exit.code if self.last_exit is not None else None,
+            prevent_exit_status=self.config.restart_prevent_exit_status,
+        )
         if restart:
             self._enter_auto_restart(reason)
             return

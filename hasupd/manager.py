@@ -19,7 +19,7 @@ from hasupd.config.model import Config, ServiceConfig
 from hasupd.host.sockets import SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
-from hasupd.states import OutputMode, ServiceState
+from hasupd.states import Health, OutputMode, ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class Manager:
             self.start(service.name)
 
         def up(s: Service) -> bool:
-            return s.state is ServiceState.RUNNING and s.health in (None, "healthy")
+            return s.state is ServiceState.RUNNING and s.health in (None, Health.HEALTHY)
 
         def settled() -> bool:
             return all(s.state is ServiceState.FAILED or up(s) for s in services)

@@ -37,6 +37,7 @@ from hasupd.states import (
     ACTIVE_STATES,
     INACTIVE_STATES,
     STOPPING_STATES,
+    Health,
     OutputMode,
     ServiceResult,
     ServiceState,
@@ -77,7 +78,7 @@ class ServiceStatus:
     incident: str | None
     invocation: str | None
     status_text: str | None = None
-    health: str | None = None
+    health: Health | None = None
     rolled_back: str | None = None
 
 
@@ -143,7 +144,7 @@ class Service:
         self.rolled_back: str | None = None  # why it runs a rolled-back config (set by recovery)
         # While recovery actions run, the incident stays open until recovery says how it ended.
         self.hold_incident = False
-        self.health: str | None = None  # None: no probes; else "starting", "healthy", "unhealthy"
+        self.health: Health | None = None  # None: no probes
 
     # ------------------------------------------------------------------ views
 
@@ -265,7 +266,7 @@ class Service:
             self._arm_limits(process, rearm=True)
         if old.health != config.health and self.state is S.RUNNING:
             # A notify service in start gets its probes on READY=1, as always.
-            self.health = "starting" if config.health else None
+            self.health = Health.STARTING if config.health else None
             self._arm_probes()
 
     @property
@@ -388,7 +389,7 @@ class Service:
         if self.config.health and self._watchers is not None:
             # Set before the state changes, so nobody waiting for "running and healthy" sees a
             # running service with no verdict yet as healthy.
-            self.health = "starting"
+            self.health = Health.STARTING
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)
         # Probes judge a running service: for notify ones, only once READY=1 came.
@@ -739,12 +740,12 @@ class Service:
             return
         kind = str(outcome.probe.kind)
         if outcome.healthy:
-            self.health = "healthy"
+            self.health = Health.HEALTHY
             self._publish(ev.HealthRecovered(probe=kind))
             if not self.hold_incident:
                 self._close_incident("resolved")
             return
-        self.health = "unhealthy"
+        self.health = Health.UNHEALTHY
         self._freeze(
             R.HEALTH,
             ev.HealthFailed(

@@ -349,13 +349,14 @@ class Manager:
         its sockets; status shows ``reason``. A later reload that changes its file replaces it again."""
         await self.stop_many(self.units[name], reason)
         # The open incident and its hold carry over to the replacement units.
-        carried = {u: (self.services[u].incident, self.services[u].hold_incident) for u in self.units[name]}
+        previous = {u: self.services[u] for u in self.units[name]}
         held = self._remove(name, keep_sockets=True)
         self._add(config, held)
         for unit in self.units[name]:
             service = self.services[unit]
-            service.rolled_back = reason
-            service.incident, service.hold_incident = carried.get(unit, (None, False))
+            service.roll_back(reason)
+            if unit in previous:
+                service.carry_over(previous[unit])
 
     # ------------------------------------------------------------------ reload
 

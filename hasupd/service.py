@@ -119,7 +119,7 @@ class Service:
         self.result = R.SUCCESS
         self.restarts = 0  # restarts since the last explicit start
         self.last_exit: ExitStatus | None = None
-        self.incident: str | None = None
+        self._incident: str | None = None
         self.invocation: str | None = None
         self._process: Process | None = None
         self._main_alive = False
@@ -141,9 +141,9 @@ class Service:
         self._watchdog: TimerHandle | None = None
         self._watchdog_sec = config.watchdog_sec
         self.status_text: str | None = None
-        self.rolled_back: str | None = None  # why it runs a rolled-back config (set by recovery)
+        self._rolled_back: str | None = None  # why it runs a rolled-back config
         # While recovery actions run, the incident stays open until recovery says how it ended.
-        self.hold_incident = False
+        self._hold = False
         self.health: Health | None = None  # None: no probes
 
     # ------------------------------------------------------------------ views
@@ -152,6 +152,21 @@ class Service:
     def pid(self) -> int | None:
         """Return the main pid while the main process is alive."""
         return self._process.pid if self._process is not None and self._main_alive else None
+
+    @property
+    def incident(self) -> str | None:
+        """The id of the open incident, if any."""
+        return self._incident
+
+    @property
+    def incident_held(self) -> bool:
+        """True while recovery holds the incident open (see ``hold``)."""
+        return self._hold
+
+    @property
+    def rolled_back(self) -> str | None:
+        """Why this unit runs a rolled-back config instead of the one from its file (None if it does not)."""
+        return self._rolled_back
 
     @property
     def output(self) -> OutputMode:
@@ -173,11 +188,11 @@ class Service:
             active_since=self._active_since,
             restarts=self.restarts,
             last_exit=self.last_exit.describe() if self.last_exit else None,
-            incident=self.incident,
+            incident=self._incident,
             invocation=self.invocation,
             status_text=self.status_text,
             health=self.health,
-            rolled_back=self.rolled_back,
+            rolled_back=self._rolled_back,
         )
 
     # ------------------------------------------------------------------ commands
@@ -242,9 +257,24 @@ class Service:
             self._notify.close()
             self._notify = None
 
+    def hold(self, held: bool) -> None:
+        """Hold the open incident open (``held``) while recovery actions run: a stable run or a passing
+        probe then does not resolve it; ``end_incident`` (or ``hold(False)``) lets go."""
+        self._hold = held
+
+    def carry_over(self, previous: Service) -> None:
+        """Take over the open incident of ``previous`` and its hold: this unit replaces it (a rollback
+        swaps the units of a service), so what happens next is recorded in the same incident."""
+        self._incident = previous.incident
+        self._hold = previous.incident_held
+
+    def roll_back(self, reason: str) -> None:
+        """Record that this unit runs a rolled-back config, and why (shown in status)."""
+        self._rolled_back = reason
+
     def end_incident(self, outcome: str) -> None:
         """Close the open incident with ``outcome`` (how recovery ended) and stop holding it."""
-        self.hold_incident = False
+        self._hold = False
         self._close_incident(outcome)
 
     def update_config(self, config: ServiceConfig) -> None:
@@ -550,7 +580,7 @@ class Service:
         assert self.state is S.RUNNING, self.state
         self._attempt = 0
         self._publish(ev.ServiceStable(pid=self.pid))
-        if not self.config.health and not self.hold_incident:
+        if not self.config.health and not self._hold:
             # With probes, "healthy again" resolves the incident instead.
             self._close_incident("resolved")
 
@@ -742,7 +772,7 @@ class Service:
         if outcome.healthy:
             self.health = Health.HEALTHY
             self._publish(ev.HealthRecovered(probe=kind))
-            if not self.hold_incident:
+            if not self._hold:
                 self._close_incident("resolved")
             return
         self.health = Health.UNHEALTHY
@@ -775,18 +805,18 @@ class Service:
     # ------------------------------------------------------------------ records
 
     def _open_incident(self, reason: str) -> None:
-        if self.incident is None:
-            self.incident = uuid.uuid4().hex[:12]
+        if self._incident is None:
+            self._incident = uuid.uuid4().hex[:12]
             self._publish(ev.IncidentOpened(reason=reason))
 
     def _close_incident(self, outcome: str) -> None:
-        if self.incident is not None:
+        if self._incident is not None:
             self._publish(ev.IncidentClosed(outcome=outcome))
-            self.incident = None
+            self._incident = None
 
     def _stamped(self, event: ev.Event) -> ev.Event:
         """Return ``event`` with this service's name and open incident filled in."""
-        return dataclasses.replace(event, service=self.name, incident=self.incident)
+        return dataclasses.replace(event, service=self.name, incident=self._incident)
 
     def _publish(self, event: ev.Event) -> None:
         # Every record of this service carries its name and the open incident.

@@ -166,6 +166,7 @@ class FakeWatchers:
     def __init__(self) -> None:
         self.armed: list[FakeWatcher] = []
         self.memory_max: list[int | None] = []
+        self.on_notify: dict[str, Callable[..., None]] = {}
 
     def _arm(self, kind: str, spec: object, callback: Callable[..., None]) -> FakeWatcher:
         watcher = FakeWatcher(kind, spec, callback)
@@ -175,7 +176,10 @@ class FakeWatchers:
     def active(self, kind: str) -> list[FakeWatcher]:
         return [w for w in self.armed if w.kind == kind and not w.stopped]
 
-    def notify(self, config: object, unit: str, on_message: object, allowed: object) -> FakeNotify:
+    def notify(
+        self, config: object, unit: str, on_message: Callable[..., None], allowed: object
+    ) -> FakeNotify:
+        self.on_notify[unit] = on_message  # a test sends "datagrams" by calling it
         return FakeNotify()
 
     def probes(self, probes: object, on_outcome: Callable[..., None]) -> FakeWatcher:

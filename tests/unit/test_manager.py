@@ -15,7 +15,8 @@ from hasupd.host.notify import NotifyMessage
 from hasupd.manager import RollingRestartError
 from hasupd.states import RestartMode, ServiceType
 from hasupd.states import ServiceState as S
-from tests.unit.support_manager import Rig, service
+from tests.unit.fakes import ManagerRig as Rig
+from tests.unit.fakes import service
 
 
 @pytest.fixture(autouse=True)

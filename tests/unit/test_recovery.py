@@ -18,7 +18,8 @@ from hasupd.ports import DataRestoreFailed, RestoredData
 from hasupd.recovery import Recovery
 from hasupd.states import ServiceResult as R
 from hasupd.states import ServiceState as S
-from tests.unit.support_manager import Rig, service
+from tests.unit.fakes import ManagerRig as Rig
+from tests.unit.fakes import service
 
 
 @pytest.fixture(autouse=True)

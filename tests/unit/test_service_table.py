@@ -19,6 +19,7 @@ from hasupd.host.notify import NotifyMessage
 from hasupd.ports import ProbeOutcome
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceType
+from hasupd.states import ServiceResult as R
 from hasupd.states import ServiceState as S
 from tests.unit.fakes import FakeClock, FakeSpawner, FakeWatchers, Recorder
 
@@ -291,3 +292,36 @@ def test_state_x_input(state: S, name: str) -> None:
         assert _activity(rig) == before, "a no-op spawned or signalled something"
     else:
         assert rig.svc.state is expected
+
+
+# A start request whose spawn fails (missing binary, unknown user ...): result resources, then the
+# restart policy decides (the FAILED rig has restart: no).
+SPAWN_FAILS: dict[S, str] = {
+    S.DEAD: S.AUTO_RESTART,
+    S.START: NOOP,  # already started
+    S.RUNNING: NOOP,
+    S.STOP_SIGTERM: NOOP,  # the start comes after the stop
+    S.STOP_WATCHDOG: NOOP,
+    S.STOP_SIGKILL: NOOP,
+    S.FAILED: S.FAILED,
+    S.AUTO_RESTART: S.AUTO_RESTART,
+}
+
+
+@pytest.mark.parametrize("state", list(REACH), ids=str)
+def test_state_x_spawn_failure(state: S) -> None:
+    assert set(SPAWN_FAILS) == set(S)
+    rig = REACH[state]()
+    before = _activity(rig)
+    spawn_failures = len(rig.rec.of(ev.ServiceSpawnFailed))
+    rig.spawner.fail_with = "no such file"
+    rig.svc.start()
+    expected = SPAWN_FAILS[state]
+    if expected == NOOP:
+        assert rig.svc.state is state
+        assert len(rig.rec.of(ev.ServiceSpawnFailed)) == spawn_failures
+    else:
+        assert rig.svc.state is expected
+        assert rig.svc.result is R.RESOURCES
+        assert len(rig.rec.of(ev.ServiceSpawnFailed)) == spawn_failures + 1
+    assert _activity(rig) == before  # nothing was spawned

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -768,13 +769,23 @@ Subscriber = Callable[[Event], None]
 
 
 class EventBus:
-    """Synchronous fan-out of events to subscribers, in subscription order.
+    """FIFO fan-out of events to subscribers, in subscription order.
 
-    A subscriber that raises is a bug in hasupd and the exception propagates to the publisher.
+    An event published while another is being delivered (a subscriber reacting by starting a unit,
+    say) is queued and delivered after the current one, so every subscriber sees every event in the
+    same order and delivery never recurses. ``publish`` from outside a delivery returns once the
+    event and everything it caused in turn have been delivered.
+
+    A subscriber that raises is a bug in hasupd: the exception propagates to the publisher that
+    started the delivery, and the events still queued behind it are dropped (deliberately: they were
+    caused by an event whose handling is now broken), so the bus is never left stuck and the next
+    publish is delivered normally.
     """
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._queue: deque[Event] = deque()
+        self._delivering = False
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add ``subscriber``; return a function that removes it."""
@@ -782,6 +793,16 @@ class EventBus:
         return lambda: self._subscribers.remove(subscriber)
 
     def publish(self, event: Event) -> None:
-        """Deliver ``event`` to every subscriber now."""
-        for subscriber in tuple(self._subscribers):
-            subscriber(event)
+        """Deliver ``event`` to every subscriber, or queue it if a delivery is under way."""
+        self._queue.append(event)
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._queue:
+                current = self._queue.popleft()
+                for subscriber in tuple(self._subscribers):
+                    subscriber(current)
+        finally:
+            self._queue.clear()  # empty unless a subscriber raised: see the class docstring
+            self._delivering = False

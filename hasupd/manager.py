@@ -19,7 +19,7 @@ from hasupd.config.model import Config, ServiceConfig
 from hasupd.host.sockets import SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
-from hasupd.states import OutputMode, ServiceState
+from hasupd.states import Health, OutputMode, ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,6 @@ class Manager:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._reload_lock = asyncio.Lock()
         self._stopping = False
-        self._starting = False
-        self._start_again = False
         bus.subscribe(self._on_event)
         for service in config.services:
             self._add(service)
@@ -211,25 +209,15 @@ class Manager:
         )
 
     def _start_ready(self) -> None:
-        # Starting a unit publishes "running", which calls this again: instead of recursing (once per
-        # unit: deep and quadratic with hundreds of services) the outer call goes round once more.
-        if self._starting:
-            self._start_again = True
-            return
-        self._starting = True
-        try:
-            self._start_again = True
-            while self._start_again:
-                self._start_again = False
-                for unit in sorted(self._pending):
-                    service = self.services.get(unit)
-                    if service is None:
-                        self._pending.discard(unit)
-                    elif unit in self._pending and self._deps_running(service.config):
-                        self._pending.discard(unit)
-                        service.start()
-        finally:
-            self._starting = False
+        # Starting a unit may publish "running" at once; the bus queues it behind the event being
+        # delivered (FIFO), so this never recurses, however many units start.
+        for unit in sorted(self._pending):
+            service = self.services.get(unit)
+            if service is None:
+                self._pending.discard(unit)
+            elif unit in self._pending and self._deps_running(service.config):
+                self._pending.discard(unit)
+                service.start()
 
     def _on_event(self, event: ev.Event) -> None:
         if not isinstance(event, ev.ServiceStateChanged | ev.HealthRecovered):
@@ -307,7 +295,7 @@ class Manager:
             self.start(service.name)
 
         def up(s: Service) -> bool:
-            return s.state is ServiceState.RUNNING and s.health in (None, "healthy")
+            return s.state is ServiceState.RUNNING and s.health in (None, Health.HEALTHY)
 
         def settled() -> bool:
             return all(s.state is ServiceState.FAILED or up(s) for s in services)
@@ -361,13 +349,14 @@ class Manager:
         its sockets; status shows ``reason``. A later reload that changes its file replaces it again."""
         await self.stop_many(self.units[name], reason)
         # The open incident and its hold carry over to the replacement units.
-        carried = {u: (self.services[u].incident, self.services[u].hold_incident) for u in self.units[name]}
+        previous = {u: self.services[u] for u in self.units[name]}
         held = self._remove(name, keep_sockets=True)
         self._add(config, held)
         for unit in self.units[name]:
             service = self.services[unit]
-            service.rolled_back = reason
-            service.incident, service.hold_incident = carried.get(unit, (None, False))
+            service.roll_back(reason)
+            if unit in previous:
+                service.carry_over(previous[unit])
 
     # ------------------------------------------------------------------ reload
 

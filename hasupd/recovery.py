@@ -127,7 +127,7 @@ class Recovery:
     def _hold(self, unit: str, hold: bool) -> None:
         service = self._manager.services.get(unit)
         if service is not None:
-            service.hold_incident = hold
+            service.hold(hold)
 
     async def _recover(self, unit: str, config: ServiceConfig) -> None:
         tried: list[str] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from hasupd.states import RestartMode, ServiceResult
 
@@ -23,12 +23,23 @@ _ABNORMAL = frozenset(
 _NEVER = frozenset({ServiceResult.START_LIMIT_HIT})
 
 
-def shall_restart(mode: RestartMode, result: ServiceResult, *, stop_requested: bool) -> tuple[bool, str]:
+def shall_restart(
+    mode: RestartMode,
+    result: ServiceResult,
+    *,
+    stop_requested: bool,
+    exit_code: int | None = None,
+    prevent_exit_status: Collection[int] = (),
+) -> tuple[bool, str]:
     """Return (restart?, reason) for a main process that ended with ``result``.
 
     ``stop_requested`` is true when an operator or hasupd itself asked the service to stop; then it
-    is never restarted.
+    is never restarted. ``exit_code`` is the main process's exit code (None if a signal ended it);
+    with result exit-code, a code listed in ``prevent_exit_status`` (``restart_prevent_exit_status``)
+    is never restarted, whatever the mode.
     """
+    if result is ServiceResult.EXIT_CODE and exit_code is not None and exit_code in prevent_exit_status:
+        return False, f"exit code {exit_code} means a retry cannot help"
     if stop_requested:
         return False, "a stop was requested"
     if result in _NEVER:

@@ -37,6 +37,7 @@ from hasupd.states import (
     ACTIVE_STATES,
     INACTIVE_STATES,
     STOPPING_STATES,
+    Health,
     OutputMode,
     ServiceResult,
     ServiceState,
@@ -77,7 +78,7 @@ class ServiceStatus:
     incident: str | None
     invocation: str | None
     status_text: str | None = None
-    health: str | None = None
+    health: Health | None = None
     rolled_back: str | None = None
 
 
@@ -118,7 +119,7 @@ class Service:
         self.result = R.SUCCESS
         self.restarts = 0  # restarts since the last explicit start
         self.last_exit: ExitStatus | None = None
-        self.incident: str | None = None
+        self._incident: str | None = None
         self.invocation: str | None = None
         self._process: Process | None = None
         self._main_alive = False
@@ -140,10 +141,10 @@ class Service:
         self._watchdog: TimerHandle | None = None
         self._watchdog_sec = config.watchdog_sec
         self.status_text: str | None = None
-        self.rolled_back: str | None = None  # why it runs a rolled-back config (set by recovery)
+        self._rolled_back: str | None = None  # why it runs a rolled-back config
         # While recovery actions run, the incident stays open until recovery says how it ended.
-        self.hold_incident = False
-        self.health: str | None = None  # None: no probes; else "starting", "healthy", "unhealthy"
+        self._hold = False
+        self.health: Health | None = None  # None: no probes
 
     # ------------------------------------------------------------------ views
 
@@ -151,6 +152,21 @@ class Service:
     def pid(self) -> int | None:
         """Return the main pid while the main process is alive."""
         return self._process.pid if self._process is not None and self._main_alive else None
+
+    @property
+    def incident(self) -> str | None:
+        """The id of the open incident, if any."""
+        return self._incident
+
+    @property
+    def incident_held(self) -> bool:
+        """True while recovery holds the incident open (see ``hold``)."""
+        return self._hold
+
+    @property
+    def rolled_back(self) -> str | None:
+        """Why this unit runs a rolled-back config instead of the one from its file (None if it does not)."""
+        return self._rolled_back
 
     @property
     def output(self) -> OutputMode:
@@ -172,11 +188,11 @@ class Service:
             active_since=self._active_since,
             restarts=self.restarts,
             last_exit=self.last_exit.describe() if self.last_exit else None,
-            incident=self.incident,
+            incident=self._incident,
             invocation=self.invocation,
             status_text=self.status_text,
             health=self.health,
-            rolled_back=self.rolled_back,
+            rolled_back=self._rolled_back,
         )
 
     # ------------------------------------------------------------------ commands
@@ -241,9 +257,24 @@ class Service:
             self._notify.close()
             self._notify = None
 
+    def hold(self, held: bool) -> None:
+        """Hold the open incident open (``held``) while recovery actions run: a stable run or a passing
+        probe then does not resolve it; ``end_incident`` (or ``hold(False)``) lets go."""
+        self._hold = held
+
+    def carry_over(self, previous: Service) -> None:
+        """Take over the open incident of ``previous`` and its hold: this unit replaces it (a rollback
+        swaps the units of a service), so what happens next is recorded in the same incident."""
+        self._incident = previous.incident
+        self._hold = previous.incident_held
+
+    def roll_back(self, reason: str) -> None:
+        """Record that this unit runs a rolled-back config, and why (shown in status)."""
+        self._rolled_back = reason
+
     def end_incident(self, outcome: str) -> None:
         """Close the open incident with ``outcome`` (how recovery ended) and stop holding it."""
-        self.hold_incident = False
+        self._hold = False
         self._close_incident(outcome)
 
     def update_config(self, config: ServiceConfig) -> None:
@@ -265,7 +296,7 @@ class Service:
             self._arm_limits(process, rearm=True)
         if old.health != config.health and self.state is S.RUNNING:
             # A notify service in start gets its probes on READY=1, as always.
-            self.health = "starting" if config.health else None
+            self.health = Health.STARTING if config.health else None
             self._arm_probes()
 
     @property
@@ -388,7 +419,7 @@ class Service:
         if self.config.health and self._watchers is not None:
             # Set before the state changes, so nobody waiting for "running and healthy" sees a
             # running service with no verdict yet as healthy.
-            self.health = "starting"
+            self.health = Health.STARTING
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)
         # Probes judge a running service: for notify ones, only once READY=1 came.
@@ -441,13 +472,13 @@ class Service:
             self._reset_for_explicit_start()
             self._enter_start()
             return
-        code = self.last_exit.code if self.last_exit is not None else None
-        if self.result is R.EXIT_CODE and code in self.config.restart_prevent_exit_status:
-            restart, reason = False, f"exit code {code} means a retry cannot help"
-        else:
-            restart, reason = shall_restart(
-                self.config.restart, self.result, stop_requested=self._stop_requested
-            )
+        restart, reason = shall_restart(
+            self.config.restart,
+            self.result,
+            stop_requested=self._stop_requested,
+            exit_code=self.last_exit.code if self.last_exit is not None else None,
+            prevent_exit_status=self.config.restart_prevent_exit_status,
+        )
         if restart:
             self._enter_auto_restart(reason)
             return
@@ -549,7 +580,7 @@ class Service:
         assert self.state is S.RUNNING, self.state
         self._attempt = 0
         self._publish(ev.ServiceStable(pid=self.pid))
-        if not self.config.health and not self.hold_incident:
+        if not self.config.health and not self._hold:
             # With probes, "healthy again" resolves the incident instead.
             self._close_incident("resolved")
 
@@ -739,12 +770,12 @@ class Service:
             return
         kind = str(outcome.probe.kind)
         if outcome.healthy:
-            self.health = "healthy"
+            self.health = Health.HEALTHY
             self._publish(ev.HealthRecovered(probe=kind))
-            if not self.hold_incident:
+            if not self._hold:
                 self._close_incident("resolved")
             return
-        self.health = "unhealthy"
+        self.health = Health.UNHEALTHY
         self._freeze(
             R.HEALTH,
             ev.HealthFailed(
@@ -774,18 +805,18 @@ class Service:
     # ------------------------------------------------------------------ records
 
     def _open_incident(self, reason: str) -> None:
-        if self.incident is None:
-            self.incident = uuid.uuid4().hex[:12]
+        if self._incident is None:
+            self._incident = uuid.uuid4().hex[:12]
             self._publish(ev.IncidentOpened(reason=reason))
 
     def _close_incident(self, outcome: str) -> None:
-        if self.incident is not None:
+        if self._incident is not None:
             self._publish(ev.IncidentClosed(outcome=outcome))
-            self.incident = None
+            self._incident = None
 
     def _stamped(self, event: ev.Event) -> ev.Event:
         """Return ``event`` with this service's name and open incident filled in."""
-        return dataclasses.replace(event, service=self.name, incident=self.incident)
+        return dataclasses.replace(event, service=self.name, incident=self._incident)
 
     def _publish(self, event: ev.Event) -> None:
         # Every record of this service carries its name and the open incident.

@@ -1,18 +1,19 @@
-"""Service states, results and restart modes, spelled as systemd spells them."""
+"""Service states, results, health and restart modes, spelled as systemd spells them.
+
+Only states the state machine enters are declared (systemd's start-pre, stop and stop-post have no
+counterpart: hasupd runs no ExecStartPre/ExecStop/ExecStopPost commands).
+"""
 
 from enum import StrEnum
 
 
 class ServiceState(StrEnum):
     DEAD = "dead"
-    START_PRE = "start-pre"
     START = "start"
     RUNNING = "running"
-    STOP = "stop"
     STOP_WATCHDOG = "stop-watchdog"
     STOP_SIGTERM = "stop-sigterm"
     STOP_SIGKILL = "stop-sigkill"
-    STOP_POST = "stop-post"
     FAILED = "failed"
     AUTO_RESTART = "auto-restart"
 
@@ -28,6 +29,14 @@ class ServiceResult(StrEnum):
     HEALTH = "health"
     OOM_KILL = "oom-kill"
     START_LIMIT_HIT = "start-limit-hit"
+
+
+class Health(StrEnum):
+    """What the health probes of a running service say (a service without probes has no health)."""
+
+    STARTING = "starting"  # probes armed, none has passed or failed yet
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
 
 
 class RestartMode(StrEnum):
@@ -54,23 +63,18 @@ class OutputMode(StrEnum):
 # A process of the service may be alive in these states.
 ACTIVE_STATES = frozenset(
     {
-        ServiceState.START_PRE,
         ServiceState.START,
         ServiceState.RUNNING,
-        ServiceState.STOP,
         ServiceState.STOP_WATCHDOG,
         ServiceState.STOP_SIGTERM,
         ServiceState.STOP_SIGKILL,
-        ServiceState.STOP_POST,
     }
 )
 STOPPING_STATES = frozenset(
     {
-        ServiceState.STOP,
         ServiceState.STOP_WATCHDOG,
         ServiceState.STOP_SIGTERM,
         ServiceState.STOP_SIGKILL,
-        ServiceState.STOP_POST,
     }
 )
 # Nothing runs and nothing is scheduled in these.

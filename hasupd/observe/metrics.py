@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from hasupd import events as ev
 from hasupd.service import Service
-from hasupd.states import ServiceState
+from hasupd.states import Health, ServiceState
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # generate_latest's format
 LAG_INTERVAL_SEC = 1.0
@@ -135,7 +135,7 @@ class Metrics:
                 exit_code.add_metric((name,), _exit_code(service))
             watchdog.add_metric((name,), self.watchdog_timeouts[name])
             if service.config.health:
-                health.add_metric((name,), 1.0 if service.health == "healthy" else 0.0)
+                health.add_metric((name,), 1.0 if service.health is Health.HEALTHY else 0.0)
         restarts = CounterMetricFamily(
             "hasupd_service_restarts",
             "automatic restarts, by the result of the run that ended",

@@ -1,15 +1,21 @@
-"""Fakes for the state machine's unit tests: a fake clock and a fake spawner (no OS effects)."""
+"""Fakes for the core's unit tests: a fake clock, a fake spawner, fake watchers, and a Manager on them
+(no OS effects)."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hasupd import events as ev
+from hasupd.config.model import Config, ServiceConfig
 from hasupd.events import Event, EventBus
+from hasupd.manager import Manager
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
+from hasupd.states import OutputMode
 
 
 class FakeTimer:
@@ -166,6 +172,7 @@ class FakeWatchers:
     def __init__(self) -> None:
         self.armed: list[FakeWatcher] = []
         self.memory_max: list[int | None] = []
+        self.on_notify: dict[str, Callable[..., None]] = {}
 
     def _arm(self, kind: str, spec: object, callback: Callable[..., None]) -> FakeWatcher:
         watcher = FakeWatcher(kind, spec, callback)
@@ -175,7 +182,10 @@ class FakeWatchers:
     def active(self, kind: str) -> list[FakeWatcher]:
         return [w for w in self.armed if w.kind == kind and not w.stopped]
 
-    def notify(self, config: object, unit: str, on_message: object, allowed: object) -> FakeNotify:
+    def notify(
+        self, config: object, unit: str, on_message: Callable[..., None], allowed: object
+    ) -> FakeNotify:
+        self.on_notify[unit] = on_message  # a test sends "datagrams" by calling it
         return FakeNotify()
 
     def probes(self, probes: object, on_outcome: Callable[..., None]) -> FakeWatcher:
@@ -192,3 +202,70 @@ class FakeWatchers:
 
     def oom_killed(self, scope: object) -> bool:
         return False
+
+
+class ObedientSpawner(FakeSpawner):
+    """Fake processes whose main process ends soon after a stop signal (on the next loop turn, as a
+    real one would: never inside the state machine's own call); units in ``fail`` cannot be spawned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail: set[str] = set()
+
+    def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> FakeProcess:
+        if spec.unit_name in self.fail:
+            raise SpawnError(f"{spec.unit_name} cannot be spawned")
+        proc = super().spawn(spec, on_exit)
+        plain = proc.scope.signal_main
+
+        def signal_main(sig: int) -> int:
+            count = plain(sig)
+
+            def end() -> None:
+                if proc.pid in proc.scope.alive:
+                    proc.exit(sig=sig)
+
+            asyncio.get_running_loop().call_soon(end)
+            return count
+
+        proc.scope.signal_main = signal_main  # type: ignore[method-assign]
+        return proc
+
+    def of(self, unit: str) -> list[FakeProcess]:
+        """Every process spawned for ``unit``, oldest first."""
+        return [p for p in self.spawned if p.spec.unit_name == unit]
+
+
+class ManagerRig:
+    """A Manager on fakes, with a recorder of every event."""
+
+    def __init__(self, *services: ServiceConfig) -> None:
+        self.bus = ev.EventBus()
+        self.rec = Recorder(self.bus)
+        self.spawner = ObedientSpawner()
+        self.clock = FakeClock()
+        self.watchers = FakeWatchers()
+        self.manager = Manager(
+            Config(config_dir="/nonexistent", services=tuple(sorted(services, key=lambda s: s.name))),
+            spawner=self.spawner,
+            clock=self.clock,
+            bus=self.bus,
+            default_output=OutputMode.INHERIT,
+            watchers=self.watchers,
+        )
+
+    def order(self, cls: type[ev.Event]) -> list[str]:
+        """The units that published ``cls`` records, in order."""
+        return [str(e.service) for e in self.rec.of(cls)]
+
+
+def service(name: str, **fields: object) -> ServiceConfig:
+    values: dict[str, object] = {
+        "name": name,
+        "command": ("/bin/true",),
+        "restart_sec": 0.1,
+        "timeout_start_sec": 1.0,
+        "timeout_stop_sec": 1.0,
+    }
+    values.update(fields)
+    return ServiceConfig(**values)  # type: ignore[arg-type]

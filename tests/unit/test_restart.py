@@ -67,3 +67,25 @@ def test_start_limit_window() -> None:
     assert limit.allow(10.5)  # the start at 0.0 left the window
     limit.reset()
     assert limit.count(10.5) == 0
+
+
+@pytest.mark.parametrize("mode", list(M))
+def test_prevent_exit_status_is_never_restarted(mode: M) -> None:
+    restart, reason = shall_restart(
+        mode, R.EXIT_CODE, stop_requested=False, exit_code=3, prevent_exit_status=(3, 7)
+    )
+    assert (restart, reason) == (False, "exit code 3 means a retry cannot help")
+
+
+def test_prevent_exit_status_applies_only_to_listed_codes_and_exit_code_results() -> None:
+    def decide(mode: M, result: R, code: int | None, prevent: tuple[int, ...] = (3,)) -> tuple[bool, str]:
+        return shall_restart(mode, result, stop_requested=False, exit_code=code, prevent_exit_status=prevent)
+
+    assert decide(M.ALWAYS, R.EXIT_CODE, 4) == (True, "restart is 'always'")
+    # A signal has no exit code; a clean exit is not an exit-code result.
+    assert decide(M.ALWAYS, R.SIGNAL, None)[0]
+    assert decide(M.ALWAYS, R.SUCCESS, 0, prevent=(0,))[0]
+    assert decide(M.ON_FAILURE, R.EXIT_CODE, 3, prevent=()) == (
+        True,
+        "result exit-code and restart is 'on-failure'",
+    )

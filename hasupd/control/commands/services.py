@@ -11,7 +11,7 @@ from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.manager import RollingRestartError
 from hasupd.service import Service
-from hasupd.states import STOPPING_STATES, ServiceState
+from hasupd.states import STOPPING_STATES, Health, ServiceState
 
 # How long start/stop requests wait for the service to settle, beyond its own timeouts.
 SETTLE_MARGIN_SEC = 5.0
@@ -55,7 +55,7 @@ async def status(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 def _settled_after_start(service: Service) -> bool:
-    return service.state not in (ServiceState.START, ServiceState.START_PRE, *STOPPING_STATES)
+    return service.state not in (ServiceState.START, *STOPPING_STATES)
 
 
 async def _wait(ctx: Context, names: list[str], condition: Callable[[Service], bool], what: str) -> None:
@@ -99,7 +99,7 @@ async def stop(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 def _healthy(service: Service) -> bool:
-    return service.health in (None, "healthy")  # None: it has no probes
+    return service.health in (None, Health.HEALTHY)  # None: it has no probes
 
 
 async def _rolling_restart(ctx: Context, args: dict[str, Any]) -> Any:

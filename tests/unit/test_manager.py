@@ -84,7 +84,7 @@ async def test_apply_starts_added_stops_removed_restarts_changed_and_updates_in_
             service("e"),
         ),
     )
-    plan = await asyncio.wait_for(rig.manager.apply(new), 5)
+    plan = (await asyncio.wait_for(rig.manager.apply(new), 5)).services
     assert ([s.name for s in plan.added], plan.removed) == (["e"], ("b",))
     assert ([s.name for s in plan.changed], [s.name for s in plan.updated]) == (["c"], ["d"])
     services = rig.manager.services

@@ -153,6 +153,7 @@ class Recovery:
                 )
             )
             if service is not None:
+                service.give_up()
                 service.end_incident("failed")
         finally:
             self._hold(unit, False)

@@ -251,6 +251,13 @@ class Service:
             self._attempt = 0
             self._set_state(S.DEAD)
 
+    def give_up(self) -> None:
+        """Recovery found nothing that helps: a service its actions left inactive (``reset_failed`` gives
+        each action a fresh chance) settles in failed again, with result start-limit-hit."""
+        if self.state is S.DEAD:
+            self.result = R.START_LIMIT_HIT
+            self._set_state(S.FAILED)
+
     def close(self) -> None:
         """Release what outlives single runs (the notify endpoint); call once the service is inactive."""
         if self._notify is not None:

@@ -121,3 +121,4 @@ async def test_when_every_action_fails_it_says_so_and_closes_the_incident_as_fai
     assert [(e.incident, e.outcome) for e in closed] == [(incident, "failed")]
     web = setup.rig.manager.services["web"]
     assert not web.incident_held and web.rolled_back is None
+    assert (web.state, web.result) == (S.FAILED, R.START_LIMIT_HIT)  # not "dead, success"

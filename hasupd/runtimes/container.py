@@ -48,7 +48,7 @@ from hasupd.config.model import ContainerEngine, ContainerSpec
 from hasupd.host.containment import ScopeImpl
 from hasupd.host.procfs import Children, pids_with_env, signal_each, stat
 from hasupd.host.reaper import Reaper
-from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec
+from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec, TaskSpawner
 from hasupd.runtimes.engines import (
     CONTAINER_NOTIFY_SOCKET,
     CONTAINER_ONLY,
@@ -94,7 +94,8 @@ class ContainerSpawner:
     ``engine_args`` are global CLI arguments per engine (podman ``--root``/``--runroot`` ...);
     ``engine_env`` the variables every engine call gets (DOCKER_HOST, CONTAINERS_CONF ...: see
     ``engine_environment``). ``engine_timeout`` bounds every background engine call,
-    ``preflight_timeout`` the synchronous image check in ``spawn``.
+    ``preflight_timeout`` the synchronous image check in ``spawn``. Background engine calls run as
+    tasks of ``tasks`` (the daemon's TaskGroup); without it, as plain tasks of the running loop.
     """
 
     def __init__(
@@ -107,8 +108,10 @@ class ContainerSpawner:
         preflight_timeout: float = 5.0,
         engine_args: Mapping[ContainerEngine, Sequence[str]] | None = None,
         engine_env: Mapping[str, str] | None = None,
+        tasks: TaskSpawner | None = None,
     ) -> None:
         self._exec = exec_spawner
+        self._task_spawner = tasks
         self._reaper = reaper
         self.name_prefix = name_prefix
         self._engine_timeout = engine_timeout
@@ -221,15 +224,18 @@ class ContainerSpawner:
         self._images[key] = now + IMAGE_CHECK_TTL_SEC
 
     def _background(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(_logged(coro, what), name=what)
+        if self._task_spawner is not None:  # the daemon's TaskGroup: a bug stops hasupd
+            task = self._task_spawner.spawn(_logged(coro, what), what)
+        else:
+            task = asyncio.get_running_loop().create_task(_logged(coro, what), name=what)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled():
-            task.result()  # a bug surfaces in the loop's exception handler
+        if self._task_spawner is None and not task.cancelled():
+            task.result()  # standalone: a bug surfaces in the loop's exception handler
 
 
 async def _logged(coro: Coroutine[Any, Any, None], what: str) -> None:

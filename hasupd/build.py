@@ -191,7 +191,7 @@ async def build(
         force_fallback=force_fallback_containment,
         runtime_dir=runtime_dir,
     )
-    containment.cleanup_stale()
+    await containment.cleanup_stale()
     reaper = Reaper(loop)
     programs = ExecSpawner(loop, containment, reaper, state_dir)
     tasks = DaemonTasks(loop)

@@ -27,7 +27,7 @@ from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import BackupJob
 from hasupd.backup.journal import undo_restore
 from hasupd.backup.runner import OWNER_ENV
-from hasupd.host.procfs import kill_loop, stat
+from hasupd.host.procfs import kill_until_gone, stat
 
 POLL_SEC = 0.05
 
@@ -85,7 +85,7 @@ async def stop_leftovers(owner: str, grace_sec: float) -> list[tuple[Leftover, s
         await asyncio.sleep(POLL_SEC)
     stubborn = {lo.pid for lo in find_leftovers(owner)}
     if stubborn:
-        kill_loop(lambda: {lo.pid for lo in find_leftovers(owner)})
+        await kill_until_gone(lambda: {lo.pid for lo in find_leftovers(owner)})
     return [(lo, "SIGKILL" if lo.pid in stubborn else "SIGINT") for lo in leftovers]
 
 

@@ -6,6 +6,7 @@ without it (this build machine) one pass over /proc/*/stat per lookup is the onl
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -110,19 +111,58 @@ def signal_each(pids: Iterable[int], sig: int) -> int:
     return n
 
 
-def kill_loop(list_pids: Callable[[], set[int]]) -> int:
-    """SIGKILL what ``list_pids`` returns until it returns nothing (bounded); return how many were hit.
+KILL_PASSES_NOW = 3  # SIGKILL passes made at once, before the rest goes to loop timers
+KILL_RETRY_SEC = 0.005  # between later passes
 
-    Repeats because a process may fork between the listing and the kill.
-    """
-    seen: set[int] = set()
-    deadline = time.monotonic() + KILL_BOUND_SEC
-    while pids := list_pids():
+
+def _kill_pass(list_pids: Callable[[], set[int]], seen: set[int]) -> bool:
+    """SIGKILL what ``list_pids`` returns now; return False if it returned nothing."""
+    pids = list_pids()
+    if pids:
         signal_each(pids, signal.SIGKILL)
         seen |= pids
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.002)
+    return bool(pids)
+
+
+def kill_loop(list_pids: Callable[[], set[int]], *, block: bool = False) -> int:
+    """SIGKILL what ``list_pids`` returns until it returns nothing (bounded by KILL_BOUND_SEC); return
+    how many were hit by the passes made before returning.
+
+    Repeats because a process may fork between the listing and the kill. A few passes are made at
+    once; if something is still there, the next passes run from timers of the running event loop, so
+    the loop never sleeps here. ``block`` (or no running loop): sleep between passes instead, for
+    callers that must see the processes gone before they go on and have nothing else to run (hasupd
+    exiting, tools).
+    """
+    seen: set[int] = set()
+    for _ in range(KILL_PASSES_NOW):
+        if not _kill_pass(list_pids, seen):
+            return len(seen)
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    try:
+        loop = None if block else asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None:
+        while _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+            time.sleep(KILL_RETRY_SEC)
+        return len(seen)
+
+    def again() -> None:
+        if _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+            loop.call_later(KILL_RETRY_SEC, again)
+
+    loop.call_later(KILL_RETRY_SEC, again)
+    return len(seen)
+
+
+async def kill_until_gone(list_pids: Callable[[], set[int]]) -> int:
+    """``kill_loop`` for coroutines: return once ``list_pids`` returns nothing (or after
+    KILL_BOUND_SEC), with how many processes were hit; the loop runs on meanwhile."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    while _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+        await asyncio.sleep(KILL_RETRY_SEC)
     return len(seen)
 
 

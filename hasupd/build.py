@@ -198,6 +198,7 @@ async def build(
     containers = ContainerSpawner(
         programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env, tasks=tasks
     )
+    await containers.preflight(config.services)  # spawn then never waits for the engine
     spawner = RoutingSpawner(programs, containers)
     default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
     bus.publish(

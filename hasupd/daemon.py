@@ -24,6 +24,7 @@ from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
 from hasupd.host.systemd import SystemdNotifier
 from hasupd.manager import Manager
+from hasupd.runtimes.container import ContainerSpawner
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Daemon:
         self._tasks: DaemonTasks | None = None
         self._reload_lock = asyncio.Lock()
         self.manager: Manager | None = None
+        self.containers: ContainerSpawner | None = None
         self.backups: BackupUnits | None = None
         self.backup_setup: BackupSetup | None = None
 
@@ -84,6 +86,7 @@ class Daemon:
             force_fallback_containment=self.options.force_fallback_containment,
         )
         manager = self.manager = graph.manager
+        self.containers = graph.containers
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
@@ -176,6 +179,8 @@ class Daemon:
             config = await self._read_config_off_loop()
             self.notifier.reloading()
             try:
+                if self.containers is not None:  # images of new or changed containers, off the loop
+                    await self.containers.preflight(config.services)
                 plan = await self.manager.apply(config)
                 if self.backup_setup is not None:
                     await self.backup_setup.apply(

@@ -22,7 +22,7 @@ from hasupd.alerts.policy import Alerts
 from hasupd.backup.units import BackupSetup, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment
-from hasupd.host.output import journal_available
+from hasupd.host.output import journal_stream_available
 from hasupd.host.reaper import Reaper
 from hasupd.manager import Manager
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
@@ -200,7 +200,7 @@ async def build(
     )
     await containers.preflight(config.services)  # spawn then never waits for the engine
     spawner = RoutingSpawner(programs, containers)
-    default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
+    default_output = OutputMode.JOURNAL if journal_stream_available() else OutputMode.FILE
     bus.publish(
         ev.DaemonStarted(
             version=__version__, config_dir=str(config.config_dir), containment=containment.describe()

@@ -25,9 +25,9 @@ from hasupd.backup.runner import SpawnTask
 from hasupd.backup.schedule import Stamps
 from hasupd.config.model import BackupJobConfig, RepositoryConfig
 from hasupd.files import atomic_write_text
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
-from hasupd.runtimes.exec import DEFAULT_PATH
 
 BEFORE_TIMEOUT_SEC = 3600.0
 

@@ -36,6 +36,7 @@ from hasupd.backup.compat import (
     readable_stderr,
 )
 from hasupd.config.model import RepositoryConfig
+from hasupd.host.procfs import stat, stop_group
 from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnError
 from hasupd.runtimes.command import CommandResult, run_command
@@ -195,10 +196,11 @@ class ResticRunner:
         """Run restic; on cancellation stop it with SIGINT and let it clean up before re-raising.
 
         Only the command's own environment reaches restic (not hasupd's, which plumbum's ``popen``
-        would merge in). Why not run_command's own cancellation: it signals the group and closes the
-        pipes at once, and restic (0.14 and 0.18 alike) then dies of SIGPIPE writing "cleaning up"
-        before it removes its lock. Here the command keeps running shielded, so its pipes stay drained
-        until it exits.
+        would merge in). The stop is ``stop_group`` (SIGINT, SIGKILL after the grace), as run_command's
+        own, but run_command here is a task of its own that the caller's cancellation never reaches:
+        a cancelled run_command closes restic's pipes once its stop is done or cancelled again, and
+        restic (0.14 and 0.18 alike) dies of SIGPIPE if it is still writing "cleaning up" before it
+        removes its lock. So the pipes stay drained until restic exits.
         """
         argv = tuple(restic.formulate())
         marker = uuid.uuid4().hex  # finds this very process among hasupd's children
@@ -238,18 +240,11 @@ class ResticRunner:
         pid = _child_with_marker(marker)
         if pid is None:  # not started yet (or already gone): nothing holds a lock
             run.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(run), self._grace)
         else:
-            _signal_group(pid, signal.SIGINT)
-        try:
-            await asyncio.wait_for(asyncio.shield(run), self._grace)
-        except TimeoutError:
-            if pid is not None:
-                _signal_group(pid, signal.SIGKILL)
-        except asyncio.CancelledError:
-            # Cancelled again while waiting: do not linger, but leave nothing running.
-            if pid is not None:
-                _signal_group(pid, signal.SIGKILL)
-            raise
+            # run_command starts each command in its own session: the group id is the pid.
+            await stop_group(pid, run, stop_signal=signal.SIGINT, kill_after=self._grace)
         with contextlib.suppress(asyncio.CancelledError):
             await run
 
@@ -341,11 +336,8 @@ def _child_with_marker(marker: str) -> int | None:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            # The fields after the parenthesised command name: state, ppid, ...
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-            if ppid != me:
+            st = stat(name)
+            if st is None or st.ppid != me:
                 continue
             with open(f"/proc/{name}/environ", "rb") as f:
                 if needle in f.read().split(b"\0"):
@@ -353,9 +345,3 @@ def _child_with_marker(marker: str) -> int | None:
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read
     return None
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    # run_command starts each command in its own session: the group id is the pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

@@ -12,8 +12,10 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+# The PATH of every child hasupd starts with a clean environment (services, probes, engines, resets).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 KILL_BOUND_SEC = 1.0  # how long a SIGKILL loop keeps going before it gives up on stuck (D state) tasks
@@ -52,10 +54,14 @@ class Stat(NamedTuple):
     ppid: int
     pgid: int
     sid: int
+    starttime: int  # clock ticks after boot: with the pid, names one process even after pid reuse
 
 
-def stat(pid: int) -> Stat | None:
-    """Return the state fields of /proc/PID/stat, or None if the process is gone."""
+def stat(pid: int | str) -> Stat | None:
+    """Return the fields of /proc/PID/stat that hasupd uses, or None if the process is gone.
+
+    The one parser of /proc/PID/stat in hasupd.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -63,7 +69,38 @@ def stat(pid: int) -> Stat | None:
         return None
     # comm may contain spaces and parentheses; the fields after the last ")" are fixed.
     fields = data[data.rindex(b")") + 2 :].split()
-    return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+    return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid`` (a command started in its own session: its pid); return
+    False if the group is gone or not ours. The one "signal the tree" of commands hasupd runs."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def stop_group(pgid: int, done: asyncio.Future[Any], *, stop_signal: int, kill_after: float) -> None:
+    """Stop process group ``pgid`` politely, then by force: ``stop_signal``, and SIGKILL if ``done`` (what
+    ends when the group's leader has exited) has not completed within ``kill_after``; return once it has.
+
+    ``done`` is shielded, never cancelled here, and whoever reads the group's pipes goes on reading
+    them meanwhile, so a program that reports while it cleans up (restic removing its lock) is not
+    killed by SIGPIPE half-way. Cancelled while waiting: SIGKILL at once (nothing is left running), and
+    the cancellation goes on.
+    """
+    signal_group(pgid, stop_signal)
+    try:
+        await asyncio.wait_for(asyncio.shield(done), kill_after)
+        return
+    except TimeoutError:
+        signal_group(pgid, signal.SIGKILL)
+    except asyncio.CancelledError:
+        signal_group(pgid, signal.SIGKILL)
+        raise
+    await asyncio.shield(done)
 
 
 def has_env(pid: int, entry: bytes) -> bool:

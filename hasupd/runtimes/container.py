@@ -7,13 +7,16 @@ CLI's stdout and stderr are the container's). Around it:
 * Names and labels: the container is ``{name_prefix}{unit}`` and carries ``hasupd.daemon``,
   ``hasupd.unit`` and ``hasupd.invocation`` labels, so that each daemon finds exactly its own
   leftovers (``cleanup_stale_containers``) and each start its own container.
-* Never two copies: podman runs with ``--replace``; for docker a leftover of the same name is removed
-  before the run. The engine never gets a restart policy (hasupd restarts) and never pulls.
-* Preflight: ``spawn`` checks synchronously, before anything runs, that the engine CLI is installed and
-  that the image is in local storage (``podman image exists`` / ``docker image inspect``, bounded by
-  ``preflight_timeout``; a present image is remembered for ``IMAGE_CHECK_TTL_SEC``), and raises
-  SpawnError with the reason. This blocks the event loop for one engine call (20-100 ms on a healthy
-  engine), which is why its bound is short.
+* Never two copies: podman runs with ``--replace``; for docker the main process first removes a
+  leftover of the same name (``/bin/sh -c 'docker rm -f NAME; exec "$@"'``, then the same pid is
+  ``docker run``). The engine never gets a restart policy (hasupd restarts) and never pulls.
+* Preflight without blocking: ``spawn`` raises SpawnError at once if the engine CLI is not installed,
+  an option is forbidden, or the last answer about the image was a failure (not in local storage, or
+  the engine did not answer within ``preflight_timeout``). The answers come from asyncio engine calls
+  (``podman image exists`` / ``docker image inspect``): ``preflight`` asks for every container service
+  at start-up and reload; a stale (``IMAGE_CHECK_TTL_SEC``) or failed answer is asked again in the
+  background when used. An image never asked about starts unchecked: the run never pulls, so a missing
+  image ends it with exit code 125, and the check logs why. The event loop never waits for an engine.
 * sd_notify: the service's notify socket is bind-mounted at ``/run/hasupd-notify.sock`` and
   NOTIFY_SOCKET points there, for both engines. (podman's own ``--sdnotify=container`` goes through the
   OCI runtime: with runc, conmon forwards only READY=1 and WATCHDOG=1, drops STATUS=, and sends them
@@ -559,13 +562,8 @@ class RoutingSpawner:
 
 def _start_time(pid: int) -> int | None:
     """Return the start time (clock ticks since boot) of a live, non-zombie ``pid``, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return None if fields[0] == b"Z" else int(fields[19])
+    st = stat(pid)
+    return None if st is None or st.state == "Z" else st.starttime
 
 
 def _tree(root: int) -> set[int]:

@@ -31,12 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hasupd.config.model import ContainerEngine, ServiceConfig
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import SpawnError, SpawnSpec
 from hasupd.runtimes.command import CommandResult, run_command
 from hasupd.runtimes.envfile import load_environment_files
-from hasupd.runtimes.exec import DEFAULT_PATH
 
 __all__ = [
     "CONTAINER_NOTIFY_SOCKET",

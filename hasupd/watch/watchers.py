@@ -9,10 +9,10 @@ from pathlib import Path
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
 from hasupd.host.containment import CgroupScope
 from hasupd.host.notify import NotifyEndpoint, NotifyMessage
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import Clock, ProbeOutcome, Scope, SpawnError, Stoppable, TaskSpawner
-from hasupd.runtimes.exec import DEFAULT_PATH
 from hasupd.watch.heartbeat import HeartbeatWatch
 from hasupd.watch.probes import ProbeRunner
 from hasupd.watch.resources import ResourceWatch, oom_killed

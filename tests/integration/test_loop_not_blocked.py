@@ -87,7 +87,8 @@ async def test_a_hung_podman_does_not_delay_the_restart_of_another_service(tmp_p
             name="boxed",
             container=ContainerSpec(image="localhost/anything:1"),
             restart=RestartMode.ALWAYS,
-            restart_sec=0.05,
+            restart_sec=RESTART_SEC,
+            restart_max_delay_sec=RESTART_SEC,
             start_limit=StartLimit(burst=100000),
         )
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hasupd import __version__
 from hasupd import events as ev
@@ -21,7 +22,7 @@ from hasupd.alerts.policy import Alerts
 from hasupd.backup.units import BackupSetup, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment
-from hasupd.host.output import journal_available
+from hasupd.host.output import journal_stream_available
 from hasupd.host.reaper import Reaper
 from hasupd.manager import Manager
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
@@ -53,6 +54,64 @@ def containment_name(runtime_dir: Path) -> str:
     return f"hasupd-{digest}"
 
 
+T = TypeVar("T")
+
+TASK_LOGGER = "hasupd.tasks"
+
+
+class DaemonTasks:
+    """The daemon's TaskGroup as a ``hasupd.ports.TaskSpawner``, handed down to every part that runs
+    background work (so none of them imports or holds the TaskGroup itself).
+
+    The parts are built before the daemon opens its TaskGroup, so it is attached later (``attach``). A
+    task that raises an unexpected exception is recorded at CRITICAL level, naming the task, before the
+    exception goes on into the TaskGroup, which cancels the rest and so stops hasupd (exit code 1).
+    Outside the group's lifetime (stopping, or a standalone part) tasks run on the loop; their failures
+    are recorded the same way.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._group: asyncio.TaskGroup | None = None
+        self._loose: set[asyncio.Task[Any]] = set()
+        self._log = logging.getLogger(TASK_LOGGER)
+
+    def attach(self, group: asyncio.TaskGroup | None) -> None:
+        """Start tasks in ``group`` from now on (None: the group has ended)."""
+        self._group = group
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Run ``coro`` as task ``name`` under the TaskGroup; see the class docstring."""
+        guarded = self._guard(coro, name)
+        if self._group is not None:
+            try:
+                return self._group.create_task(guarded, name=name)
+            except RuntimeError:  # the group is shutting down (a failure, or its end): run loose
+                pass
+        task = self._loop.create_task(guarded, name=name)
+        self._loose.add(task)  # asyncio holds only weak references to tasks
+        task.add_done_callback(self._loose.discard)
+        return task
+
+    def spawn_unnamed(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``spawn`` for parts that take a plain ``spawn_task(coro)``: the task is named after the
+        coroutine's function (``BackupUnits._run``)."""
+        return self.spawn(coro, getattr(coro, "__qualname__", "task"))
+
+    async def _guard(self, coro: Coroutine[Any, Any, T], name: str) -> T:
+        try:
+            return await coro
+        except Exception as error:
+            self._log.critical(
+                "internal error in task %r: %s: %s; hasupd stops",
+                name,
+                type(error).__name__,
+                error,
+                exc_info=True,
+            )
+            raise
+
+
 class LoopClock:
     """The event loop as the state machine's Clock."""
 
@@ -71,6 +130,7 @@ class Graph:
     """What ``build`` made: the parts the daemon starts, runs and closes (in reverse order)."""
 
     logs: LogSetup
+    tasks: DaemonTasks
     containment: Containment
     reaper: Reaper
     programs: ExecSpawner
@@ -95,7 +155,8 @@ async def build(
     containers, its cgroups) and build the object graph for ``config``; publish DaemonStarted.
 
     ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
-    started: no service, no task. Must run on the event loop that will supervise.
+    started: no service, no task (tasks go to ``Graph.tasks`` once the daemon attaches its TaskGroup).
+    Must run on the event loop that will supervise.
     """
     loop = asyncio.get_running_loop()
     log_cfg = config.daemon.log
@@ -130,21 +191,23 @@ async def build(
         force_fallback=force_fallback_containment,
         runtime_dir=runtime_dir,
     )
-    containment.cleanup_stale()
+    await containment.cleanup_stale()
     reaper = Reaper(loop)
     programs = ExecSpawner(loop, containment, reaper, state_dir)
+    tasks = DaemonTasks(loop)
     containers = ContainerSpawner(
-        programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env
+        programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env, tasks=tasks
     )
+    await containers.preflight(config.services)  # spawn then never waits for the engine
     spawner = RoutingSpawner(programs, containers)
-    default_output = OutputMode.JOURNAL if journal_available() else OutputMode.FILE
+    default_output = OutputMode.JOURNAL if journal_stream_available() else OutputMode.FILE
     bus.publish(
         ev.DaemonStarted(
             version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
         )
     )
     clock = LoopClock(loop)
-    watchers = LoopWatchers(loop, clock, runtime_dir, reaper)
+    watchers = LoopWatchers(loop, clock, runtime_dir, reaper, tasks=tasks)
     manager = Manager(
         config,
         spawner=spawner,
@@ -162,6 +225,7 @@ async def build(
     metrics.alert_spool_depth = lambda: alerts.depth
     return Graph(
         logs=logs,
+        tasks=tasks,
         containment=containment,
         reaper=reaper,
         programs=programs,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
-from hasupd.build import build, build_backups
+from hasupd.build import DaemonTasks, build, build_backups
 from hasupd.config.diff import ReloadPlan
 from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
@@ -24,6 +24,7 @@ from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
 from hasupd.host.systemd import SystemdNotifier
 from hasupd.manager import Manager
+from hasupd.runtimes.container import ContainerSpawner
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._status_pending = False
-        self._tasks: asyncio.TaskGroup | None = None
+        self._tasks: DaemonTasks | None = None
         self._reload_lock = asyncio.Lock()
         self.manager: Manager | None = None
+        self.containers: ContainerSpawner | None = None
         self.backups: BackupUnits | None = None
         self.backup_setup: BackupSetup | None = None
 
@@ -84,6 +86,7 @@ class Daemon:
             force_fallback_containment=self.options.force_fallback_containment,
         )
         manager = self.manager = graph.manager
+        self.containers = graph.containers
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
@@ -91,27 +94,28 @@ class Daemon:
             else ConfigWatch(self.options.config_dir, loop, self._on_config_change)
         )
         try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
+            async with asyncio.TaskGroup() as group:
+                tasks = self._tasks = graph.tasks
+                tasks.attach(group)
                 context = Context(manager=manager, reloader=self, records=graph.records, alerts=graph.alerts)
                 control = ControlServer(
                     runtime_dir / "control.sock",
                     context,
                     access=lambda: manager.config.daemon.access,
                     publish=self.bus.publish,
-                    spawn=tasks.create_task,
+                    spawn=lambda coro: tasks.spawn(coro, "control connection"),
                 )
                 await control.start()
                 self._handle_signals(loop)
                 if watch is not None:
                     watch.start()
-                pinger = tasks.create_task(self.notifier.run_watchdog(self.bus.publish))
+                pinger = tasks.spawn(self.notifier.run_watchdog(self.bus.publish), "systemd watchdog")
                 observers = (
-                    tasks.create_task(graph.capture.run()),
-                    tasks.create_task(graph.metrics.run()),
-                    tasks.create_task(graph.alerts.run()),
+                    tasks.spawn(graph.capture.run(), "incident output capture"),
+                    tasks.spawn(graph.metrics.run(), "metrics"),
+                    tasks.spawn(graph.alerts.run(), "alerts"),
                 )
-                self.backup_setup = await build_backups(config, graph, self.bus, tasks.create_task)
+                self.backup_setup = await build_backups(config, graph, self.bus, tasks.spawn_unnamed)
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all()
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
@@ -130,6 +134,7 @@ class Daemon:
                 for observer in observers:
                     observer.cancel()
         finally:
+            graph.tasks.attach(None)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if watch is not None:
@@ -155,7 +160,7 @@ class Daemon:
     def _on_config_change(self) -> None:
         """SIGHUP or a file change: reload in the background (reloads queue up, never overlap)."""
         if self._tasks is not None and not self._stop.is_set():
-            self._tasks.create_task(self._reload_quietly())
+            self._tasks.spawn(self._reload_quietly(), "reload")
 
     async def _reload_quietly(self) -> None:
         with contextlib.suppress(CommandError):  # already recorded as config.invalid
@@ -175,6 +180,8 @@ class Daemon:
             config = await self._read_config_off_loop()
             self.notifier.reloading()
             try:
+                if self.containers is not None:  # images of new or changed containers, off the loop
+                    await self.containers.preflight(config.services)
                 plan = await self.manager.apply(config)
                 if self.backup_setup is not None:
                     await self.backup_setup.apply(plan.jobs, config)

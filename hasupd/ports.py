@@ -6,11 +6,12 @@ clock; the real implementations live in ``hasupd.runtimes.exec`` and ``hasupd.ho
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
 from hasupd.states import OutputMode
@@ -140,6 +141,21 @@ class Spawner(Protocol):
 
         Raise SpawnError if it could not be started; nothing is left running then.
         """
+        ...
+
+
+T = TypeVar("T")
+
+
+class TaskSpawner(Protocol):
+    """Starts background work under the daemon's TaskGroup (``hasupd.build.DaemonTasks``).
+
+    An unexpected exception in a task so started is recorded (naming the task) and stops hasupd with a
+    non-zero exit, as DESIGN says; so the task handles the failures it expects itself.
+    """
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Run ``coro`` as a task named ``name``; return the task (cancel it to stop it)."""
         ...
 
 

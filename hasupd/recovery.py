@@ -20,11 +20,11 @@ from typing import Any
 from hasupd import events as ev
 from hasupd.config.model import RecoveryAction, RecoveryKind, ServiceConfig
 from hasupd.files import atomic_write_bytes
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.manager import Manager
 from hasupd.ports import DataRestoreFailed, DataRestorer
 from hasupd.runtimes.command import run_command
-from hasupd.runtimes.exec import DEFAULT_PATH
 from hasupd.states import ServiceResult
 
 RESET_TIMEOUT_SEC = 300.0

@@ -21,12 +21,13 @@ from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
 from hasupd.backup.restore import RestoreError, run_drill
 from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
+from hasupd.backup.runner import SpawnTask
 from hasupd.backup.schedule import Stamps
 from hasupd.config.model import BackupJobConfig, RepositoryConfig
 from hasupd.files import atomic_write_text
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
-from hasupd.runtimes.exec import DEFAULT_PATH
 
 BEFORE_TIMEOUT_SEC = 3600.0
 
@@ -84,6 +85,7 @@ class BackupJob:
         publish: Callable[[ev.Event], None],
         quiescer: Quiescer,
         restic_binary: str = "restic",
+        spawn_task: SpawnTask | None = None,
     ) -> None:
         self.config = config
         self._publish = publish
@@ -98,6 +100,7 @@ class BackupJob:
             binary=restic_binary,
             cache_dir=cache,
             owner=owner,
+            spawn_task=spawn_task,
         )
         self.cold = (
             Restic(
@@ -106,6 +109,7 @@ class BackupJob:
                 binary=restic_binary,
                 cache_dir=cache,
                 owner=owner,
+                spawn_task=spawn_task,
             )
             if config.long_term is not None
             else None

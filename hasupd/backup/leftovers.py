@@ -15,7 +15,6 @@ left of its backups and restores.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import BackupJob
 from hasupd.backup.journal import undo_restore
 from hasupd.backup.runner import OWNER_ENV
-from hasupd.host.procfs import kill_loop, stat
+from hasupd.host.procfs import kill_until_gone, signal_group, stat
 
 POLL_SEC = 0.05
 
@@ -78,14 +77,13 @@ async def stop_leftovers(owner: str, grace_sec: float) -> list[tuple[Leftover, s
         return []
     for group in {lo.pgid for lo in leftovers}:
         for sig in (signal.SIGINT, signal.SIGCONT):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, sig)
+            signal_group(group, sig)
     deadline = time.monotonic() + grace_sec
     while find_leftovers(owner) and time.monotonic() < deadline:
         await asyncio.sleep(POLL_SEC)
     stubborn = {lo.pid for lo in find_leftovers(owner)}
     if stubborn:
-        kill_loop(lambda: {lo.pid for lo in find_leftovers(owner)})
+        await kill_until_gone(lambda: {lo.pid for lo in find_leftovers(owner)})
     return [(lo, "SIGKILL" if lo.pid in stubborn else "SIGINT") for lo in leftovers]
 
 

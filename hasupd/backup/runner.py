@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from hasupd.backup.compat import (
     readable_stderr,
 )
 from hasupd.config.model import RepositoryConfig
+from hasupd.host.procfs import stat, stop_group
 from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnError
 from hasupd.runtimes.command import CommandResult, run_command
@@ -53,6 +54,17 @@ _MARKER = "HASUPD_RESTIC_RUN"
 OWNER_ENV = "HASUPD_RESTIC_OWNER"
 
 Accept = Callable[[ErrorKind, str], bool]
+# Starts a task under the daemon's TaskGroup (``BackupUnits``' spawn_task).
+SpawnTask = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
+
+
+async def _or_oserror(coro: Coroutine[Any, Any, CommandResult]) -> CommandResult | OSError:
+    """Return what ``coro`` returns, or the OSError it raised (restic could not be started): an
+    expected failure, which the caller turns into a ResticError, not a bug that stops hasupd."""
+    try:
+        return await coro
+    except OSError as error:
+        return error
 
 
 class ResticRunner:
@@ -70,12 +82,15 @@ class ResticRunner:
         quick_timeout_sec: float = 300.0,
         stop_grace_sec: float = 30.0,
         owner: str | None = None,
+        spawn_task: SpawnTask | None = None,
     ) -> None:
         """``cache_dir`` None: restic's default cache. ``lock_wait_sec`` bounds waiting for a lock held by
         someone else; ``timeout_sec`` bounds backup/copy/check/prune/restore/ls, ``quick_timeout_sec`` the
         metadata commands (0.18 retries an unreachable server for ~15 minutes); ``stop_grace_sec`` is
         how long restic may clean up after SIGINT before SIGKILL. ``owner`` (the state dir) is put in
-        every child's environment as ``HASUPD_RESTIC_OWNER`` to find leftovers after a crash."""
+        every child's environment as ``HASUPD_RESTIC_OWNER`` to find leftovers after a crash.
+        ``spawn_task`` owns each restic run (the daemon's TaskGroup: it outlives a cancelled caller
+        until restic has cleaned up); None: plain tasks of the loop (tools, tests)."""
         self.repo = repo
         self._reaper = reaper
         self._binary = binary
@@ -85,6 +100,7 @@ class ResticRunner:
         self._quick = quick_timeout_sec
         self._grace = stop_grace_sec
         self._owner = owner
+        self._spawn_task = spawn_task
         self._features: Features | None = None
 
     async def version(self) -> tuple[int, int, int]:
@@ -180,53 +196,56 @@ class ResticRunner:
         """Run restic; on cancellation stop it with SIGINT and let it clean up before re-raising.
 
         Only the command's own environment reaches restic (not hasupd's, which plumbum's ``popen``
-        would merge in). Why not run_command's own cancellation: it signals the group and closes the
-        pipes at once, and restic (0.14 and 0.18 alike) then dies of SIGPIPE writing "cleaning up"
-        before it removes its lock. Here the command keeps running shielded, so its pipes stay drained
-        until it exits.
+        would merge in). The stop is ``stop_group`` (SIGINT, SIGKILL after the grace), as run_command's
+        own, but run_command here is a task of its own that the caller's cancellation never reaches:
+        a cancelled run_command closes restic's pipes once its stop is done or cancelled again, and
+        restic (0.14 and 0.18 alike) dies of SIGPIPE if it is still writing "cleaning up" before it
+        removes its lock. So the pipes stay drained until restic exits.
         """
         argv = tuple(restic.formulate())
         marker = uuid.uuid4().hex  # finds this very process among hasupd's children
-        run = asyncio.ensure_future(
-            run_command(
-                argv,
-                reaper=self._reaper,
-                env={**_env_of(restic), _MARKER: marker},
-                timeout=timeout,
-                stop_signal=signal.SIGINT,
-                kill_after=self._grace,
-                on_stdout_line=on_line,
-                # SIGINT, not SIGKILL: restic removes its lock on SIGINT (0.14 leaves it on SIGTERM).
-                parent_death_signal=signal.SIGINT,
+        run: asyncio.Future[CommandResult | OSError] = self._own(
+            _or_oserror(
+                run_command(
+                    argv,
+                    reaper=self._reaper,
+                    env={**_env_of(restic), _MARKER: marker},
+                    timeout=timeout,
+                    stop_signal=signal.SIGINT,
+                    kill_after=self._grace,
+                    on_stdout_line=on_line,
+                    # SIGINT, not SIGKILL: restic removes its lock on SIGINT (0.14 leaves it on SIGTERM).
+                    parent_death_signal=signal.SIGINT,
+                )
             )
         )
         try:
-            return await asyncio.shield(run)
+            result = await asyncio.shield(run)
         except asyncio.CancelledError:
             await self._stop(run, marker)
             raise
-        except OSError as e:
-            raise ResticError(ErrorKind.FATAL, None, f"cannot run {argv[0]}: {e}", command) from e
+        if isinstance(result, OSError):
+            raise ResticError(ErrorKind.FATAL, None, f"cannot run {argv[0]}: {result}", command) from result
+        return result
 
-    async def _stop(self, run: asyncio.Future[CommandResult], marker: str) -> None:
+    def _own(
+        self, coro: Coroutine[Any, Any, CommandResult | OSError]
+    ) -> asyncio.Future[CommandResult | OSError]:
+        if self._spawn_task is not None:
+            task: asyncio.Task[CommandResult | OSError] = self._spawn_task(coro)
+            return task
+        return asyncio.ensure_future(coro)
+
+    async def _stop(self, run: asyncio.Future[CommandResult | OSError], marker: str) -> None:
         pid = _child_with_marker(marker)
         if pid is None:  # not started yet (or already gone): nothing holds a lock
             run.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(run), self._grace)
         else:
-            _signal_group(pid, signal.SIGINT)
-        try:
-            await asyncio.wait_for(asyncio.shield(run), self._grace)
-        except TimeoutError:
-            if pid is not None:
-                _signal_group(pid, signal.SIGKILL)
-        except asyncio.CancelledError:
-            # Cancelled again while waiting: do not linger, but leave nothing running.
-            if pid is not None:
-                _signal_group(pid, signal.SIGKILL)
-            raise
-        except OSError:
-            return  # it never started
-        with contextlib.suppress(asyncio.CancelledError, OSError):
+            # run_command starts each command in its own session: the group id is the pid.
+            await stop_group(pid, run, stop_signal=signal.SIGINT, kill_after=self._grace)
+        with contextlib.suppress(asyncio.CancelledError):
             await run
 
     async def _run(
@@ -317,11 +336,8 @@ def _child_with_marker(marker: str) -> int | None:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            # The fields after the parenthesised command name: state, ppid, ...
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-            if ppid != me:
+            st = stat(name)
+            if st is None or st.ppid != me:
                 continue
             with open(f"/proc/{name}/environ", "rb") as f:
                 if needle in f.read().split(b"\0"):
@@ -329,9 +345,3 @@ def _child_with_marker(marker: str) -> int | None:
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read
     return None
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    # run_command starts each command in its own session: the group id is the pid.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

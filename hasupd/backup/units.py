@@ -152,7 +152,7 @@ class BackupUnits:
         publish: Callable[[ev.Event], None],
     ) -> None:
         self._loop = loop
-        self._spawn_task = spawn_task
+        self._spawn_task = self.spawn_task = spawn_task
         self._publish = publish
         self.runners: dict[str, JobRunner] = {}
         self._closed = False
@@ -358,6 +358,7 @@ class BackupSetup:
             publish=self._bus.publish,
             quiescer=self._manager,
             restic_binary=self._restic,
+            spawn_task=self.units.spawn_task,
         )
         unit = Service(
             job_unit_config(job),

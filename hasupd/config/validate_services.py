@@ -48,11 +48,11 @@ from hasupd.config.nodes import (
     to_size,
     to_str,
 )
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
 
 # systemd's default PATH for services (and hasupd's, when a service sets none).
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFAULTS = ServiceConfig(name="-")
 # Bounds on counts (see README, "Bounds of a config file"): far above any real use, low enough that a

@@ -28,6 +28,7 @@ Nothing here polls: scopes are looked at when the state machine asks, and the Re
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
@@ -37,9 +38,11 @@ from pathlib import Path
 
 from hasupd.host.procfs import (
     KILL_BOUND_SEC,
+    KILL_RETRY_SEC,
     Children,
     has_env,
     kill_loop,
+    kill_until_gone,
     make_subreaper,
     pids_with_env,
     signal_each,
@@ -395,7 +398,7 @@ class Containment:
         self._scopes[unit_name] = scope
         return scope
 
-    def cleanup_stale(self) -> list[str]:
+    async def cleanup_stale(self) -> list[str]:
         """Kill and remove what an earlier hasupd left behind; return the unit names cleaned.
 
         cgroup: every ``*.service`` cgroup under our parent that no live scope owns. Fallback: the
@@ -406,7 +409,7 @@ class Containment:
             for entry in sorted(self.parent.iterdir()):
                 unit = entry.name.removesuffix(_SUFFIX)
                 if entry.is_dir() and entry.name.endswith(_SUFFIX) and unit not in self._scopes:
-                    _kill_and_remove(entry)
+                    await _kill_and_remove_async(entry)
                     cleaned.append(unit)
             return cleaned
         if self._records is None or not self._records.is_dir():
@@ -417,7 +420,7 @@ class Containment:
             if p.name not in self._scopes
         }
         if stale:
-            kill_loop(lambda: pids_with_env(stale.keys()))
+            await kill_until_gone(lambda: pids_with_env(stale.keys()))
         for record in stale.values():
             record.unlink(missing_ok=True)
             cleaned.append(record.name)
@@ -427,10 +430,11 @@ class Containment:
         """Kill what is still in any scope (hasupd is exiting: nothing may outlive it unwatched),
         remove the scopes, and remove the parent cgroup that ``detect`` created in the root layout."""
         for scope in list(self._scopes.values()):
+            # Blocking is fine here: hasupd is exiting, and nothing may outlive it unwatched.
             if isinstance(scope, CgroupScope):
                 _kill_and_remove(scope.path)
             else:
-                scope.kill_all()
+                kill_loop(scope.pids, block=True)
             scope.release()
         if self._owns_parent and self.parent is not None and not self._scopes:
             try:
@@ -504,20 +508,34 @@ def _enable_memory(path: Path) -> None:
                 raise
 
 
+def _remove_pass(path: Path) -> bool:
+    """Kill what is in the cgroup at ``path`` and remove it if empty; return True once it is gone."""
+    _cgroup_kill(path)
+    if _cgroup_populated(path):
+        return False
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        return False
+    return True
+
+
 def _kill_and_remove(path: Path) -> None:
-    """Kill everything in the cgroup at ``path`` and remove it; leave it (empty or not) after ~1 s."""
+    """Kill everything in the cgroup at ``path`` and remove it; leave it (empty or not) after ~1 s.
+
+    Sleeps between passes: only for hasupd's exit (``close``), when nothing else runs on the loop.
+    """
     deadline = time.monotonic() + KILL_BOUND_SEC
-    while True:
-        _cgroup_kill(path)
-        if not _cgroup_populated(path):
-            try:
-                path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError as e:
-                if e.errno != errno.EBUSY:
-                    raise
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.005)
+    while not _remove_pass(path) and time.monotonic() <= deadline:
+        time.sleep(KILL_RETRY_SEC)
+
+
+async def _kill_and_remove_async(path: Path) -> None:
+    """``_kill_and_remove`` that lets the event loop run between passes."""
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    while not _remove_pass(path) and time.monotonic() <= deadline:
+        await asyncio.sleep(KILL_RETRY_SEC)

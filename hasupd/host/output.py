@@ -32,8 +32,9 @@ PRIORITY_ERR = 3
 PIPE_SIZE = 1024 * 1024  # output pipe for `output: file`
 
 
-def journal_available(journal_socket_dir: Path = DEFAULT_JOURNAL_DIR) -> bool:
-    """Return True if journald accepts stream connections at ``journal_socket_dir/stdout``."""
+def journal_stream_available(journal_socket_dir: Path = DEFAULT_JOURNAL_DIR) -> bool:
+    """Return True if journald accepts stream connections at ``journal_socket_dir/stdout`` (where a
+    service's stdout and stderr go with ``output: journal``)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(journal_socket_dir / "stdout"))
@@ -303,7 +304,7 @@ __all__ = [
     "LogFile",
     "LogFiles",
     "Output",
-    "journal_available",
     "journal_header",
     "journal_stream",
+    "journal_stream_available",
 ]

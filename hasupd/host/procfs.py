@@ -6,13 +6,16 @@ without it (this build machine) one pass over /proc/*/stat per lookup is the onl
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+# The PATH of every child hasupd starts with a clean environment (services, probes, engines, resets).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 KILL_BOUND_SEC = 1.0  # how long a SIGKILL loop keeps going before it gives up on stuck (D state) tasks
@@ -51,10 +54,14 @@ class Stat(NamedTuple):
     ppid: int
     pgid: int
     sid: int
+    starttime: int  # clock ticks after boot: with the pid, names one process even after pid reuse
 
 
-def stat(pid: int) -> Stat | None:
-    """Return the state fields of /proc/PID/stat, or None if the process is gone."""
+def stat(pid: int | str) -> Stat | None:
+    """Return the fields of /proc/PID/stat that hasupd uses, or None if the process is gone.
+
+    The one parser of /proc/PID/stat in hasupd.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -62,7 +69,38 @@ def stat(pid: int) -> Stat | None:
         return None
     # comm may contain spaces and parentheses; the fields after the last ")" are fixed.
     fields = data[data.rindex(b")") + 2 :].split()
-    return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+    return Stat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid`` (a command started in its own session: its pid); return
+    False if the group is gone or not ours. The one "signal the tree" of commands hasupd runs."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def stop_group(pgid: int, done: asyncio.Future[Any], *, stop_signal: int, kill_after: float) -> None:
+    """Stop process group ``pgid`` politely, then by force: ``stop_signal``, and SIGKILL if ``done`` (what
+    ends when the group's leader has exited) has not completed within ``kill_after``; return once it has.
+
+    ``done`` is shielded, never cancelled here, and whoever reads the group's pipes goes on reading
+    them meanwhile, so a program that reports while it cleans up (restic removing its lock) is not
+    killed by SIGPIPE half-way. Cancelled while waiting: SIGKILL at once (nothing is left running), and
+    the cancellation goes on.
+    """
+    signal_group(pgid, stop_signal)
+    try:
+        await asyncio.wait_for(asyncio.shield(done), kill_after)
+        return
+    except TimeoutError:
+        signal_group(pgid, signal.SIGKILL)
+    except asyncio.CancelledError:
+        signal_group(pgid, signal.SIGKILL)
+        raise
+    await asyncio.shield(done)
 
 
 def has_env(pid: int, entry: bytes) -> bool:
@@ -110,19 +148,58 @@ def signal_each(pids: Iterable[int], sig: int) -> int:
     return n
 
 
-def kill_loop(list_pids: Callable[[], set[int]]) -> int:
-    """SIGKILL what ``list_pids`` returns until it returns nothing (bounded); return how many were hit.
+KILL_PASSES_NOW = 3  # SIGKILL passes made at once, before the rest goes to loop timers
+KILL_RETRY_SEC = 0.005  # between later passes
 
-    Repeats because a process may fork between the listing and the kill.
-    """
-    seen: set[int] = set()
-    deadline = time.monotonic() + KILL_BOUND_SEC
-    while pids := list_pids():
+
+def _kill_pass(list_pids: Callable[[], set[int]], seen: set[int]) -> bool:
+    """SIGKILL what ``list_pids`` returns now; return False if it returned nothing."""
+    pids = list_pids()
+    if pids:
         signal_each(pids, signal.SIGKILL)
         seen |= pids
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.002)
+    return bool(pids)
+
+
+def kill_loop(list_pids: Callable[[], set[int]], *, block: bool = False) -> int:
+    """SIGKILL what ``list_pids`` returns until it returns nothing (bounded by KILL_BOUND_SEC); return
+    how many were hit by the passes made before returning.
+
+    Repeats because a process may fork between the listing and the kill. A few passes are made at
+    once; if something is still there, the next passes run from timers of the running event loop, so
+    the loop never sleeps here. ``block`` (or no running loop): sleep between passes instead, for
+    callers that must see the processes gone before they go on and have nothing else to run (hasupd
+    exiting, tools).
+    """
+    seen: set[int] = set()
+    for _ in range(KILL_PASSES_NOW):
+        if not _kill_pass(list_pids, seen):
+            return len(seen)
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    try:
+        loop = None if block else asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None:
+        while _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+            time.sleep(KILL_RETRY_SEC)
+        return len(seen)
+
+    def again() -> None:
+        if _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+            loop.call_later(KILL_RETRY_SEC, again)
+
+    loop.call_later(KILL_RETRY_SEC, again)
+    return len(seen)
+
+
+async def kill_until_gone(list_pids: Callable[[], set[int]]) -> int:
+    """``kill_loop`` for coroutines: return once ``list_pids`` returns nothing (or after
+    KILL_BOUND_SEC), with how many processes were hit; the loop runs on meanwhile."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + KILL_BOUND_SEC
+    while _kill_pass(list_pids, seen) and time.monotonic() <= deadline:
+        await asyncio.sleep(KILL_RETRY_SEC)
     return len(seen)
 
 

@@ -308,8 +308,8 @@ def _restrict(path: Path, mode: int, gid: int | None) -> None:
             os.chown(path, -1, gid)
 
 
-def journal_available(socket_path: Path = JOURNAL_SOCKET) -> bool:
-    """Return True when journald's native socket accepts datagrams."""
+def journal_records_available(socket_path: Path = JOURNAL_SOCKET) -> bool:
+    """Return True when journald's native socket accepts datagrams (where hasupd's own records go)."""
     if not socket_path.exists():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
@@ -348,7 +348,7 @@ def setup_logging(
         old.close()
     logger.propagate = False
     logger.setLevel(level)
-    use_journal = target is LogTarget.JOURNAL or (target is LogTarget.AUTO and journal_available())
+    use_journal = target is LogTarget.JOURNAL or (target is LogTarget.AUTO and journal_records_available())
     if use_journal:
         logger.addHandler(JournalHandler())
         return LogSetup(logger, True, None)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hasupd.host.procfs import parent_death_signal as parent_death_signal_preexec
+from hasupd.host.procfs import signal_group, stop_group
 from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus
 
@@ -153,26 +154,16 @@ async def run_command(
         with proc.stdin:
             proc.stdin.write(stdin)
 
-    def signal_group(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
     async def stop_and_wait() -> ExitStatus:
-        # Polite signal, then SIGKILL; the pipes stay read meanwhile, so a program that reports while
-        # it cleans up (restic removing its lock) is not killed by SIGPIPE half-way.
-        signal_group(stop_signal)
-        try:
-            return await asyncio.wait_for(asyncio.shield(exited), kill_after)
-        except TimeoutError:
-            signal_group(signal.SIGKILL)
-            return await exited
+        await stop_group(pid, exited, stop_signal=stop_signal, kill_after=kill_after)
+        return exited.result()
 
     async def drain_pipes() -> None:
         # The group may hold children that keep the pipes open; they go with the command.
         try:
             await asyncio.wait_for(asyncio.gather(*pipes_done.values()), 2.0)
         except TimeoutError:
-            signal_group(signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*pipes_done.values()), 5.0)
 
     timed_out = False

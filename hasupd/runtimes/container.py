@@ -7,13 +7,16 @@ CLI's stdout and stderr are the container's). Around it:
 * Names and labels: the container is ``{name_prefix}{unit}`` and carries ``hasupd.daemon``,
   ``hasupd.unit`` and ``hasupd.invocation`` labels, so that each daemon finds exactly its own
   leftovers (``cleanup_stale_containers``) and each start its own container.
-* Never two copies: podman runs with ``--replace``; for docker a leftover of the same name is removed
-  before the run. The engine never gets a restart policy (hasupd restarts) and never pulls.
-* Preflight: ``spawn`` checks synchronously, before anything runs, that the engine CLI is installed and
-  that the image is in local storage (``podman image exists`` / ``docker image inspect``, bounded by
-  ``preflight_timeout``; a present image is remembered for ``IMAGE_CHECK_TTL_SEC``), and raises
-  SpawnError with the reason. This blocks the event loop for one engine call (20-100 ms on a healthy
-  engine), which is why its bound is short.
+* Never two copies: podman runs with ``--replace``; for docker the main process first removes a
+  leftover of the same name (``/bin/sh -c 'docker rm -f NAME; exec "$@"'``, then the same pid is
+  ``docker run``). The engine never gets a restart policy (hasupd restarts) and never pulls.
+* Preflight without blocking: ``spawn`` raises SpawnError at once if the engine CLI is not installed,
+  an option is forbidden, or the last answer about the image was a failure (not in local storage, or
+  the engine did not answer within ``preflight_timeout``). The answers come from asyncio engine calls
+  (``podman image exists`` / ``docker image inspect``): ``preflight`` asks for every container service
+  at start-up and reload; a stale (``IMAGE_CHECK_TTL_SEC``) or failed answer is asked again in the
+  background when used. An image never asked about starts unchecked: the run never pulls, so a missing
+  image ends it with exit code 125, and the check logs why. The event loop never waits for an engine.
 * sd_notify: the service's notify socket is bind-mounted at ``/run/hasupd-notify.sock`` and
   NOTIFY_SOCKET points there, for both engines. (podman's own ``--sdnotify=container`` goes through the
   OCI runtime: with runc, conmon forwards only READY=1 and WATCHDOG=1, drops STATUS=, and sends them
@@ -39,16 +42,17 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shlex
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
-from hasupd.config.model import ContainerEngine, ContainerSpec
+from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig
 from hasupd.host.containment import ScopeImpl
 from hasupd.host.procfs import Children, pids_with_env, signal_each, stat
 from hasupd.host.reaper import Reaper
-from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec
+from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec, TaskSpawner
 from hasupd.runtimes.engines import (
     CONTAINER_NOTIFY_SOCKET,
     CONTAINER_ONLY,
@@ -88,13 +92,27 @@ _RESOLVE_FIRST_DELAY = 0.05
 _RESOLVE_MAX_DELAY = 2.0
 
 
+_ImageKey = tuple[str, tuple[str, ...], str]  # engine path, engine args, image
+
+
+def _image_key(engine: Engine, image: str) -> _ImageKey:
+    return (engine.path, engine.args, image)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageCheck:
+    checked: float  # monotonic time of the answer
+    error: SpawnError | None  # None: the image is there
+
+
 class ContainerSpawner:
     """Starts services that have ``container:`` set. One per daemon, used from the event loop only.
 
     ``engine_args`` are global CLI arguments per engine (podman ``--root``/``--runroot`` ...);
     ``engine_env`` the variables every engine call gets (DOCKER_HOST, CONTAINERS_CONF ...: see
     ``engine_environment``). ``engine_timeout`` bounds every background engine call,
-    ``preflight_timeout`` the synchronous image check in ``spawn``.
+    ``preflight_timeout`` the synchronous image check in ``spawn``. Background engine calls run as
+    tasks of ``tasks`` (the daemon's TaskGroup); without it, as plain tasks of the running loop.
     """
 
     def __init__(
@@ -107,15 +125,18 @@ class ContainerSpawner:
         preflight_timeout: float = 5.0,
         engine_args: Mapping[ContainerEngine, Sequence[str]] | None = None,
         engine_env: Mapping[str, str] | None = None,
+        tasks: TaskSpawner | None = None,
     ) -> None:
         self._exec = exec_spawner
+        self._task_spawner = tasks
         self._reaper = reaper
         self.name_prefix = name_prefix
         self._engine_timeout = engine_timeout
         self._preflight_timeout = min(preflight_timeout, engine_timeout)
         self._engine_args = {ContainerEngine(k): tuple(v) for k, v in (engine_args or {}).items()}
         self._engine_env = dict(engine_env or {})
-        self._images: dict[tuple[str, tuple[str, ...], str], float] = {}  # -> monotonic expiry
+        self._images: dict[_ImageKey, _ImageCheck] = {}  # the last answer of the engine
+        self._checking: set[_ImageKey] = set()  # asked in the background now
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public
@@ -191,8 +212,6 @@ class ContainerSpawner:
         engine = self.engine(container.engine)
         self._check_image(engine, container.image)
         name = container_name(self.name_prefix, unit)
-        if engine.kind is ContainerEngine.DOCKER:
-            engine.remove_sync(name, self._preflight_timeout)  # docker has no --replace
         env, mounts = container_environment(spec, service)
         argv = engine.run_argv(
             name=name,
@@ -206,30 +225,84 @@ class ContainerSpawner:
             image=container.image,
             args=container.args,
         )
+        if engine.kind is ContainerEngine.DOCKER:
+            # docker has no --replace: the main process itself removes a leftover of the same name,
+            # then becomes ``docker run`` (same pid, same scope), so the loop never waits for docker.
+            # A removal that fails leaves the name taken: the run then fails with docker's reason.
+            remove = shlex.join(engine.argv(*engine.rm_words(name)))
+            argv = ["/bin/sh", "-c", f'{remove} >/dev/null 2>&1; exec "$@"', "sh", *argv]
         cli_env = {k: v for k, v in spec.extra_env.items() if k not in CONTAINER_ONLY}
         cli_env.update(self._engine_env)
         # The CLI runs as hasupd (root podman's storage is root's); user/group went into --user.
         cli_service = dataclasses.replace(service, user=None, group=None)
         return engine, argv, dataclasses.replace(spec, service=cli_service, extra_env=cli_env, unit_name=unit)
 
+    async def preflight(self, services: Iterable[ServiceConfig]) -> None:
+        """Check the images of the container ``services`` now, concurrently, each bounded by the
+        preflight timeout, so that ``spawn`` finds the answers. An engine that is not installed is
+        skipped (``spawn`` says so)."""
+        checks: dict[_ImageKey, tuple[Engine, str]] = {}
+        for service in services:
+            if service.container is None:
+                continue
+            try:
+                engine = self.engine(service.container.engine)
+            except SpawnError:
+                continue
+            checks[_image_key(engine, service.container.image)] = (engine, service.container.image)
+        await asyncio.gather(
+            *(self._check_now(key, engine, image) for key, (engine, image) in checks.items())
+        )
+
     def _check_image(self, engine: Engine, image: str) -> None:
-        key = (engine.path, engine.args, image)
-        now = time.monotonic()
-        if self._images.get(key, 0.0) > now:
-            return
-        engine.check_image(image, self._preflight_timeout)
-        self._images[key] = now + IMAGE_CHECK_TTL_SEC
+        """Raise SpawnError if the last answer about ``image`` was a failure; never waits for the engine.
+
+        Unknown, stale or failed answers are asked again in the background: the present-image answer
+        of the last check is used meanwhile, and an image never checked (``preflight`` was not told
+        of it) is started unchecked; the run never pulls, so a missing image ends it with exit code
+        125, and the check logs why.
+        """
+        key = _image_key(engine, image)
+        entry = self._images.get(key)
+        stale = (
+            entry is None or entry.error is not None or entry.checked + IMAGE_CHECK_TTL_SEC < time.monotonic()
+        )
+        if stale and key not in self._checking:
+            self._checking.add(key)
+            self._background(self._check_later(key, engine, image), f"{engine.name} image check {image}")
+        if entry is not None and entry.error is not None:
+            raise SpawnError(str(entry.error))
+
+    async def _check_later(self, key: _ImageKey, engine: Engine, image: str) -> None:
+        try:
+            error = await self._check_now(key, engine, image)
+        finally:
+            self._checking.discard(key)
+        if error is not None:
+            log.warning("%s", error)
+
+    async def _check_now(self, key: _ImageKey, engine: Engine, image: str) -> SpawnError | None:
+        try:
+            await engine.check_image(image, self._preflight_timeout)
+            error = None
+        except SpawnError as e:
+            error = e
+        self._images[key] = _ImageCheck(time.monotonic(), error)
+        return error
 
     def _background(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(_logged(coro, what), name=what)
+        if self._task_spawner is not None:  # the daemon's TaskGroup: a bug stops hasupd
+            task = self._task_spawner.spawn(_logged(coro, what), what)
+        else:
+            task = asyncio.get_running_loop().create_task(_logged(coro, what), name=what)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled():
-            task.result()  # a bug surfaces in the loop's exception handler
+        if self._task_spawner is None and not task.cancelled():
+            task.result()  # standalone: a bug surfaces in the loop's exception handler
 
 
 async def _logged(coro: Coroutine[Any, Any, None], what: str) -> None:
@@ -489,13 +562,8 @@ class RoutingSpawner:
 
 def _start_time(pid: int) -> int | None:
     """Return the start time (clock ticks since boot) of a live, non-zombie ``pid``, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    return None if fields[0] == b"Z" else int(fields[19])
+    st = stat(pid)
+    return None if st is None or st.state == "Z" else st.starttime
 
 
 def _tree(root: int) -> set[int]:

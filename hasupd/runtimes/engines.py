@@ -27,17 +27,16 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hasupd.config.model import ContainerEngine, ServiceConfig
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import SpawnError, SpawnSpec
 from hasupd.runtimes.command import CommandResult, run_command
 from hasupd.runtimes.envfile import load_environment_files
-from hasupd.runtimes.exec import DEFAULT_PATH
 
 __all__ = [
     "CONTAINER_NOTIFY_SOCKET",
@@ -197,58 +196,56 @@ class Engine:
             words += ["--volume", mount]
         return self.argv(*words, *extra, *options, image, *args)
 
-    # ------------------------------------------------------------------ preflight (synchronous)
+    # ------------------------------------------------------------------ preflight
 
-    def check_image(self, image: str, timeout: float) -> None:
+    async def check_image(self, image: str, timeout: float) -> None:
         """Return if ``image`` is in the engine's local storage.
 
         Raise SpawnError if it is not, if the engine failed, or if it did not answer within ``timeout``.
-        Synchronous: spawn() needs the answer before it returns.
         """
-        if self.kind is ContainerEngine.PODMAN:
-            argv = self.argv("image", "exists", image)
-        else:
-            argv = self.argv("image", "inspect", "--format", "{{.Id}}", image)
-        proc = self._run_sync(argv, timeout)
-        if proc.returncode == 0:
+        words: tuple[str, ...] = ("image", "exists", image)
+        if self.kind is ContainerEngine.DOCKER:
+            words = ("image", "inspect", "--format", "{{.Id}}", image)
+        result = await self._preflight(words, timeout)
+        code = result.status.code
+        if code == 0:
             return
-        err = _text(proc.stderr)
-        if proc.returncode == 1 and (self.kind is ContainerEngine.PODMAN or "no such image" in err.lower()):
+        err = _text(result.stderr)
+        if code == 1 and (self.kind is ContainerEngine.PODMAN or "no such image" in err.lower()):
             raise SpawnError(
                 f"image {image} is not in {self.name}'s local storage "
                 f"(hasupd never pulls: {self.name} pull {image})"
             )
-        raise SpawnError(f"{self.name} cannot check image {image}: exit code {proc.returncode}: {err}")
+        raise SpawnError(f"{self.name} cannot check image {image}: {result.describe()}: {err}")
 
-    def remove_sync(self, ref: str, timeout: float) -> None:
+    async def remove_leftover(self, ref: str, timeout: float) -> None:
         """Remove container ``ref`` (running or not); nothing there is fine.
 
         Raise SpawnError if the engine failed or did not answer within ``timeout``.
         """
-        proc = self._run_sync(self.argv(*self._rm_words(ref)), timeout)
-        if proc.returncode != 0 and not self._not_found(proc.returncode, _text(proc.stderr)):
+        result = await self._preflight(tuple(self.rm_words(ref)), timeout)
+        code = result.status.code
+        if code != 0 and not (code is not None and self._not_found(code, _text(result.stderr))):
             raise SpawnError(
                 f"{self.name} cannot remove the leftover container {ref}: "
-                f"exit code {proc.returncode}: {_text(proc.stderr)}"
+                f"{result.describe()}: {_text(result.stderr)}"
             )
 
-    def _run_sync(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    async def _preflight(self, words: Sequence[str], timeout: float) -> CommandResult:
         try:
-            return subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=dict(self.env),
+            result = await run_command(
+                self.argv(*words),
+                reaper=self.reaper,
+                env=self.env,
                 timeout=timeout,
-                start_new_session=True,
-                check=False,
+                kill_after=_KILL_AFTER_SEC,
+                max_output=1024 * 1024,
             )
-        except subprocess.TimeoutExpired:
-            raise SpawnError(
-                f"{self.name} did not answer within {timeout:g}s ({' '.join(argv[len(self.args) + 1 :])})"
-            ) from None
         except OSError as e:
             raise SpawnError(f"cannot run {self.path}: {e.strerror}") from e
+        if result.timed_out:
+            raise SpawnError(f"{self.name} did not answer within {timeout:g}s ({' '.join(words)})")
+        return result
 
     # ------------------------------------------------------------------ calls (asynchronous)
 
@@ -298,7 +295,7 @@ class Engine:
 
         Raise EngineError if the engine failed.
         """
-        return self._done(await self.call(*self._rm_words(ref)), "rm")
+        return self._done(await self.call(*self.rm_words(ref)), "rm")
 
     async def inspect(self, ref: str) -> tuple[str, int, str] | None:
         """Return ``(id, init pid, invocation label)`` of container ``ref`` (pid 0: not running), or
@@ -329,7 +326,8 @@ class Engine:
                 out.append((cid, name.strip()))
         return out
 
-    def _rm_words(self, ref: str) -> list[str]:
+    def rm_words(self, ref: str) -> list[str]:
+        """Return the words that remove container ``ref`` at once, running or not."""
         # podman rm -f stops with the stop timeout first (10 s by default); -t 0 kills at once.
         return ["rm", "-f", "-t", "0", ref] if self.kind is ContainerEngine.PODMAN else ["rm", "-f", ref]
 

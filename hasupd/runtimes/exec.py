@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hasupd.host.containment import Containment, ScopeImpl
 from hasupd.host.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
@@ -29,7 +30,6 @@ from hasupd.states import OutputMode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _FROM_HASUPD = ("LANG", "LC_ALL", "TZ")
 _ExecArgs = tuple[str, list[str], dict[str, str]]
 

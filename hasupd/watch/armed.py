@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 
+from hasupd.ports import TaskSpawner
+
 
 class Armed:
     """Base of the watchers: one timer and at most one task at a time, both owned and cancelled here.
 
     Single use: a service's next start gets new watchers, so a late result of an old check can never
-    reach the new run.
+    reach the new run. Checks run as tasks of ``tasks`` (the daemon's TaskGroup: a bug in a check stops
+    hasupd); without it (a watcher used on its own) as plain tasks of the loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tasks: TaskSpawner | None = None) -> None:
+        self._tasks = tasks
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -51,12 +55,15 @@ class Armed:
 
     def _spawn(self, coro: Coroutine[None, None, None], name: str) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro, name=name)
+        if self._tasks is not None:
+            task = self._tasks.spawn(coro, name)
+        else:
+            task = self._loop.create_task(coro, name=name)
         self._task = task
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if self._task is task:
             self._task = None
-        if not task.cancelled():
-            task.result()  # a bug in a check surfaces in the loop's exception handler
+        if self._tasks is None and not task.cancelled():
+            task.result()  # standalone: a bug in a check surfaces in the loop's exception handler

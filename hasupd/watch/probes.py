@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from hasupd.config.model import HealthProbe, ProbeKind
 from hasupd.host.reaper import Reaper
-from hasupd.ports import ProbeOutcome
+from hasupd.ports import ProbeOutcome, TaskSpawner
 from hasupd.runtimes.command import run_command
 from hasupd.watch.armed import Armed
 
@@ -51,8 +51,9 @@ class ProbeRunner(Armed):
         reaper: Reaper | None,
         on_result: Callable[[ProbeOutcome], None],
         env: Mapping[str, str] | None = None,
+        tasks: TaskSpawner | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tasks)
         self.probe = probe
         self._reaper = reaper
         self._on_result = on_result

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from hasupd.config.model import Limits
+from hasupd.ports import TaskSpawner
 from hasupd.watch.armed import Armed
 
 _TICK = 1 / os.sysconf("SC_CLK_TCK")
@@ -79,8 +80,9 @@ class ResourceWatch(Armed):
         *,
         interval: float = 1.0,
         consecutive: int = 3,
+        tasks: TaskSpawner | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(tasks)
         self.limits = limits
         self._pids = pids
         self._on_exceeded = on_exceeded

@@ -9,10 +9,10 @@ from pathlib import Path
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
 from hasupd.host.containment import CgroupScope
 from hasupd.host.notify import NotifyEndpoint, NotifyMessage
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
-from hasupd.ports import Clock, ProbeOutcome, Scope, SpawnError, Stoppable
-from hasupd.runtimes.exec import DEFAULT_PATH
+from hasupd.ports import Clock, ProbeOutcome, Scope, SpawnError, Stoppable, TaskSpawner
 from hasupd.watch.heartbeat import HeartbeatWatch
 from hasupd.watch.probes import ProbeRunner
 from hasupd.watch.resources import ResourceWatch, oom_killed
@@ -34,9 +34,16 @@ class LoopWatchers:
     """Implements hasupd.ports.Watchers on the running event loop."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, clock: Clock, runtime_dir: Path, reaper: Reaper
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
+        runtime_dir: Path,
+        reaper: Reaper,
+        *,
+        tasks: TaskSpawner | None = None,
     ) -> None:
         self._loop = loop
+        self._tasks = tasks
         self._clock = clock
         self._notify_dir = runtime_dir / "notify"
         self._reaper = reaper
@@ -68,7 +75,10 @@ class LoopWatchers:
         self, probes: tuple[HealthProbe, ...], on_outcome: Callable[[ProbeOutcome], None]
     ) -> Stoppable:
         runners = [
-            ProbeRunner(p, reaper=self._reaper, on_result=on_outcome, env=PROBE_ENVIRONMENT) for p in probes
+            ProbeRunner(
+                p, reaper=self._reaper, on_result=on_outcome, env=PROBE_ENVIRONMENT, tasks=self._tasks
+            )
+            for p in probes
         ]
         for runner in runners:
             runner.start(self._loop)
@@ -85,7 +95,7 @@ class LoopWatchers:
             # The kernel enforces it too where the memory controller is there (OOM kill -> oom-kill);
             # no memory limit (any more) is "max".
             scope.set_memory_max(limits.memory)
-        watch = ResourceWatch(limits, scope.pids, on_exceeded)
+        watch = ResourceWatch(limits, scope.pids, on_exceeded, tasks=self._tasks)
         watch.start(self._loop)
         return watch
 

@@ -290,6 +290,8 @@ async def test_spawn_errors_say_why(rig: Rig, podman: Podman, tmp_path: Path) ->
             output=OutputMode.FILE,
         )
 
+    # The images are checked before the start (at start-up and reload), so spawn never waits for the engine.
+    await rig.containers.preflight([spec(image="localhost/nope:1").service])
     with pytest.raises(SpawnError, match=r"cannot start x: image localhost/nope:1 is not in podman's local"):
         rig.containers.spawn(spec(image="localhost/nope:1"), lambda status: None)
     bad_options = ServiceConfig(
@@ -317,9 +319,11 @@ async def test_spawn_errors_say_why(rig: Rig, podman: Podman, tmp_path: Path) ->
             engine_env={"DOCKER_HOST": f"unix://{tmp_path}/silent.sock"},
         )
         started = time.monotonic()
+        await mute.preflight([spec(ContainerEngine.DOCKER).service])
+        assert time.monotonic() - started < 3
         with pytest.raises(SpawnError, match=r"docker did not answer within 1s \(image inspect"):
             mute.spawn(spec(ContainerEngine.DOCKER), lambda status: None)
-        assert time.monotonic() - started < 3
+        await mute.aclose(5)  # the check asked again in the background
     assert not rig.events  # nothing was started
 
 

@@ -218,13 +218,13 @@ async def test_cleanup_stale_kills_what_an_earlier_hasupd_left(
     else:
         again = Containment.detect(force_fallback=True, runtime_dir=tmp_path / "run")
     assert again.kind == containment.kind
-    assert again.cleanup_stale() == ["old"]
+    assert await again.cleanup_stale() == ["old"]
     await wait_for(lambda: all(dead(p) for p in pids.values()), timeout=1.5)
     assert (await exit_.wait()).signal == signal.SIGKILL
     if containment.kind == "cgroup":
         assert containment.parent is not None
         assert not (containment.parent / "old.service").exists()
-    assert again.cleanup_stale() == []
+    assert await again.cleanup_stale() == []
     proc.scope.release()
     again.close()
 

@@ -23,11 +23,12 @@ import pytest
 
 from hasupd.config.model import ServiceConfig
 from hasupd.host.containment import Containment
-from hasupd.host.output import journal_available, journal_header
+from hasupd.host.output import journal_header, journal_stream_available
+from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.reaper import Reaper
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import parse_environment
-from hasupd.runtimes.exec import DEFAULT_PATH, ExecProcess, ExecSpawner
+from hasupd.runtimes.exec import ExecProcess, ExecSpawner
 from hasupd.states import OutputMode
 from tests.support.exitwatch import Exit
 
@@ -347,7 +348,7 @@ async def test_journal_output_speaks_the_stream_protocol(
         stand_in.bind(str(jdir / "stdout"))
         stand_in.listen(8)
         stand_in.settimeout(5)
-        assert journal_available(jdir)
+        assert journal_stream_available(jdir)
         stand_in.accept()[0].close()  # the probe connection
         spawner = new_spawner(containment, reaper, tmp_path, journal_socket_dir=jdir)
         try:

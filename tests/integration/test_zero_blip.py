@@ -216,10 +216,16 @@ def test_daemon_reexec_keeps_every_pid_refuses_nothing_and_keeps_the_restart_sch
     print(f"unsupervised during re-exec: {reexec['unsupervised_sec']:.3f}s; {client.ok} requests served")
 
 
+@pytest.mark.parametrize("record", ["current", "removed"])
+@pytest.mark.parametrize("containment", ["cgroup", "process-group"])
 def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
-    hasupd: Callable[..., Hasupd], tmp_path: Path
+    hasupd: Callable[..., Hasupd], tmp_path: Path, containment: str, record: str
 ) -> None:
-    h, web_port = start_set(hasupd, tmp_path)
+    extra = ("--no-cgroup",) if containment == "process-group" else ()
+    h, web_port = start_set(hasupd, tmp_path, extra_args=extra)
+    assert containment in h.wait_for("daemon.started")[0]["containment"].replace(
+        "process groups", "process-group"
+    )
     h.wait_for("service.started", timeout=BACKOFF_SEC + 5, count=2, service="flaky")
     wait_until(all_running(h), 10, "every unit running")
     before = status(h)
@@ -227,14 +233,10 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
         h.kill()  # SIGKILL: no clean-up, no record written at the end
         time.sleep(0.3)
         assert all(pid_alive(s["pid"]) for s in before.values())
-        h2 = (
-            hasupd(h.runtime_dir.parent / "etc-unused", runtime_dir=h.runtime_dir, state_dir=h.state_dir)
-            if False
-            else None
-        )
-        del h2
+        if record == "removed":  # lost with the crash: found through cgroups / INVOCATION_ID alone
+            (h.runtime_dir / "state.record").unlink()
         config = tmp_path / "etc"
-        again = hasupd(config, runtime_dir=h.runtime_dir, state_dir=h.state_dir)
+        again = hasupd(config, runtime_dir=h.runtime_dir, state_dir=h.state_dir, extra_args=extra)
         again.wait_ready(20)
         adopted = again.wait_for("service.adopted", timeout=10, count=20)
         crashed = again.wait_for("daemon.crashed", timeout=5)[0]
@@ -265,6 +267,9 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
     assert crashed["incident"], crashed  # an incident (and an alert, where channels are configured)
     assert client.refused == 0
     hows = {r["how"].split(" ")[0] for r in adopted}
+    assert hows == (
+        {"state"} if record == "current" else {"cgroup" if containment == "cgroup" else "INVOCATION_ID"}
+    )
     print(f"adopted by {hows}; crash record: {crashed.get('message', crashed)}")
 
 

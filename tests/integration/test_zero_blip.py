@@ -21,9 +21,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import REPO, Hasupd, pid_alive, record_time, write_config
+from tests.support.harness import REPO, Hasupd, pid_alive, record_time, require_root, write_config
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    require_root()  # cgroups, and pidfd_getfd of a held socket out of an adopted instance
+
 
 SERVER = """
 import os, socket, sys

@@ -327,6 +327,10 @@ def restore(
             out.to_start.append(unit)
             continue
         if snap is not None:
+            if not use_fds:
+                # The last record is as old as the last state change, not the last WATCHDOG=1: the
+                # adopted process gets a full watchdog period from now.
+                snap = {**snap, "watchdog_due": None}
             service.restore(snap, process)
         else:
             service.adopt_found(process, invocation or "")

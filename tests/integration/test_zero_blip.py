@@ -42,8 +42,20 @@ while True:
         conn.sendall(b"ok\\n")
 """
 
+WATCHDOG = """
+import os, socket, time
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+while True:
+    time.sleep(0.2)
+    try:
+        sock.sendto(b"WATCHDOG=1", os.environ["NOTIFY_SOCKET"])
+    except OSError:
+        pass  # refused while nobody is bound at the path: the watchdog will tell
+"""
+
 BACKOFF_SEC = 4.0
-SLEEPERS = 15
+SLEEPERS = 14
 
 
 def free_port() -> int:
@@ -76,6 +88,14 @@ def service_set(tmp_path: Path, web_port: int, probed_port: int) -> dict[str, di
         "restart": "on-failure",
         "restart_sec": f"{BACKOFF_SEC:g}s",
         "restart_max_delay_sec": f"{BACKOFF_SEC:g}s",
+    }
+    pinger = tmp_path / "pinger.py"
+    pinger.write_text(WATCHDOG)
+    services["wd"] = {
+        "command": [sys.executable, str(pinger), "wd-zb"],
+        "type": "notify",
+        "watchdog_sec": "1s",
+        "restart": "always",
     }
     services["probed"] = {
         "command": [sys.executable, str(server), "probed-zb", str(probed_port)],
@@ -217,6 +237,9 @@ def test_daemon_reexec_keeps_every_pid_refuses_nothing_and_keeps_the_restart_sch
     assert client.failed == []
     assert client.ok > 20
     assert not h.find("service.adopted")  # a readable record: carried on, nothing had to be adopted
+    # The notify socket stayed bound across the exec: the watchdog pings went on arriving.
+    assert not h.find("watchdog.timeout")
+    assert status(h)["wd"]["pid"] == before["wd"]["pid"]
     print(f"unsupervised during re-exec: {reexec['unsupervised_sec']:.3f}s; {client.ok} requests served")
 
 
@@ -253,6 +276,7 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
             assert len(processes_with(f"sleep {100000 + i}")) == 1
         assert len(processes_with("web-zb")) == 3
         assert len(processes_with("probed-zb")) == 1
+        assert len(processes_with("wd-zb")) == 1
         assert len(processes_with("sleep 100099")) == 1
         assert not again.find("service.started")
         # A later SIGKILL of an adopted service is restarted (its exit status is unknown: a failure).
@@ -268,6 +292,9 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
         wait_until(lambda: status(again)["web@1"]["state"] == "running", 10, "web@1 running")
         time.sleep(0.5)
     assert client.failed == [], client.failed
+    # The notify socket is bound again at the same path: the adopted service's pings arrive.
+    assert not again.find("watchdog.timeout")
+    assert status(again)["wd"]["pid"] == before["wd"]["pid"]
     assert crashed["incident"], crashed  # an incident (and an alert, where channels are configured)
     assert client.refused == 0
     hows = {r["how"].split(" ")[0] for r in adopted}

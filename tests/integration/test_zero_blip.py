@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,11 @@ BACKOFF_SEC = 4.0
 SLEEPERS = 14
 
 
+def tag(tmp_path: Path) -> int:
+    """A number unique to this test's run: its processes are told apart from another run's by it."""
+    return 1_000_000 + zlib.crc32(str(tmp_path).encode()) % 8_000_000 * 100
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,11 +74,11 @@ def service_set(tmp_path: Path, web_port: int, probed_port: int) -> dict[str, di
     server = tmp_path / "server.py"
     server.write_text(SERVER)
     services: dict[str, dict[str, Any]] = {
-        f"s{i:02d}": {"command": ["/bin/sleep", f"{100000 + i}"], "restart": "always"}
+        f"s{i:02d}": {"command": ["/bin/sleep", f"{tag(tmp_path) + i}"], "restart": "always"}
         for i in range(SLEEPERS)
     }
     services["web"] = {
-        "command": [sys.executable, str(server), "web-zb", "0"],
+        "command": [sys.executable, str(server), f"web-zb-{tag(tmp_path)}", "0"],
         "instances": 3,
         "sockets": [{"listen": f"127.0.0.1:{web_port}"}],
         "restart": "always",
@@ -83,7 +89,7 @@ def service_set(tmp_path: Path, web_port: int, probed_port: int) -> dict[str, di
         "command": [
             "/bin/sh",
             "-c",
-            f"if [ -e {marker} ]; then exec /bin/sleep 100099; fi; touch {marker}; exit 1",
+            f"if [ -e {marker} ]; then exec /bin/sleep {tag(tmp_path) + 99}; fi; touch {marker}; exit 1",
         ],
         "restart": "on-failure",
         "restart_sec": f"{BACKOFF_SEC:g}s",
@@ -92,13 +98,13 @@ def service_set(tmp_path: Path, web_port: int, probed_port: int) -> dict[str, di
     pinger = tmp_path / "pinger.py"
     pinger.write_text(WATCHDOG)
     services["wd"] = {
-        "command": [sys.executable, str(pinger), "wd-zb"],
+        "command": [sys.executable, str(pinger), f"wd-zb-{tag(tmp_path)}"],
         "type": "notify",
         "watchdog_sec": "1s",
         "restart": "always",
     }
     services["probed"] = {
-        "command": [sys.executable, str(server), "probed-zb", str(probed_port)],
+        "command": [sys.executable, str(server), f"probed-zb-{tag(tmp_path)}", str(probed_port)],
         "restart": "always",
         "health": [{"tcp": f"127.0.0.1:{probed_port}", "interval_sec": "500ms", "failures": 2}],
     }
@@ -273,11 +279,11 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
             assert after[name]["state"] == "running"
         # Exactly once: no duplicate started beside the adopted one, and nothing orphaned.
         for i in range(SLEEPERS):
-            assert len(processes_with(f"sleep {100000 + i}")) == 1
-        assert len(processes_with("web-zb")) == 3
-        assert len(processes_with("probed-zb")) == 1
-        assert len(processes_with("wd-zb")) == 1
-        assert len(processes_with("sleep 100099")) == 1
+            assert len(processes_with(f"sleep {tag(tmp_path) + i}")) == 1
+        assert len(processes_with(f"web-zb-{tag(tmp_path)} ")) == 3
+        assert len(processes_with(f"probed-zb-{tag(tmp_path)} ")) == 1
+        assert len(processes_with(f"wd-zb-{tag(tmp_path)}")) == 1
+        assert len(processes_with(f"sleep {tag(tmp_path) + 99}")) == 1
         assert not again.find("service.started")
         # A later SIGKILL of an adopted service is restarted (its exit status is unknown: a failure).
         victim = after["s05"]["pid"]

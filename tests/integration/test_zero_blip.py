@@ -396,3 +396,32 @@ def test_reexec_with_a_corrupt_record_adopts_every_service(
     hasupd: Callable[..., Hasupd], tmp_path: Path
 ) -> None:
     _reexec_with_bad_record(hasupd, tmp_path, "corrupt")
+
+
+def test_after_a_crash_a_service_whose_config_changed_is_restarted_under_the_new_one(
+    hasupd: Callable[..., Hasupd], tmp_path: Path
+) -> None:
+    base = tag(tmp_path)
+    services = {
+        "same": {"command": ["/bin/sleep", f"{base + 1}"]},
+        "changed": {"command": ["/bin/sleep", f"{base + 2}"], "environment": {"MODE": "old"}},
+    }
+    config = write_config(tmp_path / "etc", services)
+    h = hasupd(config)
+    h.wait_ready(20)
+    wait_until(lambda: all(s["state"] == "running" for s in status(h).values()), 10, "both running")
+    before = status(h)
+    h.kill()
+    services["changed"]["environment"] = {"MODE": "new"}  # edited while hasupd was down
+    write_config(tmp_path / "etc", services)
+    again = hasupd(config, runtime_dir=h.runtime_dir, state_dir=h.state_dir)
+    again.wait_ready(20)
+    again.wait_for("service.started", timeout=10, service="changed")
+    wait_until(lambda: status(again)["changed"]["state"] == "running", 10, "changed running again")
+    after = status(again)
+    assert after["same"]["pid"] == before["same"]["pid"]
+    assert after["changed"]["pid"] != before["changed"]["pid"]
+    assert b"MODE=new" in Path(f"/proc/{after['changed']['pid']}/environ").read_bytes().split(b"\0")
+    assert not pid_alive(before["changed"]["pid"])  # the old one was stopped, not left behind
+    assert processes_with(f"sleep {base + 2}") == [after["changed"]["pid"]]
+    assert not again.find("service.started", service="same")

@@ -123,8 +123,15 @@ def write(path: Path, body: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def capture(manager: Manager, programs: ExecSpawner, reason: str) -> dict[str, Any]:
-    """Return the record body for the current state of ``manager``'s service units (no fds)."""
+def capture(
+    manager: Manager, programs: ExecSpawner, reason: str, start_times: dict[int, int | None] | None = None
+) -> dict[str, Any]:
+    """Return the record body for the current state of ``manager``'s service units (no fds).
+
+    ``start_times`` caches main pid -> start time between calls (a main pid's start time never changes
+    while it is supervised, so only new pids cost a /proc read); pids no longer main are dropped."""
+    cache: dict[int, int | None] = start_times if start_times is not None else {}
+    mains: set[int] = set()
     units: dict[str, Any] = {}
     for names in manager.units.values():
         for unit in names:
@@ -132,10 +139,18 @@ def capture(manager: Manager, programs: ExecSpawner, reason: str) -> dict[str, A
             snap = service.snapshot()
             pid = snap["main_pid"]
             snap["config"] = config_digest(service.config)
-            snap["start_time"] = start_time(pid) if isinstance(pid, int) else None
+            if isinstance(pid, int):
+                mains.add(pid)
+                if pid not in cache:
+                    cache[pid] = start_time(pid)
+                snap["start_time"] = cache[pid]
+            else:
+                snap["start_time"] = None
             snap["container"] = service.config.container is not None
             snap["pending"] = manager.is_pending(unit)
             units[unit] = snap
+    for gone in cache.keys() - mains:
+        del cache[gone]
     return {
         "hasupd_version": __version__,
         "pid": os.getpid(),
@@ -202,6 +217,7 @@ class RecordKeeper:
         self._programs = programs
         self._loop = asyncio.get_running_loop()
         self._pending = False
+        self._start_times: dict[int, int | None] = {}
         self.writes = 0
         self.error: str | None = None
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -215,7 +231,7 @@ class RecordKeeper:
         """Write the record now (the keeper's own writes come through here too)."""
         self._pending = False
         try:
-            write(self.path, capture(self._manager, self._programs, "current"))
+            write(self.path, capture(self._manager, self._programs, "current", self._start_times))
         except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
             self.error = f"{self.path}: {e.strerror}"
             return

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,6 +239,7 @@ class Daemon:
             sys.stderr.flush()
             env = dict(os.environ)
             env[handover.REEXEC_ENV] = str(path)
+            env[handover.REEXEC_FROM_ENV] = f"{__version__} {time.monotonic()}"
             os.execve(sys.executable, list(sys.orig_argv), env)
         except OSError as error:
             self.bus.publish(ev.DaemonReexecFailed(error=str(error)))

@@ -23,6 +23,7 @@ most one loop turn old.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,8 @@ FORMAT = 2  # format 1 (no per-unit config digest) is read by nobody: it falls b
 MAGIC = b"HASUPD-STATE"
 RECORD_NAME = "state.record"
 REEXEC_ENV = "HASUPD_REEXEC_RECORD"  # set only for the new image of a re-exec: the record to restore
+# Also set for the new image: "<old version> <CLOCK_MONOTONIC at execve>", known even when the record is not.
+REEXEC_FROM_ENV = "HASUPD_REEXEC_FROM"
 RUNNING_MARKER = "hasupd.running"  # in the state dir; removed on a clean stop
 
 
@@ -292,10 +295,16 @@ def restore(
     """
     out = Restored(record=record)
     units: dict[str, Any] = body["units"] if body is not None else {}
+    version, _, when = os.environ.pop(REEXEC_FROM_ENV, "").partition(" ")
+    if reexec and version:
+        out.from_version = version
+        with contextlib.suppress(ValueError):
+            out.written_monotonic = float(when)
     if body is not None:
         out.previous_pid = body.get("pid")
-        out.written_monotonic = body.get("written_monotonic")
-        out.from_version = body.get("hasupd_version")
+        # From the record's capture: the old image stopped supervising then, a little before execve.
+        out.written_monotonic = body.get("written_monotonic") or out.written_monotonic
+        out.from_version = out.from_version or body.get("hasupd_version")
         if reexec:
             out.control_fd = body.get("control_fd")
     use_fds = reexec and body is not None

@@ -161,7 +161,8 @@ class Daemon:
                     await self._stop.wait()
                     if not self._reexec:
                         break
-                    self._exec_new_image(manager, graph, control, keeper)  # returns only if it failed
+                    async with self._reload_lock:  # a reload under way is applied first, not cut off
+                        self._exec_new_image(manager, graph, control)  # returns only if it failed
                     self._reexec = False
                     self._stop_reason = ""
                     self._stop.clear()
@@ -212,7 +213,7 @@ class Daemon:
             "last_reexec": self.last_reexec,
         }
 
-    def _exec_new_image(self, manager: Manager, graph: Graph, control: ControlServer, keeper: object) -> None:
+    def _exec_new_image(self, manager: Manager, graph: Graph, control: ControlServer) -> None:
         """Write the state record, keep the fds that must survive, and execve the same hasupd (same argv,
         same pid) with the record named in HASUPD_REEXEC_RECORD. Nothing is stopped or closed first:
         children stay children, sockets stay bound. Return only if execve failed (hasupd carries on)."""

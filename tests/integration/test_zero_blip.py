@@ -227,6 +227,8 @@ def test_daemon_reexec_keeps_every_pid_refuses_nothing_and_keeps_the_restart_sch
         print(proc.stdout)
         reexec = h.wait_for("daemon.reexec", timeout=20)[0]
         assert reexec["record"] == "restored", reexec
+        audit = [r for r in h.find("audit") if "daemon-reexec" in str(r.get("request"))]
+        assert audit and audit[0]["outcome"] == "ok", audit  # admin only, and audited
         exited = h.wait_for("service.exited", timeout=10, service="s07")[0]
         assert exited["pid"] == in_window and exited["signal"] == "SIGKILL", exited
         assert record_time(exited) >= record_time(reexec) - 0.05  # seen by the new image

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hasupd import __version__, handover
+from hasupd import __version__, handover, state_record
 from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
 from hasupd.build import Graph, build, build_backups
@@ -84,13 +84,13 @@ class Daemon:
         loop = asyncio.get_running_loop()
         runtime_dir = Path(config.daemon.runtime_dir)
         state_dir = Path(config.daemon.state_dir)
-        reexec_path = os.environ.pop(handover.REEXEC_ENV, None)
-        record_path = Path(reexec_path) if reexec_path else runtime_dir / handover.RECORD_NAME
+        reexec_path = os.environ.pop(state_record.REEXEC_ENV, None)
+        record_path = Path(reexec_path) if reexec_path else runtime_dir / state_record.RECORD_NAME
         body: dict[str, object] | None
         try:
-            body = handover.read(record_path)
+            body = state_record.read(record_path)
             record_note = "restored"
-        except handover.UnreadableRecord as error:
+        except state_record.UnreadableRecord as error:
             body = None
             record_note = f"unreadable ({error}); adopted what runs instead" if reexec_path else "none"
         graph = await build(
@@ -102,7 +102,7 @@ class Daemon:
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),
         )
         manager = self.manager = graph.manager
-        previous = handover.write_marker(state_dir) if not reexec_path else None
+        previous = state_record.write_marker(state_dir) if not reexec_path else None
         restored = handover.restore(
             body,
             reexec=reexec_path is not None,
@@ -114,7 +114,9 @@ class Daemon:
             record=record_note,
         )
         self._report_restore(restored, reexec_path is not None, previous, loop.time())
-        keeper = handover.RecordKeeper(runtime_dir / handover.RECORD_NAME, manager, graph.programs, self.bus)
+        keeper = handover.RecordKeeper(
+            runtime_dir / state_record.RECORD_NAME, manager, graph.programs, self.bus
+        )
         keeper.write_now()
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
@@ -180,8 +182,8 @@ class Daemon:
                 for observer in observers:
                     observer.cancel()
                 # A clean stop: nothing runs, nothing to adopt, and the next start is no crash recovery.
-                (runtime_dir / handover.RECORD_NAME).unlink(missing_ok=True)
-                handover.clear_marker(state_dir)
+                (runtime_dir / state_record.RECORD_NAME).unlink(missing_ok=True)
+                state_record.clear_marker(state_dir)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -233,14 +235,14 @@ class Daemon:
                 notify_fds=notify_fds,
                 control_fd=control.listening_fd(),
             )
-            handover.write(path, body)
+            state_record.write(path, body)
             for handler in (*logging.getLogger().handlers, *graph.logs.logger.handlers):
                 handler.flush()  # every record so far is written before the image goes
             sys.stdout.flush()
             sys.stderr.flush()
             env = dict(os.environ)
-            env[handover.REEXEC_ENV] = str(path)
-            env[handover.REEXEC_FROM_ENV] = f"{__version__} {time.monotonic()}"
+            env[state_record.REEXEC_ENV] = str(path)
+            env[state_record.REEXEC_FROM_ENV] = f"{__version__} {time.monotonic()}"
             os.execve(sys.executable, list(sys.orig_argv), env)
         except OSError as error:
             self.bus.publish(ev.DaemonReexecFailed(error=str(error)))

@@ -351,9 +351,9 @@ def _reexec_with_bad_record(hasupd: Callable[..., Hasupd], tmp_path: Path, spoil
     stop = threading.Event()
     if spoil == "format":
         # The new image reads a newer format: the running one's record is of an older format to it.
-        handover = root / "hasupd" / "handover.py"
-        handover.write_text(handover.read_text().replace("FORMAT = 2", "FORMAT = 3  # a newer hasupd", 1))
-        shutil.rmtree(handover.parent / "__pycache__", ignore_errors=True)  # same second: a stale .pyc
+        module = root / "hasupd" / "state_record.py"
+        module.write_text(module.read_text().replace("FORMAT = 2", "FORMAT = 3  # a newer hasupd", 1))
+        shutil.rmtree(module.parent / "__pycache__", ignore_errors=True)  # same second: a stale .pyc
     else:
 
         def corrupt() -> None:

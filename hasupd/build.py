@@ -141,6 +141,7 @@ class Graph:
     capture: IncidentOutputCapture
     metrics: Metrics
     alerts: Alerts
+    watchers: LoopWatchers
 
 
 async def build(
@@ -150,10 +151,12 @@ async def build(
     log_target: LogTarget | None = None,
     log_format: LogFormat | None = None,
     force_fallback_containment: bool = False,
+    keep: Callable[[Containment, Manager], frozenset[str]] | None = None,
 ) -> Graph:
     """Make the state and runtime dirs, set up logging, remove what an earlier run left behind (its
     containers, its cgroups) and build the object graph for ``config``; publish DaemonStarted.
 
+    ``keep`` names the units whose processes survive that clean-up (to be adopted by the caller).
     ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
     started: no service, no task (tasks go to ``Graph.tasks`` once the daemon attaches its TaskGroup).
     Must run on the event loop that will supervise.
@@ -191,7 +194,6 @@ async def build(
         force_fallback=force_fallback_containment,
         runtime_dir=runtime_dir,
     )
-    await containment.cleanup_stale()
     reaper = Reaper(loop)
     programs = ExecSpawner(loop, containment, reaper, state_dir)
     tasks = DaemonTasks(loop)
@@ -216,6 +218,8 @@ async def build(
         default_output=default_output,
         watchers=watchers,
     )
+    # After the manager exists: what an earlier run left is killed, except the units to adopt.
+    await containment.cleanup_stale(keep(containment, manager) if keep is not None else frozenset())
     # Records read back, incident output tails, metrics.
     service_output = ServiceOutput(bus, state_dir / "logs", reaper, manager)
     records = RecordStore(logs, service_output, reaper, bus)
@@ -236,6 +240,7 @@ async def build(
         capture=capture,
         metrics=metrics,
         alerts=alerts,
+        watchers=watchers,
     )
 
 

@@ -23,6 +23,7 @@ from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarge
 from hasupd.host.containment import Containment
 from hasupd.host.output import journal_available
 from hasupd.host.reaper import Reaper
+from hasupd.host.sockets import HeldSocketStore
 from hasupd.manager import Manager
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
 from hasupd.observe.metrics import Metrics
@@ -90,12 +91,16 @@ async def build(
     log_target: LogTarget | None = None,
     log_format: LogFormat | None = None,
     force_fallback_containment: bool = False,
+    socket_store: HeldSocketStore | None = None,
 ) -> Graph:
     """Make the state and runtime dirs, set up logging, remove what an earlier run left behind (its
     containers, its cgroups) and build the object graph for ``config``; publish DaemonStarted.
 
     ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
     started: no service, no task. Must run on the event loop that will supervise.
+
+    ``socket_store`` holds the listening sockets received back from systemd's fd store (a crashed
+    hasupd's): services take theirs; the rest are closed and removed from the store here.
     """
     loop = asyncio.get_running_loop()
     log_cfg = config.daemon.log
@@ -152,7 +157,10 @@ async def build(
         bus=bus,
         default_output=default_output,
         watchers=watchers,
+        socket_store=socket_store,
     )
+    if socket_store is not None:
+        socket_store.release_unclaimed()
     # Records read back, incident output tails, metrics.
     service_output = ServiceOutput(bus, state_dir / "logs", reaper, manager)
     records = RecordStore(logs, service_output, reaper, bus)

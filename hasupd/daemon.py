@@ -22,7 +22,8 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.host.systemd import SystemdNotifier
+from hasupd.host.sockets import HeldSocketStore
+from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 
 
@@ -82,6 +83,8 @@ class Daemon:
             log_target=self.options.log_target,
             log_format=self.options.log_format,
             force_fallback_containment=self.options.force_fallback_containment,
+            # Under systemd: held sockets a crashed hasupd left in the fd store come back here.
+            socket_store=HeldSocketStore(FdStoreChannel(), take_listen_fds()),
         )
         manager = self.manager = graph.manager
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))

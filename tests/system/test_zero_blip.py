@@ -108,6 +108,22 @@ def restarted(machine: Machine, before: dict[str, str]) -> dict[str, str] | None
     return now if fresh and now["ActiveState"] == "active" else None
 
 
+def listening_inodes(machine: Machine) -> list[str]:
+    """The inodes of the sockets listening on SOCKET (from /proc/net/unix: flag 00010000 is
+    __SO_ACCEPTCON)."""
+    lines = machine.exec("cat", "/proc/net/unix").stdout.splitlines()[1:]
+    return [
+        f[6]
+        for f in (line.split() for line in lines)
+        if len(f) == 8 and f[7] == SOCKET and f[3] == "00010000"
+    ]
+
+
+def held_by_hasupd(machine: Machine, inode: str) -> bool:
+    pid = main_state(machine)["MainPID"]
+    return f"socket:[{inode}]" in machine.sh(f"ls -l /proc/{pid}/fd")
+
+
 def answers(machine: Machine) -> bool:
     """hasupd answers on its control socket (it has started, or adopted, its services)."""
     return machine.exec("hasupctl", "status", check=False).returncode == 0
@@ -173,6 +189,8 @@ def assert_no_blip(machine: Machine, client: Client) -> dict[str, object]:
 def test_kill_9_of_hasupd_keeps_services_and_refuses_no_connection(services: Machine) -> None:
     machine = services
     pids = machine.wait_for("both services run", lambda: all_running(machine), timeout=20)
+    (inode,) = listening_inodes(machine)
+    assert held_by_hasupd(machine, inode)
     before = main_state(machine)
     with Client(machine) as client:
         machine.exec("kill", "-9", before["MainPID"])
@@ -181,6 +199,9 @@ def test_kill_9_of_hasupd_keeps_services_and_refuses_no_connection(services: Mac
         time.sleep(2.0)  # anything the new hasupd would (wrongly) restart has happened by now
         counts = assert_no_blip(machine, client)
     print(f"kill -9: {counts['ok']} connections served, 0 refused")
+    # The new hasupd holds the very socket the old one bound: systemd's fd store gave it back.
+    assert listening_inodes(machine) == [inode]
+    assert held_by_hasupd(machine, inode), machine.journal()
     journal = machine.journal(lines=300)
     assert "not a requested stop" in journal, journal
     assert service_pids(machine) == pids, f"services were restarted\n{journal}"

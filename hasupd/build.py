@@ -82,6 +82,7 @@ class Graph:
     capture: IncidentOutputCapture
     metrics: Metrics
     alerts: Alerts
+    watchers: LoopWatchers
 
 
 async def build(
@@ -92,10 +93,12 @@ async def build(
     log_format: LogFormat | None = None,
     force_fallback_containment: bool = False,
     socket_store: HeldSocketStore | None = None,
+    keep: Callable[[Containment, Manager], frozenset[str]] | None = None,
 ) -> Graph:
     """Make the state and runtime dirs, set up logging, remove what an earlier run left behind (its
     containers, its cgroups) and build the object graph for ``config``; publish DaemonStarted.
 
+    ``keep`` names the units whose processes survive that clean-up (to be adopted by the caller).
     ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
     started: no service, no task. Must run on the event loop that will supervise.
 
@@ -135,7 +138,6 @@ async def build(
         force_fallback=force_fallback_containment,
         runtime_dir=runtime_dir,
     )
-    containment.cleanup_stale()
     reaper = Reaper(loop)
     programs = ExecSpawner(loop, containment, reaper, state_dir)
     containers = ContainerSpawner(
@@ -161,6 +163,8 @@ async def build(
     )
     if socket_store is not None:
         socket_store.release_unclaimed()
+    # After the manager exists: what an earlier run left is killed, except the units to adopt.
+    containment.cleanup_stale(keep(containment, manager) if keep is not None else frozenset())
     # Records read back, incident output tails, metrics.
     service_output = ServiceOutput(bus, state_dir / "logs", reaper, manager)
     records = RecordStore(logs, service_output, reaper, bus)
@@ -180,6 +184,7 @@ async def build(
         capture=capture,
         metrics=metrics,
         alerts=alerts,
+        watchers=watchers,
     )
 
 

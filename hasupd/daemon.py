@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hasupd import __version__, handover
 from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
-from hasupd.build import build, build_backups
+from hasupd.build import Graph, build, build_backups
 from hasupd.config.diff import Plan
 from hasupd.config.issues import ConfigError
 from hasupd.config.load import load_config
@@ -68,6 +71,9 @@ class Daemon:
         self.manager: Manager | None = None
         self.backups: BackupUnits | None = None
         self.backup_setup: BackupSetup | None = None
+        self._reexec = False
+        self.image = uuid.uuid4().hex  # this image of hasupd: a re-exec makes a new one, same pid
+        self.last_reexec: dict[str, object] | None = None
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = self._stop_reason or reason
@@ -77,6 +83,16 @@ class Daemon:
         """Supervise until SIGTERM or SIGINT; return the exit code."""
         loop = asyncio.get_running_loop()
         runtime_dir = Path(config.daemon.runtime_dir)
+        state_dir = Path(config.daemon.state_dir)
+        reexec_path = os.environ.pop(handover.REEXEC_ENV, None)
+        record_path = Path(reexec_path) if reexec_path else runtime_dir / handover.RECORD_NAME
+        body: dict[str, object] | None
+        try:
+            body = handover.read(record_path)
+            record_note = "restored"
+        except handover.UnreadableRecord as error:
+            body = None
+            record_note = f"unreadable ({error}); adopted what runs instead" if reexec_path else "none"
         graph = await build(
             config,
             self.bus,
@@ -85,8 +101,23 @@ class Daemon:
             force_fallback_containment=self.options.force_fallback_containment,
             # Under systemd: held sockets a crashed hasupd left in the fd store come back here.
             socket_store=HeldSocketStore(FdStoreChannel(), take_listen_fds()),
+            keep=lambda containment, manager: handover.kept_units(body, containment, manager),
         )
         manager = self.manager = graph.manager
+        previous = handover.write_marker(state_dir) if not reexec_path else None
+        restored = handover.restore(
+            body,
+            reexec=reexec_path is not None,
+            manager=manager,
+            programs=graph.programs,
+            containment=graph.containment,
+            watchers=graph.watchers,
+            bus=self.bus,
+            record=record_note,
+        )
+        self._report_restore(restored, reexec_path is not None, previous, loop.time())
+        keeper = handover.RecordKeeper(runtime_dir / handover.RECORD_NAME, manager, graph.programs, self.bus)
+        keeper.write_now()
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
             None
@@ -104,7 +135,7 @@ class Daemon:
                     publish=self.bus.publish,
                     spawn=tasks.create_task,
                 )
-                await control.start()
+                await control.start(restored.control_fd)
                 self._handle_signals(loop)
                 if watch is not None:
                     watch.start()
@@ -116,10 +147,18 @@ class Daemon:
                 )
                 self.backup_setup = await build_backups(config, graph, self.bus, tasks.create_task)
                 self.backups = context.backups = self.backup_setup.units
-                manager.start_all()
+                manager.start_all(restored.to_start)
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
-                await self._stop.wait()
+                while True:
+                    await self._stop.wait()
+                    if not self._reexec:
+                        break
+                    self._exec_new_image(manager, graph, control, keeper)  # returns only if it failed
+                    self._reexec = False
+                    self._stop_reason = ""
+                    self._stop.clear()
+                keeper.close()
                 self.bus.publish(ev.DaemonStopping(reason=self._stop_reason))
                 self.notifier.stopping()
                 if watch is not None:
@@ -132,6 +171,9 @@ class Daemon:
                 pinger.cancel()
                 for observer in observers:
                     observer.cancel()
+                # A clean stop: nothing runs, nothing to adopt, and the next start is no crash recovery.
+                (runtime_dir / handover.RECORD_NAME).unlink(missing_ok=True)
+                handover.clear_marker(state_dir)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -144,6 +186,93 @@ class Daemon:
             self.notifier.close()
         self.bus.publish(ev.DaemonStopped())
         return 0
+
+    # ------------------------------------------------------------------ re-exec and adoption
+
+    def request_reexec(self) -> dict[str, object]:
+        """Re-execute once the current request is answered (see ``_exec_new_image``)."""
+        if self._stop.is_set():
+            raise CommandError(Exit.FAILED, "hasupd is stopping or already re-executing")
+        self._reexec = True
+        self.request_stop("daemon-reexec")
+        return {"pid": os.getpid(), "from_version": __version__, "image": self.image}
+
+    def daemon_info(self) -> dict[str, object]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "image": self.image,
+            "last_reexec": self.last_reexec,
+        }
+
+    def _exec_new_image(self, manager: Manager, graph: Graph, control: ControlServer, keeper: object) -> None:
+        """Write the state record, keep the fds that must survive, and execve the same hasupd (same argv,
+        same pid) with the record named in HASUPD_REEXEC_RECORD. Nothing is stopped or closed first:
+        children stay children, sockets stay bound. Return only if execve failed (hasupd carries on)."""
+        runtime_dir = Path(manager.config.daemon.runtime_dir)
+        path = runtime_dir / "reexec.record"
+        try:
+            body = handover.capture(manager, graph.programs, "reexec")
+            notify_fds = {
+                unit: fd
+                for unit, endpoint in graph.watchers.endpoints.items()
+                if (fd := endpoint.fileno()) is not None
+            }
+            handover.keep_fds(
+                body,
+                manager=manager,
+                programs=graph.programs,
+                notify_fds=notify_fds,
+                control_fd=control.listening_fd(),
+            )
+            handover.write(path, body)
+            for handler in (*logging.getLogger().handlers, *graph.logs.logger.handlers):
+                handler.flush()  # every record so far is written before the image goes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            env = dict(os.environ)
+            env[handover.REEXEC_ENV] = str(path)
+            os.execve(sys.executable, list(sys.orig_argv), env)
+        except OSError as error:
+            self.bus.publish(ev.DaemonReexecFailed(error=str(error)))
+
+    def _report_restore(
+        self, restored: handover.Restored, reexec: bool, previous: int | None, now: float
+    ) -> None:
+        """Publish daemon.reexec, or daemon.crashed with an incident when the last run did not stop."""
+        if reexec:
+            unsupervised = now - restored.written_monotonic if restored.written_monotonic else 0.0
+            self.last_reexec = {
+                "from_version": restored.from_version or "unknown",
+                "to_version": __version__,
+                "unsupervised_sec": round(unsupervised, 6),
+                "record": restored.record,
+                "carried": restored.carried,
+                "adopted": restored.adopted,
+                "lost": restored.lost,
+            }
+            self.bus.publish(
+                ev.DaemonReexec(
+                    from_version=restored.from_version or "unknown",
+                    to_version=__version__,
+                    unsupervised_sec=round(unsupervised, 6),
+                    record=restored.record,
+                    adopted=restored.carried,
+                )
+            )
+            return
+        if previous is None:
+            return
+        incident = uuid.uuid4().hex[:12]
+        detail = (
+            f"adopted {len(restored.adopted)} running unit(s)"
+            + (f", restarted {len(restored.restarted)} whose config changed" if restored.restarted else "")
+            + (f", {len(restored.lost)} recorded as running were gone" if restored.lost else "")
+        )
+        reason = f"hasupd (pid {previous or 'unknown'}) did not stop cleanly: killed, crashed or aborted"
+        self.bus.publish(ev.IncidentOpened(reason=reason, incident=incident))
+        self.bus.publish(ev.DaemonCrashed(previous_pid=previous or None, detail=detail, incident=incident))
+        self.bus.publish(ev.IncidentClosed(outcome="resolved", incident=incident))
 
     def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """SIGTERM and SIGINT stop hasupd; SIGHUP reloads its config."""

@@ -86,6 +86,64 @@ class DaemonStopped(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DaemonReexec(Event):
+    """hasupd replaced its own image (same pid): services kept running, unsupervised for a while."""
+
+    NAME = "daemon.reexec"
+    from_version: str
+    to_version: str
+    unsupervised_sec: float
+    record: str  # "restored" or why the state record could not be used (then: adopted)
+    adopted: int = 0
+
+    def level(self) -> int:
+        return logging.INFO if self.record == "restored" else logging.WARNING
+
+    def message(self) -> str:
+        return (
+            f"hasupd re-executed {self.from_version} -> {self.to_version}; services unsupervised for "
+            f"{self.unsupervised_sec:.3f}s; state record: {self.record}; {self.adopted} unit(s) carried on"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonReexecFailed(Event):
+    NAME = "daemon.reexec_failed"
+    LEVEL = logging.ERROR
+    error: str
+
+    def message(self) -> str:
+        return f"hasupd could not re-execute itself and keeps running as it was: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonCrashed(Event):
+    """Found on start: the previous hasupd did not stop cleanly (killed, crashed, watchdog abort)."""
+
+    NAME = "daemon.crashed"
+    LEVEL = logging.ERROR
+    previous_pid: int | None
+    detail: str
+
+    def message(self) -> str:
+        return f"hasupd did not stop cleanly last time (pid {self.previous_pid}): {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceAdopted(Event):
+    """A running unit taken over from an earlier hasupd (re-exec fallback or crash)."""
+
+    NAME = "service.adopted"
+    pid: int
+    how: str
+    unknown: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        tail = f"; unknown: {'; '.join(self.unknown)}" if self.unknown else ""
+        return f"{self.service} adopted, pid {self.pid} (found by {self.how}){tail}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class WatchdogLate(Event):
     NAME = "daemon.loop_stalled"
     LEVEL = logging.WARNING

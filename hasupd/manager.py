@@ -157,11 +157,17 @@ class Manager:
             return None
         return sockets
 
-    def start_all(self) -> None:
-        """Start every service unit, each once its dependencies are running (backup jobs run on
-        their schedules, not here)."""
+    def held_sockets(self) -> dict[str, SocketSet]:
+        """Return service name -> its held listening sockets (for the state record)."""
+        return dict(self._sockets)
+
+    def start_all(self, only: Iterable[str] | None = None) -> None:
+        """Start every service unit (or those of ``only``: the rest were carried over from an earlier
+        image of hasupd in the state they had), each once its dependencies are running (backup jobs run
+        on their schedules, not here)."""
+        wanted = set(only) if only is not None else None
         for units in self.units.values():
-            self._pending.update(units)
+            self._pending.update(u for u in units if wanted is None or u in wanted)
         self._start_ready()
 
     def add_job_unit(self, unit: Service) -> None:

@@ -50,6 +50,9 @@ class ExitStatus:
     code: int | None = None
     signal: int | None = None
     core_dumped: bool = False
+    # The process was not hasupd's child (adopted after a crash of hasupd): how it ended is unknown,
+    # and ``code`` is 255 so that it counts as a failure.
+    unknown: bool = False
 
     @classmethod
     def from_wait_status(cls, pid: int, status: int) -> ExitStatus:
@@ -60,6 +63,8 @@ class ExitStatus:
 
     def describe(self) -> str:
         """Return "exit code N" or "signal SIGX" (with "core dumped" when it did)."""
+        if self.unknown:
+            return "unknown exit status (adopted, not hasupd's child)"
         if self.signal is not None:
             try:
                 name = signal.Signals(self.signal).name

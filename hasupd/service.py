@@ -129,6 +129,8 @@ class Service:
         self._active_since: float | None = None
         self._running_since: float | None = None
         self._timer: TimerHandle | None = None
+        self._timer_due: tuple[float, str] | None = None  # (deadline, callback name): for the state record
+        self._watchdog_due: float | None = None
         self._poll: TimerHandle | None = None
         self._notify_rejected = 0  # refused datagrams not yet recorded
         self._notify_rejected_at: float | None = None  # when the last notify.rejected was recorded
@@ -268,6 +270,113 @@ class Service:
             self.health = "starting" if config.health else None
             self._arm_probes()
 
+    # ------------------------------------------------------------------ hand-over (re-exec, adoption)
+
+    def snapshot(self) -> dict[str, object]:
+        """Return everything a new image of hasupd needs to carry this unit on (JSON-able): state,
+        result, counters, start-limit window and pending timers as CLOCK_MONOTONIC deadlines (the
+        loop's clock, which survives execve and is the same for every process of the boot)."""
+        return {
+            "state": str(self.state),
+            "result": str(self.result),
+            "main_pid": self.pid,
+            "invocation": self.invocation,
+            "incident": self.incident,
+            "hold_incident": self.hold_incident,
+            "restarts": self.restarts,
+            "attempt": self._attempt,
+            "start_limit": list(self._start_limit._starts),
+            "stop_requested": self._stop_requested,
+            "start_after_stop": self._start_after_stop,
+            "active_since": self._active_since,
+            "running_since": self._running_since,
+            "timer": list(self._timer_due) if self._timer_due is not None else None,
+            "watchdog_due": self._watchdog_due,
+            "watchdog_sec": self._watchdog_sec,
+            "health": self.health,
+            "status_text": self.status_text,
+            "rolled_back": self.rolled_back,
+            "last_exit": dataclasses.asdict(self.last_exit) if self.last_exit is not None else None,
+        }
+
+    def restore(self, snap: dict[str, object], process: Process | None) -> None:
+        """Carry on from ``snap`` (``snapshot()`` of an earlier image) with ``process`` (the adopted main
+        process, None if there is none or it could not be found).
+
+        Not a transition: the unit was in this state all along, so no state record is published. Timers
+        are armed at their original deadlines; a deadline already past fires at once. A unit caught while
+        stopping is stopped again (with the same intent); one whose process is gone is dead, and the
+        caller starts it. The watchdog, heartbeat, limits and probes of a watched state are armed anew.
+        """
+        state = S(str(snap["state"]))
+        self.result = R(str(snap["result"]))
+        self.restarts = int(snap.get("restarts") or 0)  # type: ignore[call-overload]
+        self._attempt = int(snap.get("attempt") or 0)  # type: ignore[call-overload]
+        self._start_limit._starts.clear()
+        self._start_limit._starts.extend(float(t) for t in snap.get("start_limit") or ())  # type: ignore[attr-defined]
+        self.incident = snap.get("incident")  # type: ignore[assignment]
+        self.hold_incident = bool(snap.get("hold_incident"))
+        self.invocation = snap.get("invocation")  # type: ignore[assignment]
+        self._stop_requested = bool(snap.get("stop_requested"))
+        self._start_after_stop = bool(snap.get("start_after_stop"))
+        self.status_text = snap.get("status_text")  # type: ignore[assignment]
+        self.rolled_back = snap.get("rolled_back")  # type: ignore[assignment]
+        last = snap.get("last_exit")
+        if isinstance(last, dict):
+            self.last_exit = ExitStatus(**last)
+        watchdog_sec = snap.get("watchdog_sec")
+        self._watchdog_sec = float(watchdog_sec) if isinstance(watchdog_sec, (int, float)) else None
+        timer = snap.get("timer")
+        due = (float(timer[0]), str(timer[1])) if isinstance(timer, list) and len(timer) == 2 else None
+        callbacks: dict[str, Callable[[], None]] = {
+            "_on_restart_due": self._on_restart_due,
+            "_on_stable": self._on_stable,
+            "_on_start_timeout": self._on_start_timeout,
+            "_on_stop_timeout": self._on_stop_timeout,
+        }
+        if process is None:
+            if state is S.AUTO_RESTART and due is not None and due[1] == "_on_restart_due":
+                self.state = state  # restored, not entered: see the docstring
+                self._arm_timer_at(due[0], self._on_restart_due)
+            elif state in (S.DEAD, S.FAILED):
+                self.state = state
+            else:
+                self.state = S.DEAD  # its process is gone: the caller starts it again
+            return
+        self._process = process
+        self._main_alive = True
+        active = snap.get("active_since")
+        self._active_since = float(active) if isinstance(active, (int, float)) else time.time()
+        running = snap.get("running_since")
+        self._running_since = float(running) if isinstance(running, (int, float)) else None
+        self._spawn_environment()  # the notify endpoint (the kept socket after a re-exec)
+        if state in STOPPING_STATES or state not in (S.START, S.RUNNING):
+            # Caught mid-stop (or a state that has no process): stop again, with the same intent.
+            # (_stop_requested says whether it comes back; the result says why it went.)
+            self.state = S.RUNNING
+            self._enter_signal(S.STOP_SIGTERM, self.result)
+            return
+        self.state = state
+        if due is not None and due[1] in callbacks:
+            self._arm_timer_at(due[0], callbacks[due[1]])
+        elif state is S.RUNNING:
+            self._arm_timer(self.stable_sec, self._on_stable)
+        if self._watchers is not None:
+            watchdog_due = snap.get("watchdog_due")
+            self._arm_watchdog(float(watchdog_due) if isinstance(watchdog_due, (int, float)) else None)
+            self._arm_heartbeat()
+            self._arm_limits(process, rearm=False)
+            if state is S.RUNNING:
+                self._arm_probes()
+                health = snap.get("health")
+                if self.config.health and isinstance(health, str):
+                    self.health = health
+
+    def adopt_found(self, process: Process, invocation: str) -> None:
+        """Carry on with ``process``, found running without a usable state record: it counts as running
+        since now (nothing else is known), with fresh counters."""
+        self.restore({"state": str(S.RUNNING), "result": str(R.SUCCESS), "invocation": invocation}, process)
+
     @property
     def is_inactive(self) -> bool:
         """True when nothing of the service runs and nothing is scheduled."""
@@ -306,6 +415,9 @@ class Service:
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._arm_timer_at(self._clock.time() + delay, callback)
+
+    def _arm_timer_at(self, when: float, callback: Callable[[], None]) -> None:
         self._disarm_timer()
         self._generation += 1
         generation = self._generation
@@ -313,14 +425,17 @@ class Service:
         def fire() -> None:
             if generation == self._generation:
                 self._timer = None
+                self._timer_due = None
                 callback()
 
-        self._timer = self._clock.call_at(self._clock.time() + delay, fire)
+        self._timer = self._clock.call_at(when, fire)
+        self._timer_due = (when, callback.__name__)
 
     def _disarm_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._timer_due = None
         self._generation += 1
 
     def _arm_poll(self) -> None:
@@ -531,6 +646,10 @@ class Service:
             case _:
                 raise AssertionError(f"main process exit in state {self.state}: no process should exist")
 
+    def main_exited(self, status: ExitStatus) -> None:
+        """The adopted main process ended (the exit callback handed to ``Spawner``-like adopters)."""
+        self._on_exit(status)
+
     def _on_poll(self) -> None:
         self._poll = None
         if self.state not in STOPPING_STATES:
@@ -668,15 +787,18 @@ class Service:
         if self.health is not None:
             self.health = None
 
-    def _arm_watchdog(self) -> None:
+    def _arm_watchdog(self, when: float | None = None) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        self._watchdog_due = None
         if self._watchdog_sec:
-            self._watchdog = self._clock.call_at(self._clock.time() + self._watchdog_sec, self._on_watchdog)
+            self._watchdog_due = when if when is not None else self._clock.time() + self._watchdog_sec
+            self._watchdog = self._clock.call_at(self._watchdog_due, self._on_watchdog)
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
+        self._watchdog_due = None
         if self.state not in _WATCHED_STATES:
             return  # explicit no-op: disarmed by a state change in the same loop turn
         # A ping that arrived before the deadline wins even if the loop has not read it yet.

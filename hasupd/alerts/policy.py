@@ -64,6 +64,9 @@ ALERTS: dict[type[ev.Event], Rule] = {
     ev.ServiceRestartScheduled: Rule(
         "restart", lambda e: f"crashed and restarts ({e.result}, restart #{e.restarts})", crash=True
     ),
+    ev.DaemonCrashed: Rule(
+        "daemon-crashed", lambda e: f"hasupd itself crashed and was started again ({e.detail})"
+    ),
     ev.ConfigInvalid: Rule(
         "config-invalid", lambda e: f"configuration invalid ({len(e.errors)} error(s)), running config kept"
     ),

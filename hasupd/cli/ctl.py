@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from hasupd.cli.ctl_backup import add_backup_commands, run_backup_command
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
     reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
     reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    reexec = sub.add_parser(
+        "daemon-reexec",
+        help="replace hasupd's image with the installed hasupd (same pid); services keep running",
+    )
+    reexec.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the new image to answer (default 60)"
+    )
+    sub.add_parser("daemon-info", help="hasupd's version, pid and how its last re-exec went")
     add_record_commands(sub)
     alert = sub.add_parser("alert", help="email alerts (alert test [CHANNEL])")
     alert_test = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND").add_parser(
@@ -150,6 +159,8 @@ def _run(argv: list[str] | None) -> int:
         return run_record_command(args)
     if args.command == "alert":
         request = {"channel": args.channel} if args.channel else {}
+    if args.command == "daemon-reexec":
+        return _daemon_reexec(args)
     try:
         cmd = "alert-test" if args.command == "alert" else args.command
         data = call(socket_path(args.socket), cmd, request)
@@ -163,10 +174,54 @@ def _run(argv: list[str] | None) -> int:
     elif args.command == "alert":
         for outcome in data:
             print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
+    elif args.command == "daemon-info":
+        _print_info(data)
     elif args.command == "reload":
         print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
         for line in data["plan"] or ["nothing to do"]:
             print("  " + line)
+    return Exit.OK
+
+
+def _print_info(data: dict[str, Any]) -> None:
+    print(f"hasupd {data['version']}, pid {data['pid']}")
+    last = data.get("last_reexec")
+    if last:
+        print(
+            f"last re-exec: {last['from_version']} -> {last['to_version']}, services unsupervised for "
+            f"{last['unsupervised_sec']:.3f}s, state record: {last['record']}, "
+            f"{last['carried']} unit(s) carried on"
+        )
+
+
+def _daemon_reexec(args: argparse.Namespace) -> int:
+    """Ask for the re-exec, then wait until the new image answers (same pid) and print how it went."""
+    path = socket_path(args.socket)
+    try:
+        before = call(path, "daemon-reexec", {})
+    except ControlError as error:
+        print(f"hasupctl: {error}", file=sys.stderr)
+        return error.code
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            info = call(path, "daemon-info", {})
+        except ControlError as error:
+            if error.code != Exit.UNREACHABLE or time.monotonic() > deadline:
+                print(f"hasupctl: {error}", file=sys.stderr)
+                return error.code
+            time.sleep(0.05)
+            continue
+        if info.get("image") != before["image"]:
+            break
+        if time.monotonic() > deadline:
+            print("hasupctl: hasupd did not come back from the re-exec in time", file=sys.stderr)
+            return Exit.FAILED
+        time.sleep(0.05)  # the old image still answers until it executes the new one
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
     return Exit.OK
 
 

@@ -28,6 +28,15 @@ class Reloader(Protocol):
         """Return the plan for the config on disk (applied unless dry_run). Raise CommandError if invalid."""
         ...
 
+    def request_reexec(self) -> dict[str, object]:
+        """Re-execute hasupd (same pid) once this request is answered; return what to answer.
+        Raise CommandError if a re-exec cannot be done now (stopping, or one already under way)."""
+        ...
+
+    def daemon_info(self) -> dict[str, object]:
+        """Return hasupd's version, pid and how its last re-exec went (None if there was none)."""
+        ...
+
 
 @dataclass
 class Context:

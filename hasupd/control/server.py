@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import grp
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -76,8 +77,23 @@ class ControlServer:
         self.failed = 0
         self._streams: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
-        """Bind the socket (replacing a stale one) and start accepting."""
+    def listening_fd(self) -> int | None:
+        """Return the listening socket's fd (kept open across a re-exec), or None before ``start``."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return int(self._server.sockets[0].fileno())
+
+    async def start(self, inherited_fd: int | None = None) -> None:
+        """Bind the socket (replacing a stale one) and start accepting; with ``inherited_fd`` (the
+        listening socket kept open across a re-exec) accept on that one instead: no caller was refused
+        while hasupd re-executed, they waited in its backlog."""
+        if inherited_fd is not None:
+            sock = socket.socket(fileno=inherited_fd)
+            sock.set_inheritable(False)
+            self._server = await asyncio.start_unix_server(
+                self._accept, sock=sock, limit=protocol.MAX_REQUEST_BYTES + 1, backlog=BACKLOG
+            )
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

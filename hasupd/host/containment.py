@@ -395,8 +395,40 @@ class Containment:
         self._scopes[unit_name] = scope
         return scope
 
-    def cleanup_stale(self) -> list[str]:
-        """Kill and remove what an earlier hasupd left behind; return the unit names cleaned.
+    def cgroup_path(self, unit_name: str) -> Path | None:
+        """Return where ``unit_name``'s cgroup is (whether it exists or not), or None without cgroups."""
+        if self.kind == "cgroup" and self.parent is not None:
+            return self.parent / (unit_name + _SUFFIX)
+        return None
+
+    def recorded_invocation(self, unit_name: str) -> str | None:
+        """Return the INVOCATION_ID an earlier run recorded for ``unit_name`` (fallback mode), or None."""
+        if self._records is None:
+            return None
+        try:
+            return (self._records / unit_name).read_text().strip() or None
+        except OSError:
+            return None
+
+    def adopt(self, unit_name: str, invocation_id: str, pid: int) -> ScopeImpl:
+        """Return the scope of a start that an earlier hasupd (or this one before a re-exec) made, with
+        ``pid`` as its main process: its cgroup is taken as it is, nothing is killed or moved."""
+        scope: ScopeImpl
+        path = self.cgroup_path(unit_name)
+        if path is not None:
+            scope = CgroupScope(self, unit_name, invocation_id, path)
+        else:
+            scope = ProcessGroupScope(self, unit_name, invocation_id)
+            if self._records is not None:
+                self._records.mkdir(parents=True, exist_ok=True)
+                (self._records / unit_name).write_text(invocation_id)
+        scope.attach(pid)
+        self._scopes[unit_name] = scope
+        return scope
+
+    def cleanup_stale(self, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Kill and remove what an earlier hasupd left behind, except the units in ``keep`` (to be
+        adopted); return the unit names cleaned.
 
         cgroup: every ``*.service`` cgroup under our parent that no live scope owns. Fallback: the
         processes whose INVOCATION_ID is in a leftover scope record (one pass over /proc at startup).
@@ -405,7 +437,12 @@ class Containment:
         if self.kind == "cgroup" and self.parent is not None:
             for entry in sorted(self.parent.iterdir()):
                 unit = entry.name.removesuffix(_SUFFIX)
-                if entry.is_dir() and entry.name.endswith(_SUFFIX) and unit not in self._scopes:
+                if (
+                    entry.is_dir()
+                    and entry.name.endswith(_SUFFIX)
+                    and unit not in self._scopes
+                    and unit not in keep
+                ):
                     _kill_and_remove(entry)
                     cleaned.append(unit)
             return cleaned
@@ -414,7 +451,7 @@ class Containment:
         stale = {
             f"INVOCATION_ID={p.read_text().strip()}".encode(): p
             for p in self._records.iterdir()
-            if p.name not in self._scopes
+            if p.name not in self._scopes and p.name not in keep
         }
         if stale:
             kill_loop(lambda: pids_with_env(stale.keys()))

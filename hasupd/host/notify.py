@@ -154,6 +154,31 @@ class NotifyEndpoint:
         """Return the variables to give the service: ``{"NOTIFY_SOCKET": path}``."""
         return {"NOTIFY_SOCKET": str(self.path)}
 
+    def fileno(self) -> int | None:
+        """Return the socket's fd while open (kept across a re-exec), else None."""
+        return self._sock.fileno() if self._sock is not None else None
+
+    def open_inherited(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """Receive on ``fd``, this endpoint's socket kept open across a re-exec of hasupd: still bound
+        at ``path``, so no datagram sent meanwhile was refused or lost. Raise OSError if ``fd`` is not
+        an AF_UNIX datagram socket bound at ``path``."""
+        sock = socket.socket(fileno=fd)
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM:
+            sock.detach()
+            raise OSError(f"fd {fd} is not a datagram unix socket")
+        if os.fsdecode(sock.getsockname()) != str(self.path):
+            sock.detach()
+            raise OSError(f"fd {fd} is bound at {sock.getsockname()!r}, not {self.path}")
+        try:
+            sock.set_inheritable(False)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._on_readable)
+        except BaseException:
+            sock.detach()
+            raise
+        self._sock = sock
+        self._loop = loop
+
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the socket at ``path`` and start receiving on ``loop``.
 

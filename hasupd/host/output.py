@@ -176,6 +176,11 @@ class Drain:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def fileno(self) -> int:
+        """The pipe's read end (-1 once closed)."""
+        return self._fd
+
     async def wait_closed(self) -> None:
         """Return once every writer closed the pipe and everything was written."""
         await self._closed.wait()
@@ -266,6 +271,15 @@ class LogFiles:
         if note is not None:
             note += f"; output goes to {log.path}"
         return Output(OutputMode.FILE, write_end, write_end, {}, note, drain, [write_end])
+
+    def adopt(self, unit: str, read_end: int) -> Output:
+        """Return the output of a start whose pipe's read end ``read_end`` was kept across a re-exec:
+        drained into the unit's log file again, from where the old image stopped reading."""
+        os.set_inheritable(read_end, False)
+        log = self._acquire(unit)
+        drain = Drain(self._loop, read_end, log, self)
+        self._drains.add(drain)
+        return Output(OutputMode.FILE, None, None, {}, None, drain, [])
 
     def _acquire(self, unit: str) -> LogFile:
         path = self.log_dir / f"{unit}.log"

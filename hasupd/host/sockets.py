@@ -30,6 +30,11 @@ from hasupd.ports import SpawnError
 BACKLOG = 4096  # capped by net.core.somaxconn
 
 
+def address_of(listen: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
+    """Return (family, address as getsockname gives it) for a ``listen`` string."""
+    return _address(listen)
+
+
 def _address(listen: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
     """Return (family, bind address) for "host:port", "[v6]:port" or "/unix/path" (validated already)."""
     if listen.startswith("/"):
@@ -212,6 +217,27 @@ class SocketSet:
         """Return LISTEN_FDS and LISTEN_FDNAMES for the fds of ``fds()`` (LISTEN_PID is the child's)."""
         names = [h.spec.name or self.service for h in self._held]
         return {"LISTEN_FDS": str(len(names)), "LISTEN_FDNAMES": ":".join(names)}
+
+    def held(self) -> list[tuple[SocketSpec, socket.socket]]:
+        """Return the bound sockets in ``specs`` order (empty before the first ``fds()``)."""
+        return [(h.spec, h.sock) for h in self._held]
+
+    def adopt(self, socks: list[socket.socket]) -> None:
+        """Hold ``socks`` (one per spec, in order; kept across a re-exec or copied from a running
+        instance) instead of binding new ones, and keep them in the fd store."""
+        assert len(socks) == len(self.specs), (len(socks), len(self.specs))
+        for h in self._held:
+            h.sock.close()
+        # Copies of the same sockets, received from the fd store: one reference is enough.
+        for sock in self._taken.values():
+            sock.close()
+        self._taken = {}
+        self._held = [_Held(spec, sock) for spec, sock in zip(self.specs, socks, strict=True)]
+        # (Re)store them: systemd ignores an fd it already holds, and a previous hasupd of a version
+        # without the fd store (upgraded by re-exec) had not stored them.
+        if self._store is not None:
+            for index, h in enumerate(self._held):
+                self._store.keep(fd_name(self.service, index), h.sock)
 
     def close(self) -> None:
         """Close every socket (the service is gone for good) and remove it from the fd store; unix

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from hasupd.host.adoption import is_child
 from hasupd.host.containment import Containment, ScopeImpl
 from hasupd.host.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
 from hasupd.host.reaper import Reaper
@@ -37,8 +38,21 @@ _ExecArgs = tuple[str, list[str], dict[str, str]]
 class ExecProcess:
     """A started main process; satisfies ``hasupd.ports.Process``."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], scope: ScopeImpl, pidfd: int, output: Output) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes] | None,
+        scope: ScopeImpl,
+        pidfd: int,
+        output: Output,
+        *,
+        pid: int | None = None,
+        foreign: bool = False,
+    ) -> None:
         self._popen = popen
+        self._pid = popen.pid if popen is not None else pid
+        assert self._pid is not None
+        # Adopted after a crash of hasupd: not our child, so its exit status cannot be collected.
+        self.foreign = foreign
         self._scope = scope
         self._pidfd = pidfd
         self._output = output
@@ -46,7 +60,8 @@ class ExecProcess:
 
     @property
     def pid(self) -> int:
-        return self._popen.pid
+        assert self._pid is not None
+        return self._pid
 
     @property
     def scope(self) -> ScopeImpl:
@@ -82,7 +97,8 @@ class ExecProcess:
         self._pidfd = -1
         self.exit_status = status
         # Popen's own convention, so that it neither warns nor waits again when it is collected.
-        self._popen.returncode = -status.signal if status.signal is not None else status.code
+        if self._popen is not None:
+            self._popen.returncode = -status.signal if status.signal is not None else status.code
         self._scope.detach()
 
 
@@ -118,6 +134,46 @@ class ExecSpawner:
             return self._spawn(spec, unit, on_exit)
         except SpawnError as e:
             raise SpawnError(f"cannot start {unit}: {e}") from e
+
+    def adopt(
+        self,
+        unit: str,
+        invocation_id: str,
+        pid: int,
+        on_exit: Callable[[ExitStatus], None],
+        output_fd: int | None = None,
+    ) -> ExecProcess:
+        """Watch ``pid``, a main process started by an earlier image of hasupd (re-exec: still our child,
+        perhaps a zombie by now) or an earlier hasupd (crash: not our child). ``output_fd``: the read end
+        of its output pipe, kept across a re-exec. Its scope is adopted as it is (nothing is killed).
+
+        ``on_exit`` is called once from the loop when it ends: with its real exit status when it is our
+        child, else with an unknown status (``ExitStatus.unknown``). Raise SpawnError if it is gone.
+        """
+        child = is_child(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            if output_fd is not None:
+                os.close(output_fd)
+            raise SpawnError(f"cannot watch pid {pid} of {unit}: {e.strerror}") from e
+        if child:
+            self._reaper.track(pid)
+        scope = self._containment.adopt(unit, invocation_id, pid)
+        output = self._outputs.adopt(unit, output_fd) if output_fd is not None else Output(OutputMode.INHERIT)
+        proc = ExecProcess(None, scope, pidfd, output, pid=pid, foreign=not child)
+        self._running[pid] = proc
+        self._loop.add_reader(pidfd, self._on_pidfd, proc, on_exit)
+        return proc
+
+    def kept_outputs(self) -> dict[int, int]:
+        """Return main pid -> read end of its output pipe, for the processes whose output is drained
+        into a file (to be kept across a re-exec)."""
+        return {
+            pid: proc._output.drain.fileno
+            for pid, proc in self._running.items()
+            if proc._output.drain is not None and not proc._output.drain.closed
+        }
 
     def close(self) -> None:
         """Stop watching (hasupd exits): drop exit watchers, stop output drains. Kills nothing."""
@@ -195,13 +251,17 @@ class ExecSpawner:
 
     def _on_pidfd(self, proc: ExecProcess, on_exit: Callable[[ExitStatus], None]) -> None:
         self._loop.remove_reader(proc._pidfd)
-        try:
-            _, raw = os.waitpid(proc.pid, 0)  # a readable pidfd means it already exited
-            status = ExitStatus.from_wait_status(proc.pid, raw)
-        except ChildProcessError:
-            # Someone else reaped a tracked pid: a bug elsewhere. Report as asyncio does.
-            log.warning("pid %d was reaped by someone else; its exit status is lost", proc.pid)
-            status = ExitStatus(proc.pid, code=255)
+        if proc.foreign:
+            # Its parent is init now: the exit status went there, and hasupd cannot learn it.
+            status = ExitStatus(proc.pid, code=255, unknown=True)
+        else:
+            try:
+                _, raw = os.waitpid(proc.pid, 0)  # a readable pidfd means it already exited
+                status = ExitStatus.from_wait_status(proc.pid, raw)
+            except ChildProcessError:
+                # Someone else reaped a tracked pid: a bug elsewhere. Report as asyncio does.
+                log.warning("pid %d was reaped by someone else; its exit status is lost", proc.pid)
+                status = ExitStatus(proc.pid, code=255)
         proc._reaped(status)
         self._reaper.untrack(proc.pid)
         self._running.pop(proc.pid, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class LoopWatchers:
         self._clock = clock
         self._notify_dir = runtime_dir / "notify"
         self._reaper = reaper
+        # unit -> notify socket fd kept open across a re-exec; used once, by the unit's first notify().
+        self.inherited_notify: dict[str, int] = {}
+        self.endpoints: dict[str, NotifyEndpoint] = {}  # unit -> its latest endpoint (kept on re-exec)
 
     def notify(
         self,
@@ -49,6 +53,14 @@ class LoopWatchers:
         allowed: Callable[[int], bool],
     ) -> NotifyEndpoint:
         endpoint = NotifyEndpoint(self._notify_dir / f"{unit}.sock", on_message, allowed)
+        inherited = self.inherited_notify.pop(unit, None)
+        if inherited is not None:
+            try:
+                endpoint.open_inherited(self._loop, inherited)
+                self.endpoints[unit] = endpoint
+                return endpoint
+            except OSError:
+                os.close(inherited)  # not what the record said: bind anew below
         try:
             endpoint.open(self._loop)
         except (ValueError, OSError) as error:  # a path too long for AF_UNIX, a full disk ...
@@ -62,6 +74,7 @@ class LoopWatchers:
                 endpoint.close()
                 raise SpawnError(f"cannot create the notify socket of {unit}: {error}") from None
             endpoint.chown(user.uid if user else -1, gid)
+        self.endpoints[unit] = endpoint
         return endpoint
 
     def probes(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hasupd.control.auth import Role
-from hasupd.control.commands import alerts, backup, records, restore, services
+from hasupd.control.commands import alerts, backup, daemon, records, restore, services
 from hasupd.control.context import Context
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
@@ -41,4 +41,6 @@ COMMANDS: dict[str, Command] = {
     "backup-list": Command(Role.READ, False, backup.list_snapshots),
     "backup-status": Command(Role.READ, False, backup.status),
     "restore": Command(Role.ADMIN, True, restore.restore),
+    "daemon-reexec": Command(Role.ADMIN, True, daemon.reexec),
+    "daemon-info": Command(Role.READ, False, daemon.info),
 }

@@ -116,6 +116,7 @@ def test_the_table_holds_every_alerting_event_once() -> None:
         "restore-failed",
         "recovery",
         "recovery-failed",
+        "daemon-crashed",
     }
     assert [cls for cls, rule in ALERTS.items() if rule.crash] == [ev.ServiceRestartScheduled]
 

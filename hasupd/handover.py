@@ -1,0 +1,417 @@
+"""The state record: what one image of hasupd hands the next (``hasupctl daemon-reexec``), and what a
+hasupd started after a crash finds of the last one.
+
+File format (``RUNTIME_DIR/state.record``)::
+
+    HASUPD-STATE <format> <sha256 of the body, hex>\\n<body: JSON>
+
+A record of another format, a bad checksum or a body that does not parse is *unreadable*: never a
+reason to kill anything; the caller falls back to adoption (finding each unit's processes through its
+cgroup, or its INVOCATION_ID and session without cgroups).
+
+The body holds, per unit, ``Service.snapshot()`` (state, result, counters, start-limit window, pending
+timers and the watchdog deadline as CLOCK_MONOTONIC deadlines, incident), plus what only the host side
+knows: the main pid's start time (so a reused pid is never adopted), the digest of the config it was
+started with, and on a re-exec the fds kept open across ``execve`` (held listening sockets by service
+and position, notify sockets and output pipes by unit, the control socket).
+
+``RecordKeeper`` keeps the record current while hasupd runs (rewritten atomically once per burst of
+state changes, per event and never per tick), so that a crash of hasupd leaves a record that is at
+most one loop turn old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hasupd import __version__
+from hasupd import events as ev
+from hasupd.config.model import ServiceConfig
+from hasupd.host.adoption import (
+    Found,
+    find_by_invocation,
+    find_in_cgroup,
+    keep_across_exec,
+    listening_copy,
+    start_time,
+)
+from hasupd.host.containment import Containment
+from hasupd.host.sockets import address_of
+from hasupd.manager import Manager
+from hasupd.ports import SpawnError
+from hasupd.runtimes.exec import ExecSpawner
+from hasupd.service import Service
+from hasupd.states import ServiceState
+from hasupd.watch.watchers import LoopWatchers
+
+FORMAT = 2  # format 1 (no per-unit config digest) is read by nobody: it falls back to adoption
+MAGIC = b"HASUPD-STATE"
+RECORD_NAME = "state.record"
+REEXEC_ENV = "HASUPD_REEXEC_RECORD"  # set only for the new image of a re-exec: the record to restore
+RUNNING_MARKER = "hasupd.running"  # in the state dir; removed on a clean stop
+
+
+class UnreadableRecord(Exception):
+    """The record cannot be used (``str()`` says why)."""
+
+
+def config_digest(config: ServiceConfig) -> str:
+    """Return a digest of a unit's config (frozen dataclasses: equal configs, equal repr)."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+
+
+def encode(body: dict[str, Any], fmt: int = FORMAT) -> bytes:
+    """Return the record bytes for ``body``."""
+    data = json.dumps(body, sort_keys=True).encode()
+    return MAGIC + f" {fmt} {hashlib.sha256(data).hexdigest()}\n".encode() + data
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Return the body of a record. Raise UnreadableRecord for another format, a bad checksum, a body that
+    is not a JSON object."""
+    head, sep, body = data.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 3 or parts[0] != MAGIC:
+        raise UnreadableRecord("not a hasupd state record")
+    try:
+        fmt = int(parts[1])
+    except ValueError:
+        raise UnreadableRecord("not a hasupd state record (no format number)") from None
+    if fmt != FORMAT:
+        raise UnreadableRecord(f"format {fmt}, this hasupd reads format {FORMAT}")
+    if hashlib.sha256(body).hexdigest().encode() != parts[2]:
+        raise UnreadableRecord("checksum mismatch (corrupt or truncated)")
+    try:
+        parsed = json.loads(body)
+    except ValueError as e:
+        raise UnreadableRecord(f"body is not JSON: {e}") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("units"), dict):
+        raise UnreadableRecord("body has no units")
+    return parsed
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Return the body of the record at ``path``. Raise UnreadableRecord (missing, unreadable, bad)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UnreadableRecord(f"{path}: {e.strerror}") from None
+    return decode(data)
+
+
+def write(path: Path, body: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (rename): a reader sees the old record or the new one, never half.
+    Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, encode(body))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def capture(manager: Manager, programs: ExecSpawner, reason: str) -> dict[str, Any]:
+    """Return the record body for the current state of ``manager``'s service units (no fds)."""
+    units: dict[str, Any] = {}
+    for names in manager.units.values():
+        for unit in names:
+            service = manager.services[unit]
+            snap = service.snapshot()
+            pid = snap["main_pid"]
+            snap["config"] = config_digest(service.config)
+            snap["start_time"] = start_time(pid) if isinstance(pid, int) else None
+            snap["container"] = service.config.container is not None
+            snap["pending"] = manager.is_pending(unit)
+            units[unit] = snap
+    return {
+        "hasupd_version": __version__,
+        "pid": os.getpid(),
+        "reason": reason,
+        "written_monotonic": time.monotonic(),
+        "written_wall": time.time(),
+        "units": units,
+        "sockets": {},
+        "backup_jobs_running": sorted(
+            name
+            for name, s in manager.services.items()
+            if name not in units and s.state not in (ServiceState.DEAD, ServiceState.FAILED)
+        ),
+    }
+
+
+def keep_fds(
+    body: dict[str, Any],
+    *,
+    manager: Manager,
+    programs: ExecSpawner,
+    notify_fds: dict[str, int],
+    control_fd: int | None,
+) -> None:
+    """Add the fds to keep across ``execve`` to ``body`` and clear their FD_CLOEXEC: every held listening
+    socket, each unit's notify socket and output pipe, the control socket."""
+    sockets: dict[str, list[dict[str, Any]]] = {}
+    for name, held in manager.held_sockets().items():
+        entries = []
+        for spec, sock in held.held():
+            keep_across_exec(sock.fileno())
+            entries.append({"listen": spec.listen, "fd": sock.fileno()})
+        if entries:
+            sockets[name] = entries
+    body["sockets"] = sockets
+    outputs = programs.kept_outputs()
+    for unit, snap in body["units"].items():
+        pid = snap.get("main_pid")
+        if isinstance(pid, int) and pid in outputs:
+            keep_across_exec(outputs[pid])
+            snap["output_fd"] = outputs[pid]
+        if unit in notify_fds:
+            keep_across_exec(notify_fds[unit])
+            snap["notify_fd"] = notify_fds[unit]
+    if control_fd is not None:
+        keep_across_exec(control_fd)
+        body["control_fd"] = control_fd
+
+
+class RecordKeeper:
+    """Rewrites the record after state changes: once per loop turn that had any, never on a timer."""
+
+    TRIGGERS = (
+        ev.ServiceStateChanged,
+        ev.ServiceStarted,
+        ev.ServiceRestartScheduled,
+        ev.IncidentOpened,
+        ev.IncidentClosed,
+    )
+
+    def __init__(self, path: Path, manager: Manager, programs: ExecSpawner, bus: ev.EventBus) -> None:
+        self.path = path
+        self._manager = manager
+        self._programs = programs
+        self._loop = asyncio.get_running_loop()
+        self._pending = False
+        self.writes = 0
+        self.error: str | None = None
+        self._unsubscribe = bus.subscribe(self._on_event)
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, self.TRIGGERS) and not self._pending:
+            self._pending = True
+            self._loop.call_soon(self.write_now)
+
+    def write_now(self) -> None:
+        """Write the record now (the keeper's own writes come through here too)."""
+        self._pending = False
+        try:
+            write(self.path, capture(self._manager, self._programs, "current"))
+        except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
+            self.error = f"{self.path}: {e.strerror}"
+            return
+        self.writes += 1
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+# --------------------------------------------------------------------------- the new image
+
+
+@dataclass
+class Restored:
+    """What ``restore`` did: for the records and the daemon."""
+
+    record: str  # "restored", "none", or why the record was unreadable
+    carried: int = 0  # units with a process carried on
+    adopted: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)  # config changed: restarted under the new one
+    lost: list[str] = field(default_factory=list)  # recorded as running, nothing found
+    to_start: list[str] = field(default_factory=list)  # not carried over in a state of their own
+    previous_pid: int | None = None
+    written_monotonic: float | None = None
+    from_version: str | None = None
+    control_fd: int | None = None
+
+
+def kept_units(body: dict[str, Any] | None, containment: Containment, manager: Manager) -> frozenset[str]:
+    """Return the units whose processes must survive start-up clean-up: those of the record, and those
+    with a cgroup or scope record of an earlier run (adoption finds out whose they are)."""
+    units = set(body["units"]) if body is not None else set()
+    for names in manager.units.values():
+        for unit in names:
+            path = containment.cgroup_path(unit)
+            if (path is not None and path.is_dir()) or containment.recorded_invocation(unit):
+                units.add(unit)
+    return frozenset(units)
+
+
+def restore(
+    body: dict[str, Any] | None,
+    *,
+    reexec: bool,
+    manager: Manager,
+    programs: ExecSpawner,
+    containment: Containment,
+    watchers: LoopWatchers,
+    bus: ev.EventBus,
+    record: str,
+) -> Restored:
+    """Carry every service unit of ``manager`` on from ``body`` (None: no usable record) and what is
+    running: re-attach kept fds (``reexec``: this process's own, at the numbers in the record), adopt
+    each unit's main process, restore states and timers. Kill nothing. Return what was done; publish
+    ``service.adopted`` for every unit adopted without a usable re-exec record.
+
+    A unit whose config changed since its process started is restarted under the new config.
+    """
+    out = Restored(record=record)
+    units: dict[str, Any] = body["units"] if body is not None else {}
+    if body is not None:
+        out.previous_pid = body.get("pid")
+        out.written_monotonic = body.get("written_monotonic")
+        out.from_version = body.get("hasupd_version")
+        if reexec:
+            out.control_fd = body.get("control_fd")
+    use_fds = reexec and body is not None
+    if use_fds:
+        for unit, snap in units.items():
+            if isinstance(snap.get("notify_fd"), int):
+                watchers.inherited_notify[unit] = snap["notify_fd"]
+    found: dict[str, tuple[int, str, str | None]] = {}  # unit -> (pid, how, invocation)
+    for unit, service in _service_units(manager):
+        if service.config.container is not None:
+            continue  # containers are not carried over (see README): cleaned up and started anew
+        hit = _find(unit, units.get(unit), containment, trust_record=use_fds)
+        if hit is not None:
+            found[unit] = (hit.pid, hit.how, hit.invocation)
+    _restore_sockets(manager, body.get("sockets", {}) if use_fds and body else {}, found)
+    for unit, service in _service_units(manager):
+        snap = units.get(unit)
+        changed = snap is not None and snap.get("config") != config_digest(service.config)
+        hit_ = found.get(unit)
+        if snap is None or snap.get("pending") or service.config.container is not None:
+            out.to_start.append(unit)
+        if hit_ is None:
+            if snap is not None and snap.get("main_pid") and service.config.container is None:
+                out.lost.append(unit)
+                out.to_start.append(unit)
+                snap = {**snap, "main_pid": None}
+            if snap is not None and service.config.container is None:
+                service.restore(snap, None)
+            continue
+        pid, how, invocation = hit_
+        output_fd = snap.get("output_fd") if use_fds and snap is not None else None
+        try:
+            process = programs.adopt(
+                unit,
+                invocation or (snap or {}).get("invocation") or "",
+                pid,
+                service.main_exited,
+                output_fd if isinstance(output_fd, int) else None,
+            )
+        except SpawnError:
+            out.lost.append(unit)
+            out.to_start.append(unit)
+            continue
+        if snap is not None:
+            service.restore(snap, process)
+        else:
+            service.adopt_found(process, invocation or "")
+        out.carried += 1
+        if not (use_fds and snap is not None):
+            out.adopted.append(unit)
+            unknown = []
+            if process.foreign:
+                unknown.append("its exit status (not hasupd's child): an exit counts as a failure")
+            if snap is None:
+                unknown.append("the config it was started with, its restart counters and start time")
+            bus.publish(ev.ServiceAdopted(service=unit, pid=pid, how=how, unknown=tuple(unknown)))
+        if changed:
+            out.restarted.append(unit)
+            service.restart()
+    return out
+
+
+def _service_units(manager: Manager) -> Iterator[tuple[str, Service]]:
+    for names in manager.units.values():
+        for unit in names:
+            yield unit, manager.services[unit]
+
+
+def _find(
+    unit: str, snap: dict[str, Any] | None, containment: Containment, trust_record: bool
+) -> Found | None:
+    """Return the unit's main process: the recorded pid if it is still the same process (start time),
+    else (after a crash) the session leader in its cgroup or with its INVOCATION_ID."""
+    if snap is not None and isinstance(snap.get("main_pid"), int):
+        pid = snap["main_pid"]
+        if snap.get("start_time") is not None and start_time(pid) == snap["start_time"]:
+            how = "state record" if trust_record else "state record (pid and start time)"
+            return Found(pid, snap.get("invocation"), how)
+    if trust_record:
+        return None  # a re-exec keeps every child: not in the record means not running
+    path = containment.cgroup_path(unit)
+    if path is not None:
+        return find_in_cgroup(path)
+    invocation = containment.recorded_invocation(unit) or (snap or {}).get("invocation")
+    return find_by_invocation(invocation) if invocation else None
+
+
+def _restore_sockets(
+    manager: Manager, kept: dict[str, list[dict[str, Any]]], found: dict[str, tuple[int, str, str | None]]
+) -> None:
+    """Hold the listening sockets that survived: the kept fds after a re-exec, else copies taken from a
+    running instance's fds 3, 4, ... (pidfd_getfd; root). What cannot be recovered is bound anew."""
+    for name, held in manager.held_sockets().items():
+        specs = held.specs
+        socks: list[socket.socket] = []
+        entries = kept.get(name, [])
+        if [e.get("listen") for e in entries] == [s.listen for s in specs]:
+            for entry in entries:
+                sock = socket.socket(fileno=int(entry["fd"]))
+                sock.set_inheritable(False)
+                socks.append(sock)
+        else:
+            for entry in entries:  # the config changed them: not ours to hold any more
+                os.close(int(entry["fd"]))
+            for unit in manager.units.get(name, []):
+                if unit not in found:
+                    continue
+                copies = [
+                    listening_copy(found[unit][0], 3 + i, *address_of(spec.listen))
+                    for i, spec in enumerate(specs)
+                ]
+                if all(c is not None for c in copies):
+                    socks = [c for c in copies if c is not None]
+                    break
+                for c in copies:
+                    if c is not None:
+                        c.close()
+        if socks:
+            held.adopt(socks)
+
+
+def write_marker(state_dir: Path) -> int | None:
+    """Mark hasupd as running (removed on a clean stop); return the pid of an earlier run whose marker
+    was still there (it did not stop cleanly), else None."""
+    marker = state_dir / RUNNING_MARKER
+    previous: int | None = None
+    try:
+        text = marker.read_text().strip()
+        previous = int(text) if text.isdigit() else 0
+    except FileNotFoundError:
+        pass
+    marker.write_text(str(os.getpid()))
+    return previous
+
+
+def clear_marker(state_dir: Path) -> None:
+    """A clean stop: the next start is not a crash recovery."""
+    (state_dir / RUNNING_MARKER).unlink(missing_ok=True)

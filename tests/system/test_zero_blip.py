@@ -293,8 +293,11 @@ def test_package_upgrade_reexecs_without_a_blip(services: Machine, tmp_path: Pat
     assert "restarting hasupd.service" not in proc.stderr, proc.stderr
     assert main_state(machine) == before, f"hasupd was restarted, not re-exec'd\n{machine.journal()}"
     assert service_pids(machine) == pids, f"services were restarted\n{machine.journal()}"
+    status = machine.exec("hasupctl", "status").stdout
+    assert f"hasupd 99.0.0, pid {before['MainPID']}" in status, status
     info = machine.exec("hasupctl", "daemon-info").stdout
-    assert "hasupd 99.0.0" in info, info
+    assert "0.1.0 -> 99.0.0" in info, info
+    print(info)
     assert machine.exec("dpkg-query", "-W", "-f", "${Version}", "hasupd").stdout == "99.0.0-1"
 
 

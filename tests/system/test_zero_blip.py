@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,17 +234,25 @@ def test_watchdog_kill_of_a_stopped_hasupd_keeps_services(services: Machine) -> 
         machine.exec("systemctl", "daemon-reload")
 
 
-def bumped_deb(tmp_path: Path, version: str) -> Path:
-    """Build the package from a copy of this tree with ``version`` (changelog, pyproject, __version__)."""
+def bumped_deb(tmp_path: Path, version: str, commit: str | None = None) -> Path:
+    """Build the package from a copy of this tree (or of ``commit``) with ``version`` (changelog,
+    pyproject, __version__)."""
     tree = tmp_path / "src"
-    files = run(
-        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"], timeout=60
-    )
-    for name in files.stdout.splitlines():
-        source = REPO / name
-        if source.is_file():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, tree / name)
+    tree.mkdir(parents=True)
+    if commit is not None:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit], capture_output=True, timeout=120, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, timeout=120, check=True)
+    else:
+        files = run(
+            ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard"], timeout=60
+        )
+        for name in files.stdout.splitlines():
+            source = REPO / name
+            if source.is_file():
+                (tree / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, tree / name)
     run(["git", "init", "-q", str(tree)], timeout=60)
     changelog = tree / "packaging" / "debian" / "changelog"
     changelog.write_text(
@@ -347,3 +356,44 @@ def test_stop_leaves_no_process_even_when_it_times_out(services: Machine) -> Non
         machine.exec("rm", "-f", DROPIN, STUBBORN_YAML)
         machine.exec("systemctl", "daemon-reload")
         machine.exec("systemctl", "start", "hasupd", timeout=120, check=False)
+
+
+@pytest.mark.system
+def test_upgrade_from_a_version_without_reexec_restarts_once(services: Machine, tmp_path: Path) -> None:
+    """The fallback: the running hasupd predates daemon-reexec (hasupctl exits 2), so the postinst
+    restarts the unit, says so, and the new version runs every service."""
+    machine = services
+    # The last commit before the package learnt to re-exec: neither hasupd nor hasupctl know it.
+    first = run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "log",
+            "--format=%H",
+            "-S",
+            "daemon-reexec",
+            "--",
+            "packaging/debian/postinst",
+        ],
+        timeout=60,
+    ).stdout.split()[-1]
+    old = bumped_deb(tmp_path / "old", "100.0.0", commit=f"{first}^")
+    new = bumped_deb(tmp_path / "new", "100.0.1")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    for deb in (old, new):
+        machine.podman("cp", str(deb), f"{machine.name}:/tmp/{deb.name}")
+    machine.exec("apt-get", "install", "--yes", f"/tmp/{old.name}", env=env, timeout=600)
+    machine.wait_for("hasupd answers", lambda: answers(machine), timeout=30)
+    assert "daemon-reexec" not in machine.exec("hasupctl", "--help").stdout
+    pids = machine.wait_for("both services run", lambda: all_running(machine), timeout=30)
+    before = main_state(machine)
+
+    proc = machine.exec("apt-get", "install", "--yes", f"/tmp/{new.name}", env=env, timeout=600)
+    assert "cannot re-exec itself; restarting hasupd.service" in proc.stderr, proc.stderr
+    machine.wait_for("hasupd answers", lambda: answers(machine), timeout=30)
+    assert main_state(machine)["MainPID"] != before["MainPID"]
+    again = machine.wait_for("both services run", lambda: all_running(machine), timeout=30)
+    assert not set(again["blip"] + again["idle"]) & set(pids["blip"] + pids["idle"]), (pids, again)
+    status = machine.exec("hasupctl", "status").stdout
+    assert "hasupd 100.0.1, pid" in status, status

@@ -329,18 +329,17 @@ def test_stop_leaves_no_process_even_when_it_times_out(services: Machine) -> Non
         machine.wait_for(
             "every service runs", lambda: all_running(machine) and pids_of(machine, "sleep 1002"), 20
         )
+        remains = machine.journal(lines=100000).count("remains running after unit stopped")
         started = time.monotonic()
         machine.exec("systemctl", "stop", "hasupd", timeout=120)
         took = time.monotonic() - started
-        left = machine.sh(
-            "cat /sys/fs/cgroup/unified/system.slice/hasupd.service/cgroup.procs "
-            "/sys/fs/cgroup/system.slice/hasupd.service/cgroup.procs 2>/dev/null; true"
-        )
         assert service_pids(machine) == {"blip": [], "idle": []}, machine.journal()
         assert pids_of(machine, "sleep 1002") == [] and pids_of(machine, "trap") == [], machine.journal()
-        assert left == "", left
-        journal = machine.journal(lines=300)
-        assert "stop-post: stop requested" in journal, journal
+        journal = machine.journal(lines=100000)
+        # systemd names every process still in the unit's cgroup once the unit is inactive.
+        assert journal.count("remains running after unit stopped") == remains, journal[-5000:]
+        assert "stop-post: stop requested (jobs of hasupd.service: stop" in journal, journal[-5000:]
+        assert "Stopping timed out" in journal or "State 'stop-sigterm' timed out" in journal, journal[-5000:]
         print(f"stop with a hung service took {took:.1f}s")
 
         # The plain case: hasupd stops everything itself. `systemctl restart` keeps its meaning too.

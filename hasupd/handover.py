@@ -40,9 +40,12 @@ from hasupd.host.adoption import (
     Found,
     find_by_invocation,
     find_in_cgroup,
+    inherited_fds,
     keep_across_exec,
     listening_copy,
+    plain,
     start_time,
+    stdout_pipe_inode,
 )
 from hasupd.host.containment import Containment
 from hasupd.host.sockets import address_of
@@ -280,10 +283,11 @@ def restore(
         if reexec:
             out.control_fd = body.get("control_fd")
     use_fds = reexec and body is not None
-    if use_fds:
-        for unit, snap in units.items():
-            if isinstance(snap.get("notify_fd"), int):
-                watchers.inherited_notify[unit] = snap["notify_fd"]
+    kept = _kept_from_record(body) if use_fds and body is not None else _Kept()
+    if reexec and not use_fds:
+        kept = _identify_kept(manager)  # the record is unusable; the fds themselves say what they are
+        out.control_fd = kept.control
+    watchers.inherited_notify.update(kept.notify)
     found: dict[str, tuple[int, str, str | None]] = {}  # unit -> (pid, how, invocation)
     for unit, service in _service_units(manager):
         if service.config.container is not None:
@@ -291,7 +295,7 @@ def restore(
         hit = _find(unit, units.get(unit), containment, trust_record=use_fds)
         if hit is not None:
             found[unit] = (hit.pid, hit.how, hit.invocation)
-    _restore_sockets(manager, body.get("sockets", {}) if use_fds and body else {}, found)
+    _restore_sockets(manager, kept.sockets, found)
     for unit, service in _service_units(manager):
         snap = units.get(unit)
         changed = snap is not None and snap.get("config") != config_digest(service.config)
@@ -307,20 +311,26 @@ def restore(
                 service.restore(snap, None)
             continue
         pid, how, invocation = hit_
-        output_fd = snap.get("output_fd") if use_fds and snap is not None else None
+        output_fd = kept.outputs.pop(unit, None)
+        if output_fd is None and kept.pipes:
+            output_fd = kept.pipes.pop(stdout_pipe_inode(pid) or -1, None)
         try:
             process = programs.adopt(
                 unit,
                 invocation or (snap or {}).get("invocation") or "",
                 pid,
                 service.main_exited,
-                output_fd if isinstance(output_fd, int) else None,
+                output_fd,
             )
         except SpawnError:
             out.lost.append(unit)
             out.to_start.append(unit)
             continue
         if snap is not None:
+            if not use_fds:
+                # The last record is as old as the last state change, not the last WATCHDOG=1: the
+                # adopted process gets a full watchdog period from now.
+                snap = {**snap, "watchdog_due": None}
             service.restore(snap, process)
         else:
             service.adopt_found(process, invocation or "")
@@ -336,7 +346,69 @@ def restore(
         if changed:
             out.restarted.append(unit)
             service.restart()
+    for fd in [*kept.pipes.values(), *kept.outputs.values(), *kept.unknown]:
+        os.close(fd)  # kept by the old image for a unit that is gone: of no use now
     return out
+
+
+@dataclass
+class _Kept:
+    """The fds the old image kept across execve, by use."""
+
+    sockets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # service -> [{listen, fd}]
+    notify: dict[str, int] = field(default_factory=dict)  # unit -> fd
+    outputs: dict[str, int] = field(default_factory=dict)  # unit -> pipe read end
+    pipes: dict[int, int] = field(default_factory=dict)  # pipe inode -> read end (no record: by inode)
+    control: int | None = None
+    unknown: list[int] = field(default_factory=list)
+
+
+def _kept_from_record(body: dict[str, Any]) -> _Kept:
+    kept = _Kept(sockets=body.get("sockets") or {}, control=body.get("control_fd"))
+    for unit, snap in body["units"].items():
+        if isinstance(snap.get("notify_fd"), int):
+            kept.notify[unit] = snap["notify_fd"]
+        if isinstance(snap.get("output_fd"), int):
+            kept.outputs[unit] = snap["output_fd"]
+    return kept
+
+
+def _identify_kept(manager: Manager) -> _Kept:
+    """Return the fds this image inherited, each matched to its use by what it is: the control socket
+    and notify sockets by the path they are bound at, held sockets by their listening address, output
+    pipes by inode (matched to a main process's stdout later). Unmatched sockets are in ``unknown``."""
+    runtime_dir = Path(manager.config.daemon.runtime_dir)
+    control_path = str(runtime_dir / "control.sock")
+    notify_paths = {
+        str(runtime_dir / "notify" / f"{unit}.sock"): unit
+        for names in manager.units.values()
+        for unit in names
+    }
+    listening: dict[tuple[int, object], int] = {}
+    kept = _Kept()
+    for item in inherited_fds():
+        if item.pipe_inode is not None:
+            kept.pipes[item.pipe_inode] = item.fd
+        elif item.type == socket.SOCK_STREAM and item.listening and item.address == control_path:
+            kept.control = item.fd
+        elif item.type == socket.SOCK_DGRAM and item.address in notify_paths:
+            kept.notify[notify_paths[str(item.address)]] = item.fd
+        elif item.type == socket.SOCK_STREAM and item.listening and item.family is not None:
+            listening[(int(item.family), item.address)] = item.fd
+        else:
+            kept.unknown.append(item.fd)
+    for name, held in manager.held_sockets().items():
+        keys = []
+        for spec in held.specs:
+            family, address = address_of(spec.listen)
+            keys.append((int(family), plain(address)))
+        if all(key in listening for key in keys):
+            fds = [listening.pop(key) for key in keys]
+            kept.sockets[name] = [
+                {"listen": s.listen, "fd": fd} for s, fd in zip(held.specs, fds, strict=True)
+            ]
+    kept.unknown.extend(listening.values())
+    return kept
 
 
 def _service_units(manager: Manager) -> Iterator[tuple[str, Service]]:

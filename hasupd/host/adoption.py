@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
+import stat as stat_
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,16 @@ def find_by_invocation(invocation: str) -> Found | None:
     return Found(leaders[0], invocation, "INVOCATION_ID + session leader")
 
 
+def plain(address: object) -> object:
+    """Return a socket address as a bind address names it: (host, port) without IPv6's flow info and
+    scope id, a unix path as str."""
+    if isinstance(address, tuple):
+        return tuple(address[:2])
+    if isinstance(address, bytes):
+        return os.fsdecode(address)
+    return address
+
+
 def keep_across_exec(fd: int) -> None:
     """Clear FD_CLOEXEC on ``fd`` so that the next ``execve`` keeps it open at the same number."""
     os.set_inheritable(fd, True)
@@ -127,10 +139,68 @@ def listening_copy(pid: int, target_fd: int, family: int, address: object) -> so
         return None
     try:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-        same = sock.family == family and sock.type == socket.SOCK_STREAM and sock.getsockname() == address
+        same = (
+            sock.family == family
+            and sock.type == socket.SOCK_STREAM
+            and plain(sock.getsockname()) == plain(address)
+        )
     except OSError:
         listening = same = False
     if listening and same:
         return sock
     sock.close()
     return None
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """An fd this process got across ``execve`` (no FD_CLOEXEC): what it is, so that it can be matched
+    to its use without a record: a socket by family, type, bound address and whether it listens; a
+    pipe by its inode (the same one a child's stdout names in /proc/PID/fd/1)."""
+
+    fd: int
+    pipe_inode: int | None = None
+    family: int | None = None
+    type: int | None = None
+    address: object = None
+    listening: bool = False
+
+
+def inherited_fds() -> list[Inherited]:
+    """Return every fd above 2 without FD_CLOEXEC (Python opens all of its own fds close-on-exec, so
+    after a re-exec these are exactly what the old image kept)."""
+    out: list[Inherited] = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                continue
+            st = os.fstat(fd)
+        except OSError:
+            continue  # the directory fd listdir used
+        if stat_.S_ISFIFO(st.st_mode):
+            out.append(Inherited(fd, pipe_inode=st.st_ino))
+        elif stat_.S_ISSOCK(st.st_mode):
+            sock = socket.socket(fileno=fd)
+            try:
+                address = plain(sock.getsockname())
+                listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+                out.append(
+                    Inherited(fd, family=sock.family, type=sock.type, address=address, listening=listening)
+                )
+            except OSError:
+                pass
+            finally:
+                sock.detach()
+    return out
+
+
+def stdout_pipe_inode(pid: int) -> int | None:
+    """Return the inode of the pipe a process's stdout is connected to, or None."""
+    try:
+        st = os.stat(f"/proc/{pid}/fd/1")
+    except OSError:
+        return None
+    return st.st_ino if stat_.S_ISFIFO(st.st_mode) else None

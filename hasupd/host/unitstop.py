@@ -126,4 +126,18 @@ def main(unit: str) -> int:
         + (f"killed {len(killed)} leftover processes {killed}" if killed else "nothing left"),
         file=sys.stderr,
     )
+    survivors = _pids_below(cgroup) - {os.getpid()}
+    if survivors:
+        print(f"hasupd stop-post: still there after SIGKILL: {sorted(survivors)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _pids_below(cgroup: Path) -> set[int]:
+    pids: set[int] = set()
+    for directory, _dirs, _files in os.walk(cgroup):
+        try:
+            pids.update(int(p) for p in (Path(directory) / "cgroup.procs").read_text().split())
+        except (FileNotFoundError, ValueError):
+            continue
+    return pids

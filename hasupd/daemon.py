@@ -145,9 +145,18 @@ class Daemon:
                     tasks.create_task(graph.metrics.run()),
                     tasks.create_task(graph.alerts.run()),
                 )
+                # Units a backup had stopped when the last hasupd ended run again with the others.
+                resumed: list[str] = []
+
+                def collect(event: ev.Event) -> None:
+                    if isinstance(event, ev.BackupResumed):
+                        resumed.extend(event.units)
+
+                unsubscribe = self.bus.subscribe(collect)
                 self.backup_setup = await build_backups(config, graph, self.bus, tasks.create_task)
+                unsubscribe()
                 self.backups = context.backups = self.backup_setup.units
-                manager.start_all(restored.to_start)
+                manager.start_all([*restored.to_start, *resumed])
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
                 while True:

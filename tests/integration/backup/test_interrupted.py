@@ -134,7 +134,8 @@ def test_kill_9_mid_in_place_restore_then_restart_undoes_it(
     assert digest(setup.data) == before  # the live data as it was
     assert locks(setup) == []
     assert not restic_pids(setup.repo)
-    d2.wait_for("service.started", service="app", timeout=30)
+    # It ran on through hasupd's crash (the restore had not stopped it yet): adopted, not started again.
+    d2.wait_for("service.adopted", service="app", timeout=30)
     time.sleep(1.0)
     assert len(pids_running(runs_as)) == 1  # the service runs, once
     status = json.loads(d2.ctl("status", "app", "--json").stdout)[0]

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -163,7 +164,8 @@ class Daemon:
                     await self._stop.wait()
                     if not self._reexec:
                         break
-                    self._exec_new_image(manager, graph, control, keeper)  # returns only if it failed
+                    async with self._reload_lock:  # a reload under way is applied first, not cut off
+                        self._exec_new_image(manager, graph, control)  # returns only if it failed
                     self._reexec = False
                     self._stop_reason = ""
                     self._stop.clear()
@@ -214,7 +216,7 @@ class Daemon:
             "last_reexec": self.last_reexec,
         }
 
-    def _exec_new_image(self, manager: Manager, graph: Graph, control: ControlServer, keeper: object) -> None:
+    def _exec_new_image(self, manager: Manager, graph: Graph, control: ControlServer) -> None:
         """Write the state record, keep the fds that must survive, and execve the same hasupd (same argv,
         same pid) with the record named in HASUPD_REEXEC_RECORD. Nothing is stopped or closed first:
         children stay children, sockets stay bound. Return only if execve failed (hasupd carries on)."""
@@ -241,6 +243,7 @@ class Daemon:
             sys.stderr.flush()
             env = dict(os.environ)
             env[handover.REEXEC_ENV] = str(path)
+            env[handover.REEXEC_FROM_ENV] = f"{__version__} {time.monotonic()}"
             os.execve(sys.executable, list(sys.orig_argv), env)
         except OSError as error:
             self.bus.publish(ev.DaemonReexecFailed(error=str(error)))

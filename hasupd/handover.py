@@ -23,6 +23,7 @@ most one loop turn old.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,8 @@ FORMAT = 2  # format 1 (no per-unit config digest) is read by nobody: it falls b
 MAGIC = b"HASUPD-STATE"
 RECORD_NAME = "state.record"
 REEXEC_ENV = "HASUPD_REEXEC_RECORD"  # set only for the new image of a re-exec: the record to restore
+# Also set for the new image: "<old version> <CLOCK_MONOTONIC at execve>", known even when the record is not.
+REEXEC_FROM_ENV = "HASUPD_REEXEC_FROM"
 RUNNING_MARKER = "hasupd.running"  # in the state dir; removed on a clean stop
 
 
@@ -123,8 +126,15 @@ def write(path: Path, body: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def capture(manager: Manager, programs: ExecSpawner, reason: str) -> dict[str, Any]:
-    """Return the record body for the current state of ``manager``'s service units (no fds)."""
+def capture(
+    manager: Manager, programs: ExecSpawner, reason: str, start_times: dict[int, int | None] | None = None
+) -> dict[str, Any]:
+    """Return the record body for the current state of ``manager``'s service units (no fds).
+
+    ``start_times`` caches main pid -> start time between calls (a main pid's start time never changes
+    while it is supervised, so only new pids cost a /proc read); pids no longer main are dropped."""
+    cache: dict[int, int | None] = start_times if start_times is not None else {}
+    mains: set[int] = set()
     units: dict[str, Any] = {}
     for names in manager.units.values():
         for unit in names:
@@ -132,10 +142,18 @@ def capture(manager: Manager, programs: ExecSpawner, reason: str) -> dict[str, A
             snap = service.snapshot()
             pid = snap["main_pid"]
             snap["config"] = config_digest(service.config)
-            snap["start_time"] = start_time(pid) if isinstance(pid, int) else None
+            if isinstance(pid, int):
+                mains.add(pid)
+                if pid not in cache:
+                    cache[pid] = start_time(pid)
+                snap["start_time"] = cache[pid]
+            else:
+                snap["start_time"] = None
             snap["container"] = service.config.container is not None
             snap["pending"] = manager.is_pending(unit)
             units[unit] = snap
+    for gone in cache.keys() - mains:
+        del cache[gone]
     return {
         "hasupd_version": __version__,
         "pid": os.getpid(),
@@ -202,6 +220,7 @@ class RecordKeeper:
         self._programs = programs
         self._loop = asyncio.get_running_loop()
         self._pending = False
+        self._start_times: dict[int, int | None] = {}
         self.writes = 0
         self.error: str | None = None
         self._unsubscribe = bus.subscribe(self._on_event)
@@ -215,7 +234,7 @@ class RecordKeeper:
         """Write the record now (the keeper's own writes come through here too)."""
         self._pending = False
         try:
-            write(self.path, capture(self._manager, self._programs, "current"))
+            write(self.path, capture(self._manager, self._programs, "current", self._start_times))
         except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
             self.error = f"{self.path}: {e.strerror}"
             return
@@ -276,10 +295,16 @@ def restore(
     """
     out = Restored(record=record)
     units: dict[str, Any] = body["units"] if body is not None else {}
+    version, _, when = os.environ.pop(REEXEC_FROM_ENV, "").partition(" ")
+    if reexec and version:
+        out.from_version = version
+        with contextlib.suppress(ValueError):
+            out.written_monotonic = float(when)
     if body is not None:
         out.previous_pid = body.get("pid")
-        out.written_monotonic = body.get("written_monotonic")
-        out.from_version = body.get("hasupd_version")
+        # From the record's capture: the old image stopped supervising then, a little before execve.
+        out.written_monotonic = body.get("written_monotonic") or out.written_monotonic
+        out.from_version = out.from_version or body.get("hasupd_version")
         if reexec:
             out.control_fd = body.get("control_fd")
     use_fds = reexec and body is not None

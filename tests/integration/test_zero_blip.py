@@ -119,6 +119,7 @@ class Client:
         self.port = port
         self.ok = 0
         self.refused = 0
+        self.reset = 0  # a request an instance had accepted when it was SIGKILLed on purpose
         self.failed: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -136,6 +137,8 @@ class Client:
                     self.failed.append(repr(data))
             except ConnectionRefusedError:
                 self.refused += 1
+            except ConnectionResetError:
+                self.reset += 1
             except OSError as e:
                 self.failed.append(str(e))
             time.sleep(0.005)
@@ -224,6 +227,8 @@ def test_daemon_reexec_keeps_every_pid_refuses_nothing_and_keeps_the_restart_sch
         print(proc.stdout)
         reexec = h.wait_for("daemon.reexec", timeout=20)[0]
         assert reexec["record"] == "restored", reexec
+        audit = [r for r in h.find("audit") if "daemon-reexec" in str(r.get("request"))]
+        assert audit and audit[0]["outcome"] == "ok", audit  # admin only, and audited
         exited = h.wait_for("service.exited", timeout=10, service="s07")[0]
         assert exited["pid"] == in_window and exited["signal"] == "SIGKILL", exited
         assert record_time(exited) >= record_time(reexec) - 0.05  # seen by the new image
@@ -255,6 +260,7 @@ def test_daemon_reexec_keeps_every_pid_refuses_nothing_and_keeps_the_restart_sch
         time.sleep(0.5)
     assert client.refused == 0
     assert client.failed == []
+    assert client.reset <= 1  # at most the request web@0 held when it was killed
     assert client.ok > 20
     assert not h.find("service.adopted")  # a readable record: carried on, nothing had to be adopted
     # The notify socket stayed bound across the exec: the watchdog pings went on arriving.
@@ -312,6 +318,7 @@ def test_kill_9_of_hasupd_then_run_again_adopts_every_service_exactly_once(
         wait_until(lambda: status(again)["web@1"]["state"] == "running", 10, "web@1 running")
         time.sleep(0.5)
     assert client.failed == [], client.failed
+    assert client.reset <= 1  # at most the request web@1 held when it was killed
     # The notify socket is bound again at the same path: the adopted service's pings arrive.
     assert not again.find("watchdog.timeout")
     assert status(again)["wd"]["pid"] == before["wd"]["pid"]

@@ -131,6 +131,9 @@ class SystemdNotifier:
         loop = asyncio.get_running_loop()
         # A wake-up later than this means the loop was stuck; that ping is withheld.
         tolerance = max(interval / 2, 0.05)
+        # At once: after a re-exec (same pid, systemd's deadline keeps running from the old image's
+        # last ping) a first ping only one interval later could come after the deadline.
+        self.send("WATCHDOG=1")
         while True:
             due = loop.time() + interval
             await asyncio.sleep(interval)

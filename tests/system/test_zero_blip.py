@@ -306,6 +306,9 @@ def test_package_upgrade_reexecs_without_a_blip(services: Machine, tmp_path: Pat
     assert service_pids(machine) == pids, f"services were restarted\n{machine.journal()}"
     status = machine.exec("hasupctl", "status").stdout
     assert f"hasupd 99.0.0, pid {before['MainPID']}" in status, status
+    # The new image keeps the cgroup layout (it is already in its supervisor leaf).
+    started = [line for line in machine.journal(lines=400).splitlines() if "hasupd 99.0.0 starting" in line]
+    assert started and "delegated layout" in started[-1], started
     info = machine.exec("hasupctl", "daemon-info").stdout
     assert "0.1.0 -> 99.0.0" in info, info
     print(info)

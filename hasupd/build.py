@@ -24,6 +24,7 @@ from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarge
 from hasupd.host.containment import Containment
 from hasupd.host.output import journal_stream_available
 from hasupd.host.reaper import Reaper
+from hasupd.host.sockets import HeldSocketStore
 from hasupd.manager import Manager
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
 from hasupd.observe.metrics import Metrics
@@ -151,6 +152,7 @@ async def build(
     log_target: LogTarget | None = None,
     log_format: LogFormat | None = None,
     force_fallback_containment: bool = False,
+    socket_store: HeldSocketStore | None = None,
     keep: Callable[[Containment, Manager], frozenset[str]] | None = None,
 ) -> Graph:
     """Make the state and runtime dirs, set up logging, remove what an earlier run left behind (its
@@ -160,6 +162,9 @@ async def build(
     ``log_target`` and ``log_format`` (from the command line) override the config's. Nothing is
     started: no service, no task (tasks go to ``Graph.tasks`` once the daemon attaches its TaskGroup).
     Must run on the event loop that will supervise.
+
+    ``socket_store`` holds the listening sockets received back from systemd's fd store (a crashed
+    hasupd's): services take theirs; the rest are closed and removed from the store here.
     """
     loop = asyncio.get_running_loop()
     log_cfg = config.daemon.log
@@ -217,7 +222,10 @@ async def build(
         bus=bus,
         default_output=default_output,
         watchers=watchers,
+        socket_store=socket_store,
     )
+    if socket_store is not None:
+        socket_store.release_unclaimed()
     # After the manager exists: what an earlier run left is killed, except the units to adopt.
     await containment.cleanup_stale(keep(containment, manager) if keep is not None else frozenset())
     # Records read back, incident output tails, metrics.

@@ -26,7 +26,8 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.host.systemd import SystemdNotifier
+from hasupd.host.sockets import HeldSocketStore
+from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
 
@@ -101,6 +102,8 @@ class Daemon:
             log_target=self.options.log_target,
             log_format=self.options.log_format,
             force_fallback_containment=self.options.force_fallback_containment,
+            # Under systemd: held sockets a crashed hasupd left in the fd store come back here.
+            socket_store=HeldSocketStore(FdStoreChannel(), take_listen_fds()),
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),
         )
         manager = self.manager = graph.manager

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from hasupd import events as ev
 from hasupd.config.diff import ReloadPlan, plan_reload
 from hasupd.config.model import Config, ServiceConfig
-from hasupd.host.sockets import SocketSet
+from hasupd.host.sockets import HeldSocketStore, SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
 from hasupd.states import Health, OutputMode, ServiceState
@@ -74,8 +74,11 @@ class Manager:
         bus: ev.EventBus,
         default_output: OutputMode,
         watchers: Watchers | None = None,
+        socket_store: HeldSocketStore | None = None,
     ) -> None:
         self.config = config
+        # Held sockets a crashed hasupd left in systemd's fd store; new ones are kept there too.
+        self._socket_store = socket_store
         self._spawner = spawner
         self._clock = clock
         self._bus = bus
@@ -125,7 +128,7 @@ class Manager:
 
     def _add(self, config: ServiceConfig, sockets: SocketSet | None = None) -> None:
         if config.sockets and sockets is None:
-            sockets = SocketSet(config.name, config.sockets)
+            sockets = SocketSet(config.name, config.sockets, self._socket_store)
         if sockets is not None:
             self._sockets[config.name] = sockets
         units = expand(config)

@@ -171,6 +171,8 @@ def _run(argv: list[str] | None) -> int:
         print(json.dumps(data, indent=2))
     elif args.command == "status" or args.command in ("start", "stop", "restart", "reset-failed"):
         print_status(data)
+        if args.command == "status":
+            _print_daemon_line(args)
     elif args.command == "alert":
         for outcome in data:
             print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
@@ -186,6 +188,16 @@ def print_reload(data: dict[str, Any]) -> None:
     print("plan (dry run, nothing changed):" if data["dry_run"] else "applied:")
     for line in data["plan"] or ["nothing to do"]:
         print("  " + line)
+
+
+def _print_daemon_line(args: argparse.Namespace) -> None:
+    """After the status table: which hasupd answered (its version and pid), so that an upgrade by
+    re-exec shows. Nothing when the running hasupd predates daemon-info."""
+    try:
+        info = call(socket_path(args.socket), "daemon-info", {})
+    except ControlError:
+        return
+    print(f"hasupd {info['version']}, pid {info['pid']}")
 
 
 def _print_info(data: dict[str, Any]) -> None:

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="reload only on SIGHUP or hasupctl reload, not on file changes",
     )
 
+    post = sub.add_parser(
+        "stop-post",
+        help="hasupd.service's ExecStopPost=: after a requested stop, kill what is left of UNIT's cgroup",
+    )
+    post.add_argument("unit", metavar="UNIT", help="the unit's full name (%%n in the unit file)")
+
     check = sub.add_parser("check-config", help="validate the configuration; print every error")
     common(check)
     return parser
@@ -52,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "stop-post":
+        from hasupd.host import unitstop
+
+        return unitstop.main(args.unit)
     # Imported here so that --help and --version stay fast.
     from hasupd import daemon
 

@@ -345,6 +345,9 @@ class Containment:
                 parent.mkdir(exist_ok=True)
                 _enable_memory(parent)
                 return cls("cgroup", f"root layout{subreaper}", parent, owns_parent=True)
+            if own.name == "supervisor" and _delegated(own.parent):
+                # A re-exec'd hasupd is already in the leaf it moved itself into.
+                own = own.parent
             if Path("/run/systemd/system").exists() and not _delegated(own):
                 why = f"cgroup {own} belongs to systemd and is not delegated (Delegate=yes)"
                 return cls("process-group", why + subreaper, runtime_dir=runtime_dir)

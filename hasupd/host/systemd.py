@@ -12,6 +12,7 @@ permission error) is a bug and propagates.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -130,6 +131,9 @@ class SystemdNotifier:
         loop = asyncio.get_running_loop()
         # A wake-up later than this means the loop was stuck; that ping is withheld.
         tolerance = max(interval / 2, 0.05)
+        # At once: after a re-exec (same pid, systemd's deadline keeps running from the old image's
+        # last ping) a first ping only one interval later could come after the deadline.
+        self.send("WATCHDOG=1")
         while True:
             due = loop.time() + interval
             await asyncio.sleep(interval)
@@ -138,3 +142,87 @@ class SystemdNotifier:
                 publish(ev.WatchdogLate(lag_sec=round(lag, 3)))
                 continue
             self.send("WATCHDOG=1")
+
+
+# ------------------------------------------------------------------ fd store (sd_pid_notify_with_fds)
+
+# sd_listen_fds(3): passed fds start at 3. systemd's fdname_is_valid(): at most 255 printable ASCII
+# characters, no ":" (the separator of LISTEN_FDNAMES).
+LISTEN_FDS_START = 3
+FDNAME_MAX = 255
+LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def fdname_is_valid(name: str) -> bool:
+    """Return True if systemd accepts ``name`` as an FDNAME= (as its fdname_is_valid() does)."""
+    return 0 < len(name) <= FDNAME_MAX and all(" " <= c <= "~" and c != ":" for c in name)
+
+
+def listen_fds(environ: Mapping[str, str], pid: int) -> list[tuple[str, int]]:
+    """Return the (name, fd) pairs passed to process ``pid`` by the sd_listen_fds protocol.
+
+    As sd_listen_fds(3): nothing unless LISTEN_PID is ``pid`` (the variables were meant for another
+    process, e.g. inherited through a fork); LISTEN_FDS fds from 3 up; names from LISTEN_FDNAMES, or
+    "unknown" where it is missing or short. The fds are not checked or touched here.
+    """
+    if environ.get("LISTEN_PID", "") != str(pid):
+        return []
+    count = environ.get("LISTEN_FDS", "")
+    if not count.isdigit() or int(count) == 0:
+        return []
+    names = environ.get("LISTEN_FDNAMES", "").split(":") if environ.get("LISTEN_FDNAMES") else []
+    return [
+        (names[i] if i < len(names) and names[i] else "unknown", LISTEN_FDS_START + i)
+        for i in range(int(count))
+    ]
+
+
+def take_listen_fds() -> list[tuple[str, int]]:
+    """Return the fds systemd passed to this process (see ``listen_fds``), each made close-on-exec,
+    and remove the LISTEN_* variables from ``os.environ`` (sd_listen_fds(unset_environment=1)): a
+    later re-exec of hasupd must not take fds 3, 4, ... for these again.
+    """
+    passed = listen_fds(os.environ, os.getpid())
+    for name in LISTEN_VARIABLES:
+        os.environ.pop(name, None)
+    for _name, fd in passed:
+        os.set_inheritable(fd, False)
+    return passed
+
+
+class FdStoreChannel:
+    """hasupd's side of systemd's file descriptor store (FDSTORE=1, FDSTOREREMOVE=1; see
+    sd_pid_notify_with_fds(3)): fds kept there come back to the next hasupd of the same unit through
+    LISTEN_FDS when systemd restarts it after a crash. Needs ``FileDescriptorStoreMax=`` in the unit
+    (systemd drops stored fds otherwise). A no-op without NOTIFY_SOCKET.
+
+    sdnotify cannot pass fds, so these datagrams go out through ``socket.sendmsg`` with SCM_RIGHTS.
+    A manager that is not listening drops them (as ``SystemdNotifier.send``); any other error raises.
+    """
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        address = environ.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self.enabled = bool(address)
+
+    def store(self, name: str, fd: int) -> bool:
+        """Keep ``fd`` in the store under FDNAME=``name``; return False if it was not sent (no
+        systemd, or a name systemd would refuse)."""
+        if not self.enabled or not fdname_is_valid(name):
+            return False
+        return self._send(f"FDSTORE=1\nFDNAME={name}", [fd])
+
+    def remove(self, name: str) -> bool:
+        """Drop every fd stored under ``name`` (systemd closes them); return False if not sent."""
+        if not self.enabled or not fdname_is_valid(name):
+            return False
+        return self._send(f"FDSTOREREMOVE=1\nFDNAME={name}", [])
+
+    def _send(self, text: str, fds: list[int]) -> bool:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            try:
+                sock.sendmsg([text.encode()], ancillary, 0, self._address)
+            except _GONE:
+                return False
+        return True

@@ -35,8 +35,8 @@ def test_unit_verifies_clean(tmp_path: Path) -> None:
     """
     require_tools("systemd-analyze", "man", hint="apt-get install systemd man-db")
     text = UNIT.read_text()
-    assert text.count("=/usr/bin/hasupd ") == 2, (
-        "expected ExecStartPre= and ExecStart= to run /usr/bin/hasupd"
+    assert text.count("=/usr/bin/hasupd ") == 3, (
+        "expected ExecStartPre=, ExecStart= and ExecStopPost= to run /usr/bin/hasupd"
     )
     assert text.count("=/usr/bin/hasupctl ") == 1, "expected ExecReload= to run /usr/bin/hasupctl"
     for program in ("hasupd", "hasupctl"):

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.model import Config
+from hasupd.config.model import Config, DaemonConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
@@ -96,6 +96,16 @@ def _check_cycles(ctxs: dict[str, Ctx], docs: Sequence[Document], services: Coll
         ctxs[doc.path].error(item, f"after.{index}", f"dependency cycle: {' -> '.join(cycle)}")
 
 
+def _check_placement(ctx: Ctx, doc: Document, daemon: Document | None, daemon_config: DaemonConfig) -> None:
+    """Report ``placement:`` in a service when hasupd.yaml has no ``fleet:`` (placed where, then?)."""
+    placement = child(doc.node, "placement")
+    if placement is None or daemon_config.fleet is not None:
+        return
+    if daemon is not None and child(daemon.node, "fleet") is not None:
+        return  # fleet: is there but broken; that is reported in hasupd.yaml
+    ctx.error(placement, "placement", "placement needs fleet: in hasupd.yaml")
+
+
 def build_config(
     config_dir: str,
     daemon: Document | None,
@@ -125,6 +135,7 @@ def build_config(
     service_configs = []
     for doc in services:
         service = validate_service(ctxs[doc.path], doc)
+        _check_placement(ctxs[doc.path], doc, daemon, daemon_config)
         _check_service_references(ctxs[doc.path], doc, service_names, job_names, channels)
         if service is not None:
             service_configs.append(service)

@@ -25,7 +25,8 @@ def test_fleet_and_placement_are_read_with_defaults(tmp_path: Path) -> None:
         tmp_path,
         {
             "hasupd.yaml": FLEET,
-            "services.d/db.yaml": "command: [true]\nplacement: {singleton: true, prefer: [app1], avoid: [app3]}\n",
+            "services.d/db.yaml": "command: [true]\n"
+            "placement: {singleton: true, prefer: [app1], avoid: [app3]}\n",
             "services.d/web.yaml": "command: [true]\nplacement: {replicas: 2}\n",
             "services.d/local.yaml": "command: [true]\n",
         },
@@ -80,7 +81,8 @@ def test_bad_placements(tmp_path: Path) -> None:
         {
             "hasupd.yaml": FLEET,
             "services.d/a.yaml": "command: [true]\nplacement: {replicas: 0}\n",
-            "services.d/b.yaml": "command: [true]\nplacement: {singleton: true, prefer: [h1, h2], avoid: [h2]}\n",
+            "services.d/b.yaml": "command: [true]\n"
+            "placement: {singleton: true, prefer: [h1, h2], avoid: [h2]}\n",
             "services.d/c.yaml": "command: [true]\nplacement: {singleton: true, replicas: 2}\n",
             "services.d/d.yaml": "command: [true]\nplacement: {prefer: [h1]}\n",
             "services.d/e.yaml": "command: [true]\nplacement: {singleton: false}\n",

@@ -140,6 +140,10 @@ class FleetNode:
         result: T = await self._call(fn, timeout)
         return result
 
+    def start_timeout(self, service: str) -> float:
+        """Return the start timeout of placed ``service`` (how long a new owner may take to start it)."""
+        return self._start_timeouts.get(service, 90.0)
+
     def wake(self) -> None:
         """Run the next round now (a move or drain was requested)."""
         self._wake.set()

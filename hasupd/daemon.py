@@ -168,6 +168,8 @@ class Daemon:
                 # Placed services start only while this host owns them (nothing without fleet:).
                 fleet = context.fleet = build_fleet(config.daemon.fleet, manager, self.bus.publish)
                 fleet_task = tasks.spawn(fleet.node.run(), "fleet") if fleet is not None else None
+                if fleet is not None:
+                    graph.metrics.fleet_lease_age = fleet.node.lease_age
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
                 while True:

@@ -48,6 +48,11 @@ class Fleet:
         )
         self.manager = manager
         placed = manager.placed()
+        for name in placed:
+            if not manager.placed_inactive(name):
+                # Adopted after a crash or re-exec of hasupd: this host does not own it (yet); the
+                # ownership may already be another host's. Stop it; the election starts it again here.
+                manager.stop_placed(name, "fleet: running without ownership after a hasupd restart")
         loop = asyncio.get_running_loop()
         self.node = FleetNode(
             config,

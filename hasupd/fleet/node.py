@@ -140,6 +140,10 @@ class FleetNode:
         result: T = await self._call(fn, timeout)
         return result
 
+    def lease_age(self) -> float | None:
+        """Return the seconds since the last acknowledged keep-alive was sent (None: not joined)."""
+        return self._now() - self._last_ack if self.view.joined else None
+
     def start_timeout(self, service: str) -> float:
         """Return the start timeout of placed ``service`` (how long a new owner may take to start it)."""
         return self._start_timeouts.get(service, 90.0)

@@ -212,9 +212,7 @@ def test_move_and_drain_stop_first_then_hand_over(
     print(f"fleet move gap between the old owner's stop and the new owner's start: {gap:.2f}s")
     assert 0 <= gap < TTL and start[0] > stop[0]
     assert daemons[owner].find("fleet.moved", service="db", target=other)
-    audit = [
-        r for r in daemons[owner].records if r.get("event") == "audit" and "fleet-move" in str(r)
-    ]
+    audit = [r for r in daemons[owner].records if r.get("event") == "audit" and "fleet-move" in str(r)]
     assert audit, "fleet move is audited"
 
     drained = daemons[other].ctl("fleet", "drain")

@@ -237,3 +237,25 @@ def _overlap(lines: list[tuple[int, str, int, str, float]]) -> bool:
         else:
             running.discard(host)
     return False
+
+
+def test_bad_certificates_are_a_clear_record_and_local_services_run(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    log, local_log = tmp_path / "shared.log", tmp_path / "local.log"
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    folder = _config(tmp_path / "cfg", "https://127.0.0.1:1", "h1", log, local_log)
+    text = (folder / "hasupd.yaml").read_text()
+    bad = str(tmp_path / "bad.pem")
+    text = text.replace("endpoints:", f"cert_file: {bad}\n    key_file: {bad}\n    endpoints:")
+    (folder / "hasupd.yaml").write_text(text)
+    daemon = hasupd(folder)
+    daemon.wait_ready(timeout=20)
+    refused = daemon.wait_for("fleet.join-refused", timeout=10)
+    assert "cannot set up the etcd client" in refused[0]["reason"]
+    _wait(
+        lambda: local_log.exists() and local_log.read_text().split() == ["h1"], 10, "the local service runs"
+    )
+    status = daemon.ctl("fleet", "status")
+    assert status.returncode == 3 and "no fleet" in status.stderr, status
+    assert daemon.proc.poll() is None and not log.exists()

@@ -140,6 +140,10 @@ class FleetNode:
         result: T = await self._call(fn, timeout)
         return result
 
+    def owns(self, service: str) -> bool:
+        """Return True while this host owns (a slot of) ``service`` and is not handing it over."""
+        return any(o.service == service and o.releasing is None for o in self.view.owned.values())
+
     def lease_age(self) -> float | None:
         """Return the seconds since the last acknowledged keep-alive was sent (None: not joined)."""
         return self._now() - self._last_ack if self.view.joined else None

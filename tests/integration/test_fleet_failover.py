@@ -138,6 +138,8 @@ def test_singleton_fails_over_after_kill_9_with_a_greater_token(
     other = "h2" if owner == "h1" else "h1"
     assert daemons[owner].find("fleet.elected", service="db")
     assert not daemons[other].find("fleet.elected", service="db")
+    refused = daemons[other].ctl("start", "db")  # it would run twice
+    assert refused.returncode == 1 and "does not own it" in refused.stderr, refused
 
     status = daemons[other].ctl("fleet", "status", "--json")
     assert status.returncode == 0, status.stderr

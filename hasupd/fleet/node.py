@@ -43,6 +43,8 @@ class Runner(Protocol):
 
     def start_placed(self, name: str, environment: dict[str, str]) -> None: ...
 
+    def placed_environment(self, name: str, environment: dict[str, str]) -> None: ...
+
     def stop_placed(self, name: str, reason: str) -> None: ...
 
     def placed_inactive(self, name: str) -> bool: ...
@@ -58,6 +60,7 @@ class Owned:
     token: int
     since: float  # wall clock
     releasing: str | None = None  # a hand-over under way: the target ("" for any host)
+    environment: dict[str, str] = field(default_factory=dict)  # what the service was started with
 
 
 @dataclass
@@ -117,6 +120,7 @@ class FleetNode:
         self._unowned_alerted: set[str] = set()
         self._wake = asyncio.Event()
         self._stale_leases: list[int] = []  # leases given up (fenced, refused) to revoke when etcd answers
+        self._stale_keys: list[tuple[str, int]] = []  # keys of services no longer placed, to delete
 
     # ------------------------------------------------------------------ helpers
 
@@ -294,7 +298,39 @@ class FleetNode:
 
     # ------------------------------------------------------------------ elections
 
+    def reconfigure(
+        self,
+        placements: dict[str, Placement],
+        start_timeouts: dict[str, float],
+        restarted: set[str],
+        updated: set[str],
+    ) -> None:
+        """Take a reloaded config: ``restarted`` services were replaced (stopped) by the reload, and
+        start again here if this host owns them; ``updated`` ones keep running and keep their token in
+        their config; services no longer placed give their keys back (at the next round)."""
+        self.placements = dict(placements)
+        self._start_timeouts = dict(start_timeouts)
+        for owned in list(self.view.owned.values()):
+            if owned.service not in self.placements:
+                self.view.owned.pop(owned.key)
+                self._stale_keys.append((owned.key, owned.token))
+            elif owned.service in restarted and owned.releasing is None:
+                self._runner.start_placed(owned.service, owned.environment)
+            elif owned.service in updated:
+                self._runner.placed_environment(owned.service, owned.environment)
+        self.wake()
+
+    async def _delete_stale_keys(self) -> None:
+        while self._stale_keys:
+            key, token = self._stale_keys[0]
+            try:
+                await self._etcd_call(lambda key=key, token=token: self._etcd.delete_if(key, token))  # type: ignore[misc]
+            except (EtcdError, TimeoutError):
+                return  # next round; or the key goes with the lease
+            self._stale_keys.pop(0)
+
     async def _round(self) -> None:
+        await self._delete_stale_keys()
         prefix = keys.root(self.cluster)
         try:
             snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(prefix))
@@ -378,6 +414,7 @@ class FleetNode:
         environment = {"HASUPD_FLEET_TOKEN": str(revision), "HASUPD_FLEET_HOST": self.host}
         if not placement.singleton:
             environment["HASUPD_FLEET_REPLICA"] = key.rsplit("/", 1)[-1]
+        owned.environment = environment
         self._runner.start_placed(service, environment)
         if target == self.host:
             move = keys.move_key(self.cluster, service)

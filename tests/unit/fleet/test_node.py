@@ -42,6 +42,10 @@ class Runner:
         if self.active.pop(name, None) is not None:
             self.log.append((self.clock.t, "stop", name, self.host))
 
+    def placed_environment(self, name: str, environment: dict[str, str]) -> None:
+        self.environments = getattr(self, "environments", {})
+        self.environments[name] = environment
+
     def placed_inactive(self, name: str) -> bool:
         return name not in self.active
 
@@ -263,3 +267,18 @@ def test_unowned_alert_after_ttl_plus_start_timeout(world: Any) -> None:
     assert host.names().count("fleet.unowned") == 1
     run(advance(clock, [host], 2.0))
     assert host.names().count("fleet.unowned") == 1  # once per outage
+
+
+def test_reload_restarts_an_owned_service_with_its_token_and_releases_unplaced_ones(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    env = dict(host.runner.active["db"])
+    host.runner.active.clear()  # the reload replaced db (its program changed): stopped
+    host.node.reconfigure({"db": Placement(singleton=True)}, {"db": 5.0}, {"db"}, set())
+    assert host.runner.active["db"] == env  # started again here, same ownership, same token
+    host.node.reconfigure({"db": Placement(singleton=True)}, {"db": 5.0}, set(), {"db"})
+    assert host.runner.environments["db"] == env  # updated in place: the token stays in its config
+    host.node.reconfigure({}, {}, set(), set())  # no longer placed: the key goes back
+    run(advance(clock, [host], 0.5))
+    assert "/hasupd/c/owner/db" not in cluster.kvs

@@ -350,6 +350,14 @@ class FleetNode:
         for service, placement in sorted(self.placements.items()):
             slots = keys.slot_keys(self.cluster, service, placement)
             owners = {k: _decode(kv[k].value).get("host", "?") for k in slots if k in kv}
+            for k in slots:
+                if k in kv and kv[k].lease == lease and k not in self.view.owned:
+                    # Our own create whose answer was lost (timed out): it is ours, bound to our lease;
+                    # a second slot of the same service here (one replica per host) is given back.
+                    if any(o.service == service for o in self.view.owned.values()):
+                        self._stale_keys.append((k, kv[k].create_revision))
+                    else:
+                        self._own(service, placement, k, kv[k].create_revision)
             mine = [k for k in slots if k in self.view.owned]
             target = (
                 kv[keys.move_key(self.cluster, service)].value
@@ -404,6 +412,16 @@ class FleetNode:
             return
         if not created:
             return
+        self._own(service, placement, key, revision)
+        if target == self.host:
+            move = keys.move_key(self.cluster, service)
+            try:
+                await self._etcd_call(lambda: self._etcd.delete(move))
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+
+    def _own(self, service: str, placement: Placement, key: str, revision: int) -> None:
+        """Record that this host owns ``key`` with token ``revision`` and start the service."""
         owned = Owned(service=service, key=key, token=revision, since=self._wall())
         self.view.owned[key] = owned
         self.view.elections += 1
@@ -416,12 +434,6 @@ class FleetNode:
             environment["HASUPD_FLEET_REPLICA"] = key.rsplit("/", 1)[-1]
         owned.environment = environment
         self._runner.start_placed(service, environment)
-        if target == self.host:
-            move = keys.move_key(self.cluster, service)
-            try:
-                await self._etcd_call(lambda: self._etcd.delete(move))
-            except (EtcdError, TimeoutError) as exc:
-                self._note_unreachable(exc)
 
     async def _release(self, owned: Owned) -> None:
         """Delete the key of a service stopped for a hand-over (it is down here: checked by the caller).

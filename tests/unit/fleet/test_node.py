@@ -58,12 +58,16 @@ class Host:
         self.events: list[ev.Event] = []
         self.runner = Runner(clock, log, name)
         self.stalled = False
+        self.lose_answers: list[bool] = []  # per call from now: True = its answer is lost
         self.clock = clock
 
         async def call(fn: Callable[[], T], timeout: float) -> T:
             if self.stalled:
                 raise TimeoutError
-            return fn()
+            result = fn()
+            if self.lose_answers and self.lose_answers.pop(0):
+                raise TimeoutError  # done on etcd's side, the answer came too late
+            return result
 
         async def sleep(delay: float) -> None:
             clock.t += delay
@@ -282,3 +286,16 @@ def test_reload_restarts_an_owned_service_with_its_token_and_releases_unplaced_o
     host.node.reconfigure({}, {}, set(), set())  # no longer placed: the key goes back
     run(advance(clock, [host], 0.5))
     assert "/hasupd/c/owner/db" not in cluster.kvs
+
+
+def test_a_create_whose_answer_was_lost_is_still_ours(world: Any) -> None:
+    clock, cluster, log = world
+    lost = Host("a", cluster, clock, log)
+    run(lost.node._join())
+    lost.lose_answers = [False, False, True]  # keep-alive, range read, then the create's answer is lost
+    run(lost.node.step())
+    assert not lost.runner.active and "/hasupd/c/owner/db" in cluster.kvs
+    run(lost.node.step())
+    assert "db" in lost.runner.active  # found under its own lease at the next read
+    token = int(lost.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    assert token == cluster.kvs["/hasupd/c/owner/db"].create_revision

@@ -174,3 +174,10 @@ def test_placed_stop_timeout_must_fit_in_half_the_ttl(tmp_path: Path) -> None:
         "services.d/b.yaml:2:19: timeout_stop_sec: a placed service needs timeout_stop_sec <= half of "
         f"fleet.lease_ttl_sec (2s), got 3s: {tail}",
     ]
+
+
+def test_lease_ttl_is_whole_seconds(tmp_path: Path) -> None:
+    write(tmp_path, {"hasupd.yaml": FLEET + "  lease_ttl_sec: 2500ms\n"})
+    assert issues(tmp_path) == [
+        "hasupd.yaml:4:18: fleet.lease_ttl_sec: must be whole seconds (etcd's leases are), got 2.5s"
+    ]

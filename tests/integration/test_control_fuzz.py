@@ -41,6 +41,9 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "backup-status": ("job",),
     "restore": ("job", "snapshot", "path", "target", "in_place", "dry_run"),
     "daemon-info": (),
+    "fleet-status": (),
+    "fleet-move": ("name", "host"),
+    "fleet-drain": ("host",),
 }
 # Commands not fuzzed here, and why.
 NOT_FUZZED = {

@@ -9,6 +9,7 @@ time, hand-over gap) are printed and kept as junit properties.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.etcd import EtcdCluster
+from tests.support.etcd import EtcdCluster, make_ca, make_server_cert
 from tests.support.netns import (
     SINGLETON_SCRIPT,
     SUBNET,
@@ -338,41 +339,30 @@ def error_lines(host: Host, *words: str) -> list[str]:
     ]
 
 
-def self_signed(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a client certificate etcd never trusted (and a CA that never signed etcd's side)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca, key = folder / "ca.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(ca),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=not-the-etcd-ca",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return ca, ca, key
-
-
 def test_bad_input_clear_errors_local_services_unaffected(env: Env, tmp_path: Path) -> None:
     """Must show 6: unreachable endpoints, wrong certificates, a host name used twice."""
+    with contextlib.ExitStack() as stack:
+        bad_input(env, tmp_path, stack)
+
+
+def bad_input(env: Env, tmp_path: Path, stack: contextlib.ExitStack) -> None:
     placed = {"single": env.service("single", placement={"singleton": True})}
     nowhere = env.start_host("h1", placed, etcd={"endpoints": [f"http://{SUBNET}.99:2379"]})
-    ca, cert, key = self_signed(tmp_path / "tls")
-    tls = {"endpoints": [f"https://{SUBNET}.11:2379"], "ca_file": str(ca), "cert_file": str(cert)}
-    badtls = env.start_host("h2", placed, etcd={**tls, "key_file": str(key)})
+    # A real TLS etcd whose certificate is signed by a CA the host does not trust.
+    tls_dir = tmp_path / "tls"
+    good_ca = make_ca(tls_dir, "etcd-ca")
+    (address,) = env.fabric.etcd_addresses(1, first=14)
+    server = make_server_cert(tls_dir, good_ca, address)
+    secure = EtcdCluster(
+        tmp_path / "etcd-tls", 1, hosts=[address], prefix=env.fabric.hub_prefix, tls=(good_ca[0], *server)
+    )
+    stack.callback(secure.stop)
+    secure.start()  # etcdctl with the right CA gets through: only the host's certificates are wrong
+    wrong_ca = make_ca(tls_dir, "not-the-etcd-ca")
+    bad = {"endpoints": secure.endpoints, "ca_file": str(wrong_ca[0])}
+    badtls = env.start_host(
+        "h2", placed, etcd={**bad, "cert_file": str(wrong_ca[0]), "key_file": str(wrong_ca[1])}
+    )
     first = env.start_host("h3", placed, host="dup")
     for h in (nowhere, badtls, first):
         assert h.daemon is not None

@@ -68,17 +68,21 @@ class EtcdCluster:
         hosts: Sequence[str] | None = None,
         prefix: Sequence[str] = (),
         token: str = "hasupd-test",
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         """``hosts``: one listen address per member (default: 127.0.0.1 with free ports).
-        ``prefix``: a command the members and etcdctl run under (e.g. ``ip netns exec NS``)."""
+        ``prefix``: a command the members and etcdctl run under (e.g. ``ip netns exec NS``).
+        ``tls``: (ca, server cert, server key): clients speak https and must trust ``ca``."""
         require_etcd()
         self.prefix = list(prefix)
+        self.tls = tls
+        scheme = "https" if tls else "http"
         self.members: list[Member] = []
         for i in range(size):
             if hosts is None:
-                client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+                client, peer = f"{scheme}://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
             else:
-                client, peer = f"http://{hosts[i]}:2379", f"http://{hosts[i]}:2380"
+                client, peer = f"{scheme}://{hosts[i]}:2379", f"http://{hosts[i]}:2380"
             data = work / f"etcd{i + 1}"
             self.members.append(Member(f"m{i + 1}", client, peer, data, work / f"etcd{i + 1}.log"))
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -110,6 +114,8 @@ class EtcdCluster:
                 "--election-timeout",
                 "1000",
             ]
+            if tls is not None:
+                m.argv += ["--cert-file", str(tls[1]), "--key-file", str(tls[2])]
 
     @property
     def endpoints(self) -> list[str]:
@@ -145,7 +151,10 @@ class EtcdCluster:
     def ctl(self, *args: str, endpoints: Sequence[str] | None = None, timeout: float = 10.0) -> str:
         """Run ``etcdctl`` (API v3) against the cluster; return stdout; raise on failure."""
         eps = ",".join(endpoints or [m.client_url for m in self.members if m.alive] or self.endpoints)
-        argv = [*self.prefix, ETCDCTL, "--endpoints", eps, "--dial-timeout", "2s", *args]
+        argv = [*self.prefix, ETCDCTL, "--endpoints", eps, "--dial-timeout", "2s"]
+        if self.tls is not None:
+            argv += ["--cacert", str(self.tls[0])]
+        argv += args
         env = {**os.environ, "ETCDCTL_API": "3"}
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         if done.returncode != 0:
@@ -177,3 +186,55 @@ class EtcdCluster:
             self.kill_member(i)
         for m in self.members:
             shutil.rmtree(m.data_dir, ignore_errors=True)
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA (certificate, key) named ``name`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    openssl(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"),
+        *("-keyout", str(key), "-out", str(cert)),
+    )
+    return cert, key
+
+
+def make_server_cert(folder: Path, ca: tuple[Path, Path], address: str) -> tuple[Path, Path]:
+    """A server certificate for IP ``address`` signed by ``ca``; return (certificate, key)."""
+    cert, key, csr, ext = (folder / f"server-{address}{x}" for x in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text(f"subjectAltName=IP:{address}\n")
+    openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={address}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
+    return cert, key
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)

@@ -113,9 +113,9 @@ class Fabric:
         self.namespaces.append(name)
         ip("-n", name, "link", "set", "lo", "up")
 
-    def etcd_addresses(self, count: int) -> list[str]:
-        """Put ``count`` addresses on the hub's bridge for etcd members; return them."""
-        addresses = [f"{SUBNET}.{11 + i}" for i in range(count)]
+    def etcd_addresses(self, count: int, first: int = 11) -> list[str]:
+        """Put ``count`` addresses (from ``SUBNET.first``) on the hub's bridge for etcd; return them."""
+        addresses = [f"{SUBNET}.{first + i}" for i in range(count)]
         for a in addresses:
             ip("-n", self.hub, "addr", "add", f"{a}/24", "dev", "br0")
         return addresses

@@ -56,7 +56,10 @@ class Host:
     def start(self, services: Mapping[str, Mapping[str, Any]], daemon: Mapping[str, Any]) -> Hasupd:
         """Write this host's config and start ``hasupd run`` inside its namespace."""
         config = write_config(self.work / "etc", services, daemon)
-        self.daemon = Hasupd(config, self.work / "d", argv_prefix=self.prefix)
+        # --no-cgroup: the hosts share this machine's cgroup tree, where their service cgroups would have
+        # the same names (and `ip netns exec` remounts /sys, hiding it anyway); process groups keep each
+        # host's services its own.
+        self.daemon = Hasupd(config, self.work / "d", argv_prefix=self.prefix, extra_args=("--no-cgroup",))
         return self.daemon
 
     def pids(self) -> list[int]:

@@ -78,7 +78,7 @@ class Env:
     def service(self, name: str, port: int = 0, placement: dict[str, Any] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "command": [PY, str(self.script), str(self.log), name, str(port)],
-            "timeout_stop_sec": "2s",
+            "timeout_stop_sec": "500ms",  # a placed service's stop must fit in half the lease TTL
         }
         if placement is not None:
             body["placement"] = placement

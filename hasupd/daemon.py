@@ -26,6 +26,7 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
+from hasupd.fleet.controller import build_fleet
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
@@ -164,6 +165,11 @@ class Daemon:
                 unsubscribe()
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all([*restored.to_start, *resumed])
+                # Placed services start only while this host owns them (nothing without fleet:).
+                fleet = context.fleet = build_fleet(config.daemon.fleet, manager, self.bus.publish)
+                fleet_task = tasks.spawn(fleet.node.run(), "fleet") if fleet is not None else None
+                if fleet is not None:
+                    graph.metrics.fleet_lease_age = fleet.node.lease_age
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
                 while True:
@@ -183,6 +189,9 @@ class Daemon:
                     watch = None
                 await control.close()
                 self.backups.close()
+                if fleet is not None and fleet_task is not None:
+                    fleet_task.cancel()
+                    await fleet.leave()  # placed services stop first, then the lease is revoked
                 await manager.stop_all("hasupd is stopping")
                 await graph.containers.wait_idle(30.0)  # removals of stopped containers
                 pinger.cancel()

@@ -821,6 +821,123 @@ class NotifyRejected(Event):
         return f"notify datagram from pid {self.pid} rejected: {self.reason}{more}"
 
 
+# --------------------------------------------------------------------------- fleet (etcd placement)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetJoined(Event):
+    """This host holds a lease on etcd and registered its host name."""
+
+    NAME = "fleet.joined"
+    host: str
+    cluster: str
+    lease: str
+    ttl_sec: float
+
+    def message(self) -> str:
+        return f"joined fleet {self.cluster} as {self.host} (lease {self.lease}, TTL {self.ttl_sec:g}s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetJoinRefused(Event):
+    """The host name is held by another live lease, or etcd refused us: placed services stay stopped."""
+
+    NAME = "fleet.join-refused"
+    LEVEL = logging.ERROR
+    host: str
+    reason: str
+
+    def message(self) -> str:
+        return f"not joining the fleet as {self.host}: {self.reason}; placed services stay stopped here"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetUnreachable(Event):
+    """etcd did not answer (once per outage): local services are unaffected."""
+
+    NAME = "fleet.unreachable"
+    LEVEL = logging.WARNING
+    host: str
+    error: str
+
+    def message(self) -> str:
+        return f"etcd unreachable from {self.host}: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetElected(Event):
+    """This host became the owner of a placed service (or of one replica slot)."""
+
+    NAME = "fleet.elected"
+    host: str
+    slot: str
+    token: int
+
+    def message(self) -> str:
+        return f"{self.host} owns {self.slot} (fencing token {self.token}); starting {self.service}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetLost(Event):
+    """This host no longer owns the service (its key is gone or belongs to another lease): stopped."""
+
+    NAME = "fleet.lost"
+    LEVEL = logging.WARNING
+    host: str
+    slot: str
+    token: int
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.host} lost {self.slot} (token {self.token}): {self.reason}; stopping {self.service}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetFenced(Event):
+    """The local deadline since the last acknowledged keep-alive passed: every placed service stops
+    before the lease can expire on etcd's side (a stopped singleton is better than two)."""
+
+    NAME = "fleet.fenced"
+    LEVEL = logging.ERROR
+    host: str
+    since_ack_sec: float
+    stopped: tuple[str, ...] = ()
+
+    def message(self) -> str:
+        names = ", ".join(self.stopped) or "nothing ran"
+        return (
+            f"FENCING: no keep-alive acknowledged for {self.since_ack_sec:.1f}s on {self.host}; "
+            f"stopping every placed service ({names}) before the lease expires"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetMoved(Event):
+    """An operator moved (or drained) a placed service away from this host: stopped here, released."""
+
+    NAME = "fleet.moved"
+    host: str
+    target: str
+    slot: str
+    gap_reason: str = ""
+
+    def message(self) -> str:
+        to = self.target or "any other host"
+        return f"{self.service} stopped on {self.host} and released to {to} ({self.slot})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetUnowned(Event):
+    """A placed service has had no owner for longer than the lease TTL plus its start timeout."""
+
+    NAME = "fleet.unowned"
+    LEVEL = logging.ERROR
+    seconds: float
+
+    def message(self) -> str:
+        return f"placed service {self.service} has had no owner in the fleet for {self.seconds:.0f}s"
+
+
 # --------------------------------------------------------------------------- the bus
 
 Subscriber = Callable[[Event], None]

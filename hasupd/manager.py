@@ -164,9 +164,42 @@ class Manager:
         image of hasupd in the state they had), each once its dependencies are running (backup jobs run
         on their schedules, not here)."""
         wanted = set(only) if only is not None else None
-        for units in self.units.values():
+        for name, units in self.units.items():
+            if self.is_placed(name):
+                continue  # the fleet starts it while this host owns it
             self._pending.update(u for u in units if wanted is None or u in wanted)
         self._start_ready()
+
+    # ------------------------------------------------------------------ the fleet's part
+
+    def is_placed(self, name: str) -> bool:
+        """Return True if service ``name`` runs where the fleet places it (``fleet:`` and ``placement:``
+        are both configured): this manager then starts it only through ``start_placed``."""
+        config = self.config.service(name)
+        return self.config.daemon.fleet is not None and config is not None and config.placement is not None
+
+    def placed(self) -> dict[str, ServiceConfig]:
+        """Return the placed services by name (empty without ``fleet:``)."""
+        return {s.name: s for s in self.config.services if self.is_placed(s.name)}
+
+    def start_placed(self, name: str, environment: dict[str, str]) -> None:
+        """Start placed service ``name`` with ``environment`` added to its own (the fencing token and
+        host); a restart after a crash keeps it. Raise KeyError if unknown."""
+        extra = tuple(environment.items())
+        for unit in self.units[name]:
+            service = self.services[unit]
+            base = tuple((k, v) for k, v in service.config.environment if k not in environment)
+            service.update_config(dataclasses.replace(service.config, environment=base + extra))
+            self.start(unit)
+
+    def stop_placed(self, name: str, reason: str) -> None:
+        """Stop every unit of placed service ``name`` (ownership lost, fenced, moved)."""
+        for unit in self.units.get(name, ()):
+            self.stop(unit, reason)
+
+    def placed_inactive(self, name: str) -> bool:
+        """Return True if no unit of ``name`` has a process (stopped, failed or never started)."""
+        return all(self.services[u].is_inactive for u in self.units.get(name, ()))
 
     def add_job_unit(self, unit: Service) -> None:
         """Add a backup job's unit: listed and controlled like the others, started by its schedule."""
@@ -398,7 +431,8 @@ class Manager:
             self.config = new
             for config in (*plan.changed, *plan.added):
                 self._add(config, kept_sockets.get(config.name))
-                self._pending.update(self.units[config.name])
+                if not self.is_placed(config.name):
+                    self._pending.update(self.units[config.name])
             self._start_ready()
             self._bus.publish(
                 ev.ConfigApplied(

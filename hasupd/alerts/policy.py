@@ -73,6 +73,10 @@ ALERTS: dict[type[ev.Event], Rule] = {
     ev.IncidentClosed: Rule(
         "resolved", lambda e: "resolved", when=lambda e: e.outcome == "resolved", resolves=True
     ),
+    # The fleet: a placed service nobody runs, a host that fenced itself or may not join.
+    ev.FleetUnowned: Rule("fleet-unowned", lambda e: f"no owner in the fleet for {e.seconds:.0f}s"),
+    ev.FleetFenced: Rule("fleet-fenced", lambda e: f"fenced: {e.message()}"),
+    ev.FleetJoinRefused: Rule("fleet-join-refused", lambda e: f"fleet join refused: {e.reason}"),
     # Backups, restores and recovery.
     ev.BackupFailed: Rule("backup-failed", lambda e: f"backup {e.job} failed at {e.step}: {e.error[:200]}"),
     ev.BackupWarning: Rule(

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from hasupd.cli.ctl_backup import add_backup_commands, run_backup_command
+from hasupd.cli.ctl_fleet import add_fleet_commands, run_fleet_command
 from hasupd.cli.ctl_records import RECORD_COMMANDS, add_record_commands, run_record_command
 from hasupd.cli.ctl_restore import add_restore_command, run_restore_command
 from hasupd.control.client import ControlError, call, socket_path
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     alert_test.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add_backup_commands(sub)
     add_restore_command(sub)
+    add_fleet_commands(sub)
     for p in sub.choices.values():  # accept --json after the command too
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -153,6 +155,8 @@ def _run(argv: list[str] | None) -> int:
         request["rolling"] = True
     if args.command == "backup":
         return run_backup_command(args)
+    if args.command == "fleet":
+        return run_fleet_command(args)
     if args.command == "restore":
         return run_restore_command(args)
     if args.command in RECORD_COMMANDS:

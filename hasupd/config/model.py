@@ -108,6 +108,21 @@ class RecoveryAction:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a service runs in the fleet: on exactly one host (singleton) or on ``replicas`` hosts."""
+
+    singleton: bool = False
+    replicas: int = 1  # 1 when singleton
+    prefer: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+
+    @property
+    def slots(self) -> int:
+        """Return how many owners the service has at once (1 for a singleton)."""
+        return 1 if self.singleton else self.replicas
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     # The file it came from; not part of the value (moving a file changes nothing that runs).
@@ -140,6 +155,7 @@ class ServiceConfig:
     container: ContainerSpec | None = None
     on_failure: tuple[RecoveryAction, ...] = ()
     alerts: tuple[str, ...] | None = None  # None: every channel
+    placement: Placement | None = None  # None: local, as without a fleet
 
 
 # --------------------------------------------------------------------------- backups
@@ -254,6 +270,24 @@ class AlertChannel:
 
 
 @dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...]  # "http(s)://host:port" of etcd's client (gRPC gateway) URLs
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    etcd: EtcdConfig
+    cluster: str
+    host: str  # defaults to the host name when hasupd.yaml leaves it out
+    lease_ttl_sec: float = 10.0
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: str = DEFAULT_STATE_DIR
     runtime_dir: str = DEFAULT_RUNTIME_DIR
@@ -262,6 +296,7 @@ class DaemonConfig:
     access: AccessConfig = AccessConfig()
     alerts: tuple[AlertChannel, ...] = ()
     repositories: tuple[RepositoryConfig, ...] = ()
+    fleet: FleetConfig | None = None  # None: no fleet, every service is local
 
 
 @dataclass(frozen=True)

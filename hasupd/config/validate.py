@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.model import Config
+from hasupd.config.model import Config, DaemonConfig, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
@@ -96,6 +96,36 @@ def _check_cycles(ctxs: dict[str, Ctx], docs: Sequence[Document], services: Coll
         ctxs[doc.path].error(item, f"after.{index}", f"dependency cycle: {' -> '.join(cycle)}")
 
 
+def _check_placement(
+    ctx: Ctx,
+    doc: Document,
+    daemon: Document | None,
+    daemon_config: DaemonConfig,
+    service: ServiceConfig | None,
+) -> None:
+    """Report ``placement:`` in a service when hasupd.yaml has no ``fleet:`` (placed where, then?), and a
+    stop timeout too long for self-fencing: a fenced service must be down before the lease can expire."""
+    placement = child(doc.node, "placement")
+    if placement is None:
+        return
+    fleet = daemon_config.fleet
+    if fleet is not None:
+        limit = fleet.lease_ttl_sec / 2
+        if service is not None and service.timeout_stop_sec > limit:
+            node = child(doc.node, "timeout_stop_sec") or placement
+            key = "timeout_stop_sec" if child(doc.node, "timeout_stop_sec") is not None else "placement"
+            ctx.error(
+                node,
+                key,
+                f"a placed service needs timeout_stop_sec <= half of fleet.lease_ttl_sec ({limit:g}s), "
+                f"got {service.timeout_stop_sec:g}s: a fenced stop must end before the lease expires",
+            )
+        return
+    if daemon is not None and child(daemon.node, "fleet") is not None:
+        return  # fleet: is there but broken; that is reported in hasupd.yaml
+    ctx.error(placement, "placement", "placement needs fleet: in hasupd.yaml")
+
+
 def build_config(
     config_dir: str,
     daemon: Document | None,
@@ -125,6 +155,7 @@ def build_config(
     service_configs = []
     for doc in services:
         service = validate_service(ctxs[doc.path], doc)
+        _check_placement(ctxs[doc.path], doc, daemon, daemon_config, service)
         _check_service_references(ctxs[doc.path], doc, service_names, job_names, channels)
         if service is not None:
             service_configs.append(service)

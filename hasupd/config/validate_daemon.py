@@ -42,6 +42,7 @@ from hasupd.config.nodes import (
     to_nonempty_str,
     to_str,
 )
+from hasupd.config.validate_fleet import to_fleet
 
 _SMTP = record(
     SmtpConfig,
@@ -151,6 +152,7 @@ DAEMON_FIELDS: dict[str, Converter] = {
     ),
     "alerts": _CHANNELS,
     "backups": _to_backups,
+    "fleet": to_fleet,
 }
 
 

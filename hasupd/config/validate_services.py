@@ -48,6 +48,7 @@ from hasupd.config.nodes import (
     to_size,
     to_str,
 )
+from hasupd.config.validate_fleet import to_placement
 from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
@@ -255,6 +256,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
     ),
     "on_failure": seq_of(_to_recovery, "a list of recovery actions"),
     "alerts": seq_of(to_name, "a list of alert channel names"),
+    "placement": to_placement,
 }
 
 

@@ -13,6 +13,7 @@ from hasupd.observe.queries import RecordStore
 if TYPE_CHECKING:
     from hasupd.alerts.policy import Alerts
     from hasupd.backup.units import BackupUnits
+    from hasupd.fleet.controller import Fleet
 
 
 class CommandError(Exception):
@@ -45,3 +46,4 @@ class Context:
     records: RecordStore | None = None  # logs, events, errors, incident
     alerts: Alerts | None = None  # alert test
     backups: BackupUnits | None = None  # set once the job units exist
+    fleet: Fleet | None = None  # set when hasupd.yaml has fleet: and it could be set up

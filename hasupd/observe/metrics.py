@@ -76,6 +76,11 @@ class Metrics:
         # Backup jobs: job -> (last success as a Unix time, its duration, bytes it added)
         self.backups: dict[str, tuple[float, float, int]] = {}
         self.backup_failures: Counter[str] = Counter()
+        # The fleet: (service, slot) -> this host's fencing token while it owns it, 0 after it lost it.
+        self.fleet_owned: dict[tuple[str, str], int] = {}
+        self.fleet_elections: Counter[str] = Counter()
+        # The fleet plugs in here; None: no fleet configured, no fleet families served.
+        self.fleet_lease_age: Callable[[], float | None] | None = None
         self._active = 0
         bus.subscribe(self._on_event)
         # A registry of its own: the global one carries prometheus_client's process and platform
@@ -96,6 +101,13 @@ class Metrics:
                 self.backups[job] = (event.time, duration, added)
             case ev.BackupFailed(job=job):
                 self.backup_failures[job] += 1
+            case ev.FleetElected(service=str(name), slot=slot, token=token):
+                self.fleet_elections[name] += 1
+                self.fleet_owned[(name, slot)] = token
+            case ev.FleetLost(service=str(name), slot=slot) | ev.FleetMoved(service=str(name), slot=slot):
+                self.fleet_owned[(name, slot)] = 0
+            case ev.FleetFenced():
+                self.fleet_owned = dict.fromkeys(self.fleet_owned, 0)
             case ev.ConfigApplied():
                 self.reloads["applied"] += 1
             case ev.ConfigInvalid():
@@ -153,12 +165,41 @@ class Metrics:
             "hasupd_alert_spool_depth", "alerts waiting to be sent", value=self.alert_spool_depth()
         )
         yield from self._backup_families()
+        if self.fleet_lease_age is not None:
+            yield from self._fleet_families(self.fleet_lease_age())
         reloads = CounterMetricFamily(
             "hasupd_config_reloads", "configuration reloads by outcome", labels=("outcome",)
         )
         for outcome, count in sorted(self.reloads.items()):
             reloads.add_metric((outcome,), count)
         yield reloads
+
+    def _fleet_families(self, age: float | None) -> Iterator[Metric]:
+        owner = GaugeMetricFamily(
+            "hasupd_fleet_owner",
+            "1 while this host owns the placed service's slot",
+            labels=("service", "slot"),
+        )
+        token = GaugeMetricFamily(
+            "hasupd_fleet_token",
+            "the fencing token of this host's ownership (0: not owned)",
+            labels=("service", "slot"),
+        )
+        for (name, slot), value in sorted(self.fleet_owned.items()):
+            owner.add_metric((name, slot), float(value > 0))
+            token.add_metric((name, slot), float(value))
+        elections = CounterMetricFamily(
+            "hasupd_fleet_elections", "ownerships this host won", labels=("service",)
+        )
+        for name, count in sorted(self.fleet_elections.items()):
+            elections.add_metric((name,), count)
+        yield from (owner, token, elections)
+        # NaN while this host holds no lease (not joined, fenced): an age would be a lie.
+        yield GaugeMetricFamily(
+            "hasupd_fleet_lease_age_seconds",
+            "seconds since this host's last acknowledged keep-alive was sent (NaN: no lease)",
+            value=round(age, 3) if age is not None else float("nan"),
+        )
 
     def _backup_families(self) -> Iterator[Metric]:
         last = GaugeMetricFamily(

@@ -24,20 +24,29 @@ FAMILIES = {
     "hasupd_config_reloads": "counter",
 }
 
+# Served only when hasupd.yaml has fleet: (a config without it serves exactly FAMILIES).
+FLEET_FAMILIES = {
+    "hasupd_fleet_owner": "gauge",
+    "hasupd_fleet_token": "gauge",
+    "hasupd_fleet_elections": "counter",
+    "hasupd_fleet_lease_age_seconds": "gauge",
+}
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def check_families(body: str, *, openmetrics: bool = False) -> Samples:
+def check_families(body: str, *, openmetrics: bool = False, fleet: bool = False) -> Samples:
     """Parse a scrape (text format 0.0.4, or OpenMetrics), assert that it holds exactly FAMILIES, each
     with its type and a help text, every sample under the family it belongs to; return the samples as
     {(sample name, sorted labels): value}."""
     parse = openmetrics_families if openmetrics else text_families
     families = list(parse(body))
     typed = {f.name: f.type for f in families}
+    expected = {**FAMILIES, **FLEET_FAMILIES} if fleet else FAMILIES
     wrong = {
         name: typed.get(name)
-        for name in typed.keys() | FAMILIES.keys()
-        if typed.get(name) != FAMILIES.get(name)
+        for name in typed.keys() | expected.keys()
+        if typed.get(name) != expected.get(name)
     }
     assert not wrong, f"families with a wrong type (None: missing or extra): {wrong}"
     for family in families:

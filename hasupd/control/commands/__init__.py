@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hasupd.control.auth import Role
-from hasupd.control.commands import alerts, backup, daemon, records, restore, services
+from hasupd.control.commands import alerts, backup, daemon, fleet, records, restore, services
 from hasupd.control.context import Context
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
@@ -43,4 +43,7 @@ COMMANDS: dict[str, Command] = {
     "restore": Command(Role.ADMIN, True, restore.restore),
     "daemon-reexec": Command(Role.ADMIN, True, daemon.reexec),
     "daemon-info": Command(Role.READ, False, daemon.info),
+    "fleet-status": Command(Role.READ, False, fleet.status),
+    "fleet-move": Command(Role.OPERATE, True, fleet.move),
+    "fleet-drain": Command(Role.OPERATE, True, fleet.drain),
 }

@@ -117,6 +117,9 @@ def test_the_table_holds_every_alerting_event_once() -> None:
         "recovery",
         "recovery-failed",
         "daemon-crashed",
+        "fleet-unowned",
+        "fleet-fenced",
+        "fleet-join-refused",
     }
     assert [cls for cls, rule in ALERTS.items() if rule.crash] == [ev.ServiceRestartScheduled]
 

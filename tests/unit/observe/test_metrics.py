@@ -207,3 +207,19 @@ async def test_served_over_http_and_a_busy_port_is_recorded_not_fatal() -> None:
         serving.cancel()
     assert any(isinstance(e, ev.MetricsUnavailable) and "127.0.0.1:" in e.address for e in seen)
     assert any(isinstance(e, ev.MetricsListening) for e in seen)
+
+
+def test_fleet_families_follow_elections_losses_and_the_lease_age() -> None:
+    bus = ev.EventBus()
+    metrics = Metrics(bus, Source(), None)
+    assert "hasupd_fleet_lease_age_seconds" not in metrics.render()  # no fleet: nothing about it
+    metrics.fleet_lease_age = lambda: 0.75
+    bus.publish(ev.FleetElected(service="db", host="h1", slot="owner/db", token=42))
+    found = check_families(metrics.render(), fleet=True)
+    assert found[("hasupd_fleet_owner", (("service", "db"), ("slot", "owner/db")))] == 1.0
+    assert found[("hasupd_fleet_token", (("service", "db"), ("slot", "owner/db")))] == 42.0
+    assert found[("hasupd_fleet_elections_total", (("service", "db"),))] == 1.0
+    assert found[("hasupd_fleet_lease_age_seconds", ())] == 0.75
+    bus.publish(ev.FleetFenced(host="h1", since_ack_sec=1.6, stopped=("db",)))
+    found = check_families(metrics.render(), fleet=True)
+    assert found[("hasupd_fleet_owner", (("service", "db"), ("slot", "owner/db")))] == 0.0

@@ -1,0 +1,436 @@
+"""One host's part in the fleet: the lease keeper, elections, self-fencing and hand-overs.
+
+``FleetNode.run`` is one bounded-step loop on the event loop. Every etcd call goes through ``call``
+(a worker thread with a timeout in production), and every wait is cut at the fencing deadline, so a
+stalled keep-alive never stalls supervision and never delays fencing by more than the call timeout.
+
+Safety argument: a service is started only by the host whose create-if-absent transaction made the
+ownership key (bound to that host's lease); the key disappears only when its owner deletes it after
+the service stopped, or when the lease expires. An owner that cannot get a keep-alive acknowledged
+stops its placed services at ``last acknowledged send + TTL/2`` (fencing), so before etcd can expire
+the lease (at the earliest ``TTL`` after that send): the old owner is down before anyone can win the
+key. The validator requires ``timeout_stop_sec <= TTL/2`` for placed services, so the stop (escalating
+to SIGKILL) also ends before the expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from hasupd import events as ev
+from hasupd.config.model import FleetConfig, Placement
+from hasupd.fleet import keys
+from hasupd.fleet.etcd import Etcd, EtcdError, Snapshot
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A call answered later than this fraction of the TTL is treated as failed.
+CALL_FRACTION = 1 / 6
+FENCE_FRACTION = 1 / 2  # fence at last acknowledged send + TTL * this
+MAX_STEP_SEC = 1.0  # bound on one sleep of the loop (the loop also wakes on request)
+
+
+class Runner(Protocol):
+    """What the node needs from the Manager (placed services by name)."""
+
+    def start_placed(self, name: str, environment: dict[str, str]) -> None: ...
+
+    def stop_placed(self, name: str, reason: str) -> None: ...
+
+    def placed_inactive(self, name: str) -> bool: ...
+
+
+Call = Callable[[Callable[[], T], float], Awaitable[T]]
+
+
+@dataclass
+class Owned:
+    service: str
+    key: str
+    token: int
+    since: float  # wall clock
+    releasing: str | None = None  # a hand-over under way: the target ("" for any host)
+
+
+@dataclass
+class NodeView:
+    """What ``fleet status`` and the metrics read (local view, updated every round)."""
+
+    joined: bool = False
+    lease: int = 0
+    last_ack_wall: float = 0.0
+    elections: int = 0
+    refused: str = ""
+    snapshot: Snapshot | None = None
+    owned: dict[str, Owned] = field(default_factory=dict)  # by key
+
+
+def _decode(value: str) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class FleetNode:
+    def __init__(
+        self,
+        config: FleetConfig,
+        placements: dict[str, Placement],
+        start_timeouts: dict[str, float],
+        *,
+        etcd: Etcd,
+        call: Call[Any],
+        runner: Runner,
+        publish: Callable[[ev.Event], None],
+        now: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.placements = dict(placements)
+        self._start_timeouts = start_timeouts
+        self._etcd = etcd
+        self._call = call
+        self._runner = runner
+        self._publish = publish
+        self._now = now
+        self._sleep = sleep
+        self._wall = wall
+        self.ttl = config.lease_ttl_sec
+        self._call_timeout = max(0.2, self.ttl * CALL_FRACTION)
+        self._interval = max(0.2, self.ttl * CALL_FRACTION)
+        self.view = NodeView()
+        self._last_ack = 0.0  # monotonic send time of the last acknowledged keep-alive
+        self._unreachable = False
+        self._refused_logged = False
+        self._unowned_since: dict[str, float] = {}
+        self._unowned_alerted: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stale_leases: list[int] = []  # leases given up (fenced, refused) to revoke when etcd answers
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def cluster(self) -> str:
+        return self.config.cluster
+
+    def fence_deadline(self) -> float:
+        """Return the monotonic time at which placed services must be stopped without a newer ack."""
+        return self._last_ack + self.ttl * FENCE_FRACTION
+
+    async def _etcd_call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` off the loop, cut at the call timeout and at the fencing deadline."""
+        timeout = self._call_timeout
+        if self.view.owned:
+            timeout = max(0.0, min(timeout, self.fence_deadline() - self._now()))
+        result: T = await self._call(fn, timeout)
+        return result
+
+    def lease_age(self) -> float | None:
+        """Return the seconds since the last acknowledged keep-alive was sent (None: not joined)."""
+        return self._now() - self._last_ack if self.view.joined else None
+
+    def start_timeout(self, service: str) -> float:
+        """Return the start timeout of placed ``service`` (how long a new owner may take to start it)."""
+        return self._start_timeouts.get(service, 90.0)
+
+    def wake(self) -> None:
+        """Run the next round now (a move or drain was requested)."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, rounds: int | None = None) -> None:
+        """Keep the lease, elect, fence; ``rounds`` bounds the loop (tests), None: until cancelled."""
+        done = 0
+        try:
+            while rounds is None or done < rounds:
+                done += 1
+                await self.step()
+                delay = self._interval
+                if self.view.owned:
+                    delay = min(delay, max(0.0, self.fence_deadline() - self._now()))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, MAX_STEP_SEC))
+        finally:
+            self.stop_all("hasupd is leaving the fleet")
+
+    async def step(self) -> None:
+        """One round: join or keep alive, then fence or elect."""
+        if not self.view.joined:
+            await self._join()
+        else:
+            await self._keepalive()
+        if self.view.owned and self._now() >= self.fence_deadline():
+            self._fence()
+        if self.view.joined:
+            await self._round()
+
+    async def _join(self) -> None:
+        await self._revoke_stale()
+        lease = 0
+        try:
+            sent = self._now()
+            lease = await self._etcd_call(lambda: self._etcd.grant(max(2, round(self.ttl))))
+            value = json.dumps({"lease": lease, "joined": self._wall()})
+            key = keys.host_key(self.cluster, self.host)
+            created, _ = await self._etcd_call(lambda: self._etcd.create(key, value, lease))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            if lease:
+                self._revoke_later(lease)
+            return
+        self._reachable()
+        if not created:
+            self._revoke_later(lease)
+            reason = f"host name {self.host!r} is held by another live lease (another hasupd uses it)"
+            self.view.refused = reason
+            if not self._refused_logged:
+                self._refused_logged = True
+                self._publish(ev.FleetJoinRefused(host=self.host, reason=reason))
+            return
+        self._refused_logged = False
+        self.view.refused = ""
+        self.view.joined, self.view.lease = True, lease
+        self._last_ack, self.view.last_ack_wall = sent, self._wall()
+        self._publish(
+            ev.FleetJoined(host=self.host, cluster=self.cluster, lease=str(lease), ttl_sec=self.ttl)
+        )
+
+    def _revoke_later(self, lease: int) -> None:
+        """Remember ``lease`` to revoke before the next join (a leaked lease expires on its own anyway)."""
+        if lease:
+            self._stale_leases.append(lease)
+
+    async def _revoke_stale(self) -> None:
+        while self._stale_leases:
+            lease = self._stale_leases[0]
+            try:
+                await self._etcd_call(lambda lease=lease: self._etcd.revoke(lease))  # type: ignore[misc]
+            except (EtcdError, TimeoutError):
+                return  # etcd is away; the lease expires by itself
+            self._stale_leases.pop(0)
+
+    async def _keepalive(self) -> None:
+        lease = self.view.lease
+        sent = self._now()
+        try:
+            ttl = await self._etcd_call(lambda: self._etcd.keepalive(lease))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            return
+        self._reachable()
+        if ttl <= 0:
+            self._lose_lease("the lease expired on etcd")
+            return
+        self._last_ack, self.view.last_ack_wall = sent, self._wall()
+
+    def _note_unreachable(self, exc: BaseException) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            error = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                error = f"no answer within {self._call_timeout:.2g}s"
+            self._publish(ev.FleetUnreachable(host=self.host, error=error[:300]))
+
+    def _reachable(self) -> None:
+        self._unreachable = False
+
+    def _lose_lease(self, reason: str) -> None:
+        for owned in list(self.view.owned.values()):
+            self._drop(owned, reason)
+        self.view.joined, self.view.lease = False, 0
+
+    def _drop(self, owned: Owned, reason: str) -> None:
+        self.view.owned.pop(owned.key, None)
+        self._runner.stop_placed(owned.service, f"fleet: {reason}")
+        self._publish(
+            ev.FleetLost(
+                service=owned.service,
+                host=self.host,
+                slot=keys.slot_name(self.cluster, owned.key),
+                token=owned.token,
+                reason=reason,
+            )
+        )
+
+    def _fence(self) -> None:
+        """Stop every placed service here now and forget the lease (a new one is granted later)."""
+        stopped = tuple(sorted({o.service for o in self.view.owned.values()}))
+        since = self._now() - self._last_ack
+        for owned in list(self.view.owned.values()):
+            self.view.owned.pop(owned.key)
+            self._runner.stop_placed(owned.service, "fleet: fenced (keep-alive not acknowledged in time)")
+        self._publish(ev.FleetFenced(host=self.host, since_ack_sec=since, stopped=stopped))
+        lease = self.view.lease
+        self.view.joined, self.view.lease = False, 0
+        # The old lease's keys must not outlive the fenced services needlessly: revoke it if etcd answers.
+        self._revoke_later(lease)
+
+    def stop_all(self, reason: str) -> None:
+        """Stop every placed service this host runs (hasupd stops or leaves the fleet)."""
+        for owned in list(self.view.owned.values()):
+            self.view.owned.pop(owned.key)
+            self._runner.stop_placed(owned.service, reason)
+
+    # ------------------------------------------------------------------ elections
+
+    async def _round(self) -> None:
+        prefix = keys.root(self.cluster)
+        try:
+            snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(prefix))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            return
+        self.view.snapshot = snapshot
+        kv = {item.key: item for item in snapshot.kvs}
+        lease = self.view.lease
+        # Lost: a key of ours that is gone or was re-created by someone else.
+        for owned in list(self.view.owned.values()):
+            item = kv.get(owned.key)
+            if item is None or item.create_revision != owned.token or item.lease != lease:
+                self._drop(owned, "the ownership key is gone or belongs to another host")
+        alive = {k.removeprefix(prefix + "hosts/") for k in kv if k.startswith(prefix + "hosts/")}
+        drained = {k.removeprefix(prefix + "drain/") for k in kv if k.startswith(prefix + "drain/")}
+        for service, placement in sorted(self.placements.items()):
+            slots = keys.slot_keys(self.cluster, service, placement)
+            owners = {k: _decode(kv[k].value).get("host", "?") for k in slots if k in kv}
+            mine = [k for k in slots if k in self.view.owned]
+            target = (
+                kv[keys.move_key(self.cluster, service)].value
+                if keys.move_key(self.cluster, service) in kv
+                else ""
+            )
+            self._watch_unowned(service, slots, owners, alive)
+            if mine:
+                owned = self.view.owned[mine[0]]
+                if owned.releasing is None and self._should_release(
+                    target, alive, drained, set(owners.values())
+                ):
+                    owned.releasing = target if target != self.host else ""
+                    self._runner.stop_placed(service, f"fleet: moving to {target or 'another host'}")
+                if owned.releasing is not None and self._runner.placed_inactive(service):
+                    await self._release(owned)
+                continue
+            free = [k for k in slots if k not in kv]
+            if not free or self.host not in self._eligible(placement, alive, drained, target, owners):
+                continue
+            await self._take(service, placement, free[0], target)
+
+    def _eligible(
+        self, placement: Placement, alive: set[str], drained: set[str], target: str, owners: dict[str, str]
+    ) -> set[str]:
+        """Return the hosts that may take a free slot now: the move target if it can; else the
+        preferred ones that can; else those not avoided; avoided hosts only when nobody else can."""
+        candidates = alive - drained - set(owners.values())
+        if target in candidates:
+            return {target}
+        preferred = candidates & set(placement.prefer)
+        if preferred:
+            return preferred
+        allowed = candidates - set(placement.avoid)
+        return allowed or candidates
+
+    def _should_release(self, target: str, alive: set[str], drained: set[str], owners: set[str]) -> bool:
+        if target and target != self.host and target in alive and target not in drained:
+            return target not in owners
+        if self.host in drained:
+            return bool(alive - drained - owners)
+        return False
+
+    async def _take(self, service: str, placement: Placement, key: str, target: str) -> None:
+        value = json.dumps({"host": self.host, "since": self._wall()})
+        lease = self.view.lease
+        try:
+            created, revision = await self._etcd_call(lambda: self._etcd.create(key, value, lease))
+        except (EtcdError, TimeoutError) as exc:
+            # The transaction may have happened: the next round sees the key and owns or drops it.
+            self._note_unreachable(exc)
+            return
+        if not created:
+            return
+        owned = Owned(service=service, key=key, token=revision, since=self._wall())
+        self.view.owned[key] = owned
+        self.view.elections += 1
+        self._unowned_since.pop(service, None)
+        self._unowned_alerted.discard(service)
+        slot = keys.slot_name(self.cluster, key)
+        self._publish(ev.FleetElected(service=service, host=self.host, slot=slot, token=revision))
+        environment = {"HASUPD_FLEET_TOKEN": str(revision), "HASUPD_FLEET_HOST": self.host}
+        if not placement.singleton:
+            environment["HASUPD_FLEET_REPLICA"] = key.rsplit("/", 1)[-1]
+        self._runner.start_placed(service, environment)
+        if target == self.host:
+            move = keys.move_key(self.cluster, service)
+            try:
+                await self._etcd_call(lambda: self._etcd.delete(move))
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+
+    async def _release(self, owned: Owned) -> None:
+        """Delete the key of a service stopped for a hand-over (it is down here: checked by the caller).
+
+        Until this succeeds the key stays ours and is kept alive, so nobody starts the service early.
+        """
+        try:
+            await self._etcd_call(lambda: self._etcd.delete_if(owned.key, owned.token))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            return
+        self.view.owned.pop(owned.key, None)
+        self._publish(
+            ev.FleetMoved(
+                service=owned.service,
+                host=self.host,
+                target=owned.releasing or "",
+                slot=keys.slot_name(self.cluster, owned.key),
+            )
+        )
+
+    def _watch_unowned(self, service: str, slots: list[str], owners: dict[str, str], alive: set[str]) -> None:
+        """Alert (once per outage, from the first live host by name) when a slot stays without owner
+        longer than TTL + the service's start timeout."""
+        if len(owners) == len(slots):
+            self._unowned_since.pop(service, None)
+            self._unowned_alerted.discard(service)
+            return
+        since = self._unowned_since.setdefault(service, self._now())
+        limit = self.ttl + self._start_timeouts.get(service, 90.0)
+        waited = self._now() - since
+        if waited > limit and service not in self._unowned_alerted and self.host == min(alive, default=""):
+            self._unowned_alerted.add(service)
+            self._publish(ev.FleetUnowned(service=service, seconds=waited))
+
+    # ------------------------------------------------------------------ operations (hasupctl)
+
+    async def request_move(self, service: str, target: str) -> None:
+        """Ask the owner of ``service`` to hand it to ``target`` (a key every host reads)."""
+        key = keys.move_key(self.cluster, service)
+        await self._etcd_call(lambda: self._etcd.put(key, target))
+        self.wake()
+
+    async def request_drain(self, host: str) -> None:
+        """Ask ``host`` to give its placed services away until its lease ends (hasupd restarts)."""
+        snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(keys.host_key(self.cluster, host)))
+        match = [kv for kv in snapshot.kvs if kv.key == keys.host_key(self.cluster, host)]
+        if not match:
+            raise LookupError(f"host {host!r} is not alive in fleet {self.cluster}")
+        lease = match[0].lease
+        drain = keys.drain_key(self.cluster, host)
+        await self._etcd_call(lambda: self._etcd.put(drain, "1", lease))
+        self.wake()

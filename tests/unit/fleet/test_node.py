@@ -1,0 +1,265 @@
+"""FleetNode against a fake etcd and a fake clock: election, fencing, take-over, prefer/avoid, replicas,
+moves, drains, a host name used twice and the unowned alert."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from hasupd import events as ev
+from hasupd.config.model import EtcdConfig, FleetConfig, Placement
+from hasupd.fleet.node import FleetNode
+from tests.unit.fleet.fake_etcd import FakeCluster, FakeEtcd
+
+T = TypeVar("T")
+TTL = 3.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class Runner:
+    """Placed services as the Manager would run them; stops take ``stop_delay`` fake seconds."""
+
+    def __init__(self, clock: Clock, log: list[tuple[float, str, str, str]], host: str) -> None:
+        self.clock, self.log, self.host = clock, log, host
+        self.active: dict[str, dict[str, str]] = {}
+
+    def start_placed(self, name: str, environment: dict[str, str]) -> None:
+        assert name not in self.active
+        self.active[name] = environment
+        self.log.append((self.clock.t, "start", name, self.host))
+
+    def stop_placed(self, name: str, reason: str) -> None:
+        if self.active.pop(name, None) is not None:
+            self.log.append((self.clock.t, "stop", name, self.host))
+
+    def placed_inactive(self, name: str) -> bool:
+        return name not in self.active
+
+
+class Host:
+    def __init__(
+        self, name: str, cluster: FakeCluster, clock: Clock, log: list[Any], **placements: Placement
+    ) -> None:
+        self.etcd = FakeEtcd(cluster)
+        self.events: list[ev.Event] = []
+        self.runner = Runner(clock, log, name)
+        self.stalled = False
+        self.clock = clock
+
+        async def call(fn: Callable[[], T], timeout: float) -> T:
+            if self.stalled:
+                raise TimeoutError
+            return fn()
+
+        async def sleep(delay: float) -> None:
+            clock.t += delay
+
+        self.node = FleetNode(
+            FleetConfig(
+                etcd=EtcdConfig(endpoints=("http://127.0.0.1:1",)), cluster="c", host=name, lease_ttl_sec=TTL
+            ),
+            placements or {"db": Placement(singleton=True)},
+            {"db": 5.0, "web": 5.0},
+            etcd=self.etcd,
+            call=call,
+            runner=self.runner,
+            publish=self.events.append,
+            now=clock.now,
+            sleep=sleep,
+            wall=clock.now,
+        )
+
+    def names(self) -> list[str]:
+        return [e.NAME for e in self.events]
+
+
+@pytest.fixture
+def world() -> tuple[Clock, FakeCluster, list[Any]]:
+    clock = Clock()
+    return clock, FakeCluster(now=clock.now), []
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def advance(clock: Clock, hosts: list[Host], seconds: float, step: float = 0.25) -> None:
+    end = clock.t + seconds
+    while clock.t < end:
+        clock.t += step
+        for host in hosts:
+            await host.node.step()
+
+
+def overlaps(log: list[tuple[float, str, str, str]], name: str, limit: int = 1) -> bool:
+    running: set[str] = set()
+    for _, what, service, host in sorted(log, key=lambda e: e[0]):
+        if service != name:
+            continue
+        if what == "start":
+            running.add(host)
+            if len(running) > limit:
+                return True
+        else:
+            running.discard(host)
+    return False
+
+
+def test_a_singleton_runs_on_exactly_one_host_with_its_token(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 2))
+    owners = [h for h in hosts if "db" in h.runner.active]
+    assert len(owners) == 1
+    env = owners[0].runner.active["db"]
+    assert env["HASUPD_FLEET_HOST"] == owners[0].node.host
+    assert int(env["HASUPD_FLEET_TOKEN"]) == cluster.kvs["/hasupd/c/owner/db"].create_revision
+    assert [n for n in owners[0].names() if n == "fleet.elected"] == ["fleet.elected"]
+
+
+def test_partitioned_owner_fences_before_its_lease_expires_and_the_next_starts_after(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    other = next(h for h in hosts if h is not owner)
+    token = int(owner.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    owner.etcd.reachable = False
+    cut = clock.t
+    run(advance(clock, hosts, 3 * TTL))
+    stop = next(t for t, what, _, h in log if what == "stop" and h == owner.node.host)
+    start = next(t for t, what, _, h in log if what == "start" and h == other.node.host)
+    assert stop - cut <= TTL / 2 + 0.3  # fenced at the local deadline, before the lease (TTL) can expire
+    assert start >= cut + TTL - 0.3 > stop  # the other starts only once the old lease is gone
+    assert "fleet.fenced" in owner.names()
+    assert int(other.runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
+    assert not overlaps(log, "db")
+
+
+def test_a_stalled_keepalive_fences_too(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    assert "db" in host.runner.active
+    host.stalled = True
+    run(advance(clock, [host], TTL / 2 + 0.3))
+    assert "db" not in host.runner.active and "fleet.fenced" in host.names()
+    host.stalled = False  # etcd answers again: a new lease, a new election, a new token
+    run(advance(clock, [host], TTL + 1))
+    assert "db" in host.runner.active and host.names().count("fleet.joined") == 2
+
+
+def test_dead_owner_is_replaced_after_its_lease_expires(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    rest = [h for h in hosts if h is not owner]
+    owner.runner.active.clear()  # kill -9 of hasupd and its service: no more keep-alives
+    died = clock.t
+    run(advance(clock, rest, TTL + 1))
+    new = [h for h in rest if "db" in h.runner.active]
+    assert len(new) == 1
+    took = next(t for t, what, _, h in log if what == "start" and h == new[0].node.host)
+    assert died + TTL - 0.3 <= took <= died + TTL + 0.6
+
+
+def test_host_name_used_twice_is_refused_and_runs_nothing(world: Any) -> None:
+    clock, cluster, log = world
+    first, second = Host("a", cluster, clock, log), Host("a", cluster, clock, log)
+    run(advance(clock, [first, second], 2))
+    assert "db" in first.runner.active and not second.runner.active
+    assert second.names() == ["fleet.join-refused"]  # recorded once, not every round
+    assert second.node.view.refused
+
+
+def test_prefer_and_avoid(world: Any) -> None:
+    clock, cluster, log = world
+    placement = Placement(singleton=True, prefer=("c",), avoid=("a",))
+    a = Host("a", cluster, clock, log, db=placement)
+    run(advance(clock, [a], 1))
+    assert "db" in a.runner.active  # avoided, but nobody else is alive: a stopped singleton helps no one
+    cluster2 = FakeCluster(now=clock.now)
+    a2, b2, c2 = (Host(n, cluster2, clock, log, db=placement) for n in ("a", "b", "c"))
+    for host in (b2, c2):
+        host.node.placements = {}  # alive, placing nothing yet
+    run(advance(clock, [b2, c2], 0.5))
+    run(advance(clock, [a2], 1))
+    assert not a2.runner.active  # avoided while others are alive
+    b2.node.placements = {"db": placement}
+    run(advance(clock, [a2, b2], 1))
+    assert not b2.runner.active  # c is preferred and alive
+    c2.node.placements = {"db": placement}
+    run(advance(clock, [a2, b2, c2], 1))
+    assert "db" in c2.runner.active
+
+
+def test_replicas_never_exceed_their_count(world: Any) -> None:
+    clock, cluster, log = world
+    placement = Placement(replicas=2)
+    hosts = [Host(n, cluster, clock, log, web=placement) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 1))
+    running = [h for h in hosts if "web" in h.runner.active]
+    assert len(running) == 2
+    assert {h.runner.active["web"]["HASUPD_FLEET_REPLICA"] for h in running} == {"0", "1"}
+    victim = running[0]
+    victim.runner.active.clear()
+    log.append((clock.t, "stop", "web", victim.node.host))
+    rest = [h for h in hosts if h is not victim]
+    run(advance(clock, rest, TTL + 1))
+    assert sum("web" in h.runner.active for h in rest) == 2
+    assert not overlaps(log, "web", limit=2)
+
+
+def test_move_stops_here_first_then_the_target_takes_it(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    target = next(h for h in hosts if h is not owner)
+    token = int(owner.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    run(owner.node.request_move("db", target.node.host))
+    run(advance(clock, hosts, 1))
+    assert "db" in target.runner.active and "db" not in owner.runner.active
+    assert int(target.runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
+    assert "fleet.moved" in owner.names()
+    assert "/hasupd/c/move/db" not in cluster.kvs
+    assert not overlaps(log, "db")
+
+
+def test_drain_gives_everything_away(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    run(owner.node.request_drain(owner.node.host))
+    run(advance(clock, hosts, 1))
+    assert not owner.runner.active and all("db" in h.runner.active for h in hosts if h is not owner)
+    assert not overlaps(log, "db")
+
+
+def test_unowned_alert_after_ttl_plus_start_timeout(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    run(host.node.request_drain("a"))
+    run(advance(clock, [host], 1))
+    assert "db" in host.runner.active  # drained, but there is nobody to hand it to
+    del cluster.kvs["/hasupd/c/owner/db"]  # the key deleted by hand: lost, and drained: not taken again
+    run(advance(clock, [host], TTL + 5.0 - 0.5))
+    assert "db" not in host.runner.active and "fleet.lost" in host.names()
+    assert "fleet.unowned" not in host.names()
+    run(advance(clock, [host], 1.0))
+    assert host.names().count("fleet.unowned") == 1
+    run(advance(clock, [host], 2.0))
+    assert host.names().count("fleet.unowned") == 1  # once per outage

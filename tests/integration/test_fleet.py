@@ -4,7 +4,7 @@ Every host runs ``hasupd run`` inside its own namespace (tests/support/netns.py)
 the hub namespace (tests/support/etcd.py). Placed services are SINGLETON_SCRIPT: they append start, beat
 (every 0.1 s) and stop lines with HASUPD_FLEET_TOKEN and HASUPD_FLEET_HOST to one shared log, stamped with
 time.time() of this one machine, so overlaps between hosts are measured on one clock. The figures (take-over
-time, hand-over gap) are printed and kept as junit properties.
+time, hand-over gap) are printed as ``FIGURE test key = seconds`` (run pytest with ``-s``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ TTL = 2.0  # lease_ttl_sec in every test: short, to keep the file within a few m
 START_ALLOW = 4.0  # a Python service's start under the load of a 2-core CI machine, with margin
 ALIVE = 0.6  # a run whose last beat is older than this (beats every 0.1 s) is not running
 CLUSTER = "t18"
+ELECTION_TIMEOUT = 1.0  # etcd's --election-timeout in tests/support/etcd.py
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -113,9 +114,15 @@ def env(tmp_path: Path) -> Iterator[Env]:
             etcd.stop()
 
 
-def figure(record_property: Callable[[str, object], None], key: str, value: float) -> None:
-    print(f"FIGURE {key} = {value:.3f}")
-    record_property(key, round(value, 3))
+@pytest.fixture
+def record_figure(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
+    """Print a measured figure (``FIGURE test key = seconds``, seen with ``-s``) and keep it on the item."""
+
+    def record(key: str, value: float) -> None:
+        print(f"FIGURE {request.node.name} {key} = {value:.3f}")
+        request.node.user_properties.append((key, round(value, 3)))
+
+    return record
 
 
 def check_history(runs: list[Interval], at_most: int = 1) -> None:
@@ -140,7 +147,7 @@ def three_hosts(env: Env, services: dict[str, dict[str, Any]]) -> list[Host]:
 
 
 def test_sigkill_of_owner_host_fails_over_within_ttl(
-    env: Env, record_property: Callable[[str, object], None]
+    env: Env, record_figure: Callable[[str, float], None]
 ) -> None:
     """Must show 1: SIGKILL of the owner's hasupd and all its processes -> another host takes over."""
     three_hosts(env, {"single": env.service("single", placement={"singleton": True})})
@@ -154,7 +161,7 @@ def test_sigkill_of_owner_host_fails_over_within_ttl(
         "another host runs the singleton after the owner host died",
     )[0]
     takeover = new.start - killed_at
-    figure(record_property, "takeover_sec", takeover)
+    record_figure("takeover_sec", takeover)
     assert new.host != first.host
     assert takeover <= TTL + START_ALLOW, f"take-over took {takeover:.2f}s (TTL {TTL}s)"
     time.sleep(TTL)
@@ -163,7 +170,7 @@ def test_sigkill_of_owner_host_fails_over_within_ttl(
 
 
 def test_partitioned_owner_fences_itself_before_lease_expiry(
-    env: Env, record_property: Callable[[str, object], None]
+    env: Env, record_figure: Callable[[str, float], None]
 ) -> None:
     """Must show 2: the owner cut off from etcd stops its service; another starts it only after."""
     three_hosts(env, {"single": env.service("single", placement={"singleton": True})})
@@ -176,8 +183,8 @@ def test_partitioned_owner_fences_itself_before_lease_expiry(
         "another host runs the singleton after the owner was partitioned",
     )[0]
     old = next(r for r in env.runs("single") if r.host == first.host and r.token == first.token)
-    figure(record_property, "fence_stop_after_cut_sec", old.end - cut_at)
-    figure(record_property, "new_start_after_fence_stop_sec", new.start - old.end)
+    record_figure("fence_stop_after_cut_sec", old.end - cut_at)
+    record_figure("new_start_after_fence_stop_sec", new.start - old.end)
     assert old.stopped, "the partitioned owner did not stop its service"
     assert old.end < cut_at + TTL, "the old owner stopped only after its lease could have expired"
     assert new.start > old.end
@@ -190,7 +197,7 @@ def test_partitioned_owner_fences_itself_before_lease_expiry(
 
 
 def test_quorum_loss_stops_placed_services_and_keeps_local_ones(
-    env: Env, record_property: Callable[[str, object], None]
+    env: Env, record_figure: Callable[[str, float], None]
 ) -> None:
     """Must show 3: one member down: nothing moves; two down: placed stop, local run; back: once each."""
     placed = {
@@ -208,8 +215,10 @@ def test_quorum_loss_stops_placed_services_and_keeps_local_ones(
     for n in placed:
         wait_until(lambda: not env.alive_runs(n), TTL + 5, f"{n} stopped after quorum loss")  # noqa: B023
         stopped = next(r for r in env.runs(n) if r.token == before[n].token)
-        figure(record_property, f"{n}_stop_after_quorum_loss_sec", stopped.end - lost_at)
-        assert stopped.stopped and stopped.end <= lost_at + TTL + 0.5
+        record_figure(f"{n}_stop_after_quorum_loss_sec", stopped.end - lost_at)
+        # A leader that lost its quorum still answers keep-alives until CheckQuorum makes it step down
+        # (one election timeout, 1 s in tests/support/etcd.py); the owner's deadline runs from then.
+        assert stopped.stopped and stopped.end <= lost_at + ELECTION_TIMEOUT + TTL + 0.5
     time.sleep(TTL)
     for h in hosts:
         assert env.alive_runs(f"local-{h.name}"), f"local service on {h.name} stopped without etcd"
@@ -222,7 +231,7 @@ def test_quorum_loss_stops_placed_services_and_keeps_local_ones(
     env.etcd.wait_healthy(30)
     for n in placed:
         wait_until(runs_of(env, n), 3 * TTL + START_ALLOW + 10, f"{n} runs again")
-    figure(record_property, "placed_back_after_etcd_sec", time.time() - back_at)
+    record_figure("placed_back_after_etcd_sec", time.time() - back_at)
     time.sleep(2 * TTL)
     for n in placed:
         again = [r for r in env.runs(n) if r.start > back_at]
@@ -230,7 +239,7 @@ def test_quorum_loss_stops_placed_services_and_keeps_local_ones(
         check_history(env.runs(n))
 
 
-def test_replicas_two_of_three_hosts(env: Env, record_property: Callable[[str, object], None]) -> None:
+def test_replicas_two_of_three_hosts(env: Env, record_figure: Callable[[str, float], None]) -> None:
     """Must show 4: replicas: 2 on three hosts; kill one -> the third starts one; never more than 2."""
     three_hosts(env, {"rep": env.service("rep", placement={"replicas": 2})})
     wait_until(lambda: len(env.alive_runs("rep")) == 2, 30, "two replicas run")
@@ -244,7 +253,7 @@ def test_replicas_two_of_three_hosts(env: Env, record_property: Callable[[str, o
         TTL + START_ALLOW + 10,
         "the third host starts a replica",
     )[0]
-    figure(record_property, "replica_takeover_sec", new.start - killed_at)
+    record_figure("replica_takeover_sec", new.start - killed_at)
     assert new.host == spare
     time.sleep(TTL)
     assert len(env.alive_runs("rep")) == 2
@@ -273,7 +282,7 @@ def longest_outage(lines: list[str], since: float) -> float:
 
 
 def test_move_and_drain_under_load(
-    env: Env, tmp_path: Path, record_property: Callable[[str, object], None]
+    env: Env, tmp_path: Path, record_figure: Callable[[str, float], None]
 ) -> None:
     """Must show 5: fleet move and drain; down only between old stop and new start (gap recorded)."""
     port = 18080
@@ -299,10 +308,9 @@ def test_move_and_drain_under_load(
         )[0]
         old = next(r for r in env.runs("single") if r.token == first.token and r.host == first.host)
         assert moved.host == target.name and old.stopped and moved.start >= old.end
-        figure(record_property, "move_gap_sec", moved.start - old.end)
-        figure(
-            record_property, "move_client_outage_sec", longest_outage(out.read_text().splitlines(), moved_at)
-        )
+        record_figure("move_gap_sec", moved.start - old.end)
+        outage = longest_outage(out.read_text().splitlines(), moved_at)
+        record_figure("move_client_outage_sec", outage)
 
         assert target.daemon is not None
         drained_at = time.time()
@@ -315,9 +323,9 @@ def test_move_and_drain_under_load(
         )[0]
         prev = next(r for r in env.runs("single") if r.token == moved.token)
         assert after.host != target.name and prev.stopped and after.start >= prev.end
-        figure(record_property, "drain_gap_sec", after.start - prev.end)
+        record_figure("drain_gap_sec", after.start - prev.end)
         lines = out.read_text().splitlines()
-        figure(record_property, "drain_client_outage_sec", longest_outage(lines, drained_at))
+        record_figure("drain_client_outage_sec", longest_outage(lines, drained_at))
         time.sleep(2 * TTL)
         assert [r.host for r in env.alive_runs("single")] == [after.host], "the drained host took it back"
         check_history(env.runs("single"))

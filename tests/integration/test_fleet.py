@@ -88,6 +88,8 @@ class Env:
     def start_host(self, name: str, services: dict[str, dict[str, Any]], **fleet_over: Any) -> Host:
         host = self.fabric.add_host(name)
         services = {**services, "local": self.service(f"local-{name}")}
+        node = {"environment": {"HASUPD_TEST_NODE": name}}
+        services = {k: {**v, **node} for k, v in services.items()}
         host.start(services, self.fleet(fleet_over.pop("host", name), **fleet_over))
         return host
 
@@ -398,8 +400,13 @@ def bad_input(env: Env, tmp_path: Path, stack: contextlib.ExitStack) -> None:
     for h in (nowhere, badtls, first, second):
         assert h.daemon is not None and h.daemon.proc.poll() is None, f"hasupd on {h.name} exited"
         assert env.alive_runs(f"local-{h.name}"), f"local service on {h.name} does not run"
-    assert error_lines(nowhere, "etcd", f"{SUBNET}.99"), "no clear error for unreachable endpoints"
-    assert error_lines(badtls, "certificate", "tls", "ssl"), "no clear error for a wrong certificate"
-    assert error_lines(second, "dup"), "no clear error for a host name used twice"
-    assert [(r.host, r.token) for r in env.alive_runs("single")] == [(run.host, run.token)]
+    unreachable = error_lines(nowhere, "etcd", f"{SUBNET}.99")
+    wrong_cert = error_lines(badtls, "certificate", "tls", "ssl")
+    twice = error_lines(second, "dup")
+    print("ERRORS", unreachable[:1], wrong_cert[:1], twice[:1], sep="\n")
+    assert unreachable, "no clear error for unreachable endpoints"
+    assert wrong_cert, "no clear error for a wrong certificate"
+    assert twice, "no clear error for a host name used twice"
+    runs = [(r.node, r.token) for r in env.runs("single")]
+    assert [(r.node, r.token) for r in env.alive_runs("single")] == [(run.node, run.token)], runs
     check_history(env.runs("single"))

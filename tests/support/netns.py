@@ -8,9 +8,9 @@ Layout (all addresses private and ONLY inside the namespaces made here; the root
 A partition of a host is ``ip link set eth0 down`` inside its namespace. ``Fabric.close`` kills every
 process left in the namespaces and deletes them, also when the test failed.
 
-The shared log: services started from ``SINGLETON_SCRIPT`` append ``start|beat|stop TOKEN HOST NAME TIME``
-lines to one file, TIME from ``time.time()`` (CLOCK_REALTIME of this one machine), so intervals of
-different hosts compare on one clock.
+The shared log: services started from ``SINGLETON_SCRIPT`` append ``start|beat|stop TOKEN HOST NAME TIME
+NODE`` lines to one file (HOST is HASUPD_FLEET_HOST, NODE the test's host, HASUPD_TEST_NODE), TIME from
+``time.time()`` (CLOCK_REALTIME of this one machine), so intervals of different hosts compare on one clock.
 """
 
 from __future__ import annotations
@@ -175,9 +175,10 @@ import os, signal, socket, sys, threading, time
 log, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 token = os.environ.get("HASUPD_FLEET_TOKEN", "-")
 host = os.environ.get("HASUPD_FLEET_HOST", "-")
+node = os.environ.get("HASUPD_TEST_NODE", "-")  # the test's name of the host (namespace)
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 def note(kind):
-    os.write(fd, f"{kind} {token} {host} {name} {time.time():.6f}\n".encode())
+    os.write(fd, f"{kind} {token} {host} {name} {time.time():.6f} {node}\n".encode())
 def stop(*_):
     note("stop")
     os._exit(0)
@@ -210,6 +211,7 @@ class Interval:
     start: float
     end: float  # the stop line, or the last beat of a run that was killed
     stopped: bool
+    node: str = "-"  # the test's host that ran it (HASUPD_TEST_NODE), even when two share a fleet name
 
 
 def read_intervals(log: Path, name: str | None = None) -> list[Interval]:
@@ -219,12 +221,12 @@ def read_intervals(log: Path, name: str | None = None) -> list[Interval]:
         return []
     for line in log.read_text().splitlines():
         parts = line.split()
-        if len(parts) != 5 or (name is not None and parts[3] != name):
+        if len(parts) != 6 or (name is not None and parts[3] != name):
             continue
-        kind, token, host, svc, t = parts[0], parts[1], parts[2], parts[3], float(parts[4])
-        key = (svc, host, token)
+        kind, token, host, svc, t, node = *parts[:4], float(parts[4]), parts[5]
+        key = (svc, node, token)
         if kind == "start":
-            runs[key] = Interval(svc, host, int(token) if token.isdigit() else -1, t, t, False)
+            runs[key] = Interval(svc, host, int(token) if token.isdigit() else -1, t, t, False, node)
         elif key in runs:
             runs[key].end = max(runs[key].end, t)
             runs[key].stopped = runs[key].stopped or kind == "stop"

@@ -26,7 +26,7 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.fleet.controller import build_fleet
+from hasupd.fleet.controller import Fleet, build_fleet
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
@@ -72,6 +72,7 @@ class Daemon:
         self._tasks: DaemonTasks | None = None
         self._reload_lock = asyncio.Lock()
         self.manager: Manager | None = None
+        self.fleet: Fleet | None = None  # with fleet: in hasupd.yaml, once running
         self.containers: ContainerSpawner | None = None
         self.backups: BackupUnits | None = None
         self.backup_setup: BackupSetup | None = None
@@ -166,7 +167,9 @@ class Daemon:
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all([*restored.to_start, *resumed])
                 # Placed services start only while this host owns them (nothing without fleet:).
-                fleet = context.fleet = build_fleet(config.daemon.fleet, manager, self.bus.publish)
+                fleet = self.fleet = context.fleet = build_fleet(
+                    config.daemon.fleet, manager, self.bus.publish
+                )
                 fleet_task = tasks.spawn(fleet.node.run(), "fleet") if fleet is not None else None
                 if fleet is not None:
                     graph.metrics.fleet_lease_age = fleet.node.lease_age
@@ -338,6 +341,13 @@ class Daemon:
                 if self.containers is not None:  # images of new or changed containers, off the loop
                     await self.containers.preflight(config.services)
                 plan = await self.manager.apply(config)
+                if self.fleet is not None:
+                    # Placed services the reload replaced start again where they are owned. A change
+                    # of fleet: itself (cluster, host, TTL) takes effect when hasupd restarts.
+                    self.fleet.reconfigure(
+                        {s.name for s in (*plan.services.changed, *plan.services.added)},
+                        {s.name for s in plan.services.updated},
+                    )
                 if self.backup_setup is not None:
                     await self.backup_setup.apply(plan.jobs, config)
             finally:

@@ -185,12 +185,18 @@ class Manager:
     def start_placed(self, name: str, environment: dict[str, str]) -> None:
         """Start placed service ``name`` with ``environment`` added to its own (the fencing token and
         host); a restart after a crash keeps it. Raise KeyError if unknown."""
+        self.placed_environment(name, environment)
+        for unit in self.units[name]:
+            self.start(unit)
+
+    def placed_environment(self, name: str, environment: dict[str, str]) -> None:
+        """Add ``environment`` to the config of placed service ``name``'s units (the next spawn, a
+        restart after a crash, gets it); a running process keeps its own. Raise KeyError if unknown."""
         extra = tuple(environment.items())
         for unit in self.units[name]:
             service = self.services[unit]
             base = tuple((k, v) for k, v in service.config.environment if k not in environment)
             service.update_config(dataclasses.replace(service.config, environment=base + extra))
-            self.start(unit)
 
     def stop_placed(self, name: str, reason: str) -> None:
         """Stop every unit of placed service ``name`` (ownership lost, fenced, moved)."""

@@ -72,6 +72,16 @@ class Fleet:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         return await asyncio.wait_for(future, timeout=max(0.0, timeout))
 
+    def reconfigure(self, changed: set[str], updated: set[str]) -> None:
+        """Follow a reload the Manager applied (its config is the new one)."""
+        placed = self.manager.placed()
+        self.node.reconfigure(
+            {name: s.placement for name, s in placed.items() if s.placement is not None},
+            {name: s.timeout_start_sec for name, s in placed.items()},
+            changed,
+            updated,
+        )
+
     async def leave(self) -> None:
         """Stop the placed services here, wait (bounded) for them, then revoke the lease so that
         another host takes over at once instead of after the TTL."""

@@ -43,6 +43,8 @@ class Runner(Protocol):
 
     def start_placed(self, name: str, environment: dict[str, str]) -> None: ...
 
+    def placed_environment(self, name: str, environment: dict[str, str]) -> None: ...
+
     def stop_placed(self, name: str, reason: str) -> None: ...
 
     def placed_inactive(self, name: str) -> bool: ...
@@ -58,6 +60,7 @@ class Owned:
     token: int
     since: float  # wall clock
     releasing: str | None = None  # a hand-over under way: the target ("" for any host)
+    environment: dict[str, str] = field(default_factory=dict)  # what the service was started with
 
 
 @dataclass
@@ -117,6 +120,7 @@ class FleetNode:
         self._unowned_alerted: set[str] = set()
         self._wake = asyncio.Event()
         self._stale_leases: list[int] = []  # leases given up (fenced, refused) to revoke when etcd answers
+        self._stale_keys: list[tuple[str, int]] = []  # keys of services no longer placed, to delete
 
     # ------------------------------------------------------------------ helpers
 
@@ -139,6 +143,10 @@ class FleetNode:
             timeout = max(0.0, min(timeout, self.fence_deadline() - self._now()))
         result: T = await self._call(fn, timeout)
         return result
+
+    def owns(self, service: str) -> bool:
+        """Return True while this host owns (a slot of) ``service`` and is not handing it over."""
+        return any(o.service == service and o.releasing is None for o in self.view.owned.values())
 
     def lease_age(self) -> float | None:
         """Return the seconds since the last acknowledged keep-alive was sent (None: not joined)."""
@@ -290,7 +298,39 @@ class FleetNode:
 
     # ------------------------------------------------------------------ elections
 
+    def reconfigure(
+        self,
+        placements: dict[str, Placement],
+        start_timeouts: dict[str, float],
+        restarted: set[str],
+        updated: set[str],
+    ) -> None:
+        """Take a reloaded config: ``restarted`` services were replaced (stopped) by the reload, and
+        start again here if this host owns them; ``updated`` ones keep running and keep their token in
+        their config; services no longer placed give their keys back (at the next round)."""
+        self.placements = dict(placements)
+        self._start_timeouts = dict(start_timeouts)
+        for owned in list(self.view.owned.values()):
+            if owned.service not in self.placements:
+                self.view.owned.pop(owned.key)
+                self._stale_keys.append((owned.key, owned.token))
+            elif owned.service in restarted and owned.releasing is None:
+                self._runner.start_placed(owned.service, owned.environment)
+            elif owned.service in updated:
+                self._runner.placed_environment(owned.service, owned.environment)
+        self.wake()
+
+    async def _delete_stale_keys(self) -> None:
+        while self._stale_keys:
+            key, token = self._stale_keys[0]
+            try:
+                await self._etcd_call(lambda key=key, token=token: self._etcd.delete_if(key, token))  # type: ignore[misc]
+            except (EtcdError, TimeoutError):
+                return  # next round; or the key goes with the lease
+            self._stale_keys.pop(0)
+
     async def _round(self) -> None:
+        await self._delete_stale_keys()
         prefix = keys.root(self.cluster)
         try:
             snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(prefix))
@@ -310,6 +350,14 @@ class FleetNode:
         for service, placement in sorted(self.placements.items()):
             slots = keys.slot_keys(self.cluster, service, placement)
             owners = {k: _decode(kv[k].value).get("host", "?") for k in slots if k in kv}
+            for k in slots:
+                if k in kv and kv[k].lease == lease and k not in self.view.owned:
+                    # Our own create whose answer was lost (timed out): it is ours, bound to our lease;
+                    # a second slot of the same service here (one replica per host) is given back.
+                    if any(o.service == service for o in self.view.owned.values()):
+                        self._stale_keys.append((k, kv[k].create_revision))
+                    else:
+                        self._own(service, placement, k, kv[k].create_revision)
             mine = [k for k in slots if k in self.view.owned]
             target = (
                 kv[keys.move_key(self.cluster, service)].value
@@ -364,6 +412,16 @@ class FleetNode:
             return
         if not created:
             return
+        self._own(service, placement, key, revision)
+        if target == self.host:
+            move = keys.move_key(self.cluster, service)
+            try:
+                await self._etcd_call(lambda: self._etcd.delete(move))
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+
+    def _own(self, service: str, placement: Placement, key: str, revision: int) -> None:
+        """Record that this host owns ``key`` with token ``revision`` and start the service."""
         owned = Owned(service=service, key=key, token=revision, since=self._wall())
         self.view.owned[key] = owned
         self.view.elections += 1
@@ -374,13 +432,8 @@ class FleetNode:
         environment = {"HASUPD_FLEET_TOKEN": str(revision), "HASUPD_FLEET_HOST": self.host}
         if not placement.singleton:
             environment["HASUPD_FLEET_REPLICA"] = key.rsplit("/", 1)[-1]
+        owned.environment = environment
         self._runner.start_placed(service, environment)
-        if target == self.host:
-            move = keys.move_key(self.cluster, service)
-            try:
-                await self._etcd_call(lambda: self._etcd.delete(move))
-            except (EtcdError, TimeoutError) as exc:
-                self._note_unreachable(exc)
 
     async def _release(self, owned: Owned) -> None:
         """Delete the key of a service stopped for a hand-over (it is down here: checked by the caller).

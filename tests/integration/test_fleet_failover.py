@@ -138,6 +138,8 @@ def test_singleton_fails_over_after_kill_9_with_a_greater_token(
     other = "h2" if owner == "h1" else "h1"
     assert daemons[owner].find("fleet.elected", service="db")
     assert not daemons[other].find("fleet.elected", service="db")
+    refused = daemons[other].ctl("start", "db")  # it would run twice
+    assert refused.returncode == 1 and "does not own it" in refused.stderr, refused
 
     status = daemons[other].ctl("fleet", "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -187,3 +189,75 @@ def test_unreachable_etcd_leaves_local_services_alone(tmp_path: Path, hasupd: Ca
     )
     time.sleep(TTL)
     assert not log.exists() and daemon.proc.poll() is None
+
+
+def test_move_and_drain_stop_first_then_hand_over(
+    tmp_path: Path, etcd: str, hasupd: Callable[..., Hasupd]
+) -> None:
+    log, local_log = tmp_path / "shared.log", tmp_path / "local.log"
+    daemons = {
+        host: hasupd(_config(tmp_path / f"cfg-{host}", etcd, host, log, local_log)) for host in ("h1", "h2")
+    }
+    for daemon in daemons.values():
+        daemon.wait_ready(timeout=20)
+    _wait(lambda: len(_lines(log)) >= 1, 15, "the singleton started somewhere")
+    _wait(lambda: "h1" in daemons["h2"].ctl("fleet", "status").stdout, 10, "both hosts registered")
+    owner = _lines(log)[0][1]
+    other = "h2" if owner == "h1" else "h1"
+    moved = daemons[owner].ctl("fleet", "move", "db", other)
+    assert moved.returncode == 0, moved.stderr
+    _wait(lambda: any(line[1] == other and line[3] == "start" for line in _lines(log)), 10, "moved")
+    lines = _lines(log)
+    stop = next(line for line in lines if line[1] == owner and line[3] == "stop")
+    start = next(line for line in lines if line[1] == other and line[3] == "start")
+    gap = start[4] - stop[4]
+    print(f"fleet move gap between the old owner's stop and the new owner's start: {gap:.2f}s")
+    assert 0 <= gap < TTL and start[0] > stop[0]
+    assert daemons[owner].find("fleet.moved", service="db", target=other)
+    audit = [r for r in daemons[owner].records if r.get("event") == "audit" and "fleet-move" in str(r)]
+    assert audit, "fleet move is audited"
+
+    drained = daemons[other].ctl("fleet", "drain")
+    assert drained.returncode == 0, drained.stderr
+    _wait(
+        lambda: [line[3] for line in _lines(log)][-1:] == ["start"] and _lines(log)[-1][1] == owner,
+        10,
+        "drained",
+    )
+    tokens = [line[0] for line in _lines(log) if line[3] == "start"]
+    assert tokens == sorted(set(tokens)) and len(tokens) == 3
+    assert not _overlap(_lines(log))
+
+
+def _overlap(lines: list[tuple[int, str, int, str, float]]) -> bool:
+    running: set[str] = set()
+    for _, host, _, what, _ in sorted(lines, key=lambda line: line[4]):
+        if what == "start":
+            running.add(host)
+            if len(running) > 1:
+                return True
+        else:
+            running.discard(host)
+    return False
+
+
+def test_bad_certificates_are_a_clear_record_and_local_services_run(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    log, local_log = tmp_path / "shared.log", tmp_path / "local.log"
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    folder = _config(tmp_path / "cfg", "https://127.0.0.1:1", "h1", log, local_log)
+    text = (folder / "hasupd.yaml").read_text()
+    bad = str(tmp_path / "bad.pem")
+    text = text.replace("endpoints:", f"cert_file: {bad}\n    key_file: {bad}\n    endpoints:")
+    (folder / "hasupd.yaml").write_text(text)
+    daemon = hasupd(folder)
+    daemon.wait_ready(timeout=20)
+    refused = daemon.wait_for("fleet.join-refused", timeout=10)
+    assert "cannot set up the etcd client" in refused[0]["reason"]
+    _wait(
+        lambda: local_log.exists() and local_log.read_text().split() == ["h1"], 10, "the local service runs"
+    )
+    status = daemon.ctl("fleet", "status")
+    assert status.returncode == 3 and "no fleet" in status.stderr, status
+    assert daemon.proc.poll() is None and not log.exists()

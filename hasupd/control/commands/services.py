@@ -81,8 +81,21 @@ def _report(ctx: Context, names: list[str], bad: Callable[[Service], bool], verb
     return states
 
 
+def _refuse_unowned(ctx: Context, units: list[str]) -> None:
+    """Refuse to start a placed service this host does not own: it would run twice in the fleet."""
+    for unit in units:
+        name = ctx.manager.services[unit].config.name
+        if ctx.manager.is_placed(name) and (ctx.fleet is None or not ctx.fleet.node.owns(name)):
+            raise CommandError(
+                Exit.FAILED,
+                f"{name} is placed by the fleet and this host does not own it "
+                "(hasupctl fleet status shows the owner; hasupctl fleet move NAME HOST moves it)",
+            )
+
+
 async def start(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=True)
+    _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.start(name)
     waiting = [n for n in names if ctx.manager.is_pending(n)]
@@ -125,6 +138,7 @@ async def restart(ctx: Context, args: dict[str, Any]) -> Any:
     if args.get("rolling"):
         return await _rolling_restart(ctx, args)
     names = _names(ctx, args, required=True)
+    _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.services[name].restart()
     await _wait(ctx, names, _settled_after_start, "the restart")

@@ -42,6 +42,10 @@ class Runner:
         if self.active.pop(name, None) is not None:
             self.log.append((self.clock.t, "stop", name, self.host))
 
+    def placed_environment(self, name: str, environment: dict[str, str]) -> None:
+        self.environments = getattr(self, "environments", {})
+        self.environments[name] = environment
+
     def placed_inactive(self, name: str) -> bool:
         return name not in self.active
 
@@ -54,12 +58,16 @@ class Host:
         self.events: list[ev.Event] = []
         self.runner = Runner(clock, log, name)
         self.stalled = False
+        self.lose_answers: list[bool] = []  # per call from now: True = its answer is lost
         self.clock = clock
 
         async def call(fn: Callable[[], T], timeout: float) -> T:
             if self.stalled:
                 raise TimeoutError
-            return fn()
+            result = fn()
+            if self.lose_answers and self.lose_answers.pop(0):
+                raise TimeoutError  # done on etcd's side, the answer came too late
+            return result
 
         async def sleep(delay: float) -> None:
             clock.t += delay
@@ -263,3 +271,31 @@ def test_unowned_alert_after_ttl_plus_start_timeout(world: Any) -> None:
     assert host.names().count("fleet.unowned") == 1
     run(advance(clock, [host], 2.0))
     assert host.names().count("fleet.unowned") == 1  # once per outage
+
+
+def test_reload_restarts_an_owned_service_with_its_token_and_releases_unplaced_ones(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    env = dict(host.runner.active["db"])
+    host.runner.active.clear()  # the reload replaced db (its program changed): stopped
+    host.node.reconfigure({"db": Placement(singleton=True)}, {"db": 5.0}, {"db"}, set())
+    assert host.runner.active["db"] == env  # started again here, same ownership, same token
+    host.node.reconfigure({"db": Placement(singleton=True)}, {"db": 5.0}, set(), {"db"})
+    assert host.runner.environments["db"] == env  # updated in place: the token stays in its config
+    host.node.reconfigure({}, {}, set(), set())  # no longer placed: the key goes back
+    run(advance(clock, [host], 0.5))
+    assert "/hasupd/c/owner/db" not in cluster.kvs
+
+
+def test_a_create_whose_answer_was_lost_is_still_ours(world: Any) -> None:
+    clock, cluster, log = world
+    lost = Host("a", cluster, clock, log)
+    run(lost.node._join())
+    lost.lose_answers = [False, False, True]  # keep-alive, range read, then the create's answer is lost
+    run(lost.node.step())
+    assert not lost.runner.active and "/hasupd/c/owner/db" in cluster.kvs
+    run(lost.node.step())
+    assert "db" in lost.runner.active  # found under its own lease at the next read
+    token = int(lost.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    assert token == cluster.kvs["/hasupd/c/owner/db"].create_revision

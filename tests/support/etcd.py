@@ -8,6 +8,7 @@ partition can cut one host off. Nothing listens outside loopback or the namespac
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -165,6 +166,17 @@ class EtcdCluster:
         """Return every key under ``key`` with its value."""
         out = self.ctl("get", "--prefix", key).splitlines()
         return dict(zip(out[0::2], out[1::2], strict=False))
+
+    def leader_index(self) -> int:
+        """Return the index of the member that is raft leader now (etcdctl endpoint status)."""
+        for i, m in enumerate(self.members):
+            if not m.alive:
+                continue
+            out = self.ctl("endpoint", "status", "-w", "json", endpoints=[m.client_url])
+            status = json.loads(out)[0]["Status"]
+            if status["leader"] == status["header"]["member_id"]:
+                return i
+        raise AssertionError("no member is leader")
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until a quorum answers (a linearizable get through etcdctl)."""

@@ -96,6 +96,9 @@ def _check_cycles(ctxs: dict[str, Ctx], docs: Sequence[Document], services: Coll
         ctxs[doc.path].error(item, f"after.{index}", f"dependency cycle: {' -> '.join(cycle)}")
 
 
+FENCE_MARGIN_SEC = 0.5
+
+
 def _check_placement(
     ctx: Ctx,
     doc: Document,
@@ -110,14 +113,17 @@ def _check_placement(
         return
     fleet = daemon_config.fleet
     if fleet is not None:
-        limit = fleet.lease_ttl_sec / 2
+        # Fencing starts TTL/2 after the last acknowledged keep-alive was sent; the stop (its SIGKILL,
+        # the reaping) must end before etcd can expire the lease, with a margin for the kill itself.
+        limit = fleet.lease_ttl_sec / 2 - FENCE_MARGIN_SEC
         if service is not None and service.timeout_stop_sec > limit:
             node = child(doc.node, "timeout_stop_sec") or placement
             key = "timeout_stop_sec" if child(doc.node, "timeout_stop_sec") is not None else "placement"
             ctx.error(
                 node,
                 key,
-                f"a placed service needs timeout_stop_sec <= half of fleet.lease_ttl_sec ({limit:g}s), "
+                f"a placed service needs timeout_stop_sec <= half of fleet.lease_ttl_sec less "
+                f"{FENCE_MARGIN_SEC:g}s ({limit:g}s), "
                 f"got {service.timeout_stop_sec:g}s: a fenced stop must end before the lease expires",
             )
         return

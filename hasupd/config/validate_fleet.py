@@ -125,6 +125,13 @@ def to_fleet(ctx: Ctx, node: Node, path: str) -> FleetConfig | None:
             f"must be at least {MIN_LEASE_TTL_SEC:g}s (etcd's minimum lease TTL)",
         )
         return None
+    if ttl != int(ttl):
+        ctx.error(
+            mapping_items(node)["lease_ttl_sec"][1],
+            join(path, "lease_ttl_sec"),
+            f"must be whole seconds (etcd's leases are), got {ttl:g}s",
+        )
+        return None
     if "host" not in values:
         default = socket.gethostname().split(".")[0].lower()
         if not is_name(default):

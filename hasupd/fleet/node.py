@@ -194,7 +194,7 @@ class FleetNode:
         lease = 0
         try:
             sent = self._now()
-            lease = await self._etcd_call(lambda: self._etcd.grant(max(2, round(self.ttl))))
+            lease = await self._etcd_call(lambda: self._etcd.grant(max(2, int(self.ttl))))
             value = json.dumps({"lease": lease, "joined": self._wall()})
             key = keys.host_key(self.cluster, self.host)
             created, _ = await self._etcd_call(lambda: self._etcd.create(key, value, lease))

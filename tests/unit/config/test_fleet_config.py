@@ -25,7 +25,7 @@ def test_fleet_and_placement_are_read_with_defaults(tmp_path: Path) -> None:
         tmp_path,
         {
             "hasupd.yaml": FLEET,
-            "services.d/db.yaml": "command: [true]\ntimeout_stop_sec: 5s\n"
+            "services.d/db.yaml": "command: [true]\ntimeout_stop_sec: 4s\n"
             "placement: {singleton: true, prefer: [app1], avoid: [app3]}\n",
             "services.d/web.yaml": "command: [true]\ntimeout_stop_sec: 1s\nplacement: {replicas: 2}\n",
             "services.d/local.yaml": "command: [true]\n",
@@ -164,13 +164,20 @@ def test_placed_stop_timeout_must_fit_in_half_the_ttl(tmp_path: Path) -> None:
             "hasupd.yaml": FLEET + "  lease_ttl_sec: 4s\n",
             "services.d/a.yaml": "command: [true]\nplacement: {singleton: true}\n",
             "services.d/b.yaml": "command: [true]\ntimeout_stop_sec: 3s\nplacement: {singleton: true}\n",
-            "services.d/c.yaml": "command: [true]\ntimeout_stop_sec: 2s\nplacement: {singleton: true}\n",
+            "services.d/c.yaml": "command: [true]\ntimeout_stop_sec: 1500ms\nplacement: {singleton: true}\n",
         },
     )
     tail = "a fenced stop must end before the lease expires"
     assert issues(tmp_path) == [
         "services.d/a.yaml:2:12: placement: a placed service needs timeout_stop_sec <= half of "
-        f"fleet.lease_ttl_sec (2s), got 10s: {tail}",
+        f"fleet.lease_ttl_sec less 0.5s (1.5s), got 10s: {tail}",
         "services.d/b.yaml:2:19: timeout_stop_sec: a placed service needs timeout_stop_sec <= half of "
-        f"fleet.lease_ttl_sec (2s), got 3s: {tail}",
+        f"fleet.lease_ttl_sec less 0.5s (1.5s), got 3s: {tail}",
+    ]
+
+
+def test_lease_ttl_is_whole_seconds(tmp_path: Path) -> None:
+    write(tmp_path, {"hasupd.yaml": FLEET + "  lease_ttl_sec: 2500ms\n"})
+    assert issues(tmp_path) == [
+        "hasupd.yaml:4:18: fleet.lease_ttl_sec: must be whole seconds (etcd's leases are), got 2.5s"
     ]

@@ -246,6 +246,27 @@ def test_quorum_loss_stops_placed_services_and_keeps_local_ones(
         check_history(env.runs(n))
 
 
+@pytest.mark.xfail(
+    reason="issue 18 finding: killing etcd's LEADER (one member of three) makes the owner stop and "
+    "restart its singleton under a new token (seen with TTL 2 s and 4 s); a follower is fine",
+    strict=False,
+)
+def test_leader_member_killed_nothing_moves(env: Env) -> None:
+    """Must show 3, first half, for the worst member: the raft leader killed -> nothing moves."""
+    three_hosts(env, {"sa": env.service("sa", placement={"singleton": True})})
+    before = wait_until(runs_of(env, "sa"), 30, "sa runs")[0]
+    env.etcd.kill_member(env.etcd.leader_index())
+    time.sleep(3 * TTL)
+    runs = [(r.node, r.token) for r in env.runs("sa")]
+    owner = env.host(before.node).daemon
+    assert owner is not None
+    with owner._lock:  # what the owner said, for the diagnosis
+        said = [f"{r['event']}: {r.get('message')}" for r in owner.records if r["event"].startswith("fleet.")]
+    print("OWNER RECORDS", *said, sep="\n")
+    assert [(r.node, r.token) for r in env.alive_runs("sa")] == [(before.node, before.token)], runs
+    check_history(env.runs("sa"))
+
+
 def test_replicas_two_of_three_hosts(env: Env, record_figure: Callable[[str, float], None]) -> None:
     """Must show 4: replicas: 2 on three hosts; kill one -> the third starts one; never more than 2."""
     three_hosts(env, {"rep": env.service("rep", placement={"replicas": 2})})

@@ -12,6 +12,7 @@ so that ``hasupctl events``, ``errors`` and ``incident`` work there too.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -130,7 +131,7 @@ def journal_fields(record: logging.LogRecord, message: str, identifier: str = ID
     return b"".join(parts)
 
 
-class _Dropping(logging.Handler):
+class _Dropping(logging.Handler, abc.ABC):
     """A writer that degrades to one notice when it fails, instead of a traceback per record.
 
     The first record that cannot be written (a full disk, journald gone) makes one
@@ -152,9 +153,9 @@ class _Dropping(logging.Handler):
             why = (error.strerror or str(error)) if isinstance(error, OSError) else repr(error)
             self._notify(ev.RecordsDropping(destination=self.destination, error=why or "unknown error"))
 
+    @abc.abstractmethod
     def _write(self, record: logging.LogRecord) -> None:
         """Write ``record`` (a failure goes to ``handleError``)."""
-        raise NotImplementedError
 
     def emit(self, record: logging.LogRecord) -> None:
         self._failed = False

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,71 +17,32 @@ import sdnotify
 from hasupd import events as ev
 from hasupd.host.systemd import SystemdNotifier
 from tests.support.harness import Hasupd, write_config
-
-
-class NotifyListener:
-    """A datagram socket collecting sd_notify messages with their arrival times."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self._done = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def lines(self) -> list[str]:
-        return [line for _, m in self.messages for line in m.split("\n")]
-
-    def wait_for(self, line_prefix: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(line_prefix) for line in self.lines()):
-                return
-            time.sleep(0.02)
-        pytest.fail(f"no {line_prefix!r} in {self.lines()}")
-
-    def close(self) -> None:
-        self._done = True
-        self._thread.join(2)
-        self.sock.close()
+from tests.support.notify_socket import NotifySocket
 
 
 @pytest.fixture
-def listener(tmp_path: Path) -> Iterator[NotifyListener]:
-    lst = NotifyListener(tmp_path / "notify.sock")
+def listener(tmp_path: Path) -> Iterator[NotifySocket]:
+    lst = NotifySocket(tmp_path / "notify.sock")
     yield lst
     lst.close()
 
 
 def test_ready_status_watchdog_and_stopping(
-    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifyListener
+    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifySocket
 ) -> None:
     config = write_config(tmp_path / "etc", {"a": {"command": ["/bin/sleep", "1000"]}})
     d = hasupd(config, env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000"})
-    listener.wait_for("READY=1")
+    listener.wait_for_line("READY=1")
     assert any(line.startswith("STATUS=") and "running" in line for line in listener.lines())
     time.sleep(1.0)
     pings = [t for t, m in listener.messages if "WATCHDOG=1" in m.split("\n")]
     assert len(pings) >= 7, pings  # every 100 ms
     assert max(b - a for a, b in itertools.pairwise(pings)) < 0.2
     assert d.stop() == 0
-    listener.wait_for("STOPPING=1")
+    listener.wait_for_line("STOPPING=1")
 
 
-async def test_pings_stop_while_the_loop_is_blocked(listener: NotifyListener) -> None:
+async def test_pings_stop_while_the_loop_is_blocked(listener: NotifySocket) -> None:
     notifier = SystemdNotifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "100000"})
     late: list[ev.Event] = []
     task = asyncio.create_task(notifier.run_watchdog(late.append))
@@ -104,7 +64,7 @@ async def test_pings_stop_while_the_loop_is_blocked(listener: NotifyListener) ->
 
 
 def test_notify_socket_is_not_inherited_by_children(
-    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifyListener
+    tmp_path: Path, hasupd: Callable[..., Hasupd], listener: NotifySocket
 ) -> None:
     out = tmp_path / "env"
     config = write_config(

@@ -119,7 +119,7 @@ class Client:
         self.port = port
         self.ok = 0
         self.refused = 0
-        self.reset = 0  # a request an instance had accepted when it was SIGKILLed on purpose
+        self.reset = 0  # a request an instance had accepted when it was SIGKILLed on purpose (RST or EOF)
         self.failed: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -133,6 +133,10 @@ class Client:
                     data = conn.recv(16)
                 if data == b"ok\n":
                     self.ok += 1
+                elif data == b"":
+                    # The instance read the request and was SIGKILLed before replying: the kernel
+                    # closed the connection with a FIN (no unread data left, so no RST).
+                    self.reset += 1
                 else:
                     self.failed.append(repr(data))
             except ConnectionRefusedError:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from hasupd import __version__
 from hasupd import events as ev
 from hasupd.alerts.policy import Alerts
+from hasupd.alerts.rules import Rules
 from hasupd.backup.units import BackupSetup, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment
@@ -26,6 +27,8 @@ from hasupd.host.output import journal_stream_available
 from hasupd.host.reaper import Reaper
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.manager import Manager
+from hasupd.observe.error_groups import ErrorGroups
+from hasupd.observe.error_store import ErrorStore, hourly_counts
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
 from hasupd.observe.metrics import Metrics
 from hasupd.observe.queries import RecordStore
@@ -143,6 +146,8 @@ class Graph:
     metrics: Metrics
     alerts: Alerts
     watchers: LoopWatchers
+    errors: ErrorGroups
+    rules: Rules
 
 
 async def build(
@@ -235,6 +240,19 @@ async def build(
     metrics = Metrics(bus, manager, config.daemon.metrics.listen)
     alerts = Alerts(bus, manager, state_dir / "alerts", clock)  # email alerts, spool, delivery
     metrics.alert_spool_depth = lambda: alerts.depth
+    # Error groups from the services' own output, and the rules evaluated on the event stream.
+    errors = ErrorGroups(bus, manager, state_dir, reaper, store=ErrorStore(state_dir))
+    programs.watch_output(errors.wake)
+    reader = errors.store.open_reader()
+
+    class _History:
+        def hourly(self, key: str, first_hour: int, last_hour: int) -> dict[int, int]:
+            return hourly_counts(reader, key, first_hour, last_hour)
+
+    def link(group: str, incident: str, when: float) -> None:
+        errors.submit(errors.store.link, group, incident, when)
+
+    rules = Rules(bus, manager, clock, _History(), link=link)
     return Graph(
         logs=logs,
         tasks=tasks,
@@ -249,6 +267,8 @@ async def build(
         metrics=metrics,
         alerts=alerts,
         watchers=watchers,
+        errors=errors,
+        rules=rules,
     )
 
 

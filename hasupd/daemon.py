@@ -136,7 +136,13 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 tasks = self._tasks = graph.tasks
                 tasks.attach(group)
-                context = Context(manager=manager, reloader=self, records=graph.records, alerts=graph.alerts)
+                context = Context(
+                    manager=manager,
+                    reloader=self,
+                    records=graph.records,
+                    alerts=graph.alerts,
+                    errors=graph.errors,
+                )
                 control = ControlServer(
                     runtime_dir / "control.sock",
                     context,
@@ -153,6 +159,7 @@ class Daemon:
                     tasks.spawn(graph.capture.run(), "incident output capture"),
                     tasks.spawn(graph.metrics.run(), "metrics"),
                     tasks.spawn(graph.alerts.run(), "alerts"),
+                    tasks.spawn(graph.errors.run(), "error groups"),
                 )
                 # Units a backup had stopped when the last hasupd ended run again with the others.
                 resumed: list[str] = []
@@ -213,6 +220,7 @@ class Daemon:
             graph.programs.close()
             graph.containment.close()
             graph.reaper.close()
+            graph.errors.close()
             self.notifier.close()
         self.bus.publish(ev.DaemonStopped())
         return 0

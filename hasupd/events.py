@@ -365,6 +365,81 @@ class IncidentOutput(Event):
         return f"{self.service}: last {len(self.lines)} output line(s) before incident {self.incident}"
 
 
+# --------------------------------------------------------------------------- error groups and rules
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorGroupNew(Event):
+    """A service wrote an error of a shape never seen before (``hasupd.observe.error_groups``)."""
+
+    NAME = "errors.new_group"
+    group: str
+    kind: str  # "line", "python" (a traceback) or "java" (a stack trace)
+    pattern: str
+    sample: str
+
+    def message(self) -> str:
+        return f"{self.service}: new error group {self.group} ({self.kind}): {self.pattern}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorsSeen(Event):
+    """``count`` more errors of ``group`` in the output of ``service``, read in one batch."""
+
+    NAME = "errors.seen"
+    LEVEL = logging.DEBUG
+    group: str
+    count: int
+
+    def message(self) -> str:
+        return f"{self.service}: {self.count} error(s) of group {self.group}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSeen(Event):
+    """``service`` wrote ``lines`` lines of output (read in one batch): a sign of life."""
+
+    NAME = "output.seen"
+    LEVEL = logging.DEBUG
+    lines: int
+
+    def message(self) -> str:
+        return f"{self.service}: {self.lines} line(s) of output"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleFired(Event):
+    """An alert rule (``alerts.rules`` in hasupd.yaml) found something out of the ordinary: an incident."""
+
+    NAME = "rule.fired"
+    LEVEL = logging.WARNING
+    rule: str
+    kind: str  # new_error | error_rate | restart_rate | quiet
+    detail: str  # the evidence, one sentence
+    group: str | None = None
+    count: int | None = None
+    threshold: float | None = None
+    baseline: float | None = None
+    sample: str | None = None
+
+    def message(self) -> str:
+        return f"{self.service or 'hasupd'}: rule {self.rule} fired: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleResolved(Event):
+    """What made a rule fire is over; the incident is closed as resolved."""
+
+    NAME = "rule.resolved"
+    rule: str
+    kind: str
+    detail: str
+    group: str | None = None
+
+    def message(self) -> str:
+        return f"{self.service or 'hasupd'}: rule {self.rule} resolved: {self.detail}"
+
+
 # --------------------------------------------------------------------------- metrics
 
 

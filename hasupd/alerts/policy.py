@@ -97,6 +97,8 @@ ALERTS: dict[type[ev.Event], Rule] = {
         "recovery", lambda e: f"recovery action {e.action} {'worked' if e.ok else 'did not help'}"
     ),
     ev.RecoveryExhausted: Rule("recovery-failed", lambda e: "stays failed: every recovery action failed"),
+    # alerts.rules (hasupd.alerts.rules): each firing is an incident; incident.closed resolves it.
+    ev.RuleFired: Rule("rule", lambda e: f"{e.kind.replace('_', ' ')} (rule {e.rule}): {e.detail[:200]}"),
 }
 
 

@@ -24,10 +24,19 @@ def add_record_commands(sub: Any) -> None:
     events.add_argument("--since", metavar="T", help="an age (30d, 2h, 15m) or an ISO time")
     events.add_argument("--service", metavar="NAME", help="only records about this service")
     events.add_argument("-n", "--lines", type=int, help="the newest N (default: 100 without --since)")
-    errors = sub.add_parser("errors", help="the most common errors, counted and grouped")
+    errors = sub.add_parser(
+        "errors",
+        help="the most common errors, counted and grouped; `errors show GROUP`: one group",
+        description="Error groups of the services' own output and hasupd's own error records, most "
+        "common first. `hasupctl errors show GROUP` prints one group's samples and its incidents.",
+    )
+    errors.add_argument("show", nargs="?", choices=["show"], help="show one group")
+    errors.add_argument("group", nargs="?", metavar="GROUP", help="the group's id (with show)")
     errors.add_argument(
         "--since", metavar="T", default="30d", help="an age or ISO time (default: %(default)s)"
     )
+    errors.add_argument("--service", metavar="NAME", help="only this service's errors")
+    errors.add_argument("-n", "--lines", type=int, help="at most N groups")
     incident = sub.add_parser("incident", help="the chain of events of one incident")
     incident.add_argument("id", metavar="ID")
 
@@ -39,8 +48,11 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         case "events":
             request: dict[str, Any] = {"since": args.since, "service": args.service, "lines": args.lines}
             return {k: v for k, v in request.items() if v is not None}
+        case "errors" if args.show:
+            return {"group": args.group, "since": args.since}
         case "errors":
-            return {"since": args.since}
+            request = {"since": args.since, "service": args.service, "lines": args.lines}
+            return {k: v for k, v in request.items() if v is not None}
         case _:
             return {"id": args.id}
 
@@ -58,7 +70,13 @@ def run_record_command(args: argparse.Namespace) -> int:
                     sys.stdout.flush()
             print("hasupctl: hasupd ended the stream", file=sys.stderr)
             return Exit.UNREACHABLE
-        data = call(path, args.command, _request(args))
+        if args.command == "errors" and (args.show is None) != (args.group is None):
+            print(
+                "hasupctl: usage: hasupctl errors [show GROUP] [--since T] [--service NAME]", file=sys.stderr
+            )
+            return Exit.USAGE
+        command = "errors-show" if args.command == "errors" and args.show else args.command
+        data = call(path, command, _request(args))
     except ControlError as error:
         print(f"hasupctl: {error}", file=sys.stderr)
         return error.code
@@ -72,6 +90,8 @@ def run_record_command(args: argparse.Namespace) -> int:
     elif args.command == "events":
         for record in data:
             print(record_line(record))
+    elif args.command == "errors" and args.show:
+        print_error_group(data)
     elif args.command == "errors":
         print_errors(data)
     else:
@@ -122,13 +142,14 @@ def print_errors(groups: list[dict[str, Any]]) -> None:
     if not groups:
         print("no errors")
         return
-    rows = [["COUNT", "EVENT", "SERVICE", "FIRST SEEN", "LAST SEEN", "INCIDENT", "MESSAGE"]]
+    rows = [["COUNT", "GROUP", "SERVICE", "KIND", "FIRST SEEN", "LAST SEEN", "INCIDENT", "PATTERN"]]
     for g in groups:
         rows.append(
             [
                 str(g["count"]),
-                g["event"],
-                g["service"] or "-",
+                g["group"],
+                g["service"] or "hasupd",
+                g["kind"],
                 local_time(g["first_seen"]),
                 local_time(g["last_seen"]),
                 g["incident"] or "-",
@@ -136,6 +157,26 @@ def print_errors(groups: list[dict[str, Any]]) -> None:
             ]
         )
     print(_table(rows))
+
+
+def print_error_group(group: dict[str, Any]) -> None:
+    owner = group["service"] or "hasupd"
+    print(f"error group {group['group']} of {owner} ({group['kind']}): {group['pattern']}")
+    first, last = local_time(group["first_seen"]), local_time(group["last_seen"])
+    print(f"  {group['count']} time(s), first {first}, last {last}")
+    print()
+    incidents = group.get("incidents") or []
+    if incidents:
+        print(f"appeared in {len(incidents)} incident(s) (hasupctl incident ID):")
+        for item in incidents:
+            print(f"  {item['incident']}  {local_time(item['time'])}")
+    else:
+        print("appeared in no incident")
+    for sample in group.get("samples") or []:
+        print()
+        print(f"sample of {local_time(sample['time'])}:")
+        for line in str(sample["text"]).split("\n"):
+            print(f"  | {line}")
 
 
 def print_incident(data: dict[str, Any]) -> None:

@@ -123,6 +123,14 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class ErrorsConfig:
+    """Which lines of a service's output are errors, beside those it marks itself (see
+    ``hasupd.observe.error_lines``): regular expressions, any of which makes a line an error."""
+
+    match: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     name: str
     # The file it came from; not part of the value (moving a file changes nothing that runs).
@@ -156,6 +164,7 @@ class ServiceConfig:
     on_failure: tuple[RecoveryAction, ...] = ()
     alerts: tuple[str, ...] | None = None  # None: every channel
     placement: Placement | None = None  # None: local, as without a fleet
+    errors: ErrorsConfig = ErrorsConfig()
 
 
 # --------------------------------------------------------------------------- backups
@@ -269,6 +278,35 @@ class AlertChannel:
     on_crash: bool = False  # also alert on every restart, not only failures
 
 
+class RuleKind(StrEnum):
+    NEW_ERROR = "new_error"  # an error group seen for the first time
+    ERROR_RATE = "error_rate"  # an error group's count in a window above a threshold or its baseline
+    RESTART_RATE = "restart_rate"  # a service's restarts in a window above a threshold or its baseline
+    QUIET = "quiet"  # no output and no other sign of life for a while (a dead-man's switch)
+
+
+class Baseline(StrEnum):
+    SAME_HOUR = "same_hour"  # the same hour of the day over the past days
+    MOVING_AVERAGE = "moving_average"  # the hourly mean over the past days
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One of ``alerts.rules`` in hasupd.yaml (see ``hasupd.alerts.rules`` for what each kind does)."""
+
+    name: str
+    kind: RuleKind
+    services: tuple[str, ...] = ()  # empty: every service
+    group: str | None = None  # new_error, error_rate: only this error group
+    # error_rate, restart_rate: the counting window; new_error: how long without the group until the
+    # incident resolves; quiet: how long a service may stay quiet.
+    window_sec: float = 3600.0
+    above: float | None = None  # fire when the count in the window is above this ...
+    factor: float | None = None  # ... and above factor x the baseline for such a window
+    baseline: Baseline = Baseline.SAME_HOUR
+    days: int = 7  # the history a baseline is taken from
+
+
 @dataclass(frozen=True)
 class EtcdConfig:
     endpoints: tuple[str, ...]  # "http(s)://host:port" of etcd's client (gRPC gateway) URLs
@@ -297,6 +335,7 @@ class DaemonConfig:
     alerts: tuple[AlertChannel, ...] = ()
     repositories: tuple[RepositoryConfig, ...] = ()
     fleet: FleetConfig | None = None  # None: no fleet, every service is local
+    rules: tuple[AlertRule, ...] = ()  # alerts.rules: what is out of the ordinary
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from hasupd.config.nodes import (
     to_str,
 )
 from hasupd.config.validate_fleet import to_fleet
+from hasupd.config.validate_rules import RULES_KEY, to_rules
 
 _SMTP = record(
     SmtpConfig,
@@ -135,6 +136,24 @@ _REPOSITORIES = named_records(
 )
 
 
+def _to_alerts(ctx: Ctx, node: Node, path: str) -> tuple[Any, ...] | None:
+    """Return ``(channels, rules)``: every key of ``alerts:`` names a channel, except ``rules``."""
+    if not isinstance(node, MappingNode):
+        _CHANNELS(ctx, node, path)  # reports it
+        return None
+    rules_pairs = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == RULES_KEY]
+    channels_node = MappingNode(
+        node.tag,
+        [(k, v) for k, v in node.value if not (isinstance(k, ScalarNode) and k.value == RULES_KEY)],
+        node.start_mark,
+        node.end_mark,
+    )
+    before = ctx.count
+    channels = _CHANNELS(ctx, channels_node, path)
+    rules = tuple(r for _, v in rules_pairs for r in (to_rules(ctx, v, join(path, RULES_KEY)) or ()))
+    return (channels, rules) if ctx.count == before else None
+
+
 def _to_backups(ctx: Ctx, node: Node, path: str) -> tuple[RepositoryConfig, ...] | None:
     values = read_mapping(ctx, node, path, {"repositories": _REPOSITORIES})
     return None if values is None else values.get("repositories", ())
@@ -150,7 +169,7 @@ DAEMON_FIELDS: dict[str, Converter] = {
         AccessConfig,
         {"read": _GROUPS, "operate": _GROUPS, "admin": _GROUPS, "socket_group": to_nonempty_str},
     ),
-    "alerts": _CHANNELS,
+    "alerts": _to_alerts,
     "backups": _to_backups,
     "fleet": to_fleet,
 }
@@ -188,9 +207,13 @@ def validate_daemon(
     if values is None:
         return DaemonConfig(), None, None
     channels = _declared(doc.node, "alerts")
+    if channels is not None:
+        channels = channels - {RULES_KEY}
     repositories = _declared(doc.node, "backups", "repositories")
     if ctx.count != before:
         return DaemonConfig(), channels, repositories
     if "backups" in values:
         values["repositories"] = values.pop("backups")
+    if "alerts" in values:
+        values["alerts"], values["rules"] = values["alerts"]
     return DaemonConfig(**values), channels, repositories

@@ -14,6 +14,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from hasupd.config.model import (
     ContainerEngine,
     ContainerSpec,
+    ErrorsConfig,
     HealthProbe,
     HeartbeatFile,
     Limits,
@@ -145,6 +146,19 @@ def _to_url(ctx: Ctx, node: Node, path: str) -> str | None:
     return value
 
 
+def _to_regex(ctx: Ctx, node: Node, path: str) -> str | None:
+    """Return a regular expression that Python's ``re`` compiles."""
+    value = to_nonempty_str(ctx, node, path)
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as error:
+        ctx.error(node, path, f"invalid regular expression {value!r}: {error}")
+        return None
+    return value
+
+
 _PROBE_KINDS = tuple(kind.value for kind in ProbeKind)
 _PROBE_FIELDS: dict[str, Converter] = {
     ProbeKind.HTTP: _to_url,
@@ -257,6 +271,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "on_failure": seq_of(_to_recovery, "a list of recovery actions"),
     "alerts": seq_of(to_name, "a list of alert channel names"),
     "placement": to_placement,
+    "errors": record(ErrorsConfig, {"match": seq_of(_to_regex, "a list of regular expressions")}),
 }
 
 

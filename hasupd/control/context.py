@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 from hasupd.config.diff import ReloadPlan
 from hasupd.control.protocol import Exit
 from hasupd.manager import Manager
+from hasupd.observe.error_groups import ErrorGroups
 from hasupd.observe.queries import RecordStore
 
 if TYPE_CHECKING:
@@ -47,3 +48,4 @@ class Context:
     alerts: Alerts | None = None  # alert test
     backups: BackupUnits | None = None  # set once the job units exist
     fleet: Fleet | None = None  # set when hasupd.yaml has fleet: and it could be set up
+    errors: ErrorGroups | None = None  # the services' error groups (errors, errors-show)

@@ -122,6 +122,11 @@ class ExecSpawner:
         self._outputs = LogFiles(loop, state_dir / "logs", journal_socket_dir, log_max_bytes, log_keep)
         self._running: dict[int, ExecProcess] = {}
 
+    def watch_output(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(unit)`` whenever a unit's log file (``output: file``) grows; from the loop,
+        once per drain wake-up. It must be cheap: it runs in the output's path."""
+        self._outputs.on_output = callback
+
     def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
         """Start the program and return at once; ``on_exit`` is called once from the loop after the
         main process was reaped.

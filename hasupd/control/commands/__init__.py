@@ -46,4 +46,5 @@ COMMANDS: dict[str, Command] = {
     "fleet-status": Command(Role.READ, False, fleet.status),
     "fleet-move": Command(Role.OPERATE, True, fleet.move),
     "fleet-drain": Command(Role.OPERATE, True, fleet.drain),
+    "errors-show": Command(Role.READ, False, records.errors_show),
 }

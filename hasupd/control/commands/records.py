@@ -1,12 +1,15 @@
-"""Handlers of the read-only record commands: logs, events, errors, incident (role ``read``, no audit)."""
+"""Handlers of the read-only record commands: logs, events, errors, errors show, incident (role ``read``,
+no audit)."""
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import Any
 
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit, Streaming
+from hasupd.observe.error_rank import error_group, rank_errors
 from hasupd.observe.queries import Query, RecordStore, parse_since
 from hasupd.observe.service_output import JournalctlError
 
@@ -16,6 +19,7 @@ DEFAULT_ERRORS_SINCE = "30d"
 # Names and ids become journalctl matches: nothing but these characters.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]*$")
 _INCIDENT_RE = re.compile(r"^[0-9a-f]{1,64}$")
+_GROUP_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
 def _store(ctx: Context) -> RecordStore:
@@ -94,11 +98,31 @@ async def events(ctx: Context, args: dict[str, Any]) -> Any:
 
 
 async def errors(ctx: Context, args: dict[str, Any]) -> Any:
-    """Warning-and-above records, grouped and counted, most common first."""
+    """The error groups of the services' output and hasupd's own error records, most common first."""
+    since = _since(args, DEFAULT_ERRORS_SINCE)
+    service = _service(args, "service", required=False)
+    limit = _lines(args, None)
     try:
-        return await _store(ctx).errors(_since(args, DEFAULT_ERRORS_SINCE))
-    except (JournalctlError, OSError) as e:
-        raise CommandError(Exit.FAILED, f"cannot read records: {e}") from None
+        return await rank_errors(ctx.errors, ctx.records, since=since, service=service, limit=limit)
+    except (JournalctlError, OSError, sqlite3.Error) as e:
+        raise CommandError(Exit.FAILED, f"cannot read the errors: {e}") from None
+
+
+async def errors_show(ctx: Context, args: dict[str, Any]) -> Any:
+    """One error group: its samples and the incidents it appeared in."""
+    group = args.get("group")
+    if not isinstance(group, str) or not _GROUP_RE.match(group):
+        raise CommandError(
+            Exit.USAGE, "'group' must be an error group id (12 hex digits, see hasupctl errors)"
+        )
+    since = _since(args, DEFAULT_ERRORS_SINCE)
+    try:
+        found = await error_group(ctx.errors, ctx.records, group, since=since)
+    except (JournalctlError, OSError, sqlite3.Error) as e:
+        raise CommandError(Exit.FAILED, f"cannot read the errors: {e}") from None
+    if found is None:
+        raise CommandError(Exit.NOT_FOUND, f"no error group {group}")
+    return found
 
 
 async def incident(ctx: Context, args: dict[str, Any]) -> Any:

@@ -120,6 +120,7 @@ def test_the_table_holds_every_alerting_event_once() -> None:
         "fleet-unowned",
         "fleet-fenced",
         "fleet-join-refused",
+        "rule",
     }
     assert [cls for cls, rule in ALERTS.items() if rule.crash] == [ev.ServiceRestartScheduled]
 

@@ -96,6 +96,15 @@ def _check_cycles(ctxs: dict[str, Ctx], docs: Sequence[Document], services: Coll
         ctxs[doc.path].error(item, f"after.{index}", f"dependency cycle: {' -> '.join(cycle)}")
 
 
+def _check_rule_references(ctx: Ctx, daemon: Document | None, services: Collection[str]) -> None:
+    """Report services named in ``alerts.rules`` that are not defined."""
+    rules = child(daemon.node, "alerts", "rules") if daemon is not None else None
+    if isinstance(rules, SequenceNode):
+        for index, rule in enumerate(rules.value):
+            for i, _, item in name_items(child(rule, "services")):
+                check_reference(ctx, item, f"alerts.rules.{index}.services.{i}", services, "service")
+
+
 FENCE_MARGIN_SEC = 0.5
 
 
@@ -166,6 +175,7 @@ def build_config(
         if service is not None:
             service_configs.append(service)
     _check_cycles(ctxs, services, service_names)
+    _check_rule_references(daemon_ctx, daemon, service_names)
 
     job_configs = [validate_backup(ctxs[doc.path], doc, service_names, repositories) for doc in backups]
     for ctx in (daemon_ctx, *ctxs.values()):

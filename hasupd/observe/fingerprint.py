@@ -42,8 +42,9 @@ _REPLACEMENTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\w.<])(?:~|\.{1,2})?/[^\s:;,'\"()\[\]{}<>]+"), "<path>"),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), "<ip>"),
     (re.compile(r"\b0[xX][0-9a-fA-F]+\b"), "<hex>"),
-    # Hex ids (digits and a-f, 8+), and long tokens mixing letters and digits (request ids, tokens).
-    (re.compile(r"\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b"), "<id>"),
+    # Hex ids (8+ hex digits; all-decimal ones too: a random hex id sometimes has no letter), and long
+    # tokens mixing letters and digits (request ids, tokens).
+    (re.compile(r"\b(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b"), "<id>"),
     (re.compile(r"\b(?=[A-Za-z0-9_-]*[A-Za-z])(?=(?:[A-Za-z_-]*\d){2})[A-Za-z0-9_-]{10,}\b"), "<id>"),
     (re.compile(r"(?<![A-Za-z<])[-+]?\d+(?:\.\d+)?"), "<n>"),
 )

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hasupd.observe.error_store import HOUR, ErrorStore
+from hasupd.observe.fingerprint import KIND_LINE, fingerprint
 from tests.support.harness import REPO, Hasupd, write_config
 from tests.support.smtp import SmtpServer, free_port
 
@@ -73,7 +75,8 @@ def shape(kind, i):
     if kind == "payment":
         return f"<3>payment {{uuid.uuid4()}} declined for user '{{rnd.choice(['ann', 'bob', 'cy'])}}'"
     if kind == "timeout":
-        return f"ERROR request id={{uuid.uuid4().hex[:16]}} timed out at 2026-12-02T07:{{i % 60:02d}}:{{i % 59:02d}}Z"
+        when = f"2026-12-02T07:{{i % 60:02d}}:{{i % 59:02d}}Z"
+        return f"ERROR request id={{uuid.uuid4().hex[:16]}} timed out at {{when}}"
     return f"<3>worker {{i}} crashed with code 0x{{rnd.randint(1, 255):x}}"
 
 
@@ -279,9 +282,6 @@ def test_a_burst_over_a_seeded_baseline_is_one_incident_one_alert_and_one_resolv
     program = tmp_path / "app.py"
     program.write_text(BURST)
     trigger = tmp_path / "burst"
-    from hasupd.observe.error_store import HOUR, ErrorStore
-    from hasupd.observe.fingerprint import KIND_LINE, fingerprint
-
     state = tmp_path / "work" / "state"
     group = fingerprint(KIND_LINE, "ERROR upstream 10.0.0.1 reset the connection after 5ms").group_id("app")
     store = ErrorStore(state)

@@ -33,7 +33,7 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "reload": ("dry_run",),
     "logs": ("name", "lines", "follow"),
     "events": ("since", "service", "lines"),
-    "errors": ("since",),
+    "errors": ("since", "service", "lines"),
     "incident": ("id",),
     "alert-test": ("channel",),
     "backup-run": ("job", "kind"),
@@ -44,6 +44,7 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "fleet-status": (),
     "fleet-move": ("name", "host"),
     "fleet-drain": ("host",),
+    "errors-show": ("group", "since"),
 }
 # Commands not fuzzed here, and why.
 NOT_FUZZED = {
@@ -65,6 +66,8 @@ VALID_BASE: dict[str, dict[str, Any]] = {
     "logs": {"name": "nope", "lines": 1, "follow": False},
     "events": {"since": "1h", "service": "nope", "lines": 1},
     "incident": {"id": "abc"},
+    "errors": {"since": "1h", "service": "nope", "lines": 1},
+    "errors-show": {"group": "0123456789ab", "since": "1h"},
     "alert-test": {"channel": "nope"},
     "backup-run": {"job": "nope", "kind": "backup"},
     "restore": {"job": "nope", "snapshot": "latest", "target": "/nonexistent", "dry_run": True},

@@ -49,7 +49,8 @@ async def rank_errors(
     Each group is a JSON-ready dict with the same keys whatever its source: ``group`` (id), ``source``,
     ``service`` (None for hasupd itself), ``kind`` ("line", "python", "java", or hasupd's event name),
     ``pattern``, ``count`` (in the time asked), ``first_seen`` and ``last_seen`` (ISO times, UTC),
-    ``sample`` (one occurrence in full) and ``incident`` (the latest incident it appeared in, or None).
+    ``sample`` (one occurrence in full), ``incident`` (the latest incident it appeared in, or None) and
+    ``event`` (hasupd's event name; None for the services' groups).
 
     Raise JournalctlError or OSError if hasupd's records cannot be read; sqlite3.Error if the groups
     cannot be.
@@ -62,6 +63,7 @@ async def rank_errors(
             group.pop("total", None)
             group["first_seen"] = _iso(group["first_seen"])
             group["last_seen"] = _iso(group["last_seen"])
+            group["event"] = None
             ranked.append(group)
     if records is not None:
         for record in await records.errors(since):
@@ -75,6 +77,7 @@ async def rank_errors(
                     "source": "hasupd",
                     "service": record["service"],
                     "kind": record["event"],
+                    "event": record["event"],
                     "pattern": record["pattern"],
                     "count": record["count"],
                     "first_seen": record["first_seen"],
@@ -99,6 +102,7 @@ async def error_group(
             found.pop("total", None)
             found["first_seen"] = _iso(found["first_seen"])
             found["last_seen"] = _iso(found["last_seen"])
+            found["event"] = None
             for item in (*found["samples"], *found["incidents"]):
                 item["time"] = _iso(item["time"])
             return found

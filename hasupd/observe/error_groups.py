@@ -43,7 +43,7 @@ READ_MAX = 8 * 1024 * 1024  # bytes read per batch; more is read in the next one
 PRUNE_EVERY_SEC = 3600.0
 JOURNAL_RETRY_SEC = 5.0
 JOURNAL_KEY = "journal"  # the journal's cursor is saved under this "unit"
-_JOURNAL_FIELDS = "MESSAGE,PRIORITY,SYSLOG_IDENTIFIER,_TRANSPORT"
+_JOURNAL_FIELDS = "MESSAGE,PRIORITY,SYSLOG_IDENTIFIER,_TRANSPORT,_STREAM_ID"
 T = TypeVar("T")
 
 
@@ -62,6 +62,10 @@ class Source(Protocol):
     def services(self) -> Mapping[str, Unit]: ...
 
 
+# A line from the journal: text, time, PRIORITY when the program set it, stream id
+JournalLine = tuple[str, float, int | None, str]
+
+
 @dataclass
 class _Reader:
     """How far one unit's output has been read, and its unfinished events."""
@@ -72,7 +76,9 @@ class _Reader:
     inode: int = -1
     pos: int = 0
     partial: bytes = b""
-    entries: list[tuple[str, float, int | None]] = field(default_factory=list)  # journal lines
+    entries: list[JournalLine] = field(default_factory=list)  # journal lines not handled yet
+    # The journal: one assembler per stream (stdout and stderr arrive apart, and may interleave).
+    streams: dict[str, Assembler] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class ErrorGroups:
         self._journal_units: frozenset[str] = frozenset()
         self._journal_changed = asyncio.Event()
         self._journal_cursor = ""
+        self._started = time.time()
         self._journal_error: str | None = None
         bus.subscribe(self._on_event)
 
@@ -194,6 +201,8 @@ class ErrorGroups:
         elif reader.patterns != patterns:  # a reload changed them: in place, the service runs on
             reader.patterns = patterns
             reader.assembler.classifier = Classifier(patterns)
+            for assembler in reader.streams.values():
+                assembler.classifier = reader.assembler.classifier
         return reader
 
     def _publish(self, batch: Batch) -> None:
@@ -237,19 +246,28 @@ class ErrorGroups:
         self,
         unit: str,
         reader: _Reader,
-        entries: list[tuple[str, float, int | None]],
+        entries: list[JournalLine],
         cursor: str | None,
         incident: str | None,
     ) -> Batch:
         more = False
+        events: list[ErrorEvent] = []
         if entries:
-            for text, when, priority in entries:
-                reader.assembler.feed(text, when, priority)
+            for text, when, priority, stream in entries:
+                assembler = reader.streams.get(stream)
+                if assembler is None:
+                    assembler = reader.streams[stream] = Assembler(reader.assembler.classifier)
+                assembler.feed(text, when, priority)
             lines = len(entries)
+            for stream, assembler in list(reader.streams.items()):
+                assembler.flush()
+                events += assembler.take()
+                if assembler.idle:
+                    del reader.streams[stream]
         else:
             lines, more = self._scan_file(unit, reader)
-        reader.assembler.flush()
-        events: list[ErrorEvent] = reader.assembler.take()
+            reader.assembler.flush()
+            events = reader.assembler.take()
         seen = self.store.record(reader.service, events, incident) if events else []
         if reader.inode >= 0:
             self.store.save_offset(unit, reader.inode, reader.pos - len(reader.partial))
@@ -303,7 +321,11 @@ class ErrorGroups:
                 continue
             saved = await self.call(self.store.offset, JOURNAL_KEY)
             args = ["--follow", f"--output-fields={_JOURNAL_FIELDS}"]
-            args.append(f"--after-cursor={saved[2]}" if saved and saved[2] else "--lines=0")
+            # Without a cursor (the first run): from when this hasupd started, so nothing a service wrote
+            # before journalctl was up is missed.
+            args.append(
+                f"--after-cursor={saved[2]}" if saved and saved[2] else f"--since=@{self._started:.6f}"
+            )
             args += [f"SYSLOG_IDENTIFIER={unit}" for unit in sorted(units)]
             async with asyncio.TaskGroup() as tasks:
                 follower = tasks.create_task(self._journal_once(args))
@@ -333,8 +355,9 @@ class ErrorGroups:
         if journal_value(entry.get("_TRANSPORT")) != "stdout":  # the program set it itself
             with contextlib.suppress(ValueError):
                 priority = int(journal_value(entry.get("PRIORITY")))
+        stream = journal_value(entry.get("_STREAM_ID"))
         for line in text.split("\n"):
-            reader.entries.append((line, when, priority))
+            reader.entries.append((line, when, priority, stream))
         self._journal_cursor = journal_value(entry.get("__CURSOR")) or self._journal_cursor
         if unit not in self._due:
             self._due.add(unit)

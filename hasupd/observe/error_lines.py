@@ -111,6 +111,11 @@ class Assembler:
         if self._stack_kind == KIND_JAVA or self._python_done or self._idle_flushes > 1:
             self._end_stack()
 
+    @property
+    def idle(self) -> bool:
+        """True when nothing is held back (after ``flush``: no unfinished stack)."""
+        return self._pending is None and self._stack is None
+
     def take(self) -> list[ErrorEvent]:
         """Return the events emitted since the last call."""
         events, self.events = self.events, []

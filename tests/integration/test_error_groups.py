@@ -26,6 +26,7 @@ import yaml
 from hasupd.observe.error_store import HOUR, ErrorStore
 from hasupd.observe.fingerprint import KIND_LINE, fingerprint
 from tests.support.harness import REPO, Hasupd, write_config
+from tests.support.journald import running_journald
 from tests.support.smtp import SmtpServer, free_port
 
 FROM, TO = "hasupd@test.example", "ops@test.example"
@@ -323,3 +324,59 @@ def test_a_burst_over_a_seeded_baseline_is_one_incident_one_alert_and_one_resolv
     with sqlite3.connect(state / "errors.sqlite") as conn:
         (count,) = conn.execute("SELECT count FROM groups WHERE id = ?", (group,)).fetchone()
     assert count >= 400
+
+
+JOURNAL_PROGRAM = r"""
+import sys, time, traceback
+
+def parse(text):
+    return int(text)
+
+for i in range(50):
+    print(f"INFO request {i} ok")
+    if i % 7 == 0:
+        print(f"<3>disk /dev/sd{'abcdefgh'[i // 7]} failed after {i} retries")
+    if i % 12 == 0:
+        print(f"ERROR code {i} from upstream")
+sys.stdout.flush()
+for i in range(3):
+    try:
+        parse(f"x{i}")
+    except ValueError:
+        traceback.print_exc()  # to stderr: another journal stream
+    print(f"INFO after traceback {i}", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_journal_output_is_grouped_from_the_journal_stream_by_stream(
+    daemons: list[Hasupd], tmp_path: Path
+) -> None:
+    """``output: journal``: hasupd never sees the bytes; it follows the journal (one journalctl for all
+    such units). stdout and stderr are separate journal streams: a traceback on stderr stays one event."""
+    program = tmp_path / "app.py"
+    program.write_text(JOURNAL_PROGRAM)
+    with running_journald(tmp_path) as journald:
+        config = write_config(
+            tmp_path / "etc",
+            {"app": {"command": [sys.executable, str(program)], "output": "journal",
+                     "errors": {"match": ["^ERROR "]}}},
+        )  # fmt: skip
+        d = Hasupd(
+            config,
+            tmp_path / "work",
+            env=environment(),
+            extra_args=("--no-watch",),
+            argv_prefix=journald.prefix,
+        )
+        daemons.append(d)
+        d.wait_ready()
+        groups = wait_groups(d, "app", 8 + 5 + 3, timeout=30)
+        assert [(g["kind"], g["count"], g["pattern"]) for g in groups] == [
+            ("line", 8, "disk <path> failed after <n> retries"),
+            ("line", 5, "ERROR code <n> from upstream"),
+            ("python", 3, "ValueError: invalid literal for int() with base <n>: '<str>' (in parse)"),
+        ]
+        assert groups[2]["sample"].startswith("Traceback (most recent call last):")
+        assert groups[2]["sample"].endswith("ValueError: invalid literal for int() with base 10: 'x0'")
+        d.stop()

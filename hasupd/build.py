@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,13 +242,21 @@ async def build(
     alerts = Alerts(bus, manager, state_dir / "alerts", clock)  # email alerts, spool, delivery
     metrics.alert_spool_depth = lambda: alerts.depth
     # Error groups from the services' own output, and the rules evaluated on the event stream.
-    errors = ErrorGroups(bus, manager, state_dir, reaper, store=ErrorStore(state_dir))
+    store = ErrorStore(state_dir)
+    if store.set_aside is not None:
+        logs.logger.warning(
+            "%s was not a database; moved to %s, error groups start afresh", store.path, store.set_aside
+        )
+    errors = ErrorGroups(bus, manager, state_dir, reaper, store=store)
     programs.watch_output(errors.wake)
     reader = errors.store.open_reader()
 
     class _History:
         def hourly(self, key: str, first_hour: int, last_hour: int) -> dict[int, int]:
-            return hourly_counts(reader, key, first_hour, last_hour)
+            try:
+                return hourly_counts(reader, key, first_hour, last_hour)
+            except sqlite3.Error:  # no history readable: the baseline is 0, `above` still counts
+                return {}
 
     def link(group: str, incident: str, when: float) -> None:
         errors.submit(errors.store.link, group, incident, when)

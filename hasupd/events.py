@@ -408,6 +408,19 @@ class OutputSeen(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ErrorGroupsFailed(Event):
+    """The error groups could not be read or written (a full disk, a broken errors.sqlite): the output
+    read meanwhile is not counted; supervision goes on. Published once per failure, not per batch."""
+
+    NAME = "errors.failed"
+    LEVEL = logging.ERROR
+    error: str
+
+    def message(self) -> str:
+        return f"error groups are not being kept: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class RuleFired(Event):
     """An alert rule (``alerts.rules`` in hasupd.yaml) found something out of the ordinary: an incident."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ class ErrorGroups:
         self._due: set[str] = set()
         self._journal_units: frozenset[str] = frozenset()
         self._journal_changed = asyncio.Event()
+        self.failure: str | None = None  # why the last batch could not be kept, if it could not
         self._journal_cursor = ""
         self._started = time.time()
         self._journal_error: str | None = None
@@ -167,7 +169,7 @@ class ErrorGroups:
 
     async def run(self) -> None:
         """Read output and keep the groups until cancelled."""
-        await self.call(self._prime)
+        await self._guarded(self._prime)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._follow_journal())
             tasks.create_task(self._prune())
@@ -179,8 +181,10 @@ class ErrorGroups:
                     continue
                 entries, reader.entries = reader.entries, []  # on the loop, where they are added
                 cursor = self._journal_cursor if entries else None
-                batch = await self.call(self._scan, unit, reader, entries, cursor, self._incidents.get(unit))
-                self._publish(batch)
+                incident = self._incidents.get(unit)
+                batch = await self._guarded(self._scan, unit, reader, entries, cursor, incident)
+                if batch is not None:
+                    self._publish(batch)
 
     def close(self) -> None:
         """Stop the worker and close the store (after ``run`` ended)."""
@@ -224,9 +228,23 @@ class ErrorGroups:
         if batch.more:
             self.wake(batch.unit)
 
+    async def _guarded(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """``call``, but a failure of the disk or the database is recorded (once until it works
+        again) and None returned: error groups are an observer, supervision must go on."""
+        try:
+            result = await self.call(fn, *args)
+        except (sqlite3.Error, OSError) as error:
+            text = f"{type(error).__name__}: {error}"
+            if self.failure is None:
+                self._bus.publish(ev.ErrorGroupsFailed(error=text))
+            self.failure = text
+            return None
+        self.failure = None
+        return result
+
     async def _prune(self) -> None:
         while True:
-            await self.call(self.store.prune, time.time())
+            await self._guarded(self.store.prune, time.time())
             await asyncio.sleep(PRUNE_EVERY_SEC)
 
     # ------------------------------------------------------------------ on the worker thread

@@ -15,6 +15,7 @@ never wait for the writer. Times are wall-clock seconds. Old data goes after ``r
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -88,7 +89,17 @@ class ErrorStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / FILE_NAME
         self.retention_sec = retention_sec
-        self._conn = _connect(self.path)
+        self.set_aside: Path | None = None  # where a broken database was moved to, if one was
+        try:
+            self._conn = _connect(self.path)
+        except sqlite3.DatabaseError:
+            # Not a database (a crash mid-write on a broken disk, a stray file): kept for a look, and
+            # a new one started; error groups never keep hasupd from supervising.
+            self.set_aside = self.path.with_name(f"{FILE_NAME}.broken-{int(time.time())}")
+            self.path.rename(self.set_aside)
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(FILE_NAME + suffix).unlink(missing_ok=True)
+            self._conn = _connect(self.path)
 
     def open_reader(self) -> sqlite3.Connection:
         """Return a second, read-only connection (for ``hourly_counts`` from another thread)."""

@@ -164,3 +164,12 @@ def test_scanning_costs_little_per_line(tmp_path: Path) -> None:
     print(f"scan cost: {per_line * 1e6:.2f} us per line over {len(lines)} lines")
     assert per_line < 100e-6
     store.close()
+
+
+def test_a_broken_database_is_set_aside_and_a_new_one_started(tmp_path: Path) -> None:
+    (tmp_path / "errors.sqlite").write_bytes(b"this is not a database" * 100)
+    store = ErrorStore(tmp_path)
+    assert store.set_aside is not None and store.set_aside.read_bytes().startswith(b"this is not")
+    (seen,) = store.record("app", [ErrorEvent(KIND_LINE, "ERROR 1", time.time())], None)
+    assert seen.new
+    store.close()

@@ -390,6 +390,7 @@ class ErrorsSeen(Event):
     LEVEL = logging.DEBUG
     group: str
     count: int
+    sample: str = ""  # the latest of them
 
     def message(self) -> str:
         return f"{self.service}: {self.count} error(s) of group {self.group}"

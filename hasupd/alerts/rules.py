@@ -38,6 +38,7 @@ from hasupd.ports import Clock, TimerHandle
 
 HOUR = 3600
 RESTART_KEY = "restart:"  # as hasupd.observe.error_store counts restarts
+SAMPLES_KEPT = 10_000  # groups whose latest sample is kept for the evidence
 
 
 class History(Protocol):
@@ -130,10 +131,12 @@ class Rules:
         if not self.rules or event.service is None:
             return
         if isinstance(event, ev.ErrorGroupNew):
-            self._samples[event.group] = event.sample
+            self._remember_sample(event.group, event.sample)
             for rule in self._matching(RuleKind.NEW_ERROR, event.service, event.group):
                 self._new_error(rule, event)
         elif isinstance(event, ev.ErrorsSeen):
+            if event.sample:
+                self._remember_sample(event.group, event.sample)
             for rule in self._matching(RuleKind.NEW_ERROR, event.service, event.group):
                 self._alive[(rule.name, event.group)] = self._clock.time()
             for rule in self._matching(RuleKind.ERROR_RATE, event.service, event.group):
@@ -146,6 +149,12 @@ class Rules:
             service = event.service.split("@", 1)[0]
             for rule in self._matching(RuleKind.QUIET, service, None):
                 self._sign_of_life(rule, service)
+
+    def _remember_sample(self, group: str, sample: str) -> None:
+        self._samples.pop(group, None)
+        self._samples[group] = sample
+        if len(self._samples) > SAMPLES_KEPT:
+            del self._samples[next(iter(self._samples))]  # the least recently seen group
 
     def _matching(self, kind: RuleKind, service: str, group: str | None) -> list[AlertRule]:
         return [

@@ -120,9 +120,9 @@ class ErrorGroups:
         self._journal_units: frozenset[str] = frozenset()
         self._journal_changed = asyncio.Event()
         self.failure: str | None = None  # why the last batch could not be kept, if it could not
+        self.journal_failure: str | None = None  # why journalctl last failed (cleared by an entry)
         self._journal_cursor = ""
         self._started = time.time()
-        self._journal_error: str | None = None
         bus.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ from the drains and the bus
@@ -222,7 +222,11 @@ class ErrorGroups:
                         sample=seen.sample[:2000],
                     )
                 )
-            self._bus.publish(ev.ErrorsSeen(service=batch.service, group=seen.group, count=seen.count))
+            self._bus.publish(
+                ev.ErrorsSeen(
+                    service=batch.service, group=seen.group, count=seen.count, sample=seen.sample[:2000]
+                )
+            )
         if batch.lines:
             self._bus.publish(ev.OutputSeen(service=batch.service, lines=batch.lines))
         if batch.more:
@@ -357,10 +361,13 @@ class ErrorGroups:
     async def _journal_once(self, args: list[str]) -> None:
         try:
             await journalctl(args, self._reaper, self._on_journal_entry)
-        except JournalctlError as error:
-            self._journal_error = str(error)  # journald gone for now; the cursor is kept
+        except JournalctlError as error:  # journald gone for now; the cursor is kept
+            if self.journal_failure is None:
+                self._bus.publish(ev.ErrorGroupsFailed(error=f"reading the journal: {error}"))
+            self.journal_failure = str(error)
 
     def _on_journal_entry(self, entry: dict[str, Any]) -> None:
+        self.journal_failure = None
         unit = journal_value(entry.get("SYSLOG_IDENTIFIER"))
         if "HASUPD_EVENT" in entry:
             return

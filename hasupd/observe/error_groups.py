@@ -123,6 +123,11 @@ class ErrorGroups:
         self.journal_failure: str | None = None  # why journalctl last failed (cleared by an entry)
         self._journal_cursor = ""
         self._started = time.time()
+        # Now, before any service starts (and writes what would then be taken for history).
+        try:
+            self._prime()
+        except (sqlite3.Error, OSError) as error:
+            self.failure = f"{type(error).__name__}: {error}"
         bus.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ from the drains and the bus
@@ -169,7 +174,6 @@ class ErrorGroups:
 
     async def run(self) -> None:
         """Read output and keep the groups until cancelled."""
-        await self._guarded(self._prime)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._follow_journal())
             tasks.create_task(self._prune())
@@ -254,7 +258,8 @@ class ErrorGroups:
     # ------------------------------------------------------------------ on the worker thread
 
     def _prime(self) -> None:
-        """Log files that have no saved position are read from their end (history is not imported)."""
+        """Log files that have no saved position are read from their end (history is not imported).
+        Blocking; runs once, when hasupd starts."""
         try:
             names = os.listdir(self.log_dir)
         except FileNotFoundError:

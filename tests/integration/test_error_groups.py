@@ -380,3 +380,49 @@ def test_journal_output_is_grouped_from_the_journal_stream_by_stream(
         assert groups[2]["sample"].startswith("Traceback (most recent call last):")
         assert groups[2]["sample"].endswith("ValueError: invalid literal for int() with base 10: 'x0'")
         d.stop()
+
+
+TALKER = r"""
+import os, sys, time
+hush = sys.argv[1]
+deadline = time.monotonic() + 120
+i = 0
+while time.monotonic() < deadline:
+    if not os.path.exists(hush):
+        print(f"INFO still working {i}", flush=True)
+        i += 1
+    time.sleep(0.2)
+"""
+
+
+def test_a_service_that_goes_quiet_fires_the_dead_mans_switch_once_and_resolves_when_it_talks(
+    daemons: list[Hasupd], smtp: SmtpServer, tmp_path: Path
+) -> None:
+    program = tmp_path / "worker.py"
+    program.write_text(TALKER)
+    hush = tmp_path / "hush"
+    rule = {"name": "worker-quiet", "services": ["worker"], "quiet": {"after_sec": "2s"}}
+    config = write_config(
+        tmp_path / "etc",
+        {"worker": {"command": [sys.executable, str(program), str(hush)], "output": "file"}},
+        daemon={"alerts": {"ops": channel(smtp.port), "rules": [rule]}},
+    )
+    d = Hasupd(config, tmp_path / "work", env=environment(), extra_args=("--no-watch",))
+    daemons.append(d)
+    d.wait_ready()
+    time.sleep(3)  # talking: the switch never fires
+    assert d.find("rule.fired") == []
+    hush.touch()
+    hushed = time.time()
+    fired = d.wait_for("rule.fired", timeout=10)[0]
+    assert fired["kind"] == "quiet" and fired["service"] == "worker"
+    assert time.time() - hushed >= 1.5  # 2s after its last line (written up to 0.2s before the hush)
+    (alert,) = smtp.mailbox.wait(1, timeout=15)
+    assert "worker quiet (rule worker-quiet): no output or other sign of life for" in alert.subject
+    time.sleep(2.5)
+    assert len(d.find("rule.fired")) == 1  # one incident while it stays quiet
+    hush.unlink()
+    resolved = d.wait_for("rule.resolved", timeout=10)[0]
+    assert resolved["incident"] == fired["incident"]
+    notice = smtp.mailbox.wait(2, timeout=15)[1]
+    assert notice.subject.endswith(f"worker resolved (incident {fired['incident']})")

@@ -9,7 +9,8 @@ A line is at error level when
 
 A Python traceback (from ``Traceback (most recent call last):`` to its exception line, chained ones
 included) and a Java stack trace (the line before the first ``at`` frame, the frames, ``Caused by:``
-and ``... N more``) are ONE event each, and always errors: a stack is never printed for good news.
+and ``... N more``) are ONE event each, and always errors: a stack is never printed for good news. An
+error line right before a stack (``logger.exception("...")``, a logback line) is the stack's first line.
 
 ``Assembler`` is fed the lines of one unit in order; it holds back at most one line (to see whether a
 Java stack follows it) and an unfinished stack, until ``flush`` at the end of each batch.
@@ -82,6 +83,7 @@ class Assembler:
         self._python_done = False  # the traceback's exception line was seen
         self._chain = False  # ... and a chained traceback may follow
         self._idle_flushes = 0
+        self._emitted: ErrorEvent | None = None  # the error line emitted just before the held one
 
     def feed(self, raw: str, when: float, priority: int | None = None) -> None:
         """Take the next line (without its newline) written at ``when``."""
@@ -92,13 +94,25 @@ class Assembler:
                 return
             self._end_stack()
         if line.startswith(_PY_START):
-            self._flush_pending()
-            self._start(KIND_PYTHON, [line], when)
+            if self._pending is not None and self._pending[1]:
+                # An error line right before a stack is its header (logger.exception writes both).
+                header, _, at = self._pending
+                self._pending = None
+                self._start(KIND_PYTHON, [header, line], at)
+            else:
+                self._flush_pending()
+                self._start(KIND_PYTHON, [line], when)
             return
         if self._pending is not None and _JAVA_FRAME.match(line):
-            self._start(KIND_JAVA, [self._pending[0], line], self._pending[2])
+            lines, at = [self._pending[0], line], self._pending[2]
+            before = self._emitted
+            if before is not None and self.events and self.events[-1] is before:
+                self.events.pop()  # the error line before the exception line: the header, as above
+                lines, at = [before.text, *lines], before.time
+            self._start(KIND_JAVA, lines, at)
             self._pending = None
             return
+        self._emitted = None
         self._flush_pending()
         self._pending = (line, error, when)
 
@@ -163,4 +177,5 @@ class Assembler:
             line, error, when = self._pending
             self._pending = None
             if error and line.strip():
-                self.events.append(ErrorEvent(KIND_LINE, line, when))
+                self._emitted = ErrorEvent(KIND_LINE, line, when)
+                self.events.append(self._emitted)

@@ -51,7 +51,8 @@ _REPLACEMENTS: tuple[tuple[re.Pattern[str], str], ...] = (
 _PY_FRAME = re.compile(r'^\s+File "([^"]*)", line \d+(?:, in (.*))?$')
 _JAVA_FRAME = re.compile(r"^\s+at ([\w$.<>/]+)\(")
 _JAVA_CAUSE = re.compile(r"^(?:Caused by|\s*Suppressed): ([\w$.]+)")
-_JAVA_HEADER = re.compile(r"(?:^|\s)((?:[\w$]+\.)+[\w$]*(?:Exception|Error|Throwable))\b|^([\w$.]+):")
+_JAVA_HEADER = re.compile(r"(?:^|\s)((?:[\w$]+\.)+[\w$]*(?:Exception|Error|Throwable))\b")
+_JAVA_ANY_HEADER = re.compile(r"^([\w$.]+)(?::|$)")  # any class name: "com.example.Oops: ..."
 _PY_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 
 
@@ -115,20 +116,28 @@ def _python(text: str) -> Fingerprint:
 
 def _java(text: str) -> Fingerprint:
     lines = text.split("\n")
-    header = lines[0]
-    match = _JAVA_HEADER.search(header)
-    exceptions = [(match.group(1) or match.group(2)) if match else normalise(header)]
+    exceptions: list[str] = []
     frames: list[str] = []
-    for line in lines[1:]:
+    header_end = len(lines)  # the header: the lines before the first frame (a log line, the exception)
+    for index, line in enumerate(lines):
         frame = _JAVA_FRAME.match(line)
         if frame:
+            header_end = min(header_end, index)
             frames.append(frame.group(1))
             continue
         cause = _JAVA_CAUSE.match(line)
         if cause:
             exceptions.append(cause.group(1))
+        elif not frames:
+            match = _JAVA_HEADER.search(line)
+            if match:
+                exceptions.append(match.group(1))
+    if not any(_JAVA_HEADER.search(line) for line in lines[:header_end]):
+        # An exception class not named ...Exception or ...Error: the line before the first frame.
+        named = _JAVA_ANY_HEADER.match(lines[max(0, header_end - 1)])
+        exceptions.insert(0, named.group(1) if named else normalise(lines[0]))
     key = "|".join(exceptions) + "\n" + "\n".join(frames)
-    pattern = normalise(header.strip())
+    pattern = normalise(lines[0].strip())
     if frames:
         pattern += f" (at {frames[0]})"
     return Fingerprint(KIND_JAVA, key, pattern[:PATTERN_MAX])

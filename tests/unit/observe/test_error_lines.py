@@ -173,3 +173,23 @@ def test_a_broken_database_is_set_aside_and_a_new_one_started(tmp_path: Path) ->
     (seen,) = store.record("app", [ErrorEvent(KIND_LINE, "ERROR 1", time.time())], None)
     assert seen.new
     store.close()
+
+
+def test_an_error_line_right_before_a_stack_is_its_header() -> None:
+    tb = PY_TB.format(a=1, b=2, n=3)
+    java = JAVA.format(n=4, a=10, b=20).replace('Exception in thread "worker-4" ', "")
+    lines = ["ERROR:root:request failed", *tb.split("\n"), "INFO ok"]
+    lines += ["12:00:01 ERROR [main] c.e.Worker - job 4 failed", *java.split("\n"), "INFO ok"]
+    lines += ["ERROR alone", "INFO ok", *tb.split("\n")]  # not right before: two events
+    events = events_of(lines, ("ERROR",))
+    assert [(e.kind, e.text.split("\n")[0]) for e in events] == [
+        (KIND_PYTHON, "ERROR:root:request failed"),
+        (KIND_JAVA, "12:00:01 ERROR [main] c.e.Worker - job 4 failed"),
+        (KIND_LINE, "ERROR alone"),
+        (KIND_PYTHON, "Traceback (most recent call last):"),
+    ]
+    # The header does not change the group: a stack is grouped by its exceptions and frames.
+    assert fingerprint(KIND_PYTHON, events[0].text).key == fingerprint(KIND_PYTHON, events[3].text).key
+    key = fingerprint(KIND_JAVA, events[1].text).key
+    assert key.startswith("java.lang.IllegalStateException|java.io.IOException\n")
+    assert key == fingerprint(KIND_JAVA, JAVA.format(n=5, a=1, b=2)).key

@@ -64,6 +64,9 @@ class Ctx:
         self.file = file
         self.issues = issues
         self.count = 0
+        # When a dict, read_mapping() adds the keys each mapping accepts, by dotted path: how the
+        # config reference (hasupd.config.reference) learns every key the validators know.
+        self.keys_seen: dict[str, set[str]] | None = None
 
     @property
     def full(self) -> bool:
@@ -173,6 +176,8 @@ def read_mapping(
 
     Return ``{key: value}`` for the keys that converted, or None (reported) when ``node`` is not a mapping.
     """
+    if ctx.keys_seen is not None:
+        ctx.keys_seen.setdefault(path, set()).update(fields)
     if not isinstance(node, MappingNode):
         ctx.error(node, path, f"expected a mapping, got {describe(node)}")
         return None

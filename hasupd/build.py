@@ -13,13 +13,15 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hasupd import __version__
 from hasupd import events as ev
 from hasupd.alerts.policy import Alerts
-from hasupd.backup.units import BackupSetup, setup_backups
+from hasupd.backup.jobs import Kind
+from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment
 from hasupd.host.output import journal_stream_available
@@ -27,7 +29,7 @@ from hasupd.host.reaper import Reaper
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.manager import Manager
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
-from hasupd.observe.metrics import Metrics
+from hasupd.observe.metrics import JobView, Metrics
 from hasupd.observe.queries import RecordStore
 from hasupd.observe.service_output import IncidentOutputCapture, ServiceOutput
 from hasupd.recovery import Recovery
@@ -274,6 +276,7 @@ async def build_backups(
         reaper=graph.reaper,
     )
     backups = setup.units
+    graph.metrics.backup_jobs = lambda: job_views(backups)
     Recovery(
         manager,
         bus=bus,
@@ -283,3 +286,15 @@ async def build_backups(
         restorer_for=lambda job: backups.data_restorer(job, manager),
     )
     return setup
+
+
+def job_views(units: BackupUnits) -> list[JobView]:
+    """Return what the metrics show of each backup job: the age of its newest good backup (from the
+    persisted stamps, so a restarted hasupd knows it) and its max_age."""
+    now = datetime.now(UTC)
+    views = []
+    for name, runner in sorted(units.runners.items()):
+        last = runner.job.stamps.get(name, str(Kind.BACKUP))
+        age = (now - last).total_seconds() if last is not None else None
+        views.append(JobView(job=name, age_sec=age, max_age_sec=runner.job.config.max_age_sec))
+    return views

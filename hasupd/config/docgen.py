@@ -46,9 +46,11 @@ def _key_schema(key: Key, mappings: dict[str, dict[str, Any]]) -> dict[str, Any]
         schema = {"type": "array", "items": items}
     else:
         item = mappings[f"{key.path}.NAME"] = _object()
-        schema = {
+        # "properties" takes reserved names documented beside the free ones (alerts.X beside alerts.NAME).
+        schema = mappings[key.path] = {
             "type": "object",
             "propertyNames": {"pattern": f"^{NAME_PATTERN}$"},
+            "properties": {},
             "additionalProperties": item,
         }
     schema["description"] = f"{key.type.text}. {key.meaning}"

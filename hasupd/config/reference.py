@@ -1,12 +1,14 @@
 """The configuration reference: every key of every config file, with its type, default and meaning.
 
-This table is the ONE place a key is documented. ``python3 -m hasupd.config.docgen`` writes the man
+This table is the ONE place a key is documented. ``python3 -m hasupd.cli.gendocs`` writes the man
 pages hasupd.yaml(5), hasupd.service(5), hasupd.backup(5) and the JSON Schemas from it, and
 tests/unit/config/test_reference.py fails, naming the key, when a key the validators accept has no
 entry here (or an entry names a key they no longer accept, or a default here is not the model's).
 
 To document a new key: add one ``Key`` to the list of its file below (in the order the man page should
-show it), then run ``python3 -m hasupd.config.docgen``.
+show it, after the mapping it is in), then run ``python3 -m hasupd.cli.gendocs``. The test learns the keys
+from ``read_mapping``; a converter that accepts a key some other way (a reserved name beside free names,
+such as a fixed key in ``alerts:`` next to the channels) reports it with ``ctx.saw(path, keys)``.
 """
 
 from __future__ import annotations

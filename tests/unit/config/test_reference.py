@@ -10,10 +10,12 @@ the same set, against the shipped example files, and against the committed copie
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
 import subprocess
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,13 @@ import yaml
 from hasupd.cli.gendocs import REGENERATE, SOURCE_TREE, stale
 from hasupd.config.docgen import SCHEMA_NAMES, json_schema
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.nodes import Ctx, Document
+from hasupd.config.model import BackupJobConfig, DaemonConfig, ServiceConfig
+from hasupd.config.nodes import Ctx, Document, to_int
 from hasupd.config.reference import FILES, ConfigFile
 from hasupd.config.reference_types import UNSET, Key, Shape
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
-from hasupd.config.validate_services import validate_service
+from hasupd.config.validate_services import SERVICE_FIELDS, validate_service
 
 BY_KIND = {f.kind: f for f in FILES}
 TABLES = {"daemon": "DAEMON_KEYS", "service": "SERVICE_KEYS", "backup": "BACKUP_KEYS"}
@@ -306,3 +309,87 @@ def test_the_man_page_renders_cleanly_and_lists_every_accepted_key(kind: str) ->
         if path not in listed and not any(line.startswith(f"{path} ") for line in listed)
     ]
     assert not missing, f"{page.name} lacks {missing}: run {REGENERATE}"
+
+
+# --------------------------------------------------------------------------- the model's side
+
+# Model fields whose YAML key has another name, by (class, field).
+RENAMED = {
+    ("DaemonConfig", "repositories"): "backups.repositories",
+    ("EmailChannel", "from_addr"): "from",
+    ("CheckSpec", "read_data_subset_n"): "read_data_subset",
+    ("BackupJobConfig", "max_age_sec"): "max_age",
+}
+# Model fields that are written as one of several keys (the key says which kind it is).
+WRITTEN_AS = {
+    ("HealthProbe", "kind"): ("http", "tcp", "exec"),
+    ("HealthProbe", "target"): ("http", "tcp"),
+    ("HealthProbe", "argv"): ("exec",),
+    ("RecoveryAction", "kind"): ("exec", "restore"),
+    ("RecoveryAction", "argv"): ("exec",),
+    ("RecoveryAction", "job"): ("restore",),
+}
+# Model fields no key sets: the name (of the file, or the NAME above a channel or repository), the
+# source file, and what hasupd sets for its own units.
+NOT_IN_FILES = {
+    *((cls, field) for cls in ("ServiceConfig", "BackupJobConfig") for field in ("name", "source")),
+    ("AlertChannel", "name"),
+    ("RepositoryConfig", "name"),
+    ("ServiceConfig", "restart_prevent_exit_status"),
+}
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """Return the dataclass in a field's type (``X``, ``X | None``, ``tuple[X, ...]``), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    for arg in typing.get_args(hint):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def model_keys(cls: type, prefix: str, documented: dict[str, Key]) -> list[tuple[str, str]]:
+    """Return [(model field as Class.field, the key path it must be documented as)] below ``cls``."""
+    out: list[tuple[str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        name = (cls.__name__, field.name)
+        if name in NOT_IN_FILES:
+            continue
+        keys = WRITTEN_AS.get(name, (RENAMED.get(name, field.name),))
+        for key in keys:
+            path = f"{prefix}.{key}" if prefix else key
+            out.append((f"{cls.__name__}.{field.name}", path))
+            inner = _dataclass_in(hints[field.name])
+            if inner is not None and path in documented and name not in WRITTEN_AS:
+                shape = documented[path].type.shape
+                below = {Shape.LIST_OF_MAPPINGS: f"{path}[]", Shape.NAMED_MAPPINGS: f"{path}.NAME"}
+                out += model_keys(inner, below.get(shape, path), documented)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"), [("daemon", DaemonConfig), ("service", ServiceConfig), ("backup", BackupJobConfig)]
+)
+def test_every_field_of_the_config_model_is_a_documented_key(kind: str, cls: type) -> None:
+    """A model field with no key in the reference (and none in the man page and schema generated from
+    it) fails here, unless it is listed above as set by no file."""
+    documented = {key.path: key for key in BY_KIND[kind].keys}
+    missing = [(field, path) for field, path in model_keys(cls, "", documented) if path not in documented]
+    assert not missing, (
+        f"model fields without a documented key: {missing}; add a Key to {TABLES[kind]} in "
+        f"hasupd/config/reference.py and run {REGENERATE} (or list the field in NOT_IN_FILES here "
+        "when no config file sets it)"
+    )
+
+
+def test_a_key_added_to_a_validator_is_reported_until_it_is_documented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the first test of this file does when someone adds a key and forgets its entry."""
+    monkeypatch.setitem(SERVICE_FIELDS, "nice", to_int(minimum=-20, maximum=19))
+    assert "nice" in accepted_keys("service")
+    with pytest.raises(AssertionError, match=r"config key 'nice' has no entry .*SERVICE_KEYS"):
+        test_every_key_the_validators_accept_is_documented("service")

@@ -209,6 +209,12 @@ def test_a_documented_default_means_the_same_as_leaving_the_key_out(kind: str, k
     assert given == left_out, (
         f"{key.path}: default {key.default!r} in hasupd/config/reference.py is not the model's default"
     )
+    # What the validators accept, the JSON Schema accepts too.
+    doc = with_key(config_file, key, key.default)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(kind).iter_errors(doc)
+    ]
+    assert not errors, f"the schema rejects a valid file {doc}: {errors}"
 
 
 def test_the_generated_files_are_up_to_date() -> None:

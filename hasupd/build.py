@@ -14,6 +14,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +22,8 @@ from hasupd import __version__
 from hasupd import events as ev
 from hasupd.alerts.policy import Alerts
 from hasupd.alerts.rules import Rules
-from hasupd.backup.units import BackupSetup, setup_backups
+from hasupd.backup.jobs import Kind
+from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment
 from hasupd.host.output import journal_stream_available
@@ -31,7 +33,7 @@ from hasupd.manager import Manager
 from hasupd.observe.error_groups import ErrorGroups
 from hasupd.observe.error_store import ErrorStore, hourly_counts
 from hasupd.observe.logs import LogSetup, log_events, setup_logging
-from hasupd.observe.metrics import Metrics
+from hasupd.observe.metrics import JobView, Metrics
 from hasupd.observe.queries import RecordStore
 from hasupd.observe.service_output import IncidentOutputCapture, ServiceOutput
 from hasupd.recovery import Recovery
@@ -303,6 +305,7 @@ async def build_backups(
         reaper=graph.reaper,
     )
     backups = setup.units
+    graph.metrics.backup_jobs = lambda: job_views(backups)
     Recovery(
         manager,
         bus=bus,
@@ -312,3 +315,15 @@ async def build_backups(
         restorer_for=lambda job: backups.data_restorer(job, manager),
     )
     return setup
+
+
+def job_views(units: BackupUnits) -> list[JobView]:
+    """Return what the metrics show of each backup job: the age of its newest good backup (from the
+    persisted stamps, so a restarted hasupd knows it) and its max_age."""
+    now = datetime.now(UTC)
+    views = []
+    for name, runner in sorted(units.runners.items()):
+        last = runner.job.stamps.get(name, str(Kind.BACKUP))
+        age = (now - last).total_seconds() if last is not None else None
+        views.append(JobView(job=name, age_sec=age, max_age_sec=runner.job.config.max_age_sec))
+    return views

@@ -64,6 +64,15 @@ class Ctx:
         self.file = file
         self.issues = issues
         self.count = 0
+        # When a dict, saw() (called by read_mapping()) adds the keys each mapping accepts, by dotted
+        # path: how the tests of the config reference (hasupd.config.reference) learn every key.
+        self.keys_seen: dict[str, set[str]] | None = None
+
+    def saw(self, path: str, keys: Iterable[str]) -> None:
+        """Note that the mapping at ``path`` accepts ``keys`` (read_mapping does it for every mapping; a
+        converter that reads keys another way, such as a reserved name among free names, calls it too)."""
+        if self.keys_seen is not None:
+            self.keys_seen.setdefault(path, set()).update(keys)
 
     @property
     def full(self) -> bool:
@@ -173,6 +182,7 @@ def read_mapping(
 
     Return ``{key: value}`` for the keys that converted, or None (reported) when ``node`` is not a mapping.
     """
+    ctx.saw(path, fields)
     if not isinstance(node, MappingNode):
         ctx.error(node, path, f"expected a mapping, got {describe(node)}")
         return None

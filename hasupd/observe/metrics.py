@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -39,6 +40,15 @@ class Services(Protocol):
 
     @property
     def services(self) -> dict[str, Service]: ...
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the metrics read of a backup job at scrape time (from its persisted stamps and config)."""
+
+    job: str
+    age_sec: float | None  # age of the newest good backup; None: there is none
+    max_age_sec: float | None  # the job's max_age; None: not set
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -76,6 +86,11 @@ class Metrics:
         # Backup jobs: job -> (last success as a Unix time, its duration, bytes it added)
         self.backups: dict[str, tuple[float, float, int]] = {}
         self.backup_failures: Counter[str] = Counter()
+        self.drills: dict[str, bool] = {}  # job -> whether its last restore drill passed
+        # The backup units plug in here: every job's age and max_age, read at scrape time.
+        self.backup_jobs: Callable[[], Iterable[JobView]] = lambda: ()
+        # Pings to systemd's watchdog that hasupd withheld because its event loop answered late.
+        self.systemd_watchdog_late = 0
         # The fleet: (service, slot) -> this host's fencing token while it owns it, 0 after it lost it.
         self.fleet_owned: dict[tuple[str, str], int] = {}
         self.fleet_elections: Counter[str] = Counter()
@@ -101,6 +116,10 @@ class Metrics:
                 self.backups[job] = (event.time, duration, added)
             case ev.BackupFailed(job=job):
                 self.backup_failures[job] += 1
+            case ev.DrillFinished(job=job, ok=ok):
+                self.drills[job] = ok
+            case ev.WatchdogLate():
+                self.systemd_watchdog_late += 1
             case ev.FleetElected(service=str(name), slot=slot, token=token):
                 self.fleet_elections[name] += 1
                 self.fleet_owned[(name, slot)] = token
@@ -160,6 +179,11 @@ class Metrics:
             "hasupd_event_loop_lag_seconds",
             f"how late hasupd's event loop ran a timer due every {LAG_INTERVAL_SEC:g}s",
             value=round(self.loop_lag, 6),
+        )
+        yield CounterMetricFamily(
+            "hasupd_systemd_watchdog_late",
+            "pings to systemd's watchdog withheld because hasupd's event loop answered late",
+            value=self.systemd_watchdog_late,
         )
         yield GaugeMetricFamily(
             "hasupd_alert_spool_depth", "alerts waiting to be sent", value=self.alert_spool_depth()
@@ -224,7 +248,27 @@ class Metrics:
         failures = CounterMetricFamily("hasupd_backup_failures", "failed backup job steps", labels=("job",))
         for job, count in sorted(self.backup_failures.items()):
             failures.add_metric((job,), count)
-        yield from (last, duration, added, failures)
+        age = GaugeMetricFamily(
+            "hasupd_backup_age_seconds",
+            "age of the job's newest good backup (absent while it has none)",
+            labels=("job",),
+        )
+        max_age = GaugeMetricFamily(
+            "hasupd_backup_max_age_seconds", "the job's max_age (absent without one)", labels=("job",)
+        )
+        for view in self.backup_jobs():
+            if view.age_sec is not None:
+                age.add_metric((view.job,), round(view.age_sec, 3))
+            if view.max_age_sec is not None:
+                max_age.add_metric((view.job,), view.max_age_sec)
+        drill = GaugeMetricFamily(
+            "hasupd_backup_drill_ok",
+            "1 when the job's last restore drill passed, 0 when it failed (absent until one ran)",
+            labels=("job",),
+        )
+        for job, ok in sorted(self.drills.items()):
+            drill.add_metric((job,), float(ok))
+        yield from (last, duration, added, failures, age, max_age, drill)
 
     def render(self) -> str:
         """Return the current metrics in the text exposition format 0.0.4."""

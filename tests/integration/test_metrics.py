@@ -1,6 +1,7 @@
-"""A full scrape of a running daemon (services restarted, failed and probed, a backup, an alert waiting
-in the spool, reloads) read by Prometheus' own tools: prometheus_client's text and OpenMetrics parsers
-and ``promtool check metrics``."""
+"""A full scrape of a running daemon (services restarted, failed and probed, a backup and a restore
+drill, an alert waiting in the spool, reloads) read by Prometheus' own tools: prometheus_client's text
+and OpenMetrics parsers and ``promtool check metrics``; the shipped rules and dashboard name only
+metrics this scrape holds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
 from tests.support.harness import REPO, Hasupd, require
 from tests.support.metrics_families import FAMILIES, check_families
+from tests.support.monitoring import dashboard_expressions, metric_names, rule_expressions
 from tests.support.restic_versions import fetched_binary, this_suite
 
 # The fixtures of the daemon-level backup tests: an initialised restic repository and data.
@@ -84,7 +86,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
         "coalesce_sec": "0s",
     }
     config = setup.config(
-        QUIET,
+        {**QUIET, "max_age": "26h", "drill": {"schedule": "@monthly"}},
         services={
             "web": {"command": SLEEP, **FAST_RESTARTS},
             "probed": {"command": SLEEP, "health": [{"exec": ["/bin/true"], "interval_sec": "200ms"}]},
@@ -93,7 +95,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
         daemon={"metrics": {"listen": f"127.0.0.1:{port}"}, "alerts": {"ops": channel}},
     )
     # app-data runs when asked; "failing" runs at start (it never ran) and fails in its before hook.
-    for kind in ("backup", "prune"):
+    for kind in ("backup", "prune", "drill"):
         stamp(setup.tmp / "work0", kind, datetime.now(UTC))
     failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
     (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
@@ -112,6 +114,8 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     d.wait_for("health.ok", service="probed", timeout=30)
     backup = d.ctl("backup", "run", "app-data")
     assert backup.returncode == 0, backup.stderr
+    drill = d.ctl("backup", "run", "app-data", "--kind", "drill")
+    assert drill.returncode == 0, drill.stderr
     (config / "services.d" / "extra.yaml").write_text('command: ["/bin/sleep", "1000"]\n')
     assert d.ctl("reload").returncode == 0
     d.wait_for("service.started", service="extra", timeout=30)
@@ -134,6 +138,16 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     assert got[("hasupd_backup_duration_seconds", (("job", "app-data"),))] > 0
     assert ("hasupd_backup_last_success_timestamp_seconds", (("job", "app-data"),)) in got
     assert got[("hasupd_backup_failures_total", (("job", "failing"),))] >= 1
+    assert 0 <= got[("hasupd_backup_age_seconds", (("job", "app-data"),))] < 600
+    assert got[("hasupd_backup_max_age_seconds", (("job", "app-data"),))] == 26 * 3600
+    assert ("hasupd_backup_age_seconds", (("job", "failing"),)) not in got  # it never succeeded
+    assert got[("hasupd_backup_drill_ok", (("job", "app-data"),))] == 1
+    assert got[("hasupd_systemd_watchdog_late_total", ())] == 0
+    # Every metric the shipped Prometheus rules and Grafana dashboard name is in this real scrape.
+    scraped = {name for name, _ in got}
+    for source, expressions in (("rules", rule_expressions()), ("dashboard", dashboard_expressions())):
+        unknown = {m: where for m, where in metric_names(expressions).items() if m not in scraped}
+        assert not unknown, f"the shipped {source} use metrics hasupd does not serve: {unknown}"
 
     # OpenMetrics, asked for as Prometheus itself asks; the same families and values.
     for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT):

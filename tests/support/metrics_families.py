@@ -21,6 +21,10 @@ FAMILIES = {
     "hasupd_backup_duration_seconds": "gauge",
     "hasupd_backup_bytes_added": "gauge",
     "hasupd_backup_failures": "counter",
+    "hasupd_backup_age_seconds": "gauge",
+    "hasupd_backup_max_age_seconds": "gauge",
+    "hasupd_backup_drill_ok": "gauge",
+    "hasupd_systemd_watchdog_late": "counter",
     "hasupd_config_reloads": "counter",
 }
 

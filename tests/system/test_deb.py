@@ -229,6 +229,48 @@ def test_journal_has_native_event_fields(machine: Machine) -> None:
 
 
 @pytest.mark.system
+def test_completion_man_pages_and_shared_files_are_installed(machine: Machine) -> None:
+    """After the install, bash-completion finds hasupctl's completion as a first Tab does (bash loads
+    completions on demand, so `complete -p hasupctl` answers once the loader ran) and it completes the
+    running daemon's service names; zsh's compinit finds _hasupctl; the section 5 man pages, the JSON
+    Schemas, the Grafana dashboard and the Prometheus rules are where the README says."""
+    ensure_sleeper(machine)
+    machine.exec(
+        "apt-get",
+        "install",
+        "--yes",
+        "--no-install-recommends",
+        "bash-completion",
+        "zsh",
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        timeout=600,
+    )
+    # The loader returns 124 ("retry the completion") once it has loaded one, as on a first Tab.
+    loader = ". /usr/share/bash-completion/bash_completion && { _completion_loader hasupctl; true; }"
+    spec = machine.exec("bash", "-c", f"{loader} && complete -p hasupctl").stdout.strip()
+    assert spec == "complete -F _hasupctl hasupctl", spec
+    words = machine.exec(
+        "bash",
+        "-c",
+        f"{loader} && COMP_WORDS=(hasupctl restart sl) COMP_CWORD=2 && _hasupctl && echo ${{COMPREPLY[@]}}",
+    ).stdout.split()
+    assert words == ["sleeper"], words
+    zsh = "autoload -U compinit && compinit -u && print -r -- $_comps[hasupctl]"
+    assert machine.exec("zsh", "-c", zsh).stdout.strip() == "_hasupctl"
+    for path in (
+        "/usr/share/man/man5/hasupd.yaml.5.gz",
+        "/usr/share/man/man5/hasupd.service.5.gz",
+        "/usr/share/man/man5/hasupd.backup.5.gz",
+        "/usr/share/hasupd/schema/hasupd.schema.json",
+        "/usr/share/hasupd/schema/hasupd-service.schema.json",
+        "/usr/share/hasupd/schema/hasupd-backup.schema.json",
+        "/usr/share/hasupd/grafana/hasupd-dashboard.json",
+        "/usr/share/hasupd/prometheus/hasupd-rules.yml",
+    ):
+        assert machine.exec("test", "-s", path, check=False).returncode == 0, f"{path} is not installed"
+
+
+@pytest.mark.system
 def test_purge_removes_everything(machine: Machine) -> None:
     """`apt-get purge hasupd` stops it with its services and removes the program, the state, the
     unit and the user and groups."""

@@ -9,7 +9,7 @@ import signal
 
 from hasupd import events as ev
 from hasupd.config.model import HealthProbe, ProbeKind, ServiceConfig, StartLimit
-from hasupd.observe.metrics import Metrics, accept_header, split_listen
+from hasupd.observe.metrics import JobView, Metrics, accept_header, split_listen
 from hasupd.service import Service
 from hasupd.states import OutputMode
 from tests.support.metrics_families import FAMILIES, Samples, check_families
@@ -101,6 +101,12 @@ def test_every_family_is_typed_and_documented_in_both_formats() -> None:
     )
     bus.publish(ev.BackupFailed(job="app-data", step="check", error="boom"))
     bus.publish(ev.ConfigApplied())
+    bus.publish(ev.DrillFinished(job="app-data", ok=False, detail="restore failed"))
+    bus.publish(ev.WatchdogLate(lag_sec=2.5))
+    metrics.backup_jobs = lambda: [
+        JobView(job="app-data", age_sec=120.0, max_age_sec=93600.0),
+        JobView(job="never", age_sec=None, max_age_sec=None),
+    ]
 
     text = metrics.render()
     assert "# TYPE hasupd_service_restarts_total counter" in text
@@ -113,6 +119,11 @@ def test_every_family_is_typed_and_documented_in_both_formats() -> None:
         assert named == {n + "_total" if t == "counter" else n for n, t in FAMILIES.items()}
         assert got[("hasupd_service_restarts_total", (("result", "exit-code"), ("service", "web")))] == 1
         assert got[("hasupd_backup_failures_total", (("job", "app-data"),))] == 1
+        assert got[("hasupd_backup_drill_ok", (("job", "app-data"),))] == 0
+        assert got[("hasupd_systemd_watchdog_late_total", ())] == 1
+        assert got[("hasupd_backup_age_seconds", (("job", "app-data"),))] == 120
+        assert got[("hasupd_backup_max_age_seconds", (("job", "app-data"),))] == 93600
+        assert ("hasupd_backup_age_seconds", (("job", "never"),)) not in got
         assert got[("hasupd_backup_bytes_added", (("job", "app-data"),))] == 4096
         assert got[("hasupd_backup_duration_seconds", (("job", "app-data"),))] == 1.5
         assert got[("hasupd_health_status", (("service", "web"),))] == 0

@@ -19,9 +19,10 @@ from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
 from hasupd.build import DaemonTasks, Graph, build, build_backups
 from hasupd.config.diff import ReloadPlan
-from hasupd.config.issues import ConfigError
+from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.load import load_config
-from hasupd.config.model import Config, LogFormat, LogTarget
+from hasupd.config.model import Config, DaemonConfig, LogFormat, LogTarget
+from hasupd.config.unitstate import UnitStates, UnreadableState
 from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
@@ -31,6 +32,7 @@ from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
+from hasupd.timers import Timers
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Options:
     log_target: LogTarget | None = None
     force_fallback_containment: bool = False
     no_watch: bool = False
+    vendor_dir: Path | None = None  # packages' services.d lives below it (None: none is read)
 
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -52,7 +55,14 @@ def read_config(options: Options) -> Config:
 
     Raise ConfigError with every problem found.
     """
-    config = load_config(options.config_dir)
+
+    def instances(settings: DaemonConfig) -> set[str]:
+        return UnitStates.load(options.state_dir or settings.state_dir).instances
+
+    try:
+        config = load_config(options.config_dir, vendor_dir=options.vendor_dir, instances=instances)
+    except UnreadableState as error:  # enable/disable/mask marks: guessing would start the wrong things
+        raise ConfigError([ConfigIssue(str(error).partition(": ")[0], 1, 1, "", str(error))]) from None
     daemon = config.daemon
     if options.state_dir is not None:
         daemon = replace(daemon, state_dir=str(options.state_dir))
@@ -109,6 +119,7 @@ class Daemon:
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),
         )
         manager = self.manager = graph.manager
+        manager.unit_states = UnitStates.load(state_dir)  # read moments ago by read_config
         self.containers = graph.containers
         previous = state_record.write_marker(state_dir) if not reexec_path else None
         restored = handover.restore(
@@ -136,7 +147,13 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 tasks = self._tasks = graph.tasks
                 tasks.attach(group)
-                context = Context(manager=manager, reloader=self, records=graph.records, alerts=graph.alerts)
+                context = Context(
+                    manager=manager,
+                    reloader=self,
+                    records=graph.records,
+                    alerts=graph.alerts,
+                    vendor_dir=str(self.options.vendor_dir) if self.options.vendor_dir else None,
+                )
                 control = ControlServer(
                     runtime_dir / "control.sock",
                     context,
@@ -166,6 +183,11 @@ class Daemon:
                 unsubscribe()
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all([*restored.to_start, *resumed])
+                timers = Timers(manager, state_dir, loop)
+                timers.sync()
+                self.bus.subscribe(
+                    lambda event: timers.sync() if isinstance(event, ev.ConfigApplied) else None
+                )
                 # Placed services start only while this host owns them (nothing without fleet:).
                 fleet = self.fleet = context.fleet = build_fleet(
                     config.daemon.fleet, manager, self.bus.publish
@@ -185,6 +207,7 @@ class Daemon:
                     self._stop_reason = ""
                     self._stop.clear()
                 keeper.close()
+                timers.close()
                 self.bus.publish(ev.DaemonStopping(reason=self._stop_reason))
                 self.notifier.stopping()
                 if watch is not None:

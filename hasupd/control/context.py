@@ -47,3 +47,4 @@ class Context:
     alerts: Alerts | None = None  # alert test
     backups: BackupUnits | None = None  # set once the job units exist
     fleet: Fleet | None = None  # set when hasupd.yaml has fleet: and it could be set up
+    vendor_dir: str | None = None  # packages' services.d lives below it (hasupctl cat, enable NAME@I)

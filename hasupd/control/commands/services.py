@@ -93,8 +93,19 @@ def _refuse_unowned(ctx: Context, units: list[str]) -> None:
             )
 
 
+def _refuse_masked(ctx: Context, units: list[str]) -> None:
+    """Refuse to start a masked service (hasupctl mask): that is what masking is for."""
+    masked = sorted({ctx.manager.services[u].config.name for u in units if ctx.manager.is_masked(u)})
+    if masked:
+        raise CommandError(
+            Exit.FAILED,
+            f"{', '.join(masked)}: masked, cannot be started (hasupctl unmask {' '.join(masked)} first)",
+        )
+
+
 async def start(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=True)
+    _refuse_masked(ctx, names)
     _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.start(name)
@@ -138,6 +149,7 @@ async def restart(ctx: Context, args: dict[str, Any]) -> Any:
     if args.get("rolling"):
         return await _rolling_restart(ctx, args)
     names = _names(ctx, args, required=True)
+    _refuse_masked(ctx, names)
     _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.services[name].restart()

@@ -30,6 +30,7 @@ from hasupd.service import Service
 from hasupd.states import ServiceState
 
 RELOAD_MARGIN_SEC = 5.0
+MAX_NAME = 255  # a service name becomes a file name (its drop-in folder, its timer stamp)
 MAX_RELOAD_OUTPUT = 2000  # characters of a failed reload_command's output kept in the answer
 
 
@@ -109,7 +110,7 @@ async def disable(ctx: Context, args: dict[str, Any]) -> Any:
 async def mask(ctx: Context, args: dict[str, Any]) -> Any:
     """Mask services: nothing starts them until unmasked (a running one keeps running)."""
     names = _one_name(args)
-    bad = [n for n in names if not is_unit_name(n)]
+    bad = [n for n in names if not is_unit_name(n) or len(n) > MAX_NAME]
     if bad:
         raise CommandError(Exit.USAGE, "invalid service name: " + ", ".join(bad))
     states = _states(ctx)

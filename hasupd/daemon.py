@@ -183,7 +183,7 @@ class Daemon:
                 unsubscribe()
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all([*restored.to_start, *resumed])
-                timers = Timers(manager, state_dir, loop)
+                timers = context.timers = Timers(manager, state_dir, loop)
                 timers.sync()
                 self.bus.subscribe(
                     lambda event: timers.sync() if isinstance(event, ev.ConfigApplied) else None

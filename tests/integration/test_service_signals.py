@@ -67,7 +67,9 @@ def _state(d: Hasupd, name: str) -> str:
     return str(json.loads(out.stdout)[0]["state"])
 
 
-def test_reload_nginx_keeps_master_and_replaces_workers(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+def test_reload_nginx_keeps_master_and_replaces_workers(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
     require(
         os.path.exists(NGINX),
         "nginx is not installed (Debian's nginx-light, in scripts/test's APT_PACKAGES)",
@@ -144,7 +146,9 @@ def test_kill_main_reaches_only_the_main_process(tmp_path: Path, hasupd: Callabl
     assert "not running" in gone.stderr
 
 
-def test_reloading_state_lasts_until_the_reload_is_done(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+def test_reloading_state_lasts_until_the_reload_is_done(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
     script = tmp_path / "notify.py"
     script.write_text(NOTIFY_RELOADER)
     marker = tmp_path / "reloaded"
@@ -167,7 +171,9 @@ def test_reloading_state_lasts_until_the_reload_is_done(tmp_path: Path, hasupd: 
     main = d.wait_for("service.started", service="cmd")[0]["pid"]
     for name in ("cmd", "ntf"):
         answers: list[int] = []
-        asking = threading.Thread(target=lambda n=name: answers.append(d.ctl("reload", n).returncode))
+        asking = threading.Thread(
+            target=lambda n=name, out=answers: out.append(d.ctl("reload", n).returncode)
+        )
         asking.start()
         _wait(lambda n=name: _state(d, n) == "reloading", f"{name} reloading", timeout=5)
         assert d.ctl("is-active", name).stdout.strip() == "reloading"

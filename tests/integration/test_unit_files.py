@@ -88,9 +88,20 @@ def test_vendor_override_dropin_template_and_cat(tmp_path: Path, hasupd: Callabl
     assert f"template for instance 'two': {vendor}/services.d/app@.yaml" in cat_two.stdout
     assert f"description: app two  # {vendor}/services.d/app@.yaml:1" in cat_two.stdout
     # A type error in the drop-in is reported at the drop-in's line, by check-config and by reload.
-    bad = _write(etc / "services.d" / "web.d" / "20-bad.yaml", "# a list is no duration\n\nrestart_sec: [1]\n")
+    bad = _write(
+        etc / "services.d" / "web.d" / "20-bad.yaml", "# a list is no duration\n\nrestart_sec: [1]\n"
+    )
     check = subprocess.run(
-        [sys.executable, "-m", "hasupd", "check-config", "--config-dir", str(etc), "--vendor-dir", str(vendor)],
+        [
+            sys.executable,
+            "-m",
+            "hasupd",
+            "check-config",
+            "--config-dir",
+            str(etc),
+            "--vendor-dir",
+            str(vendor),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -94,7 +94,14 @@ async def enable(ctx: Context, args: dict[str, Any]) -> Any:
     states.instances.update(new_instances)
     _save(states)
     if new_instances:
-        await ctx.reloader.reload_plan(False)  # the instances become services (and start)
+        try:
+            await ctx.reloader.reload_plan(False)  # the instances become services (and start)
+        except CommandError:
+            # An instance the config cannot hold (its template or another file is invalid) is not
+            # left behind to appear, unasked, at some later reload.
+            states.instances.difference_update(new_instances)
+            _save(states)
+            raise
     return _answer(states, names)
 
 
@@ -181,6 +188,11 @@ def properties(ctx: Context, service: Service) -> dict[str, Any]:
     states = ctx.manager.unit_states
     out["unit_file_state"] = str(states.state(service.config.name)) if states is not None else "enabled"
     out["source"] = service.config.source
+    if ctx.timers is not None and service.config.schedule is not None:
+        when = ctx.timers.next_run(service.config.name)
+        out["next_run"] = when.isoformat() if when is not None else ""
+        last = ctx.timers.last_run(service.config.name)
+        out["last_run"] = last.isoformat() if last is not None else ""
     return out
 
 

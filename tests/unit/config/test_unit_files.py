@@ -132,5 +132,5 @@ def test_unit_states_round_trip_and_refuse_a_damaged_file(tmp_path: Path) -> Non
     # The daemon takes a damaged file as a config error: it would not know what to start.
     etc = tmp_path / "etc"
     _write(etc / "services.d" / "web.yaml", "command: [/bin/true]\n")
-    with pytest.raises(ConfigError, match="units.json"):
+    with pytest.raises(ConfigError, match=r"units\.json"):
         read_config(Options(config_dir=etc, state_dir=tmp_path))

@@ -233,8 +233,14 @@ async def kill(ctx: Context, args: dict[str, Any]) -> Any:
     return [{"name": u, "signal": sig.name, "processes": n} for u, n in sent.items()]
 
 
+def _id(name: str | None) -> str | int | None:
+    """Return a user or group as subprocess takes it: a numeric one ("65534") as a number."""
+    return int(name) if name is not None and name.isdigit() else name
+
+
 async def _run_reload_command(service: Service) -> tuple[bool, str]:
-    """Run the service's reload_command as the service's user with MAINPID set; return (ok, detail)."""
+    """Run the service's reload_command as the service's user and group, with its ``environment`` (not
+    its environment_files) and MAINPID; return (ok, detail)."""
     config = service.config
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **dict(config.environment)}
     env["MAINPID"] = str(service.pid)
@@ -246,8 +252,8 @@ async def _run_reload_command(service: Service) -> tuple[bool, str]:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             cwd=config.working_directory or "/",
-            user=config.user,
-            group=config.group,
+            user=_id(config.user),
+            group=_id(config.group),
             start_new_session=True,
         )
     except (OSError, ValueError, KeyError) as error:

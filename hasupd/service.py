@@ -147,6 +147,7 @@ class Service:
         # While recovery actions run, the incident stays open until recovery says how it ended.
         self._hold = False
         self.health: Health | None = None  # None: no probes
+        self.last_reload: tuple[bool, str] | None = None  # (ok, detail) of the last reload that ended
 
     # ------------------------------------------------------------------ views
 
@@ -298,6 +299,7 @@ class Service:
         state but reloading (the service may have died meanwhile)."""
         if self.state is not S.RELOADING:
             return
+        self.last_reload = (ok, detail)
         self._publish(ev.ServiceReloaded(ok=ok, detail=detail))
         self._set_state(S.RUNNING)
         self._arm_timer(self.stable_sec, self._on_stable)

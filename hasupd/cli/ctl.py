@@ -60,6 +60,8 @@ def print_status(services: list[dict[str, Any]]) -> None:
     for s in services:
         if s.get("rolled_back"):
             print(f"{s['name']}: {s['rolled_back']}")
+        if s.get("next_run"):
+            print(f"{s['name']}: timer, next run {s['next_run']}")
     # A service with several instances also as a whole: how many are up.
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in services:

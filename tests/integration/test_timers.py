@@ -81,6 +81,9 @@ def test_persistent_timer_catches_up_once_and_its_failure_alerts(
         assert not second.find("timer.triggered", service="plain")
         assert not skipped.exists()  # without persistent: the missed slots are skipped
         assert second.ctl("is-failed", "catchup").returncode == 0
+        shown = second.ctl("show", "catchup", "-p", "next_run", "--value").stdout.strip()
+        assert datetime.fromisoformat(shown) > datetime.now(UTC)  # the next slot, ahead
+        assert "catchup: timer, next run " in second.ctl("status", "catchup").stdout
         # The stamp moved to this run: the next start of hasupd does not run it again.
         assert datetime.fromisoformat(stamps["catchup"].read_text().strip()) > datetime.now(UTC) - timedelta(
             minutes=1

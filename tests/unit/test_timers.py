@@ -12,6 +12,7 @@ from pathlib import Path
 from hasupd import events as ev
 from hasupd.config.model import Config
 from hasupd.config.unitstate import UnitStates
+from hasupd.host.notify import NotifyMessage
 from hasupd.states import ServiceState as S
 from hasupd.states import ServiceType
 from hasupd.timers import Timers
@@ -122,3 +123,23 @@ def test_kill_and_reload_of_a_running_service() -> None:
     starting = rig.manager.services["ntf"]
     assert not starting.begin_reload("test")  # only a running service reloads (ntf waits for READY=1)
     assert starting.kill(signal.SIGTERM, main_only=True) == 1
+
+
+def test_a_notify_reload_lasts_until_ready_or_fails_at_the_start_timeout() -> None:
+    rig = ManagerRig(service("ntf", type=ServiceType.NOTIFY, reload_signal=signal.SIGHUP))
+    rig.manager.start_all()
+    ntf = rig.manager.services["ntf"]
+    pid = rig.spawner.last.pid
+    rig.watchers.on_notify["ntf"](NotifyMessage(pid=pid, ready=True))
+    assert ntf.begin_reload("test")
+    rig.watchers.on_notify["ntf"](NotifyMessage(pid=pid, reloading=True))
+    assert ntf.state is S.RELOADING
+    rig.watchers.on_notify["ntf"](NotifyMessage(pid=pid, ready=True))
+    assert ntf.state is S.RUNNING and ntf.last_reload == (True, "READY=1")
+    assert ntf.begin_reload("test")  # this time the service never answers
+    rig.clock.advance(1.0)  # timeout_start_sec
+    assert ntf.state is S.RUNNING
+    assert ntf.last_reload == (False, "not done within 1s")
+    # A service that starts a reload itself (RELOADING=1) is reloading until its READY=1.
+    rig.watchers.on_notify["ntf"](NotifyMessage(pid=pid, reloading=True))
+    assert ntf.state is S.RELOADING

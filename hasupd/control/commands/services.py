@@ -51,7 +51,13 @@ def service_status(service: Service) -> dict[str, Any]:
 
 
 async def status(ctx: Context, args: dict[str, Any]) -> Any:
-    return [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
+    out = [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
+    if ctx.timers is not None:  # timer services: when their schedule starts them next
+        for item in out:
+            when = ctx.timers.next_run(item["service"])
+            if when is not None:
+                item["next_run"] = when.isoformat(timespec="seconds")
+    return out
 
 
 def _settled_after_start(service: Service) -> bool:

@@ -298,6 +298,8 @@ async def reload_service(ctx: Context, args: dict[str, Any]) -> Any:
             service.begin_reload(f"signal {config.reload_signal.name}")
             bound = config.timeout_start_sec + RELOAD_MARGIN_SEC
             await asyncio.wait_for(ctx.manager.wait_until(_reloaded(service)), bound)
+            if service.last_reload is not None and not service.last_reload[0]:
+                failures.append(f"{service.name}: {service.last_reload[1]}")
         elif service.begin_reload("reload_command"):
             ok, detail = await _run_reload_command(service)
             service.end_reload(ok, detail)

@@ -50,14 +50,22 @@ class Options:
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
-def read_config(options: Options) -> Config:
-    """Load and validate the config, with the directories given on the command line applied.
+def read_config(options: Options, *, strict: bool = True) -> Config:
+    """Load and validate the config, with the directories given on the command line applied; the
+    template instances enabled in the state dir (``units.json``) are services too.
 
-    Raise ConfigError with every problem found.
+    Raise ConfigError with every problem found, an unreadable units.json included; with ``strict``
+    False (``check-config``, which may run as a user who cannot read the state dir) such a units.json
+    only leaves its instances out.
     """
 
     def instances(settings: DaemonConfig) -> set[str]:
-        return UnitStates.load(options.state_dir or settings.state_dir).instances
+        try:
+            return UnitStates.load(options.state_dir or settings.state_dir).instances
+        except UnreadableState:
+            if strict:
+                raise
+            return set()
 
     try:
         config = load_config(options.config_dir, vendor_dir=options.vendor_dir, instances=instances)
@@ -425,7 +433,7 @@ def run(options: Options) -> int:
 def check_config(options: Options) -> int:
     """Validate the configuration: exit code 0 quietly, or 1 with every error on stderr."""
     try:
-        read_config(options)
+        read_config(options, strict=False)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1

@@ -309,7 +309,7 @@ def load_config(
     a missing dir, unreadable files or folders, files that are not regular or too large or too deeply
     nested, YAML syntax errors, duplicate or unknown keys, bad values, and references between files
     that do not resolve. A syntax error in one file does not stop the others from being validated.
-    Raise nothing else, whatever ``config_dir`` holds.
+    Raise nothing else, whatever ``config_dir`` holds (an exception of ``instances`` propagates).
 
     Services come from ``vendor_dir``/services.d overridden file by file by ``config_dir``/services.d,
     with drop-ins and templates (see ``hasupd.config.layout``); ``instances(daemon settings)`` names

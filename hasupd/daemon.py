@@ -19,9 +19,10 @@ from hasupd import events as ev
 from hasupd.backup.units import BackupSetup, BackupUnits
 from hasupd.build import DaemonTasks, Graph, build, build_backups
 from hasupd.config.diff import ReloadPlan
-from hasupd.config.issues import ConfigError
+from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.load import load_config
-from hasupd.config.model import Config, LogFormat, LogTarget
+from hasupd.config.model import Config, DaemonConfig, LogFormat, LogTarget
+from hasupd.config.unitstate import UnitStates, UnreadableState
 from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
@@ -31,6 +32,7 @@ from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
+from hasupd.timers import Timers
 
 
 @dataclass(frozen=True)
@@ -42,17 +44,33 @@ class Options:
     log_target: LogTarget | None = None
     force_fallback_containment: bool = False
     no_watch: bool = False
+    vendor_dir: Path | None = None  # packages' services.d lives below it (None: none is read)
 
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
-def read_config(options: Options) -> Config:
-    """Load and validate the config, with the directories given on the command line applied.
+def read_config(options: Options, *, strict: bool = True) -> Config:
+    """Load and validate the config, with the directories given on the command line applied; the
+    template instances enabled in the state dir (``units.json``) are services too.
 
-    Raise ConfigError with every problem found.
+    Raise ConfigError with every problem found, an unreadable units.json included; with ``strict``
+    False (``check-config``, which may run as a user who cannot read the state dir) such a units.json
+    only leaves its instances out.
     """
-    config = load_config(options.config_dir)
+
+    def instances(settings: DaemonConfig) -> set[str]:
+        try:
+            return UnitStates.load(options.state_dir or settings.state_dir).instances
+        except UnreadableState:
+            if strict:
+                raise
+            return set()
+
+    try:
+        config = load_config(options.config_dir, vendor_dir=options.vendor_dir, instances=instances)
+    except UnreadableState as error:  # enable/disable/mask marks: guessing would start the wrong things
+        raise ConfigError([ConfigIssue(str(error).partition(": ")[0], 1, 1, "", str(error))]) from None
     daemon = config.daemon
     if options.state_dir is not None:
         daemon = replace(daemon, state_dir=str(options.state_dir))
@@ -109,6 +127,7 @@ class Daemon:
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),
         )
         manager = self.manager = graph.manager
+        manager.unit_states = UnitStates.load(state_dir)  # read moments ago by read_config
         self.containers = graph.containers
         previous = state_record.write_marker(state_dir) if not reexec_path else None
         restored = handover.restore(
@@ -142,6 +161,7 @@ class Daemon:
                     records=graph.records,
                     alerts=graph.alerts,
                     errors=graph.errors,
+                    vendor_dir=str(self.options.vendor_dir) if self.options.vendor_dir else None,
                 )
                 control = ControlServer(
                     runtime_dir / "control.sock",
@@ -173,6 +193,11 @@ class Daemon:
                 unsubscribe()
                 self.backups = context.backups = self.backup_setup.units
                 manager.start_all([*restored.to_start, *resumed])
+                timers = context.timers = Timers(manager, state_dir, loop)
+                timers.sync()
+                self.bus.subscribe(
+                    lambda event: timers.sync() if isinstance(event, ev.ConfigApplied) else None
+                )
                 # Placed services start only while this host owns them (nothing without fleet:).
                 fleet = self.fleet = context.fleet = build_fleet(
                     config.daemon.fleet, manager, self.bus.publish
@@ -192,6 +217,7 @@ class Daemon:
                     self._stop_reason = ""
                     self._stop.clear()
                 keeper.close()
+                timers.close()
                 self.bus.publish(ev.DaemonStopping(reason=self._stop_reason))
                 self.notifier.stopping()
                 if watch is not None:
@@ -410,7 +436,7 @@ def run(options: Options) -> int:
 def check_config(options: Options) -> int:
     """Validate the configuration: exit code 0 quietly, or 1 with every error on stderr."""
     try:
-        read_config(options)
+        read_config(options, strict=False)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1

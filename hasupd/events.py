@@ -277,6 +277,67 @@ class ServiceKilled(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServiceSignalled(Event):
+    """``hasupctl kill``: a signal sent to a service's main process or to all its processes."""
+
+    NAME = "service.signalled"
+    LEVEL = logging.WARNING
+    signal: str
+    processes: int
+    whom: str  # "main" or "all"
+
+    def message(self) -> str:
+        return f"{self.service}: sent {self.signal} to {self.processes} process(es) ({self.whom}) on request"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceReloading(Event):
+    """A service's own reload began (``hasupctl reload NAME``, or RELOADING=1 from the service)."""
+
+    NAME = "service.reloading"
+    how: str
+
+    def message(self) -> str:
+        return f"{self.service} reloading ({self.how})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceReloaded(Event):
+    NAME = "service.reloaded"
+    ok: bool
+    detail: str
+
+    def level(self) -> int:
+        return logging.INFO if self.ok else logging.ERROR
+
+    def message(self) -> str:
+        return f"{self.service} {'reloaded' if self.ok else 'reload failed'}: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerTriggered(Event):
+    """A scheduled (timer) service was started by its schedule."""
+
+    NAME = "timer.triggered"
+    scheduled: str  # the slot, ISO 8601
+    missed: bool  # the slot passed while hasupd was down: a persistent timer's catch-up run
+
+    def message(self) -> str:
+        late = " (missed while hasupd was down; catching up)" if self.missed else ""
+        return f"{self.service} started by its schedule, slot {self.scheduled}{late}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimerSkipped(Event):
+    NAME = "timer.skipped"
+    LEVEL = logging.WARNING
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.service}: scheduled run skipped: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServiceRestartScheduled(Event):
     NAME = "service.restart_scheduled"
     LEVEL = logging.WARNING

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from hasupd import events as ev
 from hasupd.config.diff import ReloadPlan, plan_reload
 from hasupd.config.model import Config, ServiceConfig
+from hasupd.config.unitstate import UnitStates
 from hasupd.host.sockets import HeldSocketStore, SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
@@ -92,6 +93,8 @@ class Manager:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._reload_lock = asyncio.Lock()
         self._stopping = False
+        # hasupctl enable/disable/mask (None: every service is enabled, none masked).
+        self.unit_states: UnitStates | None = None
         bus.subscribe(self._on_event)
         for service in config.services:
             self._add(service)
@@ -119,6 +122,20 @@ class Manager:
         if name in self.services:
             return [name]
         raise KeyError(name)
+
+    def starts_at_boot(self, name: str) -> bool:
+        """Return whether service ``name`` is started at boot and by a reload that adds it: not when it
+        is disabled or masked, nor when it runs on a schedule (a timer starts it)."""
+        config = self.config.service(name)
+        if config is not None and config.schedule is not None:
+            return False
+        return self.unit_states is None or self.unit_states.starts_at_boot(name)
+
+    def is_masked(self, name: str) -> bool:
+        """Return whether service (or unit) ``name`` is masked: it cannot be started."""
+        service = self.services.get(name)
+        base = service.config.name if service is not None else name
+        return self.unit_states is not None and base in self.unit_states.masked
 
     def is_pending(self, name: str) -> bool:
         """Return True if unit ``name`` should run but waits for its dependencies."""
@@ -165,8 +182,8 @@ class Manager:
         on their schedules, not here)."""
         wanted = set(only) if only is not None else None
         for name, units in self.units.items():
-            if self.is_placed(name):
-                continue  # the fleet starts it while this host owns it
+            if self.is_placed(name) or not self.starts_at_boot(name):
+                continue  # the fleet starts it while this host owns it; disabled: by hand only
             self._pending.update(u for u in units if wanted is None or u in wanted)
         self._start_ready()
 
@@ -421,6 +438,8 @@ class Manager:
             plan = whole.services
             old = {s.name: s for s in self.config.services}
             gone = [*plan.removed, *(s.name for s in plan.changed)]
+            # A changed service that ran runs again, even if disabled (only boot and new ones ask).
+            was_active = {n for n in gone if any(not self.services[u].is_inactive for u in self.units[n])}
             await self.stop_many([u for name in gone for u in self.units[name]], "configuration changed")
             kept_sockets: dict[str, SocketSet] = {}
             for name in plan.removed:
@@ -437,7 +456,10 @@ class Manager:
             self.config = new
             for config in (*plan.changed, *plan.added):
                 self._add(config, kept_sockets.get(config.name))
-                if not self.is_placed(config.name):
+                wanted = self.starts_at_boot(config.name) or (
+                    config.name in was_active and not self.is_masked(config.name)
+                )
+                if not self.is_placed(config.name) and wanted:
                     self._pending.update(self.units[config.name])
             self._start_ready()
             self._bus.publish(

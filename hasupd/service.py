@@ -53,7 +53,7 @@ S = ServiceState
 R = ServiceResult
 
 # Watchdog, probes, heartbeat and limits watch the process only in these states.
-_WATCHED_STATES = frozenset({S.START, S.RUNNING})
+_WATCHED_STATES = frozenset({S.START, S.RUNNING, S.RELOADING})
 
 # After SIGKILL the kernel needs a moment; if processes are still there after this long they are stuck
 # in uninterruptible sleep and hasupd gives up waiting (and says so).
@@ -147,6 +147,7 @@ class Service:
         # While recovery actions run, the incident stays open until recovery says how it ended.
         self._hold = False
         self.health: Health | None = None  # None: no probes
+        self.last_reload: tuple[bool, str] | None = None  # (ok, detail) of the last reload that ended
 
     # ------------------------------------------------------------------ views
 
@@ -209,7 +210,7 @@ class Service:
                 # Skip the rest of the delay: someone wants it now.
                 self._reset_for_explicit_start()
                 self._enter_start()
-            case S.START | S.RUNNING:
+            case S.START | S.RUNNING | S.RELOADING:
                 pass  # already started
             case _ if self.state in STOPPING_STATES:
                 self._start_after_stop = True
@@ -226,7 +227,7 @@ class Service:
                 self._stop_requested = True
                 self._publish(ev.ServiceStopping(reason=reason))
                 self._finish(ev.ServiceStopped(result=str(self.result)), S.DEAD, "stopped")
-            case S.START | S.RUNNING:
+            case S.START | S.RUNNING | S.RELOADING:
                 self._stop_requested = True
                 self._publish(ev.ServiceStopping(reason=reason))
                 self._enter_signal(S.STOP_SIGTERM, R.SUCCESS)
@@ -237,7 +238,7 @@ class Service:
 
     def restart(self) -> None:
         """Stop the service if it runs, then start it again."""
-        if self.state in (S.START, S.RUNNING):
+        if self.state in (S.START, S.RUNNING, S.RELOADING):
             self.stop("restart requested")
             self._start_after_stop = True
         elif self.state in STOPPING_STATES:
@@ -252,6 +253,59 @@ class Service:
             self._start_limit.reset()
             self._attempt = 0
             self._set_state(S.DEAD)
+
+    def kill(self, sig: int, main_only: bool) -> int:
+        """Send ``sig`` to the main process (``main_only``) or to every process of the service; return
+        how many got it (0: nothing runs). No transition: what the signal does shows as it happens."""
+        if self._process is None or self.state not in ACTIVE_STATES:
+            return 0
+        scope = self._process.scope
+        if main_only:
+            if not self._main_alive:
+                return 0
+            self._process.send_signal(sig)
+            count = 1
+        else:
+            count = scope.signal_all(sig)
+        self._publish(
+            ev.ServiceSignalled(
+                signal=signal.Signals(sig).name, processes=count, whom="main" if main_only else "all"
+            )
+        )
+        return count
+
+    def begin_reload(self, how: str) -> bool:
+        """Enter ``reloading`` from running; return False (nothing done) in any other state.
+
+        With ``reload_signal`` the signal goes to the main process here. A notify service then stays in
+        reloading until READY=1 (it says RELOADING=1 first); any other ends it with ``end_reload``
+        (the caller's command returned) or, for a signal alone, at once. Past timeout_start_sec the
+        reload counts as failed and the service as running again.
+        """
+        if self.state is not S.RUNNING or self._process is None:
+            return False
+        self._publish(ev.ServiceReloading(how=how))
+        self._set_state(S.RELOADING)
+        self._arm_timer(self.config.timeout_start_sec, self._on_reload_timeout)
+        sig = self.config.reload_signal
+        if sig is not None:
+            self._process.send_signal(sig)
+            if self.config.type is not ServiceType.NOTIFY:
+                self.end_reload(True, f"sent {sig.name} to pid {self.pid}")
+        return True
+
+    def end_reload(self, ok: bool, detail: str) -> None:
+        """The reload is over (its command returned, or READY=1 came): running again. A no-op in any
+        state but reloading (the service may have died meanwhile)."""
+        if self.state is not S.RELOADING:
+            return
+        self.last_reload = (ok, detail)
+        self._publish(ev.ServiceReloaded(ok=ok, detail=detail))
+        self._set_state(S.RUNNING)
+        self._arm_timer(self.stable_sec, self._on_stable)
+
+    def _on_reload_timeout(self) -> None:
+        self.end_reload(False, f"not done within {self.config.timeout_start_sec:g}s")
 
     def give_up(self) -> None:
         """Recovery found nothing that helps: a service its actions left inactive (``reset_failed`` gives
@@ -347,6 +401,8 @@ class Service:
         caller starts it. The watchdog, heartbeat, limits and probes of a watched state are armed anew.
         """
         state = S(str(snap["state"]))
+        if state is S.RELOADING:
+            state = S.RUNNING  # a reload cut short by the re-exec: it runs (it may reload again)
         self.result = R(str(snap["result"]))
         self.restarts = int(snap.get("restarts") or 0)  # type: ignore[call-overload]
         self._attempt = int(snap.get("attempt") or 0)  # type: ignore[call-overload]
@@ -670,7 +726,7 @@ class Service:
             )
         )
         match self.state:
-            case S.START | S.RUNNING:
+            case S.START | S.RUNNING | S.RELOADING:
                 # Whatever is left of the tree goes too (systemd's KillMode=control-group).
                 self._enter_signal(S.STOP_SIGTERM, result)
             case _ if self.state in STOPPING_STATES:
@@ -882,6 +938,10 @@ class Service:
         if msg.ready and self.state is S.START and self.config.type is ServiceType.NOTIFY:
             self._publish(ev.ServiceReady(pid=msg.pid))
             self._enter_running()
+        elif msg.reloading and self.state is S.RUNNING and self.config.type is ServiceType.NOTIFY:
+            self.begin_reload("RELOADING=1 from the service")  # a reload the service began itself
+        elif msg.ready and self.state is S.RELOADING:
+            self.end_reload(True, "READY=1")
         if msg.watchdog_trigger:
             self._freeze(
                 R.WATCHDOG,

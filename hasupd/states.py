@@ -11,6 +11,7 @@ class ServiceState(StrEnum):
     DEAD = "dead"
     START = "start"
     RUNNING = "running"
+    RELOADING = "reloading"  # the service's own reload (systemd's "reload"): running, then running again
     STOP_WATCHDOG = "stop-watchdog"
     STOP_SIGTERM = "stop-sigterm"
     STOP_SIGKILL = "stop-sigkill"
@@ -65,6 +66,7 @@ ACTIVE_STATES = frozenset(
     {
         ServiceState.START,
         ServiceState.RUNNING,
+        ServiceState.RELOADING,
         ServiceState.STOP_WATCHDOG,
         ServiceState.STOP_SIGTERM,
         ServiceState.STOP_SIGKILL,

@@ -14,6 +14,7 @@ from hasupd.cli.ctl_backup import add_backup_commands, run_backup_command
 from hasupd.cli.ctl_fleet import add_fleet_commands, run_fleet_command
 from hasupd.cli.ctl_records import RECORD_COMMANDS, add_record_commands, run_record_command
 from hasupd.cli.ctl_restore import add_restore_command, run_restore_command
+from hasupd.cli.ctl_units import UNIT_COMMANDS, add_unit_commands, run_unit_command
 from hasupd.control.client import ControlError, call, socket_path
 from hasupd.control.protocol import Exit
 
@@ -59,6 +60,8 @@ def print_status(services: list[dict[str, Any]]) -> None:
     for s in services:
         if s.get("rolled_back"):
             print(f"{s['name']}: {s['rolled_back']}")
+        if s.get("next_run"):
+            print(f"{s['name']}: timer, next run {s['next_run']}")
     # A service with several instances also as a whole: how many are up.
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in services:
@@ -92,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="one instance at a time, each waiting until the last is running and healthy",
             )
-    reload = sub.add_parser("reload", help="re-read the config and apply only what changed")
+    reload = sub.add_parser(
+        "reload", help="re-read the config and apply only what changed; with NAME: that service's own reload"
+    )
     reload.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    reload.add_argument(
+        "names", nargs="*", metavar="NAME", help="reload these services (reload_signal or reload_command)"
+    )
     reexec = sub.add_parser(
         "daemon-reexec",
         help="replace hasupd's image with the installed hasupd (same pid); services keep running",
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(sub)
     add_restore_command(sub)
     add_fleet_commands(sub)
+    add_unit_commands(sub)
     for p in sub.choices.values():  # accept --json after the command too
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -147,7 +156,7 @@ def _run(argv: list[str] | None) -> int:
     except SystemExit as exit_:
         return Exit.USAGE if exit_.code not in (0, None) else Exit.OK
     request: dict[str, Any] = {}
-    if hasattr(args, "names"):
+    if hasattr(args, "names") and args.command != "reload":
         request["names"] = args.names
     if args.command == "reload":
         request["dry_run"] = args.dry_run
@@ -165,6 +174,13 @@ def _run(argv: list[str] | None) -> int:
         request = {"channel": args.channel} if args.channel else {}
     if args.command == "daemon-reexec":
         return _daemon_reexec(args)
+    if args.command in UNIT_COMMANDS:
+        return run_unit_command(args)
+    if args.command == "reload" and args.names:
+        if args.dry_run:
+            print("hasupctl: --dry-run is for the config reload, not a service's", file=sys.stderr)
+            return Exit.USAGE
+        return _reload_services(args)
     try:
         cmd = "alert-test" if args.command == "alert" else args.command
         data = call(socket_path(args.socket), cmd, request)
@@ -177,6 +193,12 @@ def _run(argv: list[str] | None) -> int:
         print_status(data)
         if args.command == "status":
             _print_daemon_line(args)
+    if (
+        args.command == "status"
+        and args.names
+        and any(s["state"] not in ("running", "reloading") for s in data)
+    ):
+        return Exit.NOT_FOUND  # as systemctl status: a named service that is not running
     elif args.command == "alert":
         for outcome in data:
             print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
@@ -184,6 +206,20 @@ def _run(argv: list[str] | None) -> int:
         _print_info(data)
     elif args.command == "reload":
         print_reload(data)
+    return Exit.OK
+
+
+def _reload_services(args: argparse.Namespace) -> int:
+    """``reload NAME...``: each service's own reload; print its status once it is done."""
+    try:
+        data = call(socket_path(args.socket), "reload-service", {"names": args.names})
+    except ControlError as error:
+        print(f"hasupctl: {error}", file=sys.stderr)
+        return error.code
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_status(data)
     return Exit.OK
 
 

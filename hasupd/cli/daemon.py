@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hasupd import __version__
-from hasupd.config.model import DEFAULT_CONFIG_DIR, LogFormat, LogTarget
+from hasupd.config.model import DEFAULT_CONFIG_DIR, DEFAULT_VENDOR_DIR, LogFormat, LogTarget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             default=Path(os.environ.get("HASUPD_CONFIG_DIR", DEFAULT_CONFIG_DIR)),
             help="configuration folder (default: %(default)s)",
+        )
+        p.add_argument(
+            "--vendor-dir",
+            type=Path,
+            default=Path(os.environ.get("HASUPD_VENDOR_DIR", DEFAULT_VENDOR_DIR)),
+            help="packages' folder whose services.d the config dir's overrides (default: %(default)s)",
         )
         p.add_argument("--state-dir", type=Path, help="state folder (overrides hasupd.yaml state_dir)")
         p.add_argument("--runtime-dir", type=Path, help="runtime folder (overrides hasupd.yaml runtime_dir)")
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         log_target=LogTarget(args.log_target) if getattr(args, "log_target", None) else None,
         force_fallback_containment=getattr(args, "no_cgroup", False),
         no_watch=getattr(args, "no_watch", False),
+        vendor_dir=args.vendor_dir,
     )
     if args.command == "check-config":
         return daemon.check_config(options)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import yaml
@@ -24,9 +25,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
 from hasupd.config.issues import ConfigError, ConfigIssue
-from hasupd.config.model import Config
-from hasupd.config.nodes import Document, join
+from hasupd.config.layout import compose_service, find_services
+from hasupd.config.model import Config, DaemonConfig
+from hasupd.config.nodes import Ctx, Document, join
 from hasupd.config.validate import build_config
+from hasupd.config.validate_daemon import validate_daemon
 from hasupd.files import NotARegularFile, file_kind, read_regular_file
 
 __all__ = ["ConfigError", "ConfigIssue", "load_config"]
@@ -51,8 +54,10 @@ class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe loader whose (recursive) composer stops at ``MAX_DEPTH`` levels and ``MAX_NODES``
     nodes, with a located error instead of a RecursionError or minutes of work."""
 
-    def __init__(self, stream: bytes) -> None:
+    def __init__(self, stream: bytes, name: str) -> None:
         super().__init__(stream)
+        # Every mark (so every node) carries its file: merged drop-ins report errors at their own file.
+        self.name = name
         self._depth = 0
         self._nodes = 0
 
@@ -194,10 +199,20 @@ class _Unreadable(Exception):
     """A config folder that cannot be listed as one; ``str()`` says why."""
 
 
-def read_document(path: Path, issues: list[ConfigIssue]) -> Document:
-    """Return the composed root node of ``path``; report read and syntax errors, limits exceeded,
-    text no OS interface takes (NUL, lone surrogates) and duplicate keys."""
-    name = path.name.removesuffix(_SUFFIX)
+def _compose(data: bytes, path: Path) -> Node | None:
+    loader = _BoundedLoader(data, str(path))
+    try:
+        node: Node | None = loader.get_single_node()
+        return node
+    finally:
+        loader.dispose()
+
+
+def read_document(path: Path, issues: list[ConfigIssue], name: str | None = None) -> Document:
+    """Return the composed root node of ``path`` (as the unit ``name``, by default the file name
+    without .yaml); report read and syntax errors, limits exceeded, text no OS interface takes (NUL,
+    lone surrogates) and duplicate keys."""
+    name = name if name is not None else path.name.removesuffix(_SUFFIX)
     unparsed = Document(str(path), name, None, parsed=False)
     try:
         data = read_regular_file(path, MAX_FILE_BYTES)
@@ -208,7 +223,7 @@ def read_document(path: Path, issues: list[ConfigIssue]) -> Document:
         issues.append(_issue_at(str(path), None, f"cannot read the file: {exc.strerror or exc}"))
         return unparsed
     try:
-        node = yaml.compose(data, Loader=_BoundedLoader)
+        node = _compose(data, path)
     except ReaderError as exc:
         issues.append(_reader_issue(str(path), exc, data))
         return unparsed
@@ -272,14 +287,33 @@ def _is_dir(path: Path) -> bool:
         return False  # reading it reports the problem
 
 
-def load_config(config_dir: str | Path) -> Config:
+def _read_unit(path: Path, name: str, issues: list[ConfigIssue]) -> Document:
+    # A NAME@INSTANCE.yaml symlink to its template reads as the template: errors name the file
+    # that holds the text.
+    if "@" in name and path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if target.name.endswith("@" + _SUFFIX) and target.is_file():
+            path = target
+    return read_document(path, issues, name)
+
+
+def load_config(
+    config_dir: str | Path,
+    *,
+    vendor_dir: str | Path | None = None,
+    instances: Callable[[DaemonConfig], Iterable[str]] | None = None,
+) -> Config:
     """Return the validated config of ``config_dir``.
 
     Raise ConfigError with every problem of every file (ordered by file, line, column) if there is any:
     a missing dir, unreadable files or folders, files that are not regular or too large or too deeply
     nested, YAML syntax errors, duplicate or unknown keys, bad values, and references between files
     that do not resolve. A syntax error in one file does not stop the others from being validated.
-    Raise nothing else, whatever ``config_dir`` holds.
+    Raise nothing else, whatever ``config_dir`` holds (an exception of ``instances`` propagates).
+
+    Services come from ``vendor_dir``/services.d overridden file by file by ``config_dir``/services.d,
+    with drop-ins and templates (see ``hasupd.config.layout``); ``instances(daemon settings)`` names
+    the template instances enabled in the state dir.
     """
     root = Path(config_dir)
     try:
@@ -294,7 +328,15 @@ def load_config(config_dir: str | Path) -> Config:
     daemon_path = root / DAEMON_FILE
     # lexists: a hasupd.yaml that is a symlink loop or to nothing is an error, not "use the defaults".
     daemon = read_document(daemon_path, issues) if os.path.lexists(daemon_path) else None
-    services = [read_document(path, issues) for path in _unit_files(root / SERVICES_DIR, issues)]
+    folders = [Path(vendor_dir) / SERVICES_DIR] if vendor_dir is not None else []
+    folders.append(root / SERVICES_DIR)
+    for folder in folders:
+        _unit_files(folder, issues)  # a folder that cannot be listed is an error, not "no services"
+    enabled: Iterable[str] = ()
+    if instances is not None:
+        settings, _, _ = validate_daemon(Ctx(DAEMON_FILE, []), daemon)  # its issues are reported below
+        enabled = instances(settings)
+    services = [compose_service(sources, _read_unit, issues) for sources in find_services(folders, enabled)]
     backups = [read_document(path, issues) for path in _unit_files(root / BACKUPS_DIR, issues)]
     config = build_config(str(root), daemon, services, backups, issues)
     if issues:

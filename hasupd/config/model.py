@@ -16,6 +16,8 @@ from hasupd.states import OutputMode, RestartMode, ServiceType
 DEFAULT_CONFIG_DIR = "/etc/hasupd"
 DEFAULT_STATE_DIR = "/var/lib/hasupd"
 DEFAULT_RUNTIME_DIR = "/run/hasupd"
+# Services shipped by packages; /etc/hasupd/services.d overrides them file by file.
+DEFAULT_VENDOR_DIR = "/usr/lib/hasupd"
 
 
 class ProbeKind(StrEnum):
@@ -165,6 +167,14 @@ class ServiceConfig:
     alerts: tuple[str, ...] | None = None  # None: every channel
     placement: Placement | None = None  # None: local, as without a fleet
     errors: ErrorsConfig = ErrorsConfig()
+    # A service's own reload (``hasupctl reload NAME``): a signal to the main process or a command.
+    reload_signal: signal.Signals | None = None
+    reload_command: tuple[str, ...] = ()
+    # Timers (type: oneshot only): run on a cron expression; ``persistent`` catches up a run missed
+    # while hasupd was down; each run waits a random 0..randomized_delay_sec first.
+    schedule: str | None = None
+    persistent: bool = False
+    randomized_delay_sec: float = 0.0
 
 
 # --------------------------------------------------------------------------- backups

@@ -84,7 +84,10 @@ class Ctx:
         if not self.full:
             mark = node.start_mark if node is not None else None
             line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-            self.issues.append(ConfigIssue(self.file, line, col, key, message))
+            # A node merged in from a drop-in names its own file ("<...>": text not read from a file).
+            named = mark is not None and isinstance(mark.name, str) and not mark.name.startswith("<")
+            file = mark.name if named and mark is not None else self.file
+            self.issues.append(ConfigIssue(file, line, col, key, message))
         self.count += 1
 
     def finish(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
+from hasupd.config.layout import is_unit_name
 from hasupd.config.model import Config, DaemonConfig, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
@@ -23,8 +24,9 @@ __all__ = ["build_config"]
 
 
 def _check_file_name(ctx: Ctx, doc: Document, what: str) -> bool:
-    """Report a file whose name (without .yaml) is not a valid name; return whether it is valid."""
-    if is_name(doc.name):
+    """Report a file whose name (without .yaml) is not a valid name; return whether it is valid (a
+    service may be a template instance, NAME@INSTANCE)."""
+    if is_name(doc.name) or (what == "service" and is_unit_name(doc.name)):
         return True
     ctx.error(
         None,

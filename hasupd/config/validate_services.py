@@ -38,6 +38,7 @@ from hasupd.config.nodes import (
     seq_of,
     to_abs_path,
     to_argv,
+    to_bool,
     to_duration,
     to_enum,
     to_int,
@@ -49,6 +50,7 @@ from hasupd.config.nodes import (
     to_size,
     to_str,
 )
+from hasupd.config.validate_backups import to_schedule
 from hasupd.config.validate_fleet import to_placement
 from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
@@ -272,6 +274,11 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "alerts": seq_of(to_name, "a list of alert channel names"),
     "placement": to_placement,
     "errors": record(ErrorsConfig, {"match": seq_of(_to_regex, "a list of regular expressions")}),
+    "reload_signal": to_signal,
+    "reload_command": to_argv,
+    "schedule": to_schedule,
+    "persistent": to_bool,
+    "randomized_delay_sec": to_duration(),
 }
 
 
@@ -297,6 +304,22 @@ def _check_restart_delays(ctx: Ctx, values: dict[str, Any], present: dict[str, t
             "restart_sec",
             f"larger than restart_max_delay_sec ({_seconds(most)} by default); set restart_max_delay_sec too",
         )
+
+
+def _check_reload_and_timer(ctx: Ctx, values: dict[str, Any], present: dict[str, tuple[Node, Node]]) -> None:
+    """Report reload_signal with reload_command, a schedule on a service that is not a oneshot, and
+    persistent or randomized_delay_sec without a schedule."""
+    if "reload_signal" in present and "reload_command" in present:
+        ctx.error(
+            present["reload_command"][0], "reload_command", "reload_signal and reload_command are exclusive"
+        )
+    if "schedule" in present and values.get("type", _DEFAULTS.type) is not ServiceType.ONESHOT:
+        ctx.error(
+            present["schedule"][0], "schedule", "a schedule needs type: oneshot (a timer runs to its end)"
+        )
+    for key in ("persistent", "randomized_delay_sec"):
+        if key in present and "schedule" not in present:
+            ctx.error(present[key][0], key, f"{key} needs schedule:")
 
 
 def _check_executable(ctx: Ctx, values: dict[str, Any], node: Node, environment_given: bool) -> None:
@@ -336,6 +359,7 @@ def validate_service(ctx: Ctx, doc: Document) -> ServiceConfig | None:
     elif "command" in values:
         _check_executable(ctx, values, present["command"][1], "environment" in present)
     _check_restart_delays(ctx, values, present)
+    _check_reload_and_timer(ctx, values, present)
     if ctx.count != before:
         return None
     return ServiceConfig(name=doc.name, source=doc.path, **values)

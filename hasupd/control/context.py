@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hasupd.alerts.policy import Alerts
     from hasupd.backup.units import BackupUnits
     from hasupd.fleet.controller import Fleet
+    from hasupd.timers import Timers
 
 
 class CommandError(Exception):
@@ -49,3 +50,5 @@ class Context:
     backups: BackupUnits | None = None  # set once the job units exist
     fleet: Fleet | None = None  # set when hasupd.yaml has fleet: and it could be set up
     errors: ErrorGroups | None = None  # the services' error groups (errors, errors-show)
+    vendor_dir: str | None = None  # packages' services.d lives below it (hasupctl cat, enable NAME@I)
+    timers: Timers | None = None  # the schedules of timer services (hasupctl show: next_run)

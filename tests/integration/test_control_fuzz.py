@@ -45,6 +45,14 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "fleet-move": ("name", "host"),
     "fleet-drain": ("host",),
     "errors-show": ("group", "since"),
+    "enable": ("names",),
+    "disable": ("names",),
+    "mask": ("names",),
+    "unmask": ("names",),
+    "cat": ("names",),
+    "show": ("names",),
+    "kill": ("names", "signal", "whom"),
+    "reload-service": ("names",),
 }
 # Commands not fuzzed here, and why.
 NOT_FUZZED = {
@@ -71,7 +79,28 @@ VALID_BASE: dict[str, dict[str, Any]] = {
     "alert-test": {"channel": "nope"},
     "backup-run": {"job": "nope", "kind": "backup"},
     "restore": {"job": "nope", "snapshot": "latest", "target": "/nonexistent", "dry_run": True},
+    "enable": {"names": ["nope"]},
+    "disable": {"names": ["nope"]},
+    "mask": {"names": ["nope"]},
+    "unmask": {"names": ["nope"]},
+    "cat": {"names": ["nope"]},
+    "show": {"names": ["nope"]},
+    "kill": {"names": ["nope"], "signal": "USR1", "whom": "main"},
+    "reload-service": {"names": ["nope"]},
 }
+# Commands whose names must never name a real service here (they would stop, signal or disable it).
+NAMED_CHANGES = (
+    "start",
+    "stop",
+    "restart",
+    "reset-failed",
+    "enable",
+    "disable",
+    "mask",
+    "unmask",
+    "kill",
+    "reload-service",
+)
 # Every command gets each of these for each of its arguments once, before the random part.
 WRONG_VALUES: tuple[Any, ...] = (
     None,
@@ -134,7 +163,7 @@ def _args(rng: random.Random, cmd: str) -> dict[str, Any]:
     args = {a: _value(rng) for a in ARGUMENTS[cmd] if rng.random() < 0.7}
     if rng.random() < 0.2:
         args[rng.choice(["_user", "unknown", ""])] = _value(rng)
-    if cmd in ("start", "stop", "restart", "reset-failed"):
+    if cmd in NAMED_CHANGES:
         args["names"] = _wrong_names(rng)  # anything else could stop or restart a service
     if cmd == "reload":
         args["dry_run"] = rng.choice([None, 1, "yes", [], {}, True])

@@ -86,3 +86,15 @@ def test_the_start_limit_window_is_carried_over() -> None:
     old.start()
     snap = old.snapshot()
     assert snap["start_limit"] == [clock.now]
+
+
+def test_a_unit_caught_mid_reload_is_carried_on_as_running() -> None:
+    clock, spawner = FakeClock(), FakeSpawner()
+    old, _ = make(clock, spawner)
+    old.start()
+    assert old.begin_reload("reload_command")  # the command's answer is lost with the old image
+    assert old.state is S.RELOADING
+    process = spawner.last
+    new = carried(old, clock, spawner, process)
+    assert new.state is S.RUNNING and new.pid == process.pid
+    assert process.scope.signals == [] and process.scope.main_signals == []  # not stopped

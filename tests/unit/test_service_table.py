@@ -121,7 +121,14 @@ def in_auto_restart() -> Rig:
     return rig
 
 
+def in_reloading() -> Rig:
+    rig = in_running()
+    assert rig.svc.begin_reload("test")  # no reload_signal: it stays until end_reload or the timeout
+    return rig
+
+
 REACH: dict[S, Callable[[], Rig]] = {
+    S.RELOADING: in_reloading,
     S.DEAD: in_dead,
     S.START: in_start,
     S.RUNNING: in_running,
@@ -220,6 +227,20 @@ TABLE: dict[S, tuple[str, ...]] = {
         S.STOP_WATCHDOG,
         S.STOP_SIGTERM,
     ),
+    S.RELOADING: (
+        NOOP,
+        S.STOP_SIGTERM,
+        S.STOP_SIGTERM,
+        NOOP,
+        S.AUTO_RESTART,
+        S.RUNNING,  # the reload timeout: it failed, the service runs on
+        S.RUNNING,  # READY=1 ends the reload
+        S.STOP_WATCHDOG,
+        NOOP,  # probes judge a running service, not one mid-reload
+        NOOP,
+        S.STOP_WATCHDOG,
+        S.STOP_SIGTERM,
+    ),
     S.STOP_SIGTERM: (
         NOOP,  # start after the stop: remembered, no state change yet
         NOOP,
@@ -300,6 +321,7 @@ SPAWN_FAILS: dict[S, str] = {
     S.DEAD: S.AUTO_RESTART,
     S.START: NOOP,  # already started
     S.RUNNING: NOOP,
+    S.RELOADING: NOOP,
     S.STOP_SIGTERM: NOOP,  # the start comes after the stop
     S.STOP_WATCHDOG: NOOP,
     S.STOP_SIGKILL: NOOP,

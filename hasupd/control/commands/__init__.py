@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hasupd.control.auth import Role
-from hasupd.control.commands import alerts, backup, daemon, fleet, records, restore, services
+from hasupd.control.commands import alerts, backup, daemon, fleet, records, restore, services, units
 from hasupd.control.context import Context
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]
@@ -47,4 +47,12 @@ COMMANDS: dict[str, Command] = {
     "fleet-move": Command(Role.OPERATE, True, fleet.move),
     "fleet-drain": Command(Role.OPERATE, True, fleet.drain),
     "errors-show": Command(Role.READ, False, records.errors_show),
+    "enable": Command(Role.OPERATE, True, units.enable),
+    "disable": Command(Role.OPERATE, True, units.disable),
+    "mask": Command(Role.OPERATE, True, units.mask),
+    "unmask": Command(Role.OPERATE, True, units.unmask),
+    "cat": Command(Role.READ, False, units.cat),
+    "show": Command(Role.READ, False, units.show),
+    "kill": Command(Role.OPERATE, True, units.kill),
+    "reload-service": Command(Role.OPERATE, True, units.reload_service),
 }

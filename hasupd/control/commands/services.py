@@ -51,7 +51,13 @@ def service_status(service: Service) -> dict[str, Any]:
 
 
 async def status(ctx: Context, args: dict[str, Any]) -> Any:
-    return [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
+    out = [service_status(ctx.manager.services[n]) for n in _names(ctx, args, required=False)]
+    if ctx.timers is not None:  # timer services: when their schedule starts them next
+        for item in out:
+            when = ctx.timers.next_run(item["service"])
+            if when is not None:
+                item["next_run"] = when.isoformat(timespec="seconds")
+    return out
 
 
 def _settled_after_start(service: Service) -> bool:
@@ -93,8 +99,19 @@ def _refuse_unowned(ctx: Context, units: list[str]) -> None:
             )
 
 
+def _refuse_masked(ctx: Context, units: list[str]) -> None:
+    """Refuse to start a masked service (hasupctl mask): that is what masking is for."""
+    masked = sorted({ctx.manager.services[u].config.name for u in units if ctx.manager.is_masked(u)})
+    if masked:
+        raise CommandError(
+            Exit.FAILED,
+            f"{', '.join(masked)}: masked, cannot be started (hasupctl unmask {' '.join(masked)} first)",
+        )
+
+
 async def start(ctx: Context, args: dict[str, Any]) -> Any:
     names = _names(ctx, args, required=True)
+    _refuse_masked(ctx, names)
     _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.start(name)
@@ -138,6 +155,7 @@ async def restart(ctx: Context, args: dict[str, Any]) -> Any:
     if args.get("rolling"):
         return await _rolling_restart(ctx, args)
     names = _names(ctx, args, required=True)
+    _refuse_masked(ctx, names)
     _refuse_unowned(ctx, names)
     for name in names:
         ctx.manager.services[name].restart()

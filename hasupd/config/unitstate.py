@@ -1,0 +1,90 @@
+"""What ``hasupctl enable/disable/mask/unmask`` set: kept in ``STATE_DIR/units.json``.
+
+A file on disk, written whole or not at all: it survives a restart of hasupd, a re-exec and a reboot.
+
+- enabled (the default of every service in services.d): started at boot and by a reload that adds it;
+- disabled: not started at boot or by a reload, but ``hasupctl start`` starts it;
+- masked: cannot be started at all (neither by hand nor by its schedule) until unmasked;
+- a template instance NAME@INSTANCE exists while it is enabled here (or has its own file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from hasupd.files import atomic_write_text
+
+FILE_NAME = "units.json"
+_KEYS = ("disabled", "masked", "instances")
+
+
+class UnitFileState(StrEnum):
+    """What ``hasupctl is-enabled`` prints (systemctl's words)."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    MASKED = "masked"
+
+
+class UnreadableState(Exception):
+    """units.json exists but is not what hasupd writes; ``str()`` says why."""
+
+
+@dataclass
+class UnitStates:
+    """The persistent enable/disable/mask marks of one state dir."""
+
+    path: Path
+    disabled: set[str] = field(default_factory=set)
+    masked: set[str] = field(default_factory=set)
+    instances: set[str] = field(default_factory=set)  # enabled template instances
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> UnitStates:
+        """Return the marks of ``state_dir`` (none when there is no file yet).
+
+        Raise UnreadableState if the file cannot be read or parsed: guessing would start services an
+        operator disabled, or refuse ones they unmasked.
+        """
+        path = Path(state_dir) / FILE_NAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls(path)
+        except OSError as error:
+            raise UnreadableState(f"{path}: {error.strerror or error}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise UnreadableState(f"{path}: {error}") from None
+        parts = {key: data.get(key, []) for key in _KEYS} if isinstance(data, dict) else {}
+        if not parts or not all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()
+        ):
+            raise UnreadableState(f"{path}: not an object of lists of names ({', '.join(_KEYS)})")
+        return cls(path, set(parts["disabled"]), set(parts["masked"]), set(parts["instances"]))
+
+    def save(self) -> None:
+        """Write the marks atomically and durably. Raise OSError if the state dir is unwritable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "disabled": sorted(self.disabled),
+            "masked": sorted(self.masked),
+            "instances": sorted(self.instances),
+        }
+        atomic_write_text(self.path, json.dumps(body, indent=1) + "\n")
+
+    def state(self, name: str) -> UnitFileState:
+        """Return the state of service ``name`` (masked wins over disabled)."""
+        if name in self.masked:
+            return UnitFileState.MASKED
+        if name in self.disabled:
+            return UnitFileState.DISABLED
+        return UnitFileState.ENABLED
+
+    def starts_at_boot(self, name: str) -> bool:
+        """Return whether ``name`` is started at boot and by a reload that adds it."""
+        return name not in self.masked and name not in self.disabled

@@ -41,6 +41,9 @@ _UNAVAILABLE = {1, 4, 14}  # canceled, deadline exceeded, unavailable: no leader
 _UNAUTHENTICATED = 16  # "invalid auth token": the simple token expired or this member does not know it yet
 _REFUSED = {7}  # permission denied
 _AUTH_FAILED = "authentication failed"  # a wrong user or password (code 3, invalid argument)
+# etcd >= 3.4 (embed/serve.go) with --client-cert-auth and auth enabled answers this, in plain text, to a
+# gateway request whose client certificate has a CommonName (a CN would name the gateway's user, not ours).
+_GATEWAY_CN = b"CommonName of client sending a request against gateway"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,18 @@ def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:.2g}s"
     return str(exc) or type(exc).__name__
+
+
+def _tls_problem(exc: ssl.SSLError) -> str:
+    """Return the TLS error with what it most likely means for an etcd client."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{exc.verify_message or exc}: etcd's server certificate is not signed by fleet.etcd.ca_file"
+    if isinstance(exc, ssl.SSLEOFError) or "alert" in str(exc):
+        return (
+            f"{exc}: etcd ended the handshake; with --client-cert-auth it needs fleet.etcd.cert_file and "
+            f"key_file signed by its --trusted-ca-file"
+        )
+    return str(exc)
 
 
 def _b64(text: str) -> str:
@@ -163,6 +178,12 @@ class EtcdGateway:
             status = response.status
         finally:
             conn.close()
+        if status == 400 and _GATEWAY_CN in data:
+            raise EtcdRefused(
+                f"{endpoint}: etcd's JSON gateway refuses client certificates with a CommonName while "
+                f"etcd's authentication is on (HTTP 400 {data.decode(errors='replace').strip()!r}): give "
+                f"hasupd a client certificate without CN (e.g. subject /O=hasupd) and a user name + password"
+            )
         try:
             answer = json.loads(data or b"{}")
         except ValueError as exc:
@@ -232,7 +253,7 @@ class EtcdGateway:
                 answer = self._authenticated(endpoint, path, body, remaining)
             except ssl.SSLError as exc:  # an untrusted server certificate, a rejected client one
                 tls_refusals += 1
-                errors.append(f"{endpoint}: TLS: {exc}")
+                errors.append(f"{endpoint}: TLS: {_tls_problem(exc)}")
             except (OSError, http.client.HTTPException) as exc:  # includes timeouts
                 errors.append(f"{endpoint}: {_describe(exc, remaining)}")
             except EtcdUnavailable as exc:

@@ -928,6 +928,25 @@ class FleetFenced(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FleetGaveUp(Event):
+    """A placed service crash-looped on its owner (failed, start limit hit, recovery done): the owner
+    hands it to another host and takes it back only when no other host can, for ``avoid_sec``."""
+
+    NAME = "fleet.gave-up"
+    LEVEL = logging.WARNING
+    host: str
+    slot: str
+    token: int
+    avoid_sec: float
+
+    def message(self) -> str:
+        return (
+            f"{self.service} crash-looped on {self.host} (start limit hit): handing {self.slot} "
+            f"(token {self.token}) to another host; {self.host} avoids it for {self.avoid_sec:.0f}s"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class FleetMoved(Event):
     """An operator moved (or drained) a placed service away from this host: stopped here, released."""
 

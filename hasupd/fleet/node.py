@@ -41,6 +41,7 @@ MAX_STEP_SEC = 1.0  # bound on one sleep of the loop (the loop also wakes on req
 CALL_GRACE_SEC = 0.25  # the client gives up (naming each endpoint) this much before the loop stops waiting
 RETRY_PAUSE_SEC = 0.05  # between two keep-alive attempts (a refused connection fails at once)
 MAX_KEEPALIVE_ATTEMPTS = 400  # bound on the attempts of one keep-alive round (the deadline ends it first)
+GIVE_UP_AVOID_TTLS = 10  # a host that handed over a crash-looping service avoids it for this many TTLs
 
 
 class Runner(Protocol):
@@ -53,6 +54,8 @@ class Runner(Protocol):
     def stop_placed(self, name: str, reason: str) -> None: ...
 
     def placed_inactive(self, name: str) -> bool: ...
+
+    def placed_given_up(self, name: str) -> bool: ...
 
 
 Call = Callable[[Callable[[], T], float], Awaitable[T]]
@@ -133,6 +136,8 @@ class FleetNode:
         self._wake = asyncio.Event()
         self._stale_leases: list[int] = []  # leases given up (fenced, refused) to revoke when etcd answers
         self._stale_keys: list[tuple[str, int]] = []  # keys of services no longer placed, to delete
+        self._failing_since: dict[str, float] = {}  # placed services seen crash-looped here, since when
+        self._gave_up: dict[str, tuple[float, str]] = {}  # service -> (avoid until, our failed/ key)
 
     # ------------------------------------------------------------------ helpers
 
@@ -377,6 +382,7 @@ class FleetNode:
 
     async def _round(self) -> None:
         await self._delete_stale_keys()
+        await self._expire_gave_up()
         prefix = keys.root(self.cluster)
         try:
             snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(prefix))
@@ -411,6 +417,8 @@ class FleetNode:
                 else ""
             )
             self._watch_unowned(service, slots, owners, alive)
+            failed_prefix = keys.failed_prefix(self.cluster, service)
+            gave_up = {k.removeprefix(failed_prefix) for k in kv if k.startswith(failed_prefix)}
             if mine:
                 owned = self.view.owned[mine[0]]
                 if owned.releasing is None and self._should_release(
@@ -418,27 +426,88 @@ class FleetNode:
                 ):
                     owned.releasing = target if target != self.host else ""
                     self._runner.stop_placed(service, f"fleet: moving to {target or 'another host'}")
+                elif owned.releasing is None and self._crash_looped(service, alive, drained, owners, gave_up):
+                    await self._give_up(owned)
                 if owned.releasing is not None and self._runner.placed_inactive(service):
                     await self._release(owned)
                 continue
             free = [k for k in slots if k not in kv]
-            if not free or self.host not in self._eligible(placement, alive, drained, target, owners):
+            eligible = self._eligible(placement, alive, drained, target, owners, gave_up=gave_up)
+            if not free or self.host not in eligible:
                 continue
             await self._take(service, placement, free[0], target)
 
     def _eligible(
-        self, placement: Placement, alive: set[str], drained: set[str], target: str, owners: dict[str, str]
+        self,
+        placement: Placement,
+        alive: set[str],
+        drained: set[str],
+        target: str,
+        owners: dict[str, str],
+        *,
+        gave_up: set[str],
     ) -> set[str]:
-        """Return the hosts that may take a free slot now: the move target if it can; else the
-        preferred ones that can; else those not avoided; avoided hosts only when nobody else can."""
+        """Return the hosts that may take a free slot now: the move target if it can; else, among the
+        hosts where the service did not just crash-loop (those only when nobody else can), the
+        preferred ones; else those not avoided; avoided hosts only when nobody else can."""
         candidates = alive - drained - set(owners.values())
         if target in candidates:
             return {target}
-        preferred = candidates & set(placement.prefer)
+        pool = (candidates - gave_up) or candidates
+        preferred = pool & set(placement.prefer)
         if preferred:
             return preferred
-        allowed = candidates - set(placement.avoid)
-        return allowed or candidates
+        allowed = pool - set(placement.avoid)
+        return allowed or pool
+
+    def _crash_looped(
+        self, service: str, alive: set[str], drained: set[str], owners: dict[str, str], gave_up: set[str]
+    ) -> bool:
+        """Return True when ``service`` crash-looped here for good (seen so for a whole round, so that
+        a recovery about to start holds it first) and another host could take it."""
+        if not self._runner.placed_given_up(service):
+            self._failing_since.pop(service, None)
+            return False
+        since = self._failing_since.setdefault(service, self._now())
+        others = alive - drained - set(owners.values()) - gave_up - {self.host}
+        return self._now() - since >= self._interval and bool(others)
+
+    async def _give_up(self, owned: Owned) -> None:
+        """Mark ``owned``'s service as crash-looped here (a key bound to our lease, so other hosts
+        prefer any other), then hand it over like a move to any host (the caller releases it)."""
+        avoid = GIVE_UP_AVOID_TTLS * self.ttl
+        key = keys.failed_key(self.cluster, owned.service, self.host)
+        value = json.dumps({"until": self._wall() + avoid})
+        lease = self.view.lease
+        try:
+            await self._etcd_call(lambda: self._etcd.put(key, value, lease))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            return  # next round
+        self._gave_up[owned.service] = (self._now() + avoid, key)
+        self._failing_since.pop(owned.service, None)
+        owned.releasing = ""
+        self._publish(
+            ev.FleetGaveUp(
+                service=owned.service,
+                host=self.host,
+                slot=keys.slot_name(self.cluster, owned.key),
+                token=owned.token,
+                avoid_sec=avoid,
+            )
+        )
+
+    async def _expire_gave_up(self) -> None:
+        """Delete our failed/ marks whose time is up: this host may take those services again."""
+        for service, (until, key) in list(self._gave_up.items()):
+            if self._now() < until:
+                continue
+            try:
+                await self._etcd_call(lambda key=key: self._etcd.delete(key))  # type: ignore[misc]
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+                return
+            self._gave_up.pop(service, None)
 
     def _should_release(self, target: str, alive: set[str], drained: set[str], owners: set[str]) -> bool:
         if target and target != self.host and target in alive and target not in drained:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.etcd import EtcdCluster, make_ca, make_server_cert
+from tests.support.harness import record_time
 from tests.support.netns import (
     SINGLETON_SCRIPT,
     SUBNET,
@@ -308,6 +309,34 @@ def test_replicas_two_of_three_hosts(env: Env, record_figure: Callable[[str, flo
     time.sleep(TTL)
     assert len(env.alive_runs("rep")) == 2
     assert max_concurrent(env.runs("rep")) <= 2
+
+
+def test_crash_looping_singleton_is_handed_to_another_host(
+    env: Env, record_figure: Callable[[str, float], None]
+) -> None:
+    """A singleton that crash-loops on its (preferred) owner is handed over to a host where it runs."""
+    placement = {"singleton": True, "prefer": ["h1"]}
+    broken = {
+        "command": [PY, "-c", "import sys; sys.exit(3)"],  # h1's copy of the program is broken
+        "timeout_stop_sec": "500ms",
+        "restart_sec": "100ms",
+        "start_limit": {"burst": 2, "interval_sec": "60s"},
+        "placement": placement,
+    }
+    h1 = env.start_host("h1", {"single": broken})
+    assert h1.daemon is not None
+    h1.daemon.wait_for("fleet.elected", timeout=30)
+    others = [env.start_host(n, {"single": env.service("single", placement=placement)}) for n in ("h2", "h3")]
+    gave_up = h1.daemon.wait_for("fleet.gave-up", timeout=30)[0]
+    h1.daemon.wait_for("fleet.moved", timeout=10)
+    run = wait_until(lambda: env.alive_runs("single"), TTL + START_ALLOW + 10, "another host runs it")[0]
+    record_figure("handover_after_gave_up_sec", run.start - record_time(gave_up))
+    assert run.node in {h.name for h in others}
+    time.sleep(2 * TTL)
+    assert [(r.node, r.token) for r in env.alive_runs("single")] == [(run.node, run.token)]
+    assert int(run.token) > int(gave_up["token"])
+    assert env.alive_runs("local-h1"), "h1's local service stopped"
+    check_history(env.runs("single"))
 
 
 LOADER = r"""

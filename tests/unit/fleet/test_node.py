@@ -34,9 +34,11 @@ class Runner:
     def __init__(self, clock: Clock, log: list[tuple[float, str, str, str]], host: str) -> None:
         self.clock, self.log, self.host = clock, log, host
         self.active: dict[str, dict[str, str]] = {}
+        self.failed: set[str] = set()  # crash-looped here: failed with start-limit-hit
 
     def start_placed(self, name: str, environment: dict[str, str]) -> None:
         assert name not in self.active
+        self.failed.discard(name)
         self.active[name] = environment
         self.log.append((self.clock.t, "start", name, self.host))
 
@@ -50,6 +52,15 @@ class Runner:
 
     def placed_inactive(self, name: str) -> bool:
         return name not in self.active
+
+    def placed_given_up(self, name: str) -> bool:
+        return name in self.failed and name not in self.active
+
+    def crash_loop(self, name: str) -> None:
+        """The service hit its start limit here: down, failed."""
+        if self.active.pop(name, None) is not None:
+            self.log.append((self.clock.t, "stop", name, self.host))
+        self.failed.add(name)
 
 
 class Host:
@@ -344,3 +355,37 @@ def test_a_create_whose_answer_was_lost_is_still_ours(world: Any) -> None:
     assert "db" in lost.runner.active  # found under its own lease at the next read
     token = int(lost.runner.active["db"]["HASUPD_FLEET_TOKEN"])
     assert token == cluster.kvs["/hasupd/c/owner/db"].create_revision
+
+
+def test_a_crash_looping_singleton_is_handed_to_another_host(world: Any) -> None:
+    """Failed with start-limit-hit on its owner: handed over (the preferred owner avoids it while
+    another host can run it), never two at once; after the avoid time the mark is gone."""
+    clock, cluster, log = world
+    placement = Placement(singleton=True, prefer=("a",))
+    hosts = [Host(n, cluster, clock, log, db=placement) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 1))
+    a = hosts[0]
+    assert "db" in a.runner.active
+    token = int(a.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    a.runner.crash_loop("db")
+    run(advance(clock, hosts, 2))
+    now = [h for h in hosts if "db" in h.runner.active]
+    assert len(now) == 1 and now[0] is not a
+    assert int(now[0].runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
+    gave_up = next(e for e in a.events if isinstance(e, ev.FleetGaveUp))
+    assert gave_up.service == "db" and gave_up.token == token
+    assert "/hasupd/c/failed/db/a" in cluster.kvs
+    assert not overlaps(log, "db")
+    run(advance(clock, hosts, gave_up.avoid_sec))
+    assert "/hasupd/c/failed/db/a" not in cluster.kvs
+    assert [h for h in hosts if "db" in h.runner.active] == now  # a running owner is not preempted
+
+
+def test_a_crash_looping_singleton_stays_when_no_other_host_can_take_it(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    host.runner.crash_loop("db")
+    run(advance(clock, [host], 2))
+    assert "fleet.gave-up" not in host.names()
+    assert "/hasupd/c/owner/db" in cluster.kvs  # still owned here: failed, as a local service would be

@@ -482,6 +482,8 @@ def bad_input(env: Env, tmp_path: Path, stack: contextlib.ExitStack) -> None:
     twice = error_lines(second, "dup")
     print("ERRORS", unreachable[:1], wrong_cert[:1], twice[:1], sep="\n")
     assert unreachable, "no clear error for unreachable endpoints"
+    # The record names the endpoint tried and what went wrong there.
+    assert any(f"http://{SUBNET}.99:2379: no answer within" in line for line in unreachable), unreachable
     assert wrong_cert, "no clear error for a wrong certificate"
     assert twice, "no clear error for a host name used twice"
     runs = [(r.node, r.token) for r in env.runs("single")]

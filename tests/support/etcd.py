@@ -185,7 +185,8 @@ class EtcdCluster:
                 continue
             out = self.ctl("endpoint", "status", "-w", "json", endpoints=[m.client_url])
             status = json.loads(out)[0]["Status"]
-            if status["leader"] == status["header"]["member_id"]:
+            # No "leader" field while an election is under way (0 is left out of etcdctl's JSON).
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
                 return i
         raise AssertionError("no member is leader")
 

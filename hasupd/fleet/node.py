@@ -107,7 +107,6 @@ class FleetNode:
         sleep: Callable[[float], Awaitable[None]],
         wall: Callable[[], float] = time.time,
         stop_timeouts: dict[str, float] | None = None,
-        endpoints: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.placements = dict(placements)
@@ -123,7 +122,7 @@ class FleetNode:
         self._call_timeout = call_timeout(self.ttl)
         self._interval = keepalive_interval(self.ttl)
         self._stop_timeouts = dict(stop_timeouts or {})
-        self._endpoints = endpoints or config.etcd.endpoints
+        self._endpoints = config.etcd.endpoints
         self.view = NodeView()
         self._last_ack = 0.0  # monotonic send time of the last acknowledged keep-alive
         self._unreachable = False

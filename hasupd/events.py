@@ -1008,10 +1008,24 @@ class FleetUnreachable(Event):
     NAME = "fleet.unreachable"
     LEVEL = logging.WARNING
     host: str
-    error: str
+    error: str  # each endpoint tried, with its error
+    endpoints: tuple[str, ...] = ()  # the configured endpoints
 
     def message(self) -> str:
-        return f"etcd unreachable from {self.host}: {self.error}"
+        tried = f" (endpoints {', '.join(self.endpoints)})" if self.endpoints else ""
+        return f"etcd unreachable from {self.host}{tried}: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetReachable(Event):
+    """etcd answers again after ``fleet.unreachable`` (a leader election, a healed partition)."""
+
+    NAME = "fleet.reachable"
+    host: str
+    after_sec: float
+
+    def message(self) -> str:
+        return f"etcd answers {self.host} again after {self.after_sec:.2f}s"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1052,12 +1066,33 @@ class FleetFenced(Event):
     host: str
     since_ack_sec: float
     stopped: tuple[str, ...] = ()
+    error: str = ""  # the last keep-alive's failure: each endpoint tried, with its error
 
     def message(self) -> str:
         names = ", ".join(self.stopped) or "nothing ran"
+        why = f" (last etcd error: {self.error})" if self.error else ""
         return (
-            f"FENCING: no keep-alive acknowledged for {self.since_ack_sec:.1f}s on {self.host}; "
+            f"FENCING: no keep-alive acknowledged for {self.since_ack_sec:.1f}s on {self.host}{why}; "
             f"stopping every placed service ({names}) before the lease expires"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetGaveUp(Event):
+    """A placed service crash-looped on its owner (failed, start limit hit, recovery done): the owner
+    hands it to another host and takes it back only when no other host can, for ``avoid_sec``."""
+
+    NAME = "fleet.gave-up"
+    LEVEL = logging.WARNING
+    host: str
+    slot: str
+    token: int
+    avoid_sec: float
+
+    def message(self) -> str:
+        return (
+            f"{self.service} crash-looped on {self.host} (start limit hit): handing {self.slot} "
+            f"(token {self.token}) to another host; {self.host} avoids it for {self.avoid_sec:.0f}s"
         )
 
 

@@ -20,7 +20,7 @@ from hasupd.config.unitstate import UnitStates
 from hasupd.host.sockets import HeldSocketStore, SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
 from hasupd.service import Service
-from hasupd.states import Health, OutputMode, ServiceState
+from hasupd.states import Health, OutputMode, ServiceResult, ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,17 @@ class Manager:
     def placed_inactive(self, name: str) -> bool:
         """Return True if no unit of ``name`` has a process (stopped, failed or never started)."""
         return all(self.services[u].is_inactive for u in self.units.get(name, ()))
+
+    def placed_given_up(self, name: str) -> bool:
+        """Return True if placed service ``name`` crash-looped here for good: every unit is failed with
+        start-limit-hit and no recovery holds it (another host may do better)."""
+        units = [self.services[u] for u in self.units.get(name, ())]
+        return bool(units) and all(
+            s.state is ServiceState.FAILED
+            and s.result is ServiceResult.START_LIMIT_HIT
+            and not s.incident_held
+            for s in units
+        )
 
     def add_job_unit(self, unit: Service) -> None:
         """Add a backup job's unit: listed and controlled like the others, started by its schedule."""

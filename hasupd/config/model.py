@@ -325,6 +325,9 @@ class EtcdConfig:
     key_file: str | None = None
     username: str | None = None
     password_file: str | None = None
+    # etcd's --election-timeout when it is known: check-config then refuses a lease TTL that cannot
+    # ride out a leader election (see hasupd/config/fleet_timing.py); None: not checked.
+    election_timeout_sec: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from collections.abc import Collection, Sequence
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from hasupd.config.fleet_timing import FENCE_MARGIN_SEC, election_allowance, rides_out_election
 from hasupd.config.issues import ConfigIssue
 from hasupd.config.layout import is_unit_name
-from hasupd.config.model import Config, DaemonConfig, ServiceConfig
+from hasupd.config.model import Config, DaemonConfig, FleetConfig, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
@@ -107,7 +108,10 @@ def _check_rule_references(ctx: Ctx, daemon: Document | None, services: Collecti
                 check_reference(ctx, item, f"alerts.rules.{index}.services.{i}", services, "service")
 
 
-FENCE_MARGIN_SEC = 0.5
+def _rides_out_election(fleet: FleetConfig, timeout_stop_sec: float) -> bool:
+    """Return True unless etcd's election timeout is known and a leader election would fence."""
+    election = fleet.etcd.election_timeout_sec
+    return election is None or rides_out_election(fleet.lease_ttl_sec, timeout_stop_sec, election)
 
 
 def _check_placement(
@@ -124,18 +128,31 @@ def _check_placement(
         return
     fleet = daemon_config.fleet
     if fleet is not None:
-        # Fencing starts TTL/2 after the last acknowledged keep-alive was sent; the stop (its SIGKILL,
-        # the reaping) must end before etcd can expire the lease, with a margin for the kill itself.
+        if service is None:
+            return
+        # Fencing starts at least TTL/2 after the last acknowledged keep-alive was sent; the stop (its
+        # SIGKILL, the reaping) must end before etcd can expire the lease, with a margin for the kill.
         limit = fleet.lease_ttl_sec / 2 - FENCE_MARGIN_SEC
-        if service is not None and service.timeout_stop_sec > limit:
-            node = child(doc.node, "timeout_stop_sec") or placement
-            key = "timeout_stop_sec" if child(doc.node, "timeout_stop_sec") is not None else "placement"
+        node = child(doc.node, "timeout_stop_sec") or placement
+        key = "timeout_stop_sec" if child(doc.node, "timeout_stop_sec") is not None else "placement"
+        stop = service.timeout_stop_sec
+        if stop > limit:
             ctx.error(
                 node,
                 key,
                 f"a placed service needs timeout_stop_sec <= half of fleet.lease_ttl_sec less "
                 f"{FENCE_MARGIN_SEC:g}s ({limit:g}s), "
-                f"got {service.timeout_stop_sec:g}s: a fenced stop must end before the lease expires",
+                f"got {stop:g}s: a fenced stop must end before the lease expires",
+            )
+        elif not _rides_out_election(fleet, stop):
+            election = election_allowance(fleet.etcd.election_timeout_sec or 0.0)
+            ctx.error(
+                node,
+                key,
+                f"with timeout_stop_sec {stop:g}s and fleet.lease_ttl_sec {fleet.lease_ttl_sec:g}s this "
+                f"service would be fenced (stopped, then elected anew) by every etcd leader election "
+                f"(up to {election:g}s with fleet.etcd.election_timeout_sec): shorten timeout_stop_sec "
+                f"or raise lease_ttl_sec",
             )
         return
     if daemon is not None and child(daemon.node, "fleet") is not None:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from yaml.nodes import Node
 
+from hasupd.config.fleet_timing import election_allowance, min_ttl_for_election, rides_out_election
 from hasupd.config.model import EtcdConfig, FleetConfig, Placement
 from hasupd.config.nodes import (
     Ctx,
@@ -62,6 +63,7 @@ _ETCD = record(
         "key_file": to_abs_path,
         "username": to_nonempty_str,
         "password_file": to_abs_path,
+        "election_timeout_sec": to_duration(positive=True),
     },
     required=("endpoints",),
 )
@@ -130,6 +132,16 @@ def to_fleet(ctx: Ctx, node: Node, path: str) -> FleetConfig | None:
             mapping_items(node)["lease_ttl_sec"][1],
             join(path, "lease_ttl_sec"),
             f"must be whole seconds (etcd's leases are), got {ttl:g}s",
+        )
+        return None
+    election = values["etcd"].election_timeout_sec
+    if election is not None and not rides_out_election(ttl, 0.0, election):
+        ctx.error(
+            mapping_items(node)["lease_ttl_sec"][1] if "lease_ttl_sec" in mapping_items(node) else node,
+            join(path, "lease_ttl_sec"),
+            f"{ttl:g}s cannot ride out an etcd leader election (up to {election_allowance(election):g}s "
+            f"with {join(path, 'etcd.election_timeout_sec')} {election:g}s): every election would fence "
+            f"the owners; use at least {min_ttl_for_election(0.0, election)}s",
         )
         return None
     if "host" not in values:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hasupd import events as ev
+from hasupd.config.fleet_timing import call_timeout
 from hasupd.config.model import FleetConfig
 from hasupd.fleet import keys
 from hasupd.fleet.etcd import EtcdError, EtcdGateway
@@ -33,10 +34,9 @@ class Fleet:
         if etcd_config.password_file is not None:
             with open(etcd_config.password_file, encoding="utf-8") as file:
                 password = file.read().strip()
-        timeout = max(0.2, config.lease_ttl_sec / 6)
         self.etcd = EtcdGateway(
             etcd_config.endpoints,
-            timeout=timeout,
+            timeout=call_timeout(config.lease_ttl_sec),
             ca_file=etcd_config.ca_file,
             cert_file=etcd_config.cert_file,
             key_file=etcd_config.key_file,
@@ -64,6 +64,7 @@ class Fleet:
             publish=publish,
             now=loop.time,
             sleep=asyncio.sleep,
+            stop_timeouts={name: s.timeout_stop_sec for name, s in placed.items()},
         )
 
     async def _call(self, fn: Callable[[], T], timeout: float) -> T:
@@ -80,6 +81,7 @@ class Fleet:
             {name: s.timeout_start_sec for name, s in placed.items()},
             changed,
             updated,
+            stop_timeouts={name: s.timeout_stop_sec for name, s in placed.items()},
         )
 
     async def leave(self) -> None:

@@ -5,6 +5,8 @@
   (bound to the owner's lease; JSON ``{"host", "since"}``; the fencing token is its create revision)
 - ``move/<service>``: a requested hand-over (the target host's name)
 - ``drain/<host>``: the host gives its placed services away (bound to that host's lease)
+- ``failed/<service>/<host>``: the service crash-looped on that host, which handed it over; hosts take
+  it only when no other can (bound to that host's lease; deleted by it after a while)
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def move_key(cluster: str, service: str) -> str:
 
 def drain_key(cluster: str, host: str) -> str:
     return f"{root(cluster)}drain/{host}"
+
+
+def failed_prefix(cluster: str, service: str) -> str:
+    return f"{root(cluster)}failed/{service}/"
+
+
+def failed_key(cluster: str, service: str, host: str) -> str:
+    return f"{failed_prefix(cluster, service)}{host}"
 
 
 def slot_name(cluster: str, key: str) -> str:

@@ -7,10 +7,14 @@ stalled keep-alive never stalls supervision and never delays fencing by more tha
 Safety argument: a service is started only by the host whose create-if-absent transaction made the
 ownership key (bound to that host's lease); the key disappears only when its owner deletes it after
 the service stopped, or when the lease expires. An owner that cannot get a keep-alive acknowledged
-stops its placed services at ``last acknowledged send + TTL/2`` (fencing), so before etcd can expire
-the lease (at the earliest ``TTL`` after that send): the old owner is down before anyone can win the
-key. The validator requires ``timeout_stop_sec <= TTL/2`` for placed services, so the stop (escalating
-to SIGKILL) also ends before the expiry.
+stops its placed services at ``last acknowledged send + fence_delay`` (fencing; see
+``hasupd/config/fleet_timing.py``), timed so that the stop, escalating to SIGKILL, ends a margin before
+etcd can expire the lease (at the earliest ``TTL`` after that send): the old owner is down before
+anyone can win the key.
+
+Liveness: a failed or slow keep-alive is retried at once on the next endpoint, again and again until
+one is acknowledged or the fencing deadline passes, so an etcd leader election (no member renews
+leases until a new leader is elected) costs no fencing when the TTL is sized for it.
 """
 
 from __future__ import annotations
@@ -25,17 +29,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from hasupd import events as ev
+from hasupd.config.fleet_timing import call_timeout, fence_delay, keepalive_interval
 from hasupd.config.model import FleetConfig, Placement
 from hasupd.fleet import keys
-from hasupd.fleet.etcd import Etcd, EtcdError, Snapshot
+from hasupd.fleet.etcd import Etcd, EtcdError, EtcdRefused, Snapshot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A call answered later than this fraction of the TTL is treated as failed.
-CALL_FRACTION = 1 / 6
-FENCE_FRACTION = 1 / 2  # fence at last acknowledged send + TTL * this
 MAX_STEP_SEC = 1.0  # bound on one sleep of the loop (the loop also wakes on request)
+CALL_GRACE_SEC = 0.25  # the client gives up (naming each endpoint) this much before the loop stops waiting
+RETRY_PAUSE_SEC = 0.05  # between two keep-alive attempts (a refused connection fails at once)
+MAX_KEEPALIVE_ATTEMPTS = 400  # bound on the attempts of one keep-alive round (the deadline ends it first)
+GIVE_UP_AVOID_TTLS = 10  # a host that handed over a crash-looping service avoids it for this many TTLs
 
 
 class Runner(Protocol):
@@ -48,6 +54,8 @@ class Runner(Protocol):
     def stop_placed(self, name: str, reason: str) -> None: ...
 
     def placed_inactive(self, name: str) -> bool: ...
+
+    def placed_given_up(self, name: str) -> bool: ...
 
 
 Call = Callable[[Callable[[], T], float], Awaitable[T]]
@@ -98,6 +106,7 @@ class FleetNode:
         now: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         wall: Callable[[], float] = time.time,
+        stop_timeouts: dict[str, float] | None = None,
     ) -> None:
         self.config = config
         self.placements = dict(placements)
@@ -110,17 +119,24 @@ class FleetNode:
         self._sleep = sleep
         self._wall = wall
         self.ttl = config.lease_ttl_sec
-        self._call_timeout = max(0.2, self.ttl * CALL_FRACTION)
-        self._interval = max(0.2, self.ttl * CALL_FRACTION)
+        self._call_timeout = call_timeout(self.ttl)
+        self._interval = keepalive_interval(self.ttl)
+        self._stop_timeouts = dict(stop_timeouts or {})
+        self._endpoints = config.etcd.endpoints
         self.view = NodeView()
         self._last_ack = 0.0  # monotonic send time of the last acknowledged keep-alive
         self._unreachable = False
+        self._unreachable_since = 0.0  # when the first failed call of this outage was sent
+        self._call_sent = 0.0
+        self._last_error = ""  # the last failed call's error (each endpoint tried), for fleet.fenced
         self._refused_logged = False
         self._unowned_since: dict[str, float] = {}
         self._unowned_alerted: set[str] = set()
         self._wake = asyncio.Event()
         self._stale_leases: list[int] = []  # leases given up (fenced, refused) to revoke when etcd answers
         self._stale_keys: list[tuple[str, int]] = []  # keys of services no longer placed, to delete
+        self._failing_since: dict[str, float] = {}  # placed services seen crash-looped here, since when
+        self._gave_up: dict[str, tuple[float, str]] = {}  # service -> (avoid until, our failed/ key)
 
     # ------------------------------------------------------------------ helpers
 
@@ -132,13 +148,19 @@ class FleetNode:
     def cluster(self) -> str:
         return self.config.cluster
 
+    def fence_delay(self) -> float:
+        """Return the time from the send of the last acknowledged keep-alive to fencing."""
+        return fence_delay(self.ttl, max(self._stop_timeouts.values(), default=0.0))
+
     def fence_deadline(self) -> float:
         """Return the monotonic time at which placed services must be stopped without a newer ack."""
-        return self._last_ack + self.ttl * FENCE_FRACTION
+        return self._last_ack + self.fence_delay()
 
     async def _etcd_call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` off the loop, cut at the call timeout and at the fencing deadline."""
-        timeout = self._call_timeout
+        """Run ``fn`` off the loop; stop waiting a little after the client's own call timeout (it gives
+        up first and says why per endpoint) and at the fencing deadline."""
+        timeout = self._call_timeout + CALL_GRACE_SEC
+        self._call_sent = self._now()
         if self.view.owned:
             timeout = max(0.0, min(timeout, self.fence_deadline() - self._now()))
         result: T = await self._call(fn, timeout)
@@ -198,6 +220,11 @@ class FleetNode:
             value = json.dumps({"lease": lease, "joined": self._wall()})
             key = keys.host_key(self.cluster, self.host)
             created, _ = await self._etcd_call(lambda: self._etcd.create(key, value, lease))
+        except EtcdRefused as exc:
+            if lease:
+                self._revoke_later(lease)
+            self._refuse(f"etcd refused this host's credentials: {exc}"[:600])
+            return
         except (EtcdError, TimeoutError) as exc:
             self._note_unreachable(exc)
             if lease:
@@ -206,11 +233,7 @@ class FleetNode:
         self._reachable()
         if not created:
             self._revoke_later(lease)
-            reason = f"host name {self.host!r} is held by another live lease (another hasupd uses it)"
-            self.view.refused = reason
-            if not self._refused_logged:
-                self._refused_logged = True
-                self._publish(ev.FleetJoinRefused(host=self.host, reason=reason))
+            self._refuse(f"host name {self.host!r} is held by another live lease (another hasupd uses it)")
             return
         self._refused_logged = False
         self.view.refused = ""
@@ -219,6 +242,13 @@ class FleetNode:
         self._publish(
             ev.FleetJoined(host=self.host, cluster=self.cluster, lease=str(lease), ttl_sec=self.ttl)
         )
+
+    def _refuse(self, reason: str) -> None:
+        """Record (once until a join succeeds) why this host cannot join: it keeps trying every round."""
+        self.view.refused = reason
+        if not self._refused_logged:
+            self._refused_logged = True
+            self._publish(ev.FleetJoinRefused(host=self.host, reason=reason))
 
     def _revoke_later(self, lease: int) -> None:
         """Remember ``lease`` to revoke before the next join (a leaked lease expires on its own anyway)."""
@@ -235,29 +265,44 @@ class FleetNode:
             self._stale_leases.pop(0)
 
     async def _keepalive(self) -> None:
+        """Refresh the lease; a failed or late attempt is retried at once (the client starts at the
+        next endpoint) until one is acknowledged or the fencing deadline passes."""
         lease = self.view.lease
-        sent = self._now()
-        try:
-            ttl = await self._etcd_call(lambda: self._etcd.keepalive(lease))
-        except (EtcdError, TimeoutError) as exc:
-            self._note_unreachable(exc)
+        for attempt in range(MAX_KEEPALIVE_ATTEMPTS):
+            if attempt and self._now() >= self.fence_deadline():
+                return  # the caller fences
+            sent = self._now()
+            try:
+                ttl = await self._etcd_call(lambda: self._etcd.keepalive(lease))
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+                await self._sleep(RETRY_PAUSE_SEC)
+                continue
+            self._reachable()
+            if ttl <= 0:
+                self._lose_lease("the lease expired on etcd")
+                return
+            self._last_ack, self.view.last_ack_wall = sent, self._wall()
             return
-        self._reachable()
-        if ttl <= 0:
-            self._lose_lease("the lease expired on etcd")
-            return
-        self._last_ack, self.view.last_ack_wall = sent, self._wall()
 
     def _note_unreachable(self, exc: BaseException) -> None:
+        """Remember the error; record ``fleet.unreachable`` once per outage, naming each endpoint."""
+        error = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            waited = self._call_timeout + CALL_GRACE_SEC
+            error = f"no answer from {', '.join(self._endpoints)} within {waited:.2g}s"
+        self._last_error = error[:600]
         if not self._unreachable:
-            self._unreachable = True
-            error = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                error = f"no answer within {self._call_timeout:.2g}s"
-            self._publish(ev.FleetUnreachable(host=self.host, error=error[:300]))
+            self._unreachable, self._unreachable_since = True, self._call_sent
+            self._publish(
+                ev.FleetUnreachable(host=self.host, error=self._last_error, endpoints=tuple(self._endpoints))
+            )
 
     def _reachable(self) -> None:
-        self._unreachable = False
+        if self._unreachable:
+            self._unreachable = False
+            after = self._now() - self._unreachable_since
+            self._publish(ev.FleetReachable(host=self.host, after_sec=after))
 
     def _lose_lease(self, reason: str) -> None:
         for owned in list(self.view.owned.values()):
@@ -284,7 +329,9 @@ class FleetNode:
         for owned in list(self.view.owned.values()):
             self.view.owned.pop(owned.key)
             self._runner.stop_placed(owned.service, "fleet: fenced (keep-alive not acknowledged in time)")
-        self._publish(ev.FleetFenced(host=self.host, since_ack_sec=since, stopped=stopped))
+        self._publish(
+            ev.FleetFenced(host=self.host, since_ack_sec=since, stopped=stopped, error=self._last_error)
+        )
         lease = self.view.lease
         self.view.joined, self.view.lease = False, 0
         # The old lease's keys must not outlive the fenced services needlessly: revoke it if etcd answers.
@@ -304,12 +351,15 @@ class FleetNode:
         start_timeouts: dict[str, float],
         restarted: set[str],
         updated: set[str],
+        stop_timeouts: dict[str, float] | None = None,
     ) -> None:
         """Take a reloaded config: ``restarted`` services were replaced (stopped) by the reload, and
         start again here if this host owns them; ``updated`` ones keep running and keep their token in
         their config; services no longer placed give their keys back (at the next round)."""
         self.placements = dict(placements)
         self._start_timeouts = dict(start_timeouts)
+        if stop_timeouts is not None:
+            self._stop_timeouts = dict(stop_timeouts)
         for owned in list(self.view.owned.values()):
             if owned.service not in self.placements:
                 self.view.owned.pop(owned.key)
@@ -331,6 +381,7 @@ class FleetNode:
 
     async def _round(self) -> None:
         await self._delete_stale_keys()
+        await self._expire_gave_up()
         prefix = keys.root(self.cluster)
         try:
             snapshot = await self._etcd_call(lambda: self._etcd.range_prefix(prefix))
@@ -365,6 +416,8 @@ class FleetNode:
                 else ""
             )
             self._watch_unowned(service, slots, owners, alive)
+            failed_prefix = keys.failed_prefix(self.cluster, service)
+            gave_up = {k.removeprefix(failed_prefix) for k in kv if k.startswith(failed_prefix)}
             if mine:
                 owned = self.view.owned[mine[0]]
                 if owned.releasing is None and self._should_release(
@@ -372,27 +425,88 @@ class FleetNode:
                 ):
                     owned.releasing = target if target != self.host else ""
                     self._runner.stop_placed(service, f"fleet: moving to {target or 'another host'}")
+                elif owned.releasing is None and self._crash_looped(service, alive, drained, owners, gave_up):
+                    await self._give_up(owned)
                 if owned.releasing is not None and self._runner.placed_inactive(service):
                     await self._release(owned)
                 continue
             free = [k for k in slots if k not in kv]
-            if not free or self.host not in self._eligible(placement, alive, drained, target, owners):
+            eligible = self._eligible(placement, alive, drained, target, owners, gave_up=gave_up)
+            if not free or self.host not in eligible:
                 continue
             await self._take(service, placement, free[0], target)
 
     def _eligible(
-        self, placement: Placement, alive: set[str], drained: set[str], target: str, owners: dict[str, str]
+        self,
+        placement: Placement,
+        alive: set[str],
+        drained: set[str],
+        target: str,
+        owners: dict[str, str],
+        *,
+        gave_up: set[str],
     ) -> set[str]:
-        """Return the hosts that may take a free slot now: the move target if it can; else the
-        preferred ones that can; else those not avoided; avoided hosts only when nobody else can."""
+        """Return the hosts that may take a free slot now: the move target if it can; else, among the
+        hosts where the service did not just crash-loop (those only when nobody else can), the
+        preferred ones; else those not avoided; avoided hosts only when nobody else can."""
         candidates = alive - drained - set(owners.values())
         if target in candidates:
             return {target}
-        preferred = candidates & set(placement.prefer)
+        pool = (candidates - gave_up) or candidates
+        preferred = pool & set(placement.prefer)
         if preferred:
             return preferred
-        allowed = candidates - set(placement.avoid)
-        return allowed or candidates
+        allowed = pool - set(placement.avoid)
+        return allowed or pool
+
+    def _crash_looped(
+        self, service: str, alive: set[str], drained: set[str], owners: dict[str, str], gave_up: set[str]
+    ) -> bool:
+        """Return True when ``service`` crash-looped here for good (seen so for a whole round, so that
+        a recovery about to start holds it first) and another host could take it."""
+        if not self._runner.placed_given_up(service):
+            self._failing_since.pop(service, None)
+            return False
+        since = self._failing_since.setdefault(service, self._now())
+        others = alive - drained - set(owners.values()) - gave_up - {self.host}
+        return self._now() - since >= self._interval and bool(others)
+
+    async def _give_up(self, owned: Owned) -> None:
+        """Mark ``owned``'s service as crash-looped here (a key bound to our lease, so other hosts
+        prefer any other), then hand it over like a move to any host (the caller releases it)."""
+        avoid = GIVE_UP_AVOID_TTLS * self.ttl
+        key = keys.failed_key(self.cluster, owned.service, self.host)
+        value = json.dumps({"until": self._wall() + avoid})
+        lease = self.view.lease
+        try:
+            await self._etcd_call(lambda: self._etcd.put(key, value, lease))
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            return  # next round
+        self._gave_up[owned.service] = (self._now() + avoid, key)
+        self._failing_since.pop(owned.service, None)
+        owned.releasing = ""
+        self._publish(
+            ev.FleetGaveUp(
+                service=owned.service,
+                host=self.host,
+                slot=keys.slot_name(self.cluster, owned.key),
+                token=owned.token,
+                avoid_sec=avoid,
+            )
+        )
+
+    async def _expire_gave_up(self) -> None:
+        """Delete our failed/ marks whose time is up: this host may take those services again."""
+        for service, (until, key) in list(self._gave_up.items()):
+            if self._now() < until:
+                continue
+            try:
+                await self._etcd_call(lambda key=key: self._etcd.delete(key))  # type: ignore[misc]
+            except (EtcdError, TimeoutError) as exc:
+                self._note_unreachable(exc)
+                return
+            self._gave_up.pop(service, None)
 
     def _should_release(self, target: str, alive: set[str], drained: set[str], owners: set[str]) -> bool:
         if target and target != self.host and target in alive and target not in drained:

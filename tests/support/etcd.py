@@ -70,13 +70,18 @@ class EtcdCluster:
         prefix: Sequence[str] = (),
         token: str = "hasupd-test",
         tls: tuple[Path, Path, Path] | None = None,
+        client_cert: tuple[Path, Path] | None = None,
     ) -> None:
         """``hosts``: one listen address per member (default: 127.0.0.1 with free ports).
         ``prefix``: a command the members and etcdctl run under (e.g. ``ip netns exec NS``).
-        ``tls``: (ca, server cert, server key): clients speak https and must trust ``ca``."""
+        ``tls``: (ca, server cert, server key): clients speak https and must trust ``ca``.
+        ``client_cert``: (cert, key) signed by ``tls``'s CA, for etcdctl: the members then require a
+        client certificate signed by that CA (``--client-cert-auth``)."""
         require_etcd()
         self.prefix = list(prefix)
         self.tls = tls
+        self.client_cert = client_cert
+        self.user: str | None = None  # "name:password" for etcdctl once auth is enabled
         scheme = "https" if tls else "http"
         self.members: list[Member] = []
         for i in range(size):
@@ -117,6 +122,8 @@ class EtcdCluster:
             ]
             if tls is not None:
                 m.argv += ["--cert-file", str(tls[1]), "--key-file", str(tls[2])]
+                if client_cert is not None:
+                    m.argv += ["--client-cert-auth", "--trusted-ca-file", str(tls[0])]
 
     @property
     def endpoints(self) -> list[str]:
@@ -155,6 +162,10 @@ class EtcdCluster:
         argv = [*self.prefix, ETCDCTL, "--endpoints", eps, "--dial-timeout", "2s"]
         if self.tls is not None:
             argv += ["--cacert", str(self.tls[0])]
+        if self.client_cert is not None:
+            argv += ["--cert", str(self.client_cert[0]), "--key", str(self.client_cert[1])]
+        if self.user is not None:
+            argv += ["--user", self.user]
         argv += args
         env = {**os.environ, "ETCDCTL_API": "3"}
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -174,7 +185,8 @@ class EtcdCluster:
                 continue
             out = self.ctl("endpoint", "status", "-w", "json", endpoints=[m.client_url])
             status = json.loads(out)[0]["Status"]
-            if status["leader"] == status["header"]["member_id"]:
+            # No "leader" field while an election is under way (0 is left out of etcdctl's JSON).
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
                 return i
         raise AssertionError("no member is leader")
 
@@ -191,6 +203,17 @@ class EtcdCluster:
             time.sleep(0.2)
         logs = "\n".join(m.log.read_text(errors="replace")[-800:] for m in self.members if m.log.exists())
         raise AssertionError(f"etcd cluster not healthy within {timeout}s: {last}\n{logs}")
+
+    def enable_auth(self, root_password: str, user: str, password: str, prefix: str) -> None:
+        """Turn on etcd's authentication: ``root`` (needed by etcd) and ``user`` with read-write on the
+        keys under ``prefix`` only; etcdctl uses root from then on."""
+        self.ctl("user", "add", f"root:{root_password}")
+        self.ctl("user", "add", f"{user}:{password}")
+        self.ctl("role", "add", user)
+        self.ctl("role", "grant-permission", user, "--prefix=true", "readwrite", prefix)
+        self.ctl("user", "grant-role", user, user)
+        self.ctl("auth", "enable")
+        self.user = f"root:{root_password}"
 
     def stop(self) -> None:
         """Kill every member and remove the data dirs."""
@@ -244,6 +267,25 @@ def make_server_cert(folder: Path, ca: tuple[Path, Path], address: str) -> tuple
         str(ext),
         "-out",
         str(cert),
+    )
+    return cert, key
+
+
+def make_client_cert(
+    folder: Path, ca: tuple[Path, Path], name: str, *, common_name: bool = True
+) -> tuple[Path, Path]:
+    """A client certificate (extended key usage clientAuth) signed by ``ca``; its subject is /CN=name,
+    or /O=name without a CommonName (etcd's gateway refuses certificates with one once auth is on)."""
+    cert, key, csr, ext = (folder / f"client-{name}{x}" for x in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    subject = f"/CN={name}" if common_name else f"/O={name}"
+    openssl(
+        *("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", subject),
+        *("-keyout", str(key), "-out", str(csr)),
+    )
+    openssl(
+        *("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial"),
+        *("-days", "2", "-extfile", str(ext), "-out", str(cert)),
     )
     return cert, key
 

@@ -181,3 +181,46 @@ def test_lease_ttl_is_whole_seconds(tmp_path: Path) -> None:
     assert issues(tmp_path) == [
         "hasupd.yaml:4:18: fleet.lease_ttl_sec: must be whole seconds (etcd's leases are), got 2.5s"
     ]
+
+
+ELECTION = """
+fleet:
+  etcd: {endpoints: ["http://127.0.0.1:2379"], election_timeout_sec: 1s}
+  cluster: prod
+"""
+
+
+def test_a_ttl_that_cannot_ride_out_a_known_election_timeout_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, {"hasupd.yaml": ELECTION + "  lease_ttl_sec: 3s\n"})
+    assert issues(tmp_path) == [
+        "hasupd.yaml:4:18: fleet.lease_ttl_sec: 3s cannot ride out an etcd leader election (up to 2.5s "
+        "with fleet.etcd.election_timeout_sec 1s): every election would fence the owners; use at least 4s"
+    ]
+
+
+def test_a_stop_timeout_that_leaves_no_room_for_an_election_is_refused(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "hasupd.yaml": ELECTION + "  lease_ttl_sec: 5s\n",
+            "services.d/a.yaml": "command: [true]\ntimeout_stop_sec: 500ms\nplacement: {singleton: true}\n",
+            "services.d/b.yaml": "command: [true]\ntimeout_stop_sec: 1500ms\nplacement: {singleton: true}\n",
+        },
+    )
+    assert issues(tmp_path) == [
+        "services.d/b.yaml:2:19: timeout_stop_sec: with timeout_stop_sec 1.5s and fleet.lease_ttl_sec 5s "
+        "this service would be fenced (stopped, then elected anew) by every etcd leader election (up to "
+        "2.5s with fleet.etcd.election_timeout_sec): shorten timeout_stop_sec or raise lease_ttl_sec"
+    ]
+
+
+def test_the_default_ttl_rides_out_etcds_default_election_timeout(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "hasupd.yaml": ELECTION,
+            "services.d/a.yaml": "command: [true]\ntimeout_stop_sec: 4500ms\nplacement: {singleton: true}\n",
+        },
+    )
+    fleet = load_config(tmp_path).daemon.fleet
+    assert fleet is not None and fleet.etcd.election_timeout_sec == 1.0

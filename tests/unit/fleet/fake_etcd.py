@@ -17,6 +17,14 @@ class FakeCluster:
     kvs: dict[str, KeyValue] = field(default_factory=dict)
     leases: dict[int, tuple[float, int]] = field(default_factory=dict)  # id -> (expiry, ttl)
     next_lease: int = 100
+    leaderless_until: float = 0.0  # a raft leader election: every call fails until then
+
+    def elect(self) -> None:
+        """End an election: like etcd's new leader, renew every lease in full (lessor.Promote)."""
+        if self.leaderless_until and self.now() >= self.leaderless_until:
+            self.leaderless_until = 0.0
+            for lease, (_, ttl) in list(self.leases.items()):
+                self.leases[lease] = (self.now() + ttl, ttl)
 
     def expire(self) -> None:
         for lease, (expiry, _) in list(self.leases.items()):
@@ -35,6 +43,9 @@ class FakeEtcd:
     def _check(self) -> FakeCluster:
         if not self.reachable:
             raise EtcdUnavailable("fake: connection refused")
+        if self.cluster.now() < self.cluster.leaderless_until:
+            raise EtcdUnavailable("fake: etcdserver: no leader")
+        self.cluster.elect()
         self.cluster.expire()
         return self.cluster
 

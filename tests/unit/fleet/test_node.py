@@ -10,12 +10,14 @@ from typing import Any, TypeVar
 import pytest
 
 from hasupd import events as ev
+from hasupd.config.fleet_timing import FENCE_MARGIN_SEC
 from hasupd.config.model import EtcdConfig, FleetConfig, Placement
 from hasupd.fleet.node import FleetNode
 from tests.unit.fleet.fake_etcd import FakeCluster, FakeEtcd
 
 T = TypeVar("T")
 TTL = 3.0
+STOP = 0.5  # the placed services' timeout_stop_sec
 
 
 class Clock:
@@ -32,9 +34,11 @@ class Runner:
     def __init__(self, clock: Clock, log: list[tuple[float, str, str, str]], host: str) -> None:
         self.clock, self.log, self.host = clock, log, host
         self.active: dict[str, dict[str, str]] = {}
+        self.failed: set[str] = set()  # crash-looped here: failed with start-limit-hit
 
     def start_placed(self, name: str, environment: dict[str, str]) -> None:
         assert name not in self.active
+        self.failed.discard(name)
         self.active[name] = environment
         self.log.append((self.clock.t, "start", name, self.host))
 
@@ -48,6 +52,15 @@ class Runner:
 
     def placed_inactive(self, name: str) -> bool:
         return name not in self.active
+
+    def placed_given_up(self, name: str) -> bool:
+        return name in self.failed and name not in self.active
+
+    def crash_loop(self, name: str) -> None:
+        """The service hit its start limit here: down, failed."""
+        if self.active.pop(name, None) is not None:
+            self.log.append((self.clock.t, "stop", name, self.host))
+        self.failed.add(name)
 
 
 class Host:
@@ -85,6 +98,7 @@ class Host:
             now=clock.now,
             sleep=sleep,
             wall=clock.now,
+            stop_timeouts={"db": STOP, "web": STOP},
         )
 
     def names(self) -> list[str]:
@@ -147,7 +161,10 @@ def test_partitioned_owner_fences_before_its_lease_expires_and_the_next_starts_a
     run(advance(clock, hosts, 3 * TTL))
     stop = next(t for t, what, _, h in log if what == "stop" and h == owner.node.host)
     start = next(t for t, what, _, h in log if what == "start" and h == other.node.host)
-    assert stop - cut <= TTL / 2 + 0.3  # fenced at the local deadline, before the lease (TTL) can expire
+    # Fenced at the local deadline, so that even a stop that runs into its timeout (SIGKILL) ends a
+    # margin before the lease (TTL after the last acknowledged send) can expire.
+    assert stop - cut <= owner.node.fence_delay() + 0.3
+    assert stop + STOP <= cut + TTL - FENCE_MARGIN_SEC + 0.3
     assert start >= cut + TTL - 0.3 > stop  # the other starts only once the old lease is gone
     assert "fleet.fenced" in owner.names()
     assert int(other.runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
@@ -160,11 +177,50 @@ def test_a_stalled_keepalive_fences_too(world: Any) -> None:
     run(advance(clock, [host], 1))
     assert "db" in host.runner.active
     host.stalled = True
-    run(advance(clock, [host], TTL / 2 + 0.3))
+    run(advance(clock, [host], host.node.fence_delay() + 0.3))
     assert "db" not in host.runner.active and "fleet.fenced" in host.names()
     host.stalled = False  # etcd answers again: a new lease, a new election, a new token
     run(advance(clock, [host], TTL + 1))
     assert "db" in host.runner.active and host.names().count("fleet.joined") == 2
+
+
+def test_an_etcd_leader_election_shorter_than_the_fencing_delay_moves_nothing(world: Any) -> None:
+    """No leader for 1.7 s (more than TTL/2, the old fencing delay): the owner keeps retrying its
+    keep-alive, says etcd was unreachable and answers again, and keeps its service and token."""
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    token = owner.runner.active["db"]["HASUPD_FLEET_TOKEN"]
+    assert TTL / 2 < 1.7 < owner.node.fence_delay() - 0.25  # 0.25: a round's age; TTL/2 fenced here
+    cluster.leaderless_until = clock.t + 1.7
+    run(advance(clock, hosts, 3 * TTL))
+    assert owner.runner.active["db"]["HASUPD_FLEET_TOKEN"] == token
+    assert [h for h in hosts if "db" in h.runner.active] == [owner]
+    assert "fleet.fenced" not in owner.names() and "fleet.lost" not in owner.names()
+    unreachable = next(e for e in owner.events if isinstance(e, ev.FleetUnreachable))
+    assert "no leader" in unreachable.error and unreachable.endpoints == ("http://127.0.0.1:1",)
+    back = next(e for e in owner.events if isinstance(e, ev.FleetReachable))
+    assert 1.4 <= back.after_sec <= 2.0
+
+
+def test_a_keepalive_is_retried_within_one_round_until_the_deadline(world: Any) -> None:
+    """One round retries a failed keep-alive (pausing briefly) instead of waiting for the next round,
+    and gives up at the fencing deadline, where the round fences."""
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    cluster.leaderless_until = clock.t + 0.6
+    run(host.node.step())  # one round: the retries run into the end of the election
+    assert host.node.lease_age() is not None and host.node.lease_age() < 0.1
+    assert "db" in host.runner.active
+    cluster.leaderless_until = clock.t + 3 * TTL
+    started = clock.t
+    run(host.node.step())
+    assert started + host.node.fence_delay() - 0.6 <= clock.t <= started + host.node.fence_delay() + 0.1
+    assert "db" not in host.runner.active
+    fenced = next(e for e in host.events if isinstance(e, ev.FleetFenced))
+    assert "no leader" in fenced.error
 
 
 def test_dead_owner_is_replaced_after_its_lease_expires(world: Any) -> None:
@@ -299,3 +355,37 @@ def test_a_create_whose_answer_was_lost_is_still_ours(world: Any) -> None:
     assert "db" in lost.runner.active  # found under its own lease at the next read
     token = int(lost.runner.active["db"]["HASUPD_FLEET_TOKEN"])
     assert token == cluster.kvs["/hasupd/c/owner/db"].create_revision
+
+
+def test_a_crash_looping_singleton_is_handed_to_another_host(world: Any) -> None:
+    """Failed with start-limit-hit on its owner: handed over (the preferred owner avoids it while
+    another host can run it), never two at once; after the avoid time the mark is gone."""
+    clock, cluster, log = world
+    placement = Placement(singleton=True, prefer=("a",))
+    hosts = [Host(n, cluster, clock, log, db=placement) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 1))
+    a = hosts[0]
+    assert "db" in a.runner.active
+    token = int(a.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    a.runner.crash_loop("db")
+    run(advance(clock, hosts, 2))
+    now = [h for h in hosts if "db" in h.runner.active]
+    assert len(now) == 1 and now[0] is not a
+    assert int(now[0].runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
+    gave_up = next(e for e in a.events if isinstance(e, ev.FleetGaveUp))
+    assert gave_up.service == "db" and gave_up.token == token
+    assert "/hasupd/c/failed/db/a" in cluster.kvs
+    assert not overlaps(log, "db")
+    run(advance(clock, hosts, gave_up.avoid_sec))
+    assert "/hasupd/c/failed/db/a" not in cluster.kvs
+    assert [h for h in hosts if "db" in h.runner.active] == now  # a running owner is not preempted
+
+
+def test_a_crash_looping_singleton_stays_when_no_other_host_can_take_it(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    host.runner.crash_loop("db")
+    run(advance(clock, [host], 2))
+    assert "fleet.gave-up" not in host.names()
+    assert "/hasupd/c/owner/db" in cluster.kvs  # still owned here: failed, as a local service would be

@@ -31,6 +31,7 @@ from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
+from hasupd.web.server import Dashboard
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class Daemon:
                     tasks.spawn(graph.capture.run(), "incident output capture"),
                     tasks.spawn(graph.metrics.run(), "metrics"),
                     tasks.spawn(graph.alerts.run(), "alerts"),
+                    # web: is read at start; a reload checks it but does not move the dashboard.
+                    tasks.spawn(Dashboard(config.daemon.web, context, self.bus).run(), "dashboard"),
                 )
                 # Units a backup had stopped when the last hasupd ended run again with the others.
                 resumed: list[str] = []

@@ -43,6 +43,7 @@ from hasupd.config.nodes import (
     to_str,
 )
 from hasupd.config.validate_fleet import to_fleet
+from hasupd.config.validate_web import to_web
 
 _SMTP = record(
     SmtpConfig,
@@ -153,6 +154,7 @@ DAEMON_FIELDS: dict[str, Converter] = {
     "alerts": _CHANNELS,
     "backups": _to_backups,
     "fleet": to_fleet,
+    "web": to_web,
 }
 
 

@@ -16,6 +16,7 @@ HEIGHT = 160
 PAD_LEFT = 36
 PAD_BOTTOM = 22
 PAD_TOP = 8
+MAX_BAR = 36.0  # a lone bar stays a bar, not a block
 AXIS_X = PAD_LEFT - 4  # where the value labels end
 
 
@@ -41,7 +42,7 @@ def bars(
     top = _nice_max(max((b.get(key, 0) for b in buckets for key, _, _ in series), default=0))
     plot_w, plot_h = WIDTH - PAD_LEFT - 4, HEIGHT - PAD_BOTTOM - PAD_TOP
     group_w = plot_w / count
-    bar_w = max(group_w * 0.8 / max(len(series), 1), 1.0)
+    bar_w = min(max(group_w * 0.8 / max(len(series), 1), 1.0), MAX_BAR)
     totals = ", ".join(f"{sum(b.get(key, 0) for b in buckets)} {name}" for key, _, name in series)
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '

@@ -39,6 +39,14 @@ def when(value: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts is not None else NONE
 
 
+def precise(value: Any) -> str:
+    """Return a time as local "YYYY-MM-DD HH:MM:SS.mmm", for events that follow each other closely."""
+    ts = _timestamp(value)
+    if ts is None:
+        return NONE
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
 def ago(value: Any) -> str:
     """Return how long ago a time (Unix time or ISO text) was: "5m 10s ago"."""
     ts = _timestamp(value)
@@ -57,4 +65,10 @@ def size(value: Any) -> str:
     return f"{amount:.1f} TiB"
 
 
-FILTERS: dict[str, Callable[..., str]] = {"duration": duration, "when": when, "ago": ago, "size": size}
+FILTERS: dict[str, Callable[..., str]] = {
+    "duration": duration,
+    "when": when,
+    "precise": precise,
+    "ago": ago,
+    "size": size,
+}

@@ -8,8 +8,9 @@ page open (live stream connected) side by side with no page open.
 Any Python with hasupd's dependencies runs it (hasupd runs on the same interpreter, from this
 repository); ``--client browser`` needs selenium and Debian's chromium + chromium-driver. Rounds alternate
 (closed, open, closed, open, ...) so that a change in the machine's load hits both sides. It prints one
-JSON document: timings, CPU per window, and how busy the rest of the machine was meanwhile (other
-processes share the 2 cores; a busy machine slows the serving times, not hasupd's own CPU seconds).
+JSON document: timings (wall clock, and hasupd's CPU per request), CPU per window, and how busy the
+rest of the machine was meanwhile (other processes share the 2 cores; a busy machine slows the wall-clock
+serving times, not hasupd's own CPU seconds).
 """
 
 from __future__ import annotations
@@ -188,12 +189,16 @@ def main() -> None:
         time.sleep(args.settle)
         for path in ("/", "/api/overview"):
             times, size = [], 0
+            cpu_before = cpu_seconds(proc.pid)
             for _ in range(args.requests):
                 took, size = get(base + path)
                 times.append(took * 1000)
+            cpu = cpu_seconds(proc.pid) - cpu_before
             times.sort()
             out[f"GET {path}"] = {
                 "bytes": size,
+                # hasupd's own CPU per request: what the wall time would be on an idle core.
+                "hasupd_cpu_ms_per_request": round(1000 * cpu / args.requests, 1),
                 "median_ms": round(statistics.median(times), 1),
                 "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
                 "max_ms": round(times[-1], 1),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.backup import jobsupport
-from tests.integration.backup.jobsupport import QUIET, Setup, stamp
+from tests.integration.backup.jobsupport import Setup, stamp
 from tests.support.browser import chromium, screenshot_dir
 from tests.support.harness import Hasupd, write_config
 
@@ -241,13 +241,17 @@ def test_errors_page_ranks_seeded_errors_by_range(tmp_path: Path, hasupd: Callab
 def test_backups_page_shows_a_real_snapshot(setup: Setup, hasupd: Callable[..., Hasupd]) -> None:
     port = free_port()
     shots = screenshot_dir(setup.tmp)
+    # Yearly schedules, stamped two minutes ago: nothing is due (no catch-up run) unless asked for, and
+    # the newest good snapshot is older than max_age until the test's backup.
+    yearly = {"schedule": "@yearly"}
+    job = {**yearly, "prune_schedule": "@yearly", "max_age": "1m", "check": yearly, "drill": yearly}
     config = setup.config(
-        {**QUIET, "max_age": "26h", "check": {"schedule": "@weekly"}, "drill": {"schedule": "@monthly"}},
+        job,
         services={"app": {"command": ["/bin/sleep", "1000"]}},
         daemon={"web": {"listen": f"127.0.0.1:{port}"}},
     )
-    for kind in ("backup", "prune", "check", "drill"):  # only what the test asks for runs
-        stamp(setup.tmp / "work0", kind, datetime.now(UTC) - timedelta(days=2))
+    for kind in ("backup", "prune", "check", "drill"):
+        stamp(setup.tmp / "work0", kind, datetime.now(UTC) - timedelta(minutes=2))
     d = hasupd(config, extra_args=("--no-watch",))
     d.wait_ready()
     d.wait_for("web.listening", timeout=30)
@@ -256,7 +260,7 @@ def test_backups_page_shows_a_real_snapshot(setup: Setup, hasupd: Callable[..., 
         live = "return document.getElementById('live-status').textContent"
         wait_page(driver, live, lambda s: s == "live", 10)
         stale = driver.find_element("css selector", '#backups tr[data-job="app-data"]').get_attribute("class")
-        assert stale == "stale"  # two days old, max_age 26h
+        assert stale == "stale"  # two minutes old, max_age 1m
         done = d.ctl("backup", "run", "app-data")
         assert done.returncode == 0, done.stderr
         snapshot = d.wait_for("backup.finished", job="app-data", timeout=60)[0]["snapshot"]

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from hasupd import events as ev
 from hasupd.config.model import WebConfig
+from hasupd.config.validate_web import is_loopback
 from hasupd.control.context import CommandError, Context
 from hasupd.observe.queries import parse_since
 from hasupd.observe.service_output import JournalctlError
@@ -116,8 +117,23 @@ class Dashboard:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runner.cleanup(), CLEANUP_TIMEOUT_SEC)
 
+    def _host_allowed(self, request: web.Request) -> bool:
+        """Return True if the request's Host names a loopback address (or the configured host).
+
+        Without a credential (a loopback dashboard) this is what stops DNS rebinding: a web page from
+        elsewhere whose name was made to resolve to 127.0.0.1 still sends its own name as Host.
+        """
+        assert self.config is not None
+        name = request.host.lower()
+        if not name.endswith("]"):
+            name = name.rpartition(":")[0] or name
+        name = name.strip("[]")
+        return is_loopback(name) or name == split_listen(self.config.listen)[0].lower()
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._secret is None and not self._host_allowed(request):
+            return web.Response(status=421, text="421: unknown host name for this dashboard\n")
         if self._secret is not None:
             refused = auth.check(request.headers.get("Authorization"), self._secret)
             if refused is not None:

@@ -120,6 +120,8 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
         assert restarted(after), after
         assert restart_sec < LIVE_WITHIN_SEC, restart_sec
         assert after["marker"] == "same page", "the page was reloaded"
+        counts = "return ['unit-count', 'down-count'].map(id => document.getElementById(id).textContent)"
+        assert driver.execute_script(counts) == ["4", "0"]  # units, not running
         new_pid = d.wait_for("service.started", count=2, service="victim")[1]["pid"]
         assert after["pid"] == str(new_pid)
         driver.save_screenshot(str(shots / "overview.png"))
@@ -158,13 +160,19 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
         )
         assert "api listening" in output or "api served request" in output, output
 
-        # Phone-sized and dark: the overview still reads (no sideways scroll of the page itself).
+        # Phone-sized and dark: the overview still reads (no sideways scroll of the page itself), in
+        # the dark colours the system asks for.
+        driver.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+        )
         driver.set_window_size(390, 844)
         driver.get(base + "/")
         wait_page(driver, ROW_JS, lambda v: v["live"] == "live", 10, "victim")
         width = driver.execute_script("return document.documentElement.scrollWidth")
         assert width <= 400, width
-        driver.save_screenshot(str(shots / "overview-phone.png"))
+        background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", background
+        driver.save_screenshot(str(shots / "overview-phone-dark.png"))
     print(f"screenshots in {shots}")
 
 

@@ -99,6 +99,28 @@ def test_a_reload_to_an_open_address_is_refused_and_the_old_config_runs_on(
     d.wait_for("config.invalid")
 
 
+def test_a_loopback_dashboard_answers_only_loopback_host_names(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    """DNS rebinding: a page from elsewhere, its name pointed at 127.0.0.1, sends its own Host."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config(tmp_path / "etc", {}, daemon={"web": {"listen": f"127.0.0.1:{port}"}})
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_for("web.listening", timeout=30)
+
+    def status(host: str) -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            return int(conn.makefile("rb").readline().split()[1])
+
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "127.0.0.1"):
+        assert status(host) == 200, host
+    for host in (f"evil.example:{port}", "evil.example", f"10.0.0.1:{port}"):
+        assert status(host) == 421, host
+
+
 # The client, run inside the namespace: prints {"status": N, "body": ..., "type": ...} for one request.
 CLIENT = """
 import json, ssl, sys, urllib.error, urllib.request

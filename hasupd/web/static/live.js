@@ -92,7 +92,7 @@
   function counts() {
     var rows = table.tBodies[0].rows;
     var down = 0;
-    for (var i = 0; i < rows.length; i++) { if (rows[i].className !== "state-running") { down++; } }
+    for (var i = 0; i < rows.length; i++) { if (!rows[i].classList.contains("state-running")) { down++; } }
     text(document.getElementById("unit-count"), String(rows.length));
     text(document.getElementById("down-count"), String(down));
   }

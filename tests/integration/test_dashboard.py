@@ -21,8 +21,11 @@ from typing import Any
 from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import Setup, stamp
 from tests.support.browser import chromium, screenshot_dir
-from tests.support.harness import Hasupd, write_config
+from tests.support.harness import REPO, Hasupd, write_config
 
+# The daemon keeps the PYTHONPATH the test runs with: put Debian's python3-aiohttp and python3-jinja2
+# first on it to run the dashboard on Debian 12's versions (see README, Dashboard).
+KEEP_PYTHONPATH = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 repo_template = jobsupport.repo_template
 setup = jobsupport.setup
 
@@ -80,7 +83,7 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
         },
         daemon={"web": {"listen": f"127.0.0.1:{port}"}},
     )
-    d = hasupd(config, extra_args=("--no-watch",))
+    d = hasupd(config, extra_args=("--no-watch",), env=KEEP_PYTHONPATH)
     d.wait_ready()
     d.wait_for("web.listening", timeout=30)
     pid = d.wait_for("service.started", service="victim")[0]["pid"]
@@ -220,7 +223,7 @@ def test_errors_page_ranks_seeded_errors_by_range(tmp_path: Path, hasupd: Callab
     )
     state = tmp_path / "state"
     seed_records(state, time.time())
-    d = hasupd(config, extra_args=("--no-watch",), state_dir=state)
+    d = hasupd(config, extra_args=("--no-watch",), env=KEEP_PYTHONPATH, state_dir=state)
     d.wait_ready()
     d.wait_for("web.listening", timeout=30)
     month = [
@@ -260,7 +263,7 @@ def test_backups_page_shows_a_real_snapshot(setup: Setup, hasupd: Callable[..., 
     )
     for kind in ("backup", "prune", "check", "drill"):
         stamp(setup.tmp / "work0", kind, datetime.now(UTC) - timedelta(minutes=2))
-    d = hasupd(config, extra_args=("--no-watch",))
+    d = hasupd(config, extra_args=("--no-watch",), env=KEEP_PYTHONPATH)
     d.wait_ready()
     d.wait_for("web.listening", timeout=30)
     with chromium() as driver:

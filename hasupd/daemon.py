@@ -31,7 +31,6 @@ from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
-from hasupd.web.server import Dashboard
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,10 @@ class Daemon:
                 if watch is not None:
                     watch.start()
                 pinger = tasks.spawn(self.notifier.run_watchdog(self.bus.publish), "systemd watchdog")
+                # Imported here, once the units are restored or adopted: aiohttp takes ~0.2 s to import,
+                # which check-config need not pay, nor a re-exec's unsupervised window.
+                from hasupd.web.server import Dashboard  # noqa: PLC0415
+
                 observers = (
                     tasks.spawn(graph.capture.run(), "incident output capture"),
                     tasks.spawn(graph.metrics.run(), "metrics"),

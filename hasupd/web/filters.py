@@ -11,9 +11,11 @@ NONE = "\N{EN DASH}"  # what a table cell shows for "nothing"
 
 
 def duration(seconds: float | None) -> str:
-    """Return ``seconds`` as "2d 3h", "5m 10s" or "12s" (``NONE`` for None)."""
+    """Return ``seconds`` as "2d 3h", "5m 10s", "12s" or "200ms" (``NONE`` for None)."""
     if seconds is None:
         return NONE
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"  # probe intervals, restart delays
     s = int(max(seconds, 0))
     for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
         if s >= size:

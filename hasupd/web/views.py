@@ -44,9 +44,8 @@ def unit_row(ctx: Context, unit: str) -> dict[str, Any]:
     """Return one unit's overview row: ``hasupctl status`` of it, plus its start time for a live uptime."""
     service = ctx.manager.services[unit]
     row = service_status(service)
-    since = service.status().active_since
-    row["active_since"] = since
-    row["health"] = str(row["health"]) if row["health"] is not None else None
+    # The uptime ticks in the page from this (wall clock), so the server sends nothing while it grows.
+    row["active_since"] = service.status().active_since
     return row
 
 

@@ -72,7 +72,11 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
     config = write_config(
         tmp_path / "etc",
         {
-            "api": {"command": ["/bin/sh", "-c", TALKER], "output": "file"},
+            "api": {
+                "command": ["/bin/sh", "-c", TALKER],
+                "output": "file",
+                "health": [{"exec": ["/bin/true"], "interval_sec": "200ms"}],
+            },
             "victim": {
                 "command": ["/bin/sh", "-c", 'echo "victim ready, pid $$"; exec /bin/sleep 1000'],
                 "output": "file",
@@ -162,6 +166,12 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
             5,
         )
         assert "api listening" in output or "api served request" in output, output
+        d.wait_for("health.ok", service="api")
+        driver.refresh()
+        probes = driver.find_element("id", "probes").text
+        assert "exec /bin/true" in probes and "api is healthy (exec probe passes)" in probes, probes
+        health = driver.find_element("css selector", 'tr[data-unit="api"] [data-field="health"]').text
+        assert health == "healthy", health
 
         # Phone-sized and dark: the overview still reads (no sideways scroll of the page itself), in
         # the dark colours the system asks for.

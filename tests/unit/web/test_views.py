@@ -8,6 +8,7 @@ from typing import Any
 from hasupd.observe.queries import Query
 from hasupd.web import views
 from hasupd.web.charts import bars, ranking
+from hasupd.web.filters import duration
 
 
 def record(ts: float, event: str, level: str = "error", **tags: Any) -> tuple[float, dict[str, Any]]:
@@ -79,3 +80,9 @@ def test_charts_say_what_they_show() -> None:
     assert svg.count("<rect") == 3 and "b&lt;: 2 starts" in svg
     svg = ranking([("backup.failed · hasupd", 5), ("<x>", 1)], "errors")
     assert svg.count("<rect") == 2 and "&lt;x&gt;: 1" in svg
+
+
+def test_durations_read_as_people_write_them() -> None:
+    assert [duration(x) for x in (None, 0, 0.2, 12, 310, 7200, 93784)] == [
+        "\N{EN DASH}", "0s", "200ms", "12s", "5m 10s", "2h", "1d 2h"
+    ]  # fmt: skip

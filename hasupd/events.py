@@ -416,10 +416,12 @@ class WebLoginFailed(Event):
     LEVEL = logging.WARNING
     remote: str  # the client's address
     path: str
-    reason: str  # "no credential", "wrong credential"
+    reason: str  # "wrong credential"
+    suppressed: int = 0  # earlier refusals from the same address left out of the records (a flood)
 
     def message(self) -> str:
-        return f"dashboard request for {self.path} from {self.remote} refused: {self.reason}"
+        more = f" ({self.suppressed} more refused before, not recorded one by one)" if self.suppressed else ""
+        return f"dashboard request for {self.path} from {self.remote} refused: {self.reason}{more}"
 
 
 # --------------------------------------------------------------------------- freeze detection

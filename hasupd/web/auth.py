@@ -72,3 +72,30 @@ def check(header: str | None, secret: bytes) -> str | None:
     else:
         return NO_CREDENTIAL
     return None if hmac.compare_digest(offered, secret) else WRONG_CREDENTIAL
+
+
+class RefusalRecords:
+    """Decides which refused logins become records: at most ``per_window`` per client address and
+    ``window_sec``, so that a flood of wrong guesses cannot push older records out of the rotated files.
+    The refusals left out are counted and reported with that address's next record."""
+
+    def __init__(self, per_window: int = 5, window_sec: float = 60.0, max_addresses: int = 1024) -> None:
+        self._per_window = per_window
+        self._window_sec = window_sec
+        self._max_addresses = max_addresses
+        self._seen: dict[str, tuple[float, int, int]] = {}  # address -> (window start, recorded, left out)
+
+    def admit(self, address: str, now: float) -> int | None:
+        """Return how many earlier refusals from ``address`` were left out if this one is to be recorded,
+        or None if it is to be left out (and counted)."""
+        start, recorded, left_out = self._seen.get(address, (now, 0, 0))
+        if now - start >= self._window_sec:
+            start, recorded = now, 0
+        if recorded >= self._per_window:
+            self._seen[address] = (start, recorded, left_out + 1)
+            return None
+        if address not in self._seen and len(self._seen) >= self._max_addresses:
+            # Forget addresses whose window is over (bounded memory whatever the number of clients).
+            self._seen = {a: s for a, s in self._seen.items() if now - s[0] < self._window_sec}
+        self._seen[address] = (start, recorded + 1, 0)
+        return left_out

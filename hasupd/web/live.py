@@ -48,23 +48,28 @@ class LiveFeed:
         self._backups_dirty = False
         self._summary_dirty = False
         self._wake = asyncio.Event()
-        self.clients: set[asyncio.Queue[bytes | None]] = set()
+        # Open pages, oldest first (a dict keeps the order in which they connected).
+        self.clients: dict[asyncio.Queue[bytes | None], None] = {}
         self._unsubscribe = bus.subscribe(self._on_event)
 
     def close(self) -> None:
         """Stop listening to the bus and end every open stream."""
         self._unsubscribe()
-        for queue in self.clients:
+        for queue in list(self.clients):
             self._offer(queue, None)
 
-    def connect(self) -> asyncio.Queue[bytes | None]:
-        """Return a new page's queue of messages (None: the stream ends)."""
+    def connect(self, limit: int) -> asyncio.Queue[bytes | None]:
+        """Return a new page's queue of messages (None: the stream ends). With ``limit`` pages open
+        already, the oldest one's stream ends: a closed page is only noticed at its next write, and a
+        page still open reconnects by itself."""
+        while len(self.clients) >= limit:
+            self._end(next(iter(self.clients)))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(CLIENT_QUEUE)
-        self.clients.add(queue)
+        self.clients[queue] = None
         return queue
 
     def disconnect(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self.clients.discard(queue)
+        self.clients.pop(queue, None)
 
     def _on_event(self, event: ev.Event) -> None:
         if not self.clients:
@@ -126,7 +131,11 @@ class LiveFeed:
         try:
             queue.put_nowait(data)
         except asyncio.QueueFull:
-            self.clients.discard(queue)
-            while not queue.empty():
-                queue.get_nowait()
-            queue.put_nowait(None)
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[bytes | None]) -> None:
+        """End the stream of ``queue`` now: what it had not sent yet is dropped."""
+        self.clients.pop(queue, None)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)

@@ -36,6 +36,7 @@ STATIC = {"dashboard.css": "text/css", "live.js": "text/javascript"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]*$")
 _INCIDENT_RE = re.compile(r"^[0-9a-f]{1,64}$")
 CLEANUP_TIMEOUT_SEC = 5.0
+MAX_LIVE_PAGES = 64  # open live streams; each holds a queue of up to CLIENT_QUEUE messages
 # No inline script or style runs: the pages' own script and style sheet only.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -63,6 +64,7 @@ class Dashboard:
         self.started = psutil.Process().create_time()  # hasupd's start (a re-exec keeps the pid)
         self.feed: LiveFeed | None = None
         self._secret: bytes | None = None
+        self._refusals = auth.RefusalRecords()
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")),
             autoescape=True,
@@ -138,9 +140,7 @@ class Dashboard:
             refused = auth.check(request.headers.get("Authorization"), self._secret)
             if refused is not None:
                 if refused == auth.WRONG_CREDENTIAL:
-                    self.bus.publish(
-                        ev.WebLoginFailed(remote=str(request.remote), path=request.path, reason=refused)
-                    )
+                    self._record_refusal(request, refused)
                 return web.Response(
                     status=401,
                     text="401: this dashboard needs its token (Authorization: Bearer, or Basic auth)\n",
@@ -153,6 +153,14 @@ class Dashboard:
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         return response
+
+    def _record_refusal(self, request: web.Request, reason: str) -> None:
+        remote = str(request.remote)
+        suppressed = self._refusals.admit(remote, time.monotonic())
+        if suppressed is not None:  # else a flood: counted, and told with the next record
+            self.bus.publish(
+                ev.WebLoginFailed(remote=remote, path=request.path, reason=reason, suppressed=suppressed)
+            )
 
     def _page(self, template: str, status: int = 200, **values: Any) -> web.Response:
         values.setdefault("version", self.ctx.reloader.daemon_info().get("version"))
@@ -241,7 +249,7 @@ class Dashboard:
         assert self.feed is not None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **SECURITY_HEADERS})
         await response.prepare(request)
-        queue = self.feed.connect()
+        queue = self.feed.connect(MAX_LIVE_PAGES)
         try:
             first = await views.overview(self.ctx, self.started)
             await response.write(sse({"full": True, **first}))

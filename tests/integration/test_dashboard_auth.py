@@ -15,11 +15,13 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hasupd.web.server import MAX_LIVE_PAGES
 from tests.support.harness import REPO, Hasupd, write_config
 from tests.support.netns import ip, require_netns
 
@@ -103,7 +105,7 @@ def test_a_reload_to_an_open_address_is_refused_and_the_old_config_runs_on(
     d.wait_for("config.invalid")
 
 
-def test_a_loopback_dashboard_answers_only_loopback_host_names(
+def test_loopback_host_names_only_and_a_bounded_number_of_live_streams(
     tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
     """DNS rebinding: a page from elsewhere, its name pointed at 127.0.0.1, sends its own Host."""
@@ -123,6 +125,25 @@ def test_a_loopback_dashboard_answers_only_loopback_host_names(
         assert status(host) == 200, host
     for host in (f"evil.example:{port}", "evil.example", f"10.0.0.1:{port}"):
         assert status(host) == 421, host
+
+    # Open live streams are bounded: one too many ends the oldest (a closed page is noticed only at its
+    # next write; a page still open reconnects by itself).
+    streams = []
+    try:
+        for _ in range(MAX_LIVE_PAGES + 1):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            streams.append(conn)
+            conn.sendall(f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        replies = [conn.makefile("rb") for conn in streams]
+        assert [reply.readline().split()[1] for reply in replies] == [b"200"] * (MAX_LIVE_PAGES + 1)
+        oldest, deadline = b"", time.monotonic() + 10
+        while not oldest.endswith(b"\r\n0\r\n\r\n") and time.monotonic() < deadline:
+            oldest += replies[0].read1(65536)  # (the connection itself stays open: keep-alive)
+        assert oldest.endswith(b"\r\n0\r\n\r\n") and b"data: " in oldest, oldest[-200:]
+    finally:
+        for conn in streams:
+            conn.close()
+    assert status(f"127.0.0.1:{port}") == 200
 
 
 # The client, run inside the namespace: prints {"status": N, "body": ..., "type": ...} for one request.
@@ -233,3 +254,10 @@ def test_tls_and_token_on_a_non_loopback_address(
     # Read-only, whoever asks.
     assert get("/", "Bearer " + token, method="POST")["status"] == 405
     assert len(d.find("web.login_failed")) == 3
+    # A flood of guesses: all refused, at most 5 records a minute from one address (the others are
+    # counted in its next record), so that guessing cannot push older records out of the files.
+    for _ in range(4):
+        assert get("/", "Bearer guess")["status"] == 401
+    d.wait_for("web.login_failed", count=5, timeout=10)
+    time.sleep(0.5)
+    assert len(d.find("web.login_failed")) == 5

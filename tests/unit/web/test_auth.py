@@ -58,3 +58,15 @@ def test_a_bad_certificate_is_refused(tmp_path: Path) -> None:
     config = WebConfig(listen="0.0.0.0:1", tls=WebTls(str(tmp_path / "c"), str(tmp_path / "c")))
     with pytest.raises(auth.WebSetupError, match="cannot load"):
         auth.tls_context(config)
+
+
+def test_a_flood_of_refusals_is_recorded_a_few_times_a_minute_and_counted() -> None:
+    records = auth.RefusalRecords(per_window=3, window_sec=60.0, max_addresses=2)
+    admitted = [records.admit("10.0.0.9", t) for t in (0, 1, 2, 3, 4, 5)]
+    assert admitted == [0, 0, 0, None, None, None]
+    assert records.admit("10.0.0.8", 6) == 0  # another address has its own allowance
+    assert records.admit("10.0.0.9", 61) == 3  # a new window: the three left out are told
+    assert records.admit("10.0.0.9", 62) == 0
+    # A third address beyond max_addresses: the addresses whose window is over are forgotten.
+    assert records.admit("10.0.0.7", 200) == 0
+    assert records.admit("10.0.0.9", 201) == 0

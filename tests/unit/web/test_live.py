@@ -41,7 +41,7 @@ async def test_only_what_changed_goes_out_in_one_message() -> None:
     feed = LiveFeed(bus, source.rows, source.backups, source.summary)
     runner = asyncio.create_task(feed.run())
     try:
-        page = feed.connect()
+        page = feed.connect(10)
         bus.publish(ev.ServiceExited(service="u7", pid=1, result="signal", status="SIGKILL"))
         bus.publish(
             ev.ServiceRestartScheduled(service="u7", delay_sec=0.1, reason="r", restarts=1, result="signal")
@@ -72,7 +72,7 @@ async def test_nothing_is_collected_without_a_page_and_close_ends_streams() -> N
         bus.publish(ev.ServiceStarted(service="u1", pid=2, invocation="x"))
         await asyncio.sleep(0.2)
         assert source.rows_read == []
-        page = feed.connect()
+        page = feed.connect(10)
         feed.close()
         assert await asyncio.wait_for(page.get(), 5) is None
         bus.publish(ev.ServiceStarted(service="u1", pid=3, invocation="y"))
@@ -84,8 +84,19 @@ async def test_nothing_is_collected_without_a_page_and_close_ends_streams() -> N
 async def test_a_page_too_far_behind_is_dropped_and_told_so() -> None:
     bus, source = ev.EventBus(), Source()
     feed = LiveFeed(bus, source.rows, source.backups, source.summary)
-    page = feed.connect()
+    page = feed.connect(10)
     for i in range(1000):
         feed.broadcast({"n": i})
     assert page not in feed.clients
     assert page.qsize() == 1 and page.get_nowait() is None
+
+
+async def test_beyond_the_limit_the_oldest_stream_ends() -> None:
+    bus, source = ev.EventBus(), Source()
+    feed = LiveFeed(bus, source.rows, source.backups, source.summary)
+    pages = [feed.connect(3) for _ in range(3)]
+    feed.broadcast({"n": 1})
+    newest = feed.connect(3)
+    assert list(feed.clients) == [pages[1], pages[2], newest]
+    assert pages[0].get_nowait() is None and pages[0].empty()  # its unsent message dropped
+    assert decode(pages[1].get_nowait()) == {"n": 1}

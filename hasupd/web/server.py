@@ -55,9 +55,9 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 class Dashboard:
-    """Serves ``config`` (None: nothing) from the control context ``ctx`` until cancelled."""
+    """Serves ``config`` from the control context ``ctx`` until cancelled."""
 
-    def __init__(self, config: WebConfig | None, ctx: Context, bus: ev.EventBus) -> None:
+    def __init__(self, config: WebConfig, ctx: Context, bus: ev.EventBus) -> None:
         self.config = config
         self.ctx = ctx
         self.bus = bus
@@ -90,10 +90,8 @@ class Dashboard:
         return app
 
     async def run(self) -> None:
-        """Serve until cancelled; return at once without ``web:``. A dashboard that cannot be served
-        (secret, certificate, address) is recorded as ``web.unavailable`` and supervision goes on."""
-        if self.config is None:
-            return
+        """Serve until cancelled. A dashboard that cannot be served (secret, certificate, address) is
+        recorded as ``web.unavailable``; this returns and supervision goes on."""
         listen = self.config.listen
         host, port = split_listen(listen)
         try:
@@ -125,7 +123,6 @@ class Dashboard:
         Without a credential (a loopback dashboard) this is what stops DNS rebinding: a web page from
         elsewhere whose name was made to resolve to 127.0.0.1 still sends its own name as Host.
         """
-        assert self.config is not None
         name = request.host.lower()
         if not name.endswith("]"):
             name = name.rpartition(":")[0] or name

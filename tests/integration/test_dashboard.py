@@ -18,10 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import Setup, stamp
 from tests.support.browser import chromium, screenshot_dir
 from tests.support.harness import REPO, Hasupd, write_config
+from tests.support.smtp import SmtpServer
 
 # The daemon keeps the PYTHONPATH the test runs with: put Debian's python3-aiohttp and python3-jinja2
 # first on it to run the dashboard on Debian 12's versions (see README, Dashboard).
@@ -48,6 +51,13 @@ return {
 """
 
 
+def channel(port: int) -> dict[str, Any]:
+    """An alert channel to the test's SMTP server that mails every crash at once."""
+    smtp = {"host": "127.0.0.1", "port": port, "tls": "none", "timeout_sec": "5s"}
+    to = {"from": "hasupd@example.invalid", "to": ["ops@example.invalid"]}
+    return {"email": {"smtp": smtp, **to}, "coalesce_sec": "0s", "on_crash": True}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,10 +75,12 @@ def wait_page(driver: Any, script: str, ok: Callable[[Any], bool], timeout: floa
 
 
 def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
-    tmp_path: Path, hasupd: Callable[..., Hasupd]
+    tmp_path: Path, hasupd: Callable[..., Hasupd], request: pytest.FixtureRequest
 ) -> None:
     port = free_port()
     shots = screenshot_dir(tmp_path)
+    smtp = SmtpServer(free_port()).start()
+    request.addfinalizer(smtp.stop)
     config = write_config(
         tmp_path / "etc",
         {
@@ -85,7 +97,7 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
             },
             "pool": {"command": ["/bin/sleep", "1000"], "instances": 2},
         },
-        daemon={"web": {"listen": f"127.0.0.1:{port}"}},
+        daemon={"web": {"listen": f"127.0.0.1:{port}"}, "alerts": {"ops": channel(smtp.port)}},
     )
     d = hasupd(config, extra_args=("--no-watch",), env=KEEP_PYTHONPATH)
     d.wait_ready()
@@ -140,6 +152,7 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
         )
         incident = link.get_attribute("href").rsplit("/", 1)[1]
         tail = d.wait_for("incident.output", service="victim", timeout=10)[0]
+        sent = d.wait_for("alert.sent", service="victim", timeout=30)[0]  # on_crash: one mail
         assert any("victim ready" in line for line in tail["lines"]), tail
         link.send_keys("\n")
         wait_page(driver, "return location.pathname", lambda p: p.startswith("/incident/"), 10)
@@ -150,6 +163,8 @@ def test_overview_shows_a_crash_and_restart_live_and_the_incident_chain(
         assert incident in driver.find_element("tag name", "h1").text
         assert "SIGKILL" in driver.find_element("id", "chain").text
         assert "victim ready" in driver.find_element("id", "tail").text
+        assert sent["incident"] == incident
+        assert "victim crashed and restarts" in driver.find_element("id", "alerts").text
         driver.save_screenshot(str(shots / "incident.png"))
 
         driver.get(base + "/service/victim")

@@ -175,12 +175,20 @@ class Daemon:
                 if watch is not None:
                     watch.start()
                 pinger = tasks.spawn(self.notifier.run_watchdog(self.bus.publish), "systemd watchdog")
-                observers = (
+                observers = [
                     tasks.spawn(graph.capture.run(), "incident output capture"),
                     tasks.spawn(graph.metrics.run(), "metrics"),
                     tasks.spawn(graph.alerts.run(), "alerts"),
                     tasks.spawn(graph.errors.run(), "error groups"),
-                )
+                ]
+                if config.daemon.web is not None:
+                    # Imported here, once the units are restored or adopted, and only when configured:
+                    # aiohttp takes ~0.2 s to import, which check-config need not pay, nor a re-exec's
+                    # unsupervised window. web: is read at start; a reload checks it but does not move it.
+                    from hasupd.web.server import Dashboard  # noqa: PLC0415
+
+                    dashboard = Dashboard(config.daemon.web, context, self.bus)
+                    observers.append(tasks.spawn(dashboard.run(), "dashboard"))
                 # Units a backup had stopped when the last hasupd ended run again with the others.
                 resumed: list[str] = []
 

@@ -538,6 +538,42 @@ class MetricsUnavailable(Event):
         return f"cannot serve metrics on {self.address}: {self.error}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class WebListening(Event):
+    NAME = "web.listening"
+    url: str
+
+    def message(self) -> str:
+        return f"dashboard at {self.url}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebUnavailable(Event):
+    NAME = "web.unavailable"
+    LEVEL = logging.ERROR
+    address: str
+    error: str
+
+    def message(self) -> str:
+        return f"cannot serve the dashboard on {self.address}: {self.error}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebLoginFailed(Event):
+    """A dashboard request without the right credential: refused with 401."""
+
+    NAME = "web.login_failed"
+    LEVEL = logging.WARNING
+    remote: str  # the client's address
+    path: str
+    reason: str  # "wrong credential"
+    suppressed: int = 0  # earlier refusals from the same address left out of the records (a flood)
+
+    def message(self) -> str:
+        more = f" ({self.suppressed} more refused before, not recorded one by one)" if self.suppressed else ""
+        return f"dashboard request for {self.path} from {self.remote} refused: {self.reason}{more}"
+
+
 # --------------------------------------------------------------------------- freeze detection
 
 

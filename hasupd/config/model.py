@@ -253,6 +253,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebTls:
+    cert_file: str  # PEM certificate (chain)
+    key_file: str  # its PEM private key
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The read-only dashboard. Beyond loopback it needs ``tls`` and a credential (checked at load)."""
+
+    listen: str  # "host:port"
+    tls: WebTls | None = None
+    token_file: str | None = None  # the secret: a bearer token, or the password of HTTP Basic auth
+    password_file: str | None = None  # the same, under the name people look for
+
+
+@dataclass(frozen=True)
 class AccessConfig:
     read: tuple[str, ...] = ("hasupd",)
     operate: tuple[str, ...] = ("hasupd-operators",)
@@ -349,6 +365,7 @@ class DaemonConfig:
     repositories: tuple[RepositoryConfig, ...] = ()
     fleet: FleetConfig | None = None  # None: no fleet, every service is local
     rules: tuple[AlertRule, ...] = ()  # alerts.rules: what is out of the ordinary
+    web: WebConfig | None = None  # None: no dashboard
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from hasupd.config.nodes import (
 )
 from hasupd.config.validate_fleet import to_fleet
 from hasupd.config.validate_rules import RULES_KEY, to_rules
+from hasupd.config.validate_web import to_web
 
 _SMTP = record(
     SmtpConfig,
@@ -172,6 +173,7 @@ DAEMON_FIELDS: dict[str, Converter] = {
     "alerts": _to_alerts,
     "backups": _to_backups,
     "fleet": to_fleet,
+    "web": to_web,
 }
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,23 @@ from tests.support.harness import REPO, require_root
 from tests.support.users import temp_user, world_dir
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def visit_dashboard(port: int) -> tuple[str, str]:
+    """Return the overview page and the first message of its live stream (or what went wrong)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            overview = page.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=30) as live:
+            return overview, live.readline().decode()
+    except OSError as e:  # reported by the asserts, after the demo is stopped
+        return f"dashboard: {e}", ""
+
+
 def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
     require_root()  # to create the normal user it runs as
     assert shutil.which("git"), "git is needed to clone the repository"
@@ -25,6 +45,10 @@ def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
         src = home / "clone"
         # REPO may belong to another user than root (`sudo scripts/test` in one's own clone).
         clone(REPO, src)
+        # The demo's dashboard on a free port (9465 may be taken by a demo someone else runs).
+        demo_config = src / "examples" / "demo" / "hasupd.yaml"
+        port = free_port()
+        demo_config.write_text(demo_config.read_text().replace("127.0.0.1:9465", f"127.0.0.1:{port}"))
         subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
         demo = subprocess.Popen(
             ["runuser", "-u", user.pw_name, "--", "env", "HOME=" + str(home), "./scripts/demo"],
@@ -39,6 +63,7 @@ def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
         assert demo.stdout is not None
         lines: list[str] = []
         ready_at = None
+        dashboard = first = ""
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
             if not line:
@@ -47,6 +72,8 @@ def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
             if ready_at is None and "hasupd ready" in line:
                 ready_at = time.monotonic()
                 deadline = ready_at + 9
+            if not dashboard and f"dashboard at http://127.0.0.1:{port}/" in line:
+                dashboard, first = visit_dashboard(port)
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C does
         rest, _ = demo.communicate(timeout=30)
         lines += rest.splitlines()
@@ -62,6 +89,8 @@ def test_demo_runs_from_a_fresh_clone_as_a_normal_user() -> None:
         assert "broken failed (result start-limit-hit)" in text, text
         assert text.count("broken started") == 4, text
         assert "hasupd stopped; every service is down" in text
+        assert 'data-unit="clock"' in dashboard and 'data-unit="broken"' in dashboard, dashboard
+        assert first.startswith("data: ") and json.loads(first[6:])["full"] is True, first
 
 
 def test_root_clones_a_repository_that_belongs_to_another_user(tmp_path: Path) -> None:

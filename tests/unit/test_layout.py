@@ -19,7 +19,7 @@ CORE = ("states", "restart", "ports", "service", "manager", "recovery", "events"
 # The top: lifecycle and wiring.
 TOP = ("daemon", "build", "cli")
 # The observers of the bus.
-OBSERVERS = ("watch", "observe", "alerts", "backup", "control", "fleet")
+OBSERVERS = ("watch", "observe", "alerts", "backup", "control", "fleet", "web")
 # OS mechanisms and the runtimes built on them.
 LOW = ("host", "runtimes")
 

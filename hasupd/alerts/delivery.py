@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hasupd import events as ev
-from hasupd.alerts.mail import DeliveryError, Mailer, MailSession, render
+from hasupd.alerts.mail import DeliveryError, Mailer
 from hasupd.alerts.spool import Spool, SpoolEntry
+from hasupd.alerts.transport import MailTransport, Session, Transport, pick
 from hasupd.config.model import AlertChannel
 from hasupd.restart import backoff_delay
 
@@ -59,9 +60,11 @@ class Delivery:
         retry_min: float = RETRY_MIN_SEC,
         retry_max: float = RETRY_MAX_SEC,
         rand: Callable[[], float] = random.random,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self._spool = spool
-        self._mailer = mailer
+        # email through ``mailer``; the other transports by name (AlertChannel.transport)
+        self._transports: dict[str, Transport] = {"email": MailTransport(mailer), **(transports or {})}
         self._channels = channels
         self._publish = publish
         self._retry = (retry_min, retry_max)
@@ -195,10 +198,11 @@ class Delivery:
             self._answer(entry, False, reason)
 
     async def _deliver(self, channel: AlertChannel, due: list[SpoolEntry], state: _ChannelState) -> None:
-        """Try ``due`` in one SMTP session; back the channel off if the session fails."""
+        """Try ``due`` in one session (one SMTP connection for email); back the channel off if the
+        session fails."""
         pending = list(due)
         try:
-            async with self._mailer.session(channel.email.smtp) as session:
+            async with pick(self._transports, channel).session(channel) as session:
                 while pending:
                     if pending[0] in self._spool.entries:  # not dropped meanwhile
                         await self._send(channel, session, pending[0])
@@ -214,12 +218,12 @@ class Delivery:
             return
         state.failures, state.until = 0, 0.0
 
-    async def _send(self, channel: AlertChannel, session: MailSession, entry: SpoolEntry) -> None:
+    async def _send(self, channel: AlertChannel, session: Session, entry: SpoolEntry) -> None:
         """Send one message. Raise DeliveryError if the session failed (the message stays spooled)."""
         dropped = self._spool.dropped.get(channel.name, 0)
         entry.in_flight = True
         try:
-            accepted = await session.send(entry.sender, entry.recipients, render(entry, dropped))
+            accepted = await session.send(entry, dropped)
         except DeliveryError as error:
             if error.session:
                 raise

@@ -19,20 +19,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
 from hasupd import events as ev
+from hasupd.alerts.apprise_channel import EVERY_TARGET, AppriseTransport
 from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
+from hasupd.alerts.listing import Recent
 from hasupd.alerts.mail import Mailer, SmtpMailer
+from hasupd.alerts.pagerduty import PagerDutyTransport
+from hasupd.alerts.sendmail import SendmailTransport
+from hasupd.alerts.silences import Silences, keys
 from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
-from hasupd.config.model import AlertChannel, Config, ServiceConfig
+from hasupd.alerts.transport import ChannelThreads, Transport, attempt_bound
+from hasupd.config.model import ALERT_LEVELS, AlertChannel, Config, ServiceConfig
 from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
 
@@ -150,11 +158,17 @@ class Alerts:
         host: str | None = None,
         spool: Spool | None = None,
         retry: tuple[float, float] = (RETRY_MIN_SEC, RETRY_MAX_SEC),
+        transports: dict[str, Transport] | None = None,
     ) -> None:
         self._source = source
         self._clock = clock
+        self._publish = bus.publish
         self.host = host or socket.gethostname()
         self.spool = spool or Spool(folder)
+        self.threads = ChannelThreads()  # blocking clients: one thread per channel, off the loop
+        self.silences = Silences(folder.parent)  # STATE_DIR/silences.json
+        self.silences_problem = self.silences.load()  # at build time, before any alert
+        self.recent = Recent()
         self.delivery = Delivery(
             self.spool,
             mailer or SmtpMailer(),
@@ -162,6 +176,12 @@ class Alerts:
             bus.publish,
             retry_min=retry[0],
             retry_max=retry[1],
+            transports=transports
+            or {
+                "apprise": AppriseTransport(self.threads),
+                "pagerduty": PagerDutyTransport(self.threads),
+                "sendmail": SendmailTransport(),
+            },
         )
         self._windows: dict[tuple[str, str | None], _Window] = {}
         self._incidents: dict[str, IncidentLog] = {}
@@ -181,7 +201,12 @@ class Alerts:
 
     async def run(self) -> None:
         """Deliver spooled messages, then new ones, until cancelled."""
-        await self.delivery.run()
+        if self.silences_problem:
+            self._publish(ev.AlertDropped(channel="-", message_id="-", reason=self.silences_problem))
+        try:
+            await self.delivery.run()
+        finally:
+            self.threads.close()
 
     async def send_test(self, name: str | None) -> list[TrialOutcome]:
         """Send a test message on channel ``name`` (None: every channel) now, through the spool but not
@@ -200,7 +225,7 @@ class Alerts:
             )
         answers = await asyncio.gather(
             *(
-                self.delivery.deliver_now(entry, channel.email.smtp.timeout_sec * 12 + 5)
+                self.delivery.deliver_now(entry, attempt_bound(channel))
                 for entry, channel in zip(entries, chosen, strict=True)
             )
         )
@@ -214,17 +239,40 @@ class Alerts:
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ConfigApplied):
             self._reconfigured(event)
-        if event.NAME.startswith("alert.") or not self._source.config.daemon.alerts:
+        if event.NAME.startswith("alert."):
+            self.recent.add(event)
+            return
+        if not self._source.config.daemon.alerts:
             return
         self._track(event)
         rule = ALERTS.get(type(event))
         if rule is None or not rule.when(event):
             return
         alert = Alert(kind=rule.kind, headline=rule.headline(event), event=event)
+        if self._silenced(alert):
+            return
         for channel in self._route(event, rule):
             if event.incident is not None and not rule.resolves:
                 self._remember(channel.name, event.incident)
             self._offer(channel, alert)
+
+    def _silenced(self, alert: Alert) -> bool:
+        """Record and drop ``alert`` if a silence matches it (see hasupd.alerts.silences)."""
+        silence = self.silences.match(keys(alert.event, alert.kind))
+        if silence is None:
+            return False
+        self._publish(
+            ev.AlertSuppressed(
+                service=alert.service,
+                incident=alert.incident,
+                kind=alert.kind,
+                headline=alert.headline,
+                silence=silence.target,
+                until=_iso(silence.until),
+                reason=silence.reason,
+            )
+        )
+        return True
 
     def _reconfigured(self, applied: ev.ConfigApplied) -> None:
         """A reload changed a channel (a fixed password, another server): retry its messages now. Which
@@ -259,8 +307,14 @@ class Alerts:
         if rule.crash:
             channels = [c for c in channels if c.on_crash]
         if rule.resolves:
-            channels = [c for c in channels if (c.name, event.incident or "") in self._alerted]
-        return channels
+            # Wherever the incident was told, whatever the filters: an open page must be closed.
+            return [c for c in channels if (c.name, event.incident or "") in self._alerted]
+        level = event.level()
+        return [
+            c
+            for c in channels
+            if level >= ALERT_LEVELS[c.min_level] and (not c.events or event.NAME in c.events)
+        ]
 
     def _names(self, unit: str) -> tuple[str, ...] | None:
         found = self._source.services.get(unit)
@@ -302,7 +356,16 @@ class Alerts:
         logs = [self._incidents.get(i) for i in incidents]
         subject, body = summary(key[1], held, self.host, logs, window.length)
         latest = held.recent[-1]
-        self._submit(channel, "summary", subject=subject, body=body, service=key[1], incident=latest.incident)
+        self._submit(
+            channel,
+            "summary",
+            subject=subject,
+            body=body,
+            service=key[1],
+            incident=latest.incident,
+            level=max(a.event.level() for a in held.recent),
+            resolves=latest.kind == "resolved",
+        )
         self._open_window(key, channel.coalesce_sec)
 
     def _single(self, channel_name: str, alert: Alert) -> None:
@@ -318,6 +381,8 @@ class Alerts:
                     body=body,
                     service=alert.service,
                     incident=alert.incident,
+                    level=alert.event.level(),
+                    resolves=alert.kind == "resolved",
                 )
 
         log = self._incidents.get(alert.incident) if alert.incident else None
@@ -355,12 +420,16 @@ class Alerts:
         body: str,
         service: str | None,
         incident: str | None,
+        level: int = logging.ERROR,
+        resolves: bool = False,
     ) -> SpoolEntry:
         now = time.time()
         first = self._alerted.get((channel.name, incident), "") if incident else ""
         message_id = make_msgid(idstring=incident or kind, domain=self.host)
         if incident and not first and (channel.name, incident) in self._alerted:
             self._alerted[(channel.name, incident)] = message_id  # later ones reply to this one
+        mail = channel.email or channel.sendmail
+        sender, to = (mail.from_addr, mail.to) if mail is not None else ("", ())
         return SpoolEntry(
             id=f"{time.time_ns():020d}-{next(self._seq) % 10000:04d}",
             channel=channel.name,
@@ -369,12 +438,14 @@ class Alerts:
             kind=kind,
             subject=subject,
             body=body,
-            sender=channel.email.from_addr,
-            recipients=channel.email.to,
-            to=channel.email.to,
+            sender=sender,
+            recipients=to or (EVERY_TARGET,),
+            to=to,
             service=service,
             incident=incident,
             in_reply_to=first or None,
+            level=_level_name(level),
+            resolves=resolves,
         )
 
     def _submit(
@@ -386,7 +457,28 @@ class Alerts:
         body: str,
         service: str | None,
         incident: str | None,
+        level: int = logging.ERROR,
+        resolves: bool = False,
     ) -> None:
         self.delivery.submit(
-            self._entry(channel, kind, subject=subject, body=body, service=service, incident=incident)
+            self._entry(
+                channel,
+                kind,
+                subject=subject,
+                body=body,
+                service=service,
+                incident=incident,
+                level=level,
+                resolves=resolves,
+            )
         )
+
+
+def _level_name(level: int) -> str:
+    """Return the name in ALERT_LEVELS of the highest level not above ``level``."""
+    names = [name for name, value in ALERT_LEVELS.items() if value <= level]
+    return names[-1] if names else "debug"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.utils import make_msgid
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from hasupd import events as ev
 from hasupd.alerts.apprise_channel import EVERY_TARGET, AppriseTransport
 from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
-from hasupd.alerts.listing import Recent
+from hasupd.alerts.listing import Recent, listing
 from hasupd.alerts.mail import Mailer, SmtpMailer
 from hasupd.alerts.pagerduty import PagerDutyTransport
 from hasupd.alerts.sendmail import SendmailTransport
@@ -233,6 +233,16 @@ class Alerts:
             TrialOutcome(channel=c.name, ok=ok, answer=answer, message_id=e.message_id)
             for c, e, (ok, answer) in zip(chosen, entries, answers, strict=True)
         ]
+
+    async def silence(self, target: str, seconds: float, reason: str, by: str) -> dict[str, Any]:
+        """Silence alerts matching ``target`` for ``seconds`` (0: lift it); return the silence.
+        Raise OSError if it cannot be saved."""
+        silence = await self.silences.add(target, seconds, reason, by)
+        return {**asdict(silence), "until_iso": _iso(silence.until), "lifted": seconds == 0}
+
+    def listing(self) -> dict[str, Any]:
+        """Return what ``alert list`` shows (see hasupd.alerts.listing)."""
+        return listing(self.silences, self.spool, self.recent)
 
     # ------------------------------------------------------------------ from the bus
 

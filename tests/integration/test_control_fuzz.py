@@ -36,6 +36,8 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "errors": ("since",),
     "incident": ("id",),
     "alert-test": ("channel",),
+    "alert-silence": ("target", "duration", "reason"),
+    "alert-list": (),
     "backup-run": ("job", "kind"),
     "backup-list": ("job",),
     "backup-status": ("job",),
@@ -66,6 +68,7 @@ VALID_BASE: dict[str, dict[str, Any]] = {
     "events": {"since": "1h", "service": "nope", "lines": 1},
     "incident": {"id": "abc"},
     "alert-test": {"channel": "nope"},
+    "alert-silence": {"target": "nope", "duration": "1s", "reason": "fuzz"},
     "backup-run": {"job": "nope", "kind": "backup"},
     "restore": {"job": "nope", "snapshot": "latest", "target": "/nonexistent", "dry_run": True},
 }

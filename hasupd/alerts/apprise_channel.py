@@ -55,7 +55,7 @@ def _notify_one(url: str, title: str, body: str, kind: str, timeout: float) -> s
     # Each HTTP request is bounded by these (requests' connect and read timeouts).
     plugin.socket_connect_timeout = timeout
     plugin.socket_read_timeout = timeout
-    with apprise.LogCapture(level=logging.WARNING) as log:  # type: ignore[no-untyped-call,unused-ignore]
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as log:  # type: ignore[no-untyped-call,unused-ignore]
         try:
             ok = plugin.notify(body=body, title=title, notify_type=kind)
         except (OSError, ValueError) as e:  # Apprise catches requests' errors; these are ours

@@ -101,10 +101,9 @@ async def test_silences_persist_expire_and_can_be_lifted(tmp_path: Path) -> None
     assert [s.target for s in again.active(now + 2)] == ["web"]
     await again.add("web", 0, "", "alice")  # 0 lifts it
     assert again.match({"web"}) is None
-    assert json.loads((tmp_path / "silences.json").read_text()) == [
-        {"target": "db", "until": again.active(now)[0].until, "reason": "", "created": again.active(now)[0].created,
-         "by": "bob"}
-    ]  # fmt: skip
+    (db,) = again.active(now)
+    stored = json.loads((tmp_path / "silences.json").read_text())
+    assert stored == [{"target": "db", "until": db.until, "reason": "", "created": db.created, "by": "bob"}]
 
 
 async def test_a_silenced_alert_is_recorded_as_suppressed_and_not_sent(tmp_path: Path) -> None:

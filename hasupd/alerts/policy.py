@@ -165,7 +165,7 @@ class Alerts:
         self._publish = bus.publish
         self.host = host or socket.gethostname()
         self.spool = spool or Spool(folder)
-        self.threads = ChannelThreads()  # blocking clients: one thread per channel, off the loop
+        self.threads = ChannelThreads()  # blocking clients: a thread per channel, off the loop
         self.silences = Silences(folder.parent)  # STATE_DIR/silences.json
         self.silences_problem = self.silences.load()  # at build time, before any alert
         self.recent = Recent()
@@ -203,10 +203,7 @@ class Alerts:
         """Deliver spooled messages, then new ones, until cancelled."""
         if self.silences_problem:
             self._publish(ev.AlertDropped(channel="-", message_id="-", reason=self.silences_problem))
-        try:
-            await self.delivery.run()
-        finally:
-            self.threads.close()
+        await self.delivery.run()
 
     async def send_test(self, name: str | None) -> list[TrialOutcome]:
         """Send a test message on channel ``name`` (None: every channel) now, through the spool but not

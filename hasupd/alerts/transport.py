@@ -6,7 +6,7 @@ would fail alike (the channel backs off as a whole) and ``session=False`` when o
 refused (it backs off alone). Email keeps its own ``Mailer`` (an SMTP session is a real connection);
 the other transports open no connection until they send.
 
-Blocking clients (Apprise, urllib) run in ``ChannelThreads``: one worker thread per channel, so a hung
+Blocking clients (Apprise, urllib) run in ``ChannelThreads``: at most one thread per channel, so a hung
 endpoint holds its own channel's thread and nothing else (not the loop's default executor, which the
 spool's fsyncs use). Every call there is bounded on the loop's side too.
 """
@@ -14,7 +14,8 @@ spool's fsyncs use). Every call there is bounded on the loop's side too.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeVar
@@ -58,29 +59,54 @@ def attempt_bound(channel: AlertChannel) -> float:
 
 
 class ChannelThreads:
-    """One worker thread per channel for blocking clients; calls are bounded on the loop's side."""
+    """At most one worker thread per channel for blocking clients; calls are bounded on the loop's side.
+
+    The threads are daemon threads: one stuck on a hung endpoint (until its client's own timeout)
+    never holds up hasupd's exit. While a channel's previous call still runs, a new one fails at once
+    instead of starting a second thread: threads cannot pile up behind a hung endpoint.
+    """
 
     def __init__(self) -> None:
-        self._pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._busy: dict[str, threading.Event] = {}  # channel -> set once its last call returned
 
     async def run(self, channel: str, call: Callable[[], T], timeout: float) -> T:
-        """Return ``call()`` run in the channel's thread. Raise DeliveryError(session=True) if it takes
-        longer than ``timeout`` (the thread finishes on its own: every client call has a timeout)."""
-        pool = self._pools.get(channel)
-        if pool is None:
-            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"hasupd-alert-{channel}")
-            self._pools[channel] = pool
-        future = asyncio.get_running_loop().run_in_executor(pool, call)
+        """Return ``call()`` run in a thread of its own. Raise DeliveryError(session=True) if it takes
+        longer than ``timeout`` (the thread finishes on its own: every client call has a timeout), or
+        if the channel's previous call has not finished yet. Exceptions of ``call`` propagate."""
+        previous = self._busy.get(channel)
+        if previous is not None and not previous.is_set():
+            raise DeliveryError("the previous attempt has not finished yet (no answer)", session=True)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():
+                return  # timed out meanwhile
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                result = call()
+            except BaseException as e:  # noqa: BLE001 (handed over to the loop, raised there)
+                done.set()  # before the loop hears of it: the channel's next call may start
+                with contextlib.suppress(RuntimeError):  # the loop closed: hasupd is exiting
+                    loop.call_soon_threadsafe(settle, None, e)
+                return
+            done.set()
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, result, None)
+
+        self._busy[channel] = done
+        threading.Thread(target=work, name=f"hasupd-alert-{channel}", daemon=True).start()
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise DeliveryError(f"no answer within {timeout:g}s", session=True) from None
-
-    def close(self) -> None:
-        """Let the threads end once their current call returns (nothing waits for them)."""
-        for pool in self._pools.values():
-            pool.shutdown(wait=False, cancel_futures=True)
-        self._pools.clear()
 
 
 class _MailSession:

@@ -3,15 +3,21 @@ by any of an alert's names), what each transport is handed (PagerDuty's event, A
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
+
 from hasupd import events as ev
 from hasupd.alerts.apprise_channel import EVERY_TARGET, notify_type, target_id
+from hasupd.alerts.mail import DeliveryError
 from hasupd.alerts.pagerduty import event as pd_event
 from hasupd.alerts.silences import Silences, keys
+from hasupd.alerts.transport import ChannelThreads
 from hasupd.config.model import AlertChannel, PagerDutyChannel
 from tests.unit.alerts.test_policy import Rig, chan, unit
 
@@ -121,3 +127,25 @@ async def test_a_silenced_alert_is_recorded_as_suppressed_and_not_sent(tmp_path:
     listed = rig.alerts.listing()
     assert [s["target"] for s in listed["silences"]] == ["web"]
     assert [r["event"] for r in listed["recent"]] == ["alert.suppressed"]
+
+
+async def test_channel_threads_bound_a_hung_call_and_start_no_second_thread_behind_it() -> None:
+    threads = ChannelThreads()
+    release = threading.Event()
+    assert await threads.run("a", lambda: 42, 5) == 42
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match=r"no answer within 0\.2s") as info:
+        await threads.run("a", lambda: release.wait(10), 0.2)
+    assert info.value.session and time.monotonic() - started < 2
+    with pytest.raises(DeliveryError, match="previous attempt has not finished"):
+        await threads.run("a", lambda: 1, 5)  # the hung one still runs: no second thread
+    assert await threads.run("b", lambda: "other channel", 5) == "other channel"
+    release.set()
+    await asyncio.sleep(0.1)
+
+    def boom() -> None:
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        await threads.run("a", boom, 5)
+    assert await threads.run("a", lambda: 7, 5) == 7

@@ -416,3 +416,52 @@ def test_debian_apprise_delivers(daemons: list[Hasupd], receivers: list[Receiver
     assert down.returncode == 1 and "push: failed: ntfy-" in down.stderr, down.stderr
     assert "Connection error" in down.stderr and " - WARNING - " not in down.stderr, down.stderr
     assert len(spooled(tmp_path / "work")) == 1
+
+
+# --------------------------------------------------------------------------- the local MTA
+
+# Stands in for /usr/sbin/sendmail (no MTA on a build machine): keeps its arguments and the message,
+# exits with the code in the file next to it (sysexits: 0 queued, 75 try later, 67 no such user).
+FAKE_SENDMAIL = """#!/bin/sh
+dir=$(dirname "$0")
+n=$(ls "$dir"/out/*.args 2>/dev/null | wc -l)
+printf '%s\\n' "$@" > "$dir/out/$n.args"
+cat > "$dir/out/$n.eml"
+exit $(cat "$dir/exit")
+"""
+
+
+def test_sendmail_hands_the_message_to_the_local_mta_and_keeps_it_while_the_mta_cannot(
+    daemons: list[Hasupd], tmp_path: Path
+) -> None:
+    mta = tmp_path / "mta"
+    (mta / "out").mkdir(parents=True)
+    (mta / "sendmail").write_text(FAKE_SENDMAIL)
+    (mta / "sendmail").chmod(0o755)
+    (mta / "exit").write_text("75")
+    config = write_config(
+        tmp_path / "etc",
+        {"idle": {"command": ["/bin/sleep", "1000"]}},
+        daemon={
+            "alerts": {
+                "mta": {
+                    "sendmail": {"path": str(mta / "sendmail"), "from": "hasupd@x.org", "to": ["ops@x.org"]}
+                }
+            }
+        },
+    )
+    work = tmp_path / "work"
+    d = start(daemons, config, work)
+    later = d.ctl("alert", "test", "mta")
+    assert later.returncode == 1 and "exited 75" in later.stderr, later.stderr
+    assert len(spooled(work)) == 1
+    (mta / "exit").write_text("0")
+    ok = d.ctl("alert", "test", "mta")
+    assert ok.returncode == 0, ok.stderr
+    assert "accepted" in ok.stdout
+    wait_spool_empty(work, 30)  # the one kept from before went with it
+    args = (mta / "out" / "1.args").read_text().split()
+    assert args == ["-i", "-f", "hasupd@x.org", "--", "ops@x.org"]
+    message = (mta / "out" / "1.eml").read_text()
+    assert "Subject: [hasupd@" in message and "test alert on channel mta" in message
+    assert "To: ops@x.org" in message and "Message-ID: <" in message

@@ -5,12 +5,14 @@ queued message to the spool (fsynced, in a worker thread) and only then lets the
 it. A channel's task exists only while the channel has messages; it sleeps until the next retry is due
 or something new arrives (a timer per retry, no polling).
 
-Two kinds of failure:
+Every channel is delivered alike, whatever its transport (``hasupd.alerts.transport``: email, apprise,
+pagerduty, sendmail). Two kinds of failure:
 
-- the connection, TLS or login failed (or the server stalled): every message of the channel would fail
-  alike, so the channel backs off as a whole, ``RETRY_MIN_SEC`` doubling up to ``RETRY_MAX_SEC``;
-- the server refused one message (MAIL, RCPT or DATA answered 4xx/5xx): that message backs off alone
-  and the others go on.
+- the connection, TLS or login failed (or the server stalled, or an endpoint answered 5xx): every
+  message of the channel would fail alike, so the channel backs off as a whole, ``RETRY_MIN_SEC``
+  doubling up to ``RETRY_MAX_SEC``;
+- the server refused one message (MAIL, RCPT or DATA answered 4xx/5xx; an Events v2 400): that message
+  backs off alone and the others go on.
 
 Each failed attempt is one ``alert.failed`` record; each accepted message one ``alert.sent``. A message
 with a waiter (``hasupctl alert test``) is tried at once even while its channel backs off.

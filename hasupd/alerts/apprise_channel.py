@@ -23,10 +23,10 @@ from contextlib import asynccontextmanager
 
 from hasupd.alerts.mail import Accepted, DeliveryError
 from hasupd.alerts.spool import SpoolEntry
-from hasupd.alerts.transport import ChannelThreads, Session, plain
+from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Session, plain
 from hasupd.config.model import ALERT_LEVELS, AlertChannel
 
-EVERY_TARGET = "*"
+__all__ = ["EVERY_TARGET", "AppriseTransport", "notify_type", "target_id"]
 
 
 def target_id(url: str) -> str:

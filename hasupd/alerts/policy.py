@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hasupd import events as ev
-from hasupd.alerts.apprise_channel import EVERY_TARGET, AppriseTransport
+from hasupd.alerts.apprise_channel import AppriseTransport
 from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
 from hasupd.alerts.listing import Recent, listing
 from hasupd.alerts.mail import Mailer, SmtpMailer
@@ -39,7 +39,7 @@ from hasupd.alerts.sendmail import SendmailTransport
 from hasupd.alerts.silences import Silences, keys
 from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
-from hasupd.alerts.transport import ChannelThreads, Transport, attempt_bound
+from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Transport, attempt_bound
 from hasupd.config.model import ALERT_LEVELS, AlertChannel, Config, ServiceConfig
 from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
@@ -217,8 +217,16 @@ class Alerts:
         entries = []
         for channel in chosen:
             subject, body = trial_message(self.host, channel.name, time.time())
-            entries.append(
-                self._entry(channel, "test", subject=subject, body=body, service=None, incident=None)
+            entries.append(  # info: a pager gets a low-urgency event, not a page
+                self._entry(
+                    channel,
+                    "test",
+                    subject=subject,
+                    body=body,
+                    service=None,
+                    incident=None,
+                    level=logging.INFO,
+                )
             )
         answers = await asyncio.gather(
             *(
@@ -256,8 +264,8 @@ class Alerts:
         if rule is None or not rule.when(event):
             return
         alert = Alert(kind=rule.kind, headline=rule.headline(event), event=event)
-        if self._silenced(alert):
-            return
+        if not rule.resolves and self._silenced(alert):
+            return  # a resolved notice only goes where the incident was told: it closes, never pages
         for channel in self._route(event, rule):
             if event.incident is not None and not rule.resolves:
                 self._remember(channel.name, event.incident)

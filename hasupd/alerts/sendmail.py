@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from hasupd.alerts.mail import Accepted, DeliveryError, render
 from hasupd.alerts.spool import SpoolEntry
-from hasupd.alerts.transport import Session
+from hasupd.alerts.transport import Session, envelope
 from hasupd.config.model import AlertChannel, SendmailChannel
 
 CHANNEL_WIDE = frozenset({71, 72, 73, 74, 75})
@@ -31,7 +31,8 @@ class _Session:
 
     async def send(self, entry: SpoolEntry, dropped: int) -> Accepted:
         config = self._config
-        argv = [config.path, "-i", "-f", entry.sender, "--", *entry.recipients]
+        sender, recipients = envelope(entry, config.from_addr, config.to)
+        argv = [config.path, "-i", "-f", sender, "--", *recipients]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

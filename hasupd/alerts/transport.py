@@ -25,6 +25,15 @@ from hasupd.alerts.spool import SpoolEntry
 from hasupd.config.model import AlertChannel
 
 T = TypeVar("T")
+EVERY_TARGET = "*"  # the recipients of a message not made for mail: whoever the channel names now
+
+
+def envelope(entry: SpoolEntry, from_addr: str, to: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Return (sender, recipients) for mailing ``entry``: its own, or the channel's ``from_addr`` and
+    ``to`` when it was made for another transport (the channel was changed by a reload meanwhile)."""
+    if EVERY_TARGET in entry.recipients or not entry.sender:
+        return from_addr, to
+    return entry.sender, entry.recipients
 
 
 class Session(Protocol):
@@ -110,11 +119,14 @@ class ChannelThreads:
 
 
 class _MailSession:
-    def __init__(self, session: MailSession) -> None:
+    def __init__(self, session: MailSession, from_addr: str, to: tuple[str, ...]) -> None:
         self._session = session
+        self._from_addr = from_addr
+        self._to = to
 
     async def send(self, entry: SpoolEntry, dropped: int) -> Accepted:
-        return await self._session.send(entry.sender, entry.recipients, render(entry, dropped))
+        sender, recipients = envelope(entry, self._from_addr, self._to)
+        return await self._session.send(sender, recipients, render(entry, dropped))
 
 
 class MailTransport:
@@ -127,7 +139,7 @@ class MailTransport:
     async def session(self, channel: AlertChannel) -> AsyncIterator[Session]:
         assert channel.email is not None
         async with self._mailer.session(channel.email.smtp) as session:
-            yield _MailSession(session)
+            yield _MailSession(session, channel.email.from_addr, channel.email.to)
 
 
 def pick(transports: Mapping[str, Transport], channel: AlertChannel) -> Transport:

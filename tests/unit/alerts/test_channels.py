@@ -149,3 +149,16 @@ async def test_channel_threads_bound_a_hung_call_and_start_no_second_thread_behi
     with pytest.raises(ValueError, match="bad"):
         await threads.run("a", boom, 5)
     assert await threads.run("a", lambda: 7, 5) == 7
+
+
+async def test_a_silence_never_holds_back_the_resolved_notice_of_an_incident_that_was_told(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, [pager()], [unit("web")])
+    rig.open("web", "i1")
+    rig.fail("web", "i1", 3)  # paged
+    await rig.alerts.silence("web", 3600, "", "alice")
+    rig.fail("web", "i2", 3)  # silenced
+    rig.bus.publish(ev.IncidentClosed(service="web", incident="i1", outcome="resolved"))
+    rig.bus.publish(ev.IncidentClosed(service="web", incident="i2", outcome="resolved"))
+    assert [(e.incident, e.resolves) for e in rig.out] == [("i1", False), ("i1", True)]  # the page closes

@@ -177,8 +177,12 @@ class Delivery:
                     await self._deliver(channel, due, state)
                     continue
                 wait_until = max(state.until, min(e.next_try for e in entries))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+                # arrives as the wake-up does (hasupd stopping while a new alert is spooled), and this
+                # loop would then go on until the channel's messages are delivered.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, wait_until - now))
+                    async with asyncio.timeout(max(0.0, wait_until - now)):
+                        await wake.wait()
         finally:
             del self._workers[name], self._wake[name]
 

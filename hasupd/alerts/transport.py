@@ -113,7 +113,8 @@ class ChannelThreads:
         self._busy[channel] = done
         threading.Thread(target=work, name=f"hasupd-alert-{channel}", daemon=True).start()
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: 3.11's can lose a cancellation
+                return await future
         except TimeoutError:
             raise DeliveryError(f"no answer within {timeout:g}s", session=True) from None
 

@@ -19,7 +19,7 @@ from hasupd.alerts.pagerduty import event as pd_event
 from hasupd.alerts.silences import Silences, keys
 from hasupd.alerts.transport import ChannelThreads
 from hasupd.config.model import AlertChannel, PagerDutyChannel
-from tests.unit.alerts.test_policy import Rig, chan, unit
+from tests.unit.alerts.test_policy import DeliveryRig, FakeMailer, Rig, chan, entry, unit
 
 
 def pager(name: str = "pager", **fields: object) -> AlertChannel:
@@ -162,3 +162,27 @@ async def test_a_silence_never_holds_back_the_resolved_notice_of_an_incident_tha
     rig.bus.publish(ev.IncidentClosed(service="web", incident="i1", outcome="resolved"))
     rig.bus.publish(ev.IncidentClosed(service="web", incident="i2", outcome="resolved"))
     assert [(e.incident, e.resolves) for e in rig.out] == [("i1", False), ("i1", True)]  # the page closes
+
+
+async def test_delivery_stops_when_cancelled_even_as_a_new_message_wakes_its_channel(tmp_path: Path) -> None:
+    # Python 3.11's wait_for lost a cancellation that arrived together with the wake-up: the channel's
+    # task then went on retrying and hasupd did not stop while an endpoint was down.
+    for step in range(24):
+        rig = DeliveryRig(tmp_path / str(step), FakeMailer(sessions=["down"] * 100))
+        rig.delivery._retry = (30.0, 30.0)  # the channel sleeps in its backoff
+        runner = asyncio.get_running_loop().create_task(rig.delivery.run())
+        rig.delivery.submit(entry(1, service="web"))
+        records = rig.records
+        await rig.until(lambda: any(isinstance(r, ev.AlertFailed) for r in records))  # noqa: B023
+        worker = rig.delivery._workers["ops"]
+        rig.delivery._wake["ops"].set()
+        for _ in range(step % 6):
+            await asyncio.sleep(0)
+        runner.cancel()  # what stopping hasupd does
+        await asyncio.wait({runner}, timeout=2)  # (does not pass a cancellation on, unlike await)
+        lost = not worker.done()
+        if lost:  # clean up: a second cancellation lands in the backoff wait
+            worker.cancel()
+            await asyncio.wait({runner}, timeout=2)
+        assert not lost, f"the channel's task outlived the cancellation (step {step})"
+        assert runner.cancelled()

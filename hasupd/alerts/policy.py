@@ -1,9 +1,11 @@
-"""Email alerts: which events alert, to which channels, coalesced so that a crash loop is two messages.
+"""Alerts: which events alert, to which channels, coalesced so that a crash loop is two messages.
 
 - **What alerts** is one table, ``ALERTS`` (event class -> ``Rule``); later features add rows.
   A rule with ``crash=True`` alerts only channels with ``on_crash: true``; ``resolves=True`` only
   channels that were alerted about that incident ("resolved", with the same incident id).
-- **Routing**: a service's ``alerts:`` names its channels (None: all); daemon-wide events go to all.
+- **Routing**: a service's ``alerts:`` names its channels (None: all); daemon-wide events go to all;
+  then each channel's ``min_level`` and ``events`` filters. A silence (``hasupd.alerts.silences``)
+  holds an alert back from every channel, recorded as ``alert.suppressed``; resolved notices pass both.
 - **Coalescing** per (channel, service): the first alert goes out at once and opens a window of the
   channel's ``coalesce_sec``; alerts within it are held and leave as ONE summary when it ends ("20
   more events: 19 x restart, 1 x failed"), which opens the next window. One timer per open window.
@@ -24,7 +26,6 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,10 +37,10 @@ from hasupd.alerts.listing import Recent, listing
 from hasupd.alerts.mail import Mailer, SmtpMailer
 from hasupd.alerts.pagerduty import PagerDutyTransport
 from hasupd.alerts.sendmail import SendmailTransport
-from hasupd.alerts.silences import Silences, keys
+from hasupd.alerts.silences import Silences, iso, suppression
 from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
-from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Transport, attempt_bound
+from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Transport, attempt_bound, level_name
 from hasupd.config.model import ALERT_LEVELS, AlertChannel, Config, ServiceConfig
 from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
@@ -217,17 +218,8 @@ class Alerts:
         entries = []
         for channel in chosen:
             subject, body = trial_message(self.host, channel.name, time.time())
-            entries.append(  # info: a pager gets a low-urgency event, not a page
-                self._entry(
-                    channel,
-                    "test",
-                    subject=subject,
-                    body=body,
-                    service=None,
-                    incident=None,
-                    level=logging.INFO,
-                )
-            )
+            # info: a pager gets a low-urgency event, not a page
+            entries.append(self._entry(channel, "test", subject=subject, body=body, level=logging.INFO))
         answers = await asyncio.gather(
             *(
                 self.delivery.deliver_now(entry, attempt_bound(channel))
@@ -243,7 +235,7 @@ class Alerts:
         """Silence alerts matching ``target`` for ``seconds`` (0: lift it); return the silence.
         Raise OSError if it cannot be saved."""
         silence = await self.silences.add(target, seconds, reason, by)
-        return {**asdict(silence), "until_iso": _iso(silence.until), "lifted": seconds == 0}
+        return {**asdict(silence), "until_iso": iso(silence.until), "lifted": seconds == 0}
 
     def listing(self) -> dict[str, Any]:
         """Return what ``alert list`` shows (see hasupd.alerts.listing)."""
@@ -264,30 +256,15 @@ class Alerts:
         if rule is None or not rule.when(event):
             return
         alert = Alert(kind=rule.kind, headline=rule.headline(event), event=event)
-        if not rule.resolves and self._silenced(alert):
-            return  # a resolved notice only goes where the incident was told: it closes, never pages
+        # A resolved notice is never silenced: it goes only where the incident was told, and closes.
+        suppressed = None if rule.resolves else suppression(self.silences, event, rule.kind, alert.headline)
+        if suppressed is not None:
+            self._publish(suppressed)  # still recorded (see hasupd.alerts.silences)
+            return
         for channel in self._route(event, rule):
             if event.incident is not None and not rule.resolves:
                 self._remember(channel.name, event.incident)
             self._offer(channel, alert)
-
-    def _silenced(self, alert: Alert) -> bool:
-        """Record and drop ``alert`` if a silence matches it (see hasupd.alerts.silences)."""
-        silence = self.silences.match(keys(alert.event, alert.kind))
-        if silence is None:
-            return False
-        self._publish(
-            ev.AlertSuppressed(
-                service=alert.service,
-                incident=alert.incident,
-                kind=alert.kind,
-                headline=alert.headline,
-                silence=silence.target,
-                until=_iso(silence.until),
-                reason=silence.reason,
-            )
-        )
-        return True
 
     def _reconfigured(self, applied: ev.ConfigApplied) -> None:
         """A reload changed a channel (a fixed password, another server): retry its messages now. Which
@@ -371,15 +348,17 @@ class Alerts:
         logs = [self._incidents.get(i) for i in incidents]
         subject, body = summary(key[1], held, self.host, logs, window.length)
         latest = held.recent[-1]
-        self._submit(
-            channel,
-            "summary",
-            subject=subject,
-            body=body,
-            service=key[1],
-            incident=latest.incident,
-            level=max(a.event.level() for a in held.recent),
-            resolves=latest.kind == "resolved",
+        self.delivery.submit(
+            self._entry(
+                channel,
+                "summary",
+                subject=subject,
+                body=body,
+                service=key[1],
+                incident=latest.incident,
+                level=max(a.event.level() for a in held.recent),
+                resolves=latest.kind == "resolved",
+            )
         )
         self._open_window(key, channel.coalesce_sec)
 
@@ -389,7 +368,7 @@ class Alerts:
             if channel is not None:
                 log = self._incidents.get(alert.incident) if alert.incident else None
                 subject, body = single(alert, self.host, log)
-                self._submit(
+                entry = self._entry(
                     channel,
                     alert.kind,
                     subject=subject,
@@ -399,6 +378,7 @@ class Alerts:
                     level=alert.event.level(),
                     resolves=alert.kind == "resolved",
                 )
+                self.delivery.submit(entry)
 
         log = self._incidents.get(alert.incident) if alert.incident else None
         if log is not None and log.output is None and log.output_error is None and self._has_output(log):
@@ -433,8 +413,8 @@ class Alerts:
         *,
         subject: str,
         body: str,
-        service: str | None,
-        incident: str | None,
+        service: str | None = None,
+        incident: str | None = None,
         level: int = logging.ERROR,
         resolves: bool = False,
     ) -> SpoolEntry:
@@ -459,41 +439,6 @@ class Alerts:
             service=service,
             incident=incident,
             in_reply_to=first or None,
-            level=_level_name(level),
+            level=level_name(level),
             resolves=resolves,
         )
-
-    def _submit(
-        self,
-        channel: AlertChannel,
-        kind: str,
-        *,
-        subject: str,
-        body: str,
-        service: str | None,
-        incident: str | None,
-        level: int = logging.ERROR,
-        resolves: bool = False,
-    ) -> None:
-        self.delivery.submit(
-            self._entry(
-                channel,
-                kind,
-                subject=subject,
-                body=body,
-                service=service,
-                incident=incident,
-                level=level,
-                resolves=resolves,
-            )
-        )
-
-
-def _level_name(level: int) -> str:
-    """Return the name in ALERT_LEVELS of the highest level not above ``level``."""
-    names = [name for name, value in ALERT_LEVELS.items() if value <= level]
-    return names[-1] if names else "debug"
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

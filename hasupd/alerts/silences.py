@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ class Silence:
     def active(self, now: float) -> bool:
         """True while the silence holds at ``now``."""
         return now < self.until
+
+
+def iso(ts: float) -> str:
+    """Return wall-clock ``ts`` as an ISO time in UTC, to the second."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def keys(event: ev.Event, kind: str) -> set[str]:
@@ -108,3 +114,20 @@ class Silences:
         await asyncio.to_thread(atomic_write_bytes, self.path, data)
         self._items = items
         return silence
+
+
+def suppression(silences: Silences, event: ev.Event, kind: str, headline: str) -> ev.AlertSuppressed | None:
+    """Return the ``alert.suppressed`` record if a silence holds back the alert ``kind`` about ``event``
+    (with ``headline``), else None."""
+    silence = silences.match(keys(event, kind))
+    if silence is None:
+        return None
+    return ev.AlertSuppressed(
+        service=event.service,
+        incident=event.incident,
+        kind=kind,
+        headline=headline,
+        silence=silence.target,
+        until=iso(silence.until),
+        reason=silence.reason,
+    )

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 from hasupd.alerts.mail import Accepted, DeliveryError, Mailer, MailSession, render
 from hasupd.alerts.spool import SpoolEntry
-from hasupd.config.model import AlertChannel
+from hasupd.config.model import ALERT_LEVELS, AlertChannel
 
 T = TypeVar("T")
 EVERY_TARGET = "*"  # the recipients of a message not made for mail: whoever the channel names now
@@ -54,6 +54,12 @@ def plain(entry: SpoolEntry, dropped: int = 0) -> str:
     if not dropped:
         return entry.body
     return f"NOTE: {dropped} older alert(s) were dropped: the spool was full.\n\n{entry.body}"
+
+
+def level_name(level: int) -> str:
+    """Return the name in ALERT_LEVELS of the highest level not above logging level ``level``."""
+    names = [name for name, value in ALERT_LEVELS.items() if value <= level]
+    return names[-1] if names else "debug"
 
 
 def attempt_bound(channel: AlertChannel) -> float:

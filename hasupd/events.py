@@ -963,6 +963,22 @@ class AlertDropped(Event):
         return f"alert on channel {self.channel} dropped: {self.reason}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AlertSuppressed(Event):
+    """An alert that a silence (``hasupctl alert silence``) kept from every channel."""
+
+    NAME = "alert.suppressed"
+    kind: str
+    headline: str
+    silence: str  # the silence's target
+    until: str  # ISO time the silence ends
+    reason: str
+
+    def message(self) -> str:
+        who = f"{self.service} " if self.service else ""
+        return f"alert suppressed by the silence of {self.silence} until {self.until}: {who}{self.headline}"
+
+
 # --------------------------------------------------------------------------- hasupd's own records
 
 

@@ -5,12 +5,14 @@ queued message to the spool (fsynced, in a worker thread) and only then lets the
 it. A channel's task exists only while the channel has messages; it sleeps until the next retry is due
 or something new arrives (a timer per retry, no polling).
 
-Two kinds of failure:
+Every channel is delivered alike, whatever its transport (``hasupd.alerts.transport``: email, apprise,
+pagerduty, sendmail). Two kinds of failure:
 
-- the connection, TLS or login failed (or the server stalled): every message of the channel would fail
-  alike, so the channel backs off as a whole, ``RETRY_MIN_SEC`` doubling up to ``RETRY_MAX_SEC``;
-- the server refused one message (MAIL, RCPT or DATA answered 4xx/5xx): that message backs off alone
-  and the others go on.
+- the connection, TLS or login failed (or the server stalled, or an endpoint answered 5xx): every
+  message of the channel would fail alike, so the channel backs off as a whole, ``RETRY_MIN_SEC``
+  doubling up to ``RETRY_MAX_SEC``;
+- the server refused one message (MAIL, RCPT or DATA answered 4xx/5xx; an Events v2 400): that message
+  backs off alone and the others go on.
 
 Each failed attempt is one ``alert.failed`` record; each accepted message one ``alert.sent``. A message
 with a waiter (``hasupctl alert test``) is tried at once even while its channel backs off.
@@ -27,8 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hasupd import events as ev
-from hasupd.alerts.mail import DeliveryError, Mailer, MailSession, render
+from hasupd.alerts.mail import DeliveryError, Mailer
 from hasupd.alerts.spool import Spool, SpoolEntry
+from hasupd.alerts.transport import MailTransport, Session, Transport, pick
 from hasupd.config.model import AlertChannel
 from hasupd.restart import backoff_delay
 
@@ -59,9 +62,11 @@ class Delivery:
         retry_min: float = RETRY_MIN_SEC,
         retry_max: float = RETRY_MAX_SEC,
         rand: Callable[[], float] = random.random,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self._spool = spool
-        self._mailer = mailer
+        # email through ``mailer``; the other transports by name (AlertChannel.transport)
+        self._transports: dict[str, Transport] = {"email": MailTransport(mailer), **(transports or {})}
         self._channels = channels
         self._publish = publish
         self._retry = (retry_min, retry_max)
@@ -172,8 +177,12 @@ class Delivery:
                     await self._deliver(channel, due, state)
                     continue
                 wait_until = max(state.until, min(e.next_try for e in entries))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+                # arrives as the wake-up does (hasupd stopping while a new alert is spooled), and this
+                # loop would then go on until the channel's messages are delivered.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, wait_until - now))
+                    async with asyncio.timeout(max(0.0, wait_until - now)):
+                        await wake.wait()
         finally:
             del self._workers[name], self._wake[name]
 
@@ -195,10 +204,11 @@ class Delivery:
             self._answer(entry, False, reason)
 
     async def _deliver(self, channel: AlertChannel, due: list[SpoolEntry], state: _ChannelState) -> None:
-        """Try ``due`` in one SMTP session; back the channel off if the session fails."""
+        """Try ``due`` in one session (one SMTP connection for email); back the channel off if the
+        session fails."""
         pending = list(due)
         try:
-            async with self._mailer.session(channel.email.smtp) as session:
+            async with pick(self._transports, channel).session(channel) as session:
                 while pending:
                     if pending[0] in self._spool.entries:  # not dropped meanwhile
                         await self._send(channel, session, pending[0])
@@ -214,12 +224,12 @@ class Delivery:
             return
         state.failures, state.until = 0, 0.0
 
-    async def _send(self, channel: AlertChannel, session: MailSession, entry: SpoolEntry) -> None:
+    async def _send(self, channel: AlertChannel, session: Session, entry: SpoolEntry) -> None:
         """Send one message. Raise DeliveryError if the session failed (the message stays spooled)."""
         dropped = self._spool.dropped.get(channel.name, 0)
         entry.in_flight = True
         try:
-            accepted = await session.send(entry.sender, entry.recipients, render(entry, dropped))
+            accepted = await session.send(entry, dropped)
         except DeliveryError as error:
             if error.session:
                 raise

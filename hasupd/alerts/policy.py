@@ -1,9 +1,11 @@
-"""Email alerts: which events alert, to which channels, coalesced so that a crash loop is two messages.
+"""Alerts: which events alert, to which channels, coalesced so that a crash loop is two messages.
 
 - **What alerts** is one table, ``ALERTS`` (event class -> ``Rule``); later features add rows.
   A rule with ``crash=True`` alerts only channels with ``on_crash: true``; ``resolves=True`` only
   channels that were alerted about that incident ("resolved", with the same incident id).
-- **Routing**: a service's ``alerts:`` names its channels (None: all); daemon-wide events go to all.
+- **Routing**: a service's ``alerts:`` names its channels (None: all); daemon-wide events go to all;
+  then each channel's ``min_level`` and ``events`` filters. A silence (``hasupd.alerts.silences``)
+  holds an alert back from every channel, recorded as ``alert.suppressed``; resolved notices pass both.
 - **Coalescing** per (channel, service): the first alert goes out at once and opens a window of the
   channel's ``coalesce_sec``; alerts within it are held and leave as ONE summary when it ends ("20
   more events: 19 x restart, 1 x failed"), which opens the next window. One timer per open window.
@@ -19,20 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
 from hasupd import events as ev
+from hasupd.alerts.apprise_channel import AppriseTransport
 from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
+from hasupd.alerts.listing import Recent, listing
 from hasupd.alerts.mail import Mailer, SmtpMailer
+from hasupd.alerts.pagerduty import PagerDutyTransport
+from hasupd.alerts.sendmail import SendmailTransport
+from hasupd.alerts.silences import Silences, iso, suppression
 from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
-from hasupd.config.model import AlertChannel, Config, ServiceConfig
+from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Transport, attempt_bound, level_name
+from hasupd.config.model import ALERT_LEVELS, AlertChannel, Config, ServiceConfig
 from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
 
@@ -152,11 +161,17 @@ class Alerts:
         host: str | None = None,
         spool: Spool | None = None,
         retry: tuple[float, float] = (RETRY_MIN_SEC, RETRY_MAX_SEC),
+        transports: dict[str, Transport] | None = None,
     ) -> None:
         self._source = source
         self._clock = clock
+        self._publish = bus.publish
         self.host = host or socket.gethostname()
         self.spool = spool or Spool(folder)
+        self.threads = ChannelThreads()  # blocking clients: a thread per channel, off the loop
+        self.silences = Silences(folder.parent)  # STATE_DIR/silences.json
+        self.silences_problem = self.silences.load()  # at build time, before any alert
+        self.recent = Recent()
         self.delivery = Delivery(
             self.spool,
             mailer or SmtpMailer(),
@@ -164,6 +179,12 @@ class Alerts:
             bus.publish,
             retry_min=retry[0],
             retry_max=retry[1],
+            transports=transports
+            or {
+                "apprise": AppriseTransport(self.threads),
+                "pagerduty": PagerDutyTransport(self.threads),
+                "sendmail": SendmailTransport(),
+            },
         )
         self._windows: dict[tuple[str, str | None], _Window] = {}
         self._incidents: dict[str, IncidentLog] = {}
@@ -183,6 +204,8 @@ class Alerts:
 
     async def run(self) -> None:
         """Deliver spooled messages, then new ones, until cancelled."""
+        if self.silences_problem:
+            self._publish(ev.AlertDropped(channel="-", message_id="-", reason=self.silences_problem))
         await self.delivery.run()
 
     async def send_test(self, name: str | None) -> list[TrialOutcome]:
@@ -197,12 +220,11 @@ class Alerts:
         entries = []
         for channel in chosen:
             subject, body = trial_message(self.host, channel.name, time.time())
-            entries.append(
-                self._entry(channel, "test", subject=subject, body=body, service=None, incident=None)
-            )
+            # info: a pager gets a low-urgency event, not a page
+            entries.append(self._entry(channel, "test", subject=subject, body=body, level=logging.INFO))
         answers = await asyncio.gather(
             *(
-                self.delivery.deliver_now(entry, channel.email.smtp.timeout_sec * 12 + 5)
+                self.delivery.deliver_now(entry, attempt_bound(channel))
                 for entry, channel in zip(entries, chosen, strict=True)
             )
         )
@@ -211,18 +233,36 @@ class Alerts:
             for c, e, (ok, answer) in zip(chosen, entries, answers, strict=True)
         ]
 
+    async def silence(self, target: str, seconds: float, reason: str, by: str) -> dict[str, Any]:
+        """Silence alerts matching ``target`` for ``seconds`` (0: lift it); return the silence.
+        Raise OSError if it cannot be saved."""
+        silence = await self.silences.add(target, seconds, reason, by)
+        return {**asdict(silence), "until_iso": iso(silence.until), "lifted": seconds == 0}
+
+    def listing(self) -> dict[str, Any]:
+        """Return what ``alert list`` shows (see hasupd.alerts.listing)."""
+        return listing(self.silences, self.spool, self.recent)
+
     # ------------------------------------------------------------------ from the bus
 
     def _on_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.ConfigApplied):
             self._reconfigured(event)
-        if event.NAME.startswith("alert.") or not self._source.config.daemon.alerts:
+        if event.NAME.startswith("alert."):
+            self.recent.add(event)
+            return
+        if not self._source.config.daemon.alerts:
             return
         self._track(event)
         rule = ALERTS.get(type(event))
         if rule is None or not rule.when(event):
             return
         alert = Alert(kind=rule.kind, headline=rule.headline(event), event=event)
+        # A resolved notice is never silenced: it goes only where the incident was told, and closes.
+        suppressed = None if rule.resolves else suppression(self.silences, event, rule.kind, alert.headline)
+        if suppressed is not None:
+            self._publish(suppressed)  # still recorded (see hasupd.alerts.silences)
+            return
         for channel in self._route(event, rule):
             if event.incident is not None and not rule.resolves:
                 self._remember(channel.name, event.incident)
@@ -261,8 +301,14 @@ class Alerts:
         if rule.crash:
             channels = [c for c in channels if c.on_crash]
         if rule.resolves:
-            channels = [c for c in channels if (c.name, event.incident or "") in self._alerted]
-        return channels
+            # Wherever the incident was told, whatever the filters: an open page must be closed.
+            return [c for c in channels if (c.name, event.incident or "") in self._alerted]
+        level = event.level()
+        return [
+            c
+            for c in channels
+            if level >= ALERT_LEVELS[c.min_level] and (not c.events or event.NAME in c.events)
+        ]
 
     def _names(self, unit: str) -> tuple[str, ...] | None:
         found = self._source.services.get(unit)
@@ -304,7 +350,18 @@ class Alerts:
         logs = [self._incidents.get(i) for i in incidents]
         subject, body = summary(key[1], held, self.host, logs, window.length)
         latest = held.recent[-1]
-        self._submit(channel, "summary", subject=subject, body=body, service=key[1], incident=latest.incident)
+        self.delivery.submit(
+            self._entry(
+                channel,
+                "summary",
+                subject=subject,
+                body=body,
+                service=key[1],
+                incident=latest.incident,
+                level=max(a.event.level() for a in held.recent),
+                resolves=latest.kind == "resolved",
+            )
+        )
         self._open_window(key, channel.coalesce_sec)
 
     def _single(self, channel_name: str, alert: Alert) -> None:
@@ -313,14 +370,17 @@ class Alerts:
             if channel is not None:
                 log = self._incidents.get(alert.incident) if alert.incident else None
                 subject, body = single(alert, self.host, log)
-                self._submit(
+                entry = self._entry(
                     channel,
                     alert.kind,
                     subject=subject,
                     body=body,
                     service=alert.service,
                     incident=alert.incident,
+                    level=alert.event.level(),
+                    resolves=alert.kind == "resolved",
                 )
+                self.delivery.submit(entry)
 
         log = self._incidents.get(alert.incident) if alert.incident else None
         if log is not None and log.output is None and log.output_error is None and self._has_output(log):
@@ -355,14 +415,18 @@ class Alerts:
         *,
         subject: str,
         body: str,
-        service: str | None,
-        incident: str | None,
+        service: str | None = None,
+        incident: str | None = None,
+        level: int = logging.ERROR,
+        resolves: bool = False,
     ) -> SpoolEntry:
         now = time.time()
         first = self._alerted.get((channel.name, incident), "") if incident else ""
         message_id = make_msgid(idstring=incident or kind, domain=self.host)
         if incident and not first and (channel.name, incident) in self._alerted:
             self._alerted[(channel.name, incident)] = message_id  # later ones reply to this one
+        mail = channel.email or channel.sendmail
+        sender, to = (mail.from_addr, mail.to) if mail is not None else ("", ())
         return SpoolEntry(
             id=f"{time.time_ns():020d}-{next(self._seq) % 10000:04d}",
             channel=channel.name,
@@ -371,24 +435,12 @@ class Alerts:
             kind=kind,
             subject=subject,
             body=body,
-            sender=channel.email.from_addr,
-            recipients=channel.email.to,
-            to=channel.email.to,
+            sender=sender,
+            recipients=to or (EVERY_TARGET,),
+            to=to,
             service=service,
             incident=incident,
             in_reply_to=first or None,
-        )
-
-    def _submit(
-        self,
-        channel: AlertChannel,
-        kind: str,
-        *,
-        subject: str,
-        body: str,
-        service: str | None,
-        incident: str | None,
-    ) -> None:
-        self.delivery.submit(
-            self._entry(channel, kind, subject=subject, body=body, service=service, incident=incident)
+            level=level_name(level),
+            resolves=resolves,
         )

@@ -48,6 +48,8 @@ class SpoolEntry:
     service: str | None = None
     incident: str | None = None
     in_reply_to: str | None = None
+    level: str = "error"  # the alert's level (a key of ALERT_LEVELS): chat and pager severities
+    resolves: bool = False  # it says the incident is resolved (a pager closes the incident)
     # in memory only
     size: int = field(default=0, compare=False)
     attempts: int = field(default=0, compare=False)
@@ -59,10 +61,11 @@ class SpoolEntry:
         "id", "channel", "created", "message_id", "kind", "subject", "body", "sender", "recipients", "to",
         "service", "incident", "in_reply_to",
     )  # fmt: skip
+    _OPTIONAL = ("level", "resolves")  # stored since channels beyond email; older spool files lack it
 
     def encode(self) -> bytes:
         """Return the stored form (JSON)."""
-        data = {k: getattr(self, k) for k in self._STORED}
+        data = {k: getattr(self, k) for k in (*self._STORED, *self._OPTIONAL)}
         return json.dumps(data, ensure_ascii=False, indent=1).encode()
 
     @classmethod
@@ -75,7 +78,7 @@ class SpoolEntry:
         if not isinstance(data, dict) or not all(k in data for k in cls._STORED):
             raise ValueError("not a spooled alert (fields missing)")
         try:
-            entry = cls(**{k: data[k] for k in cls._STORED})
+            entry = cls(**{k: data[k] for k in (*cls._STORED, *cls._OPTIONAL) if k in data})
             entry.recipients = tuple(str(r) for r in data["recipients"])
             entry.to = tuple(str(r) for r in data["to"])
         except TypeError as e:

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from hasupd.cli.ctl_alert import add_alert_commands, run_alert_command
 from hasupd.cli.ctl_backup import add_backup_commands, run_backup_command
 from hasupd.cli.ctl_fleet import add_fleet_commands, run_fleet_command
 from hasupd.cli.ctl_records import RECORD_COMMANDS, add_record_commands, run_record_command
@@ -111,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("daemon-info", help="hasupd's version, pid and how its last re-exec went")
     add_record_commands(sub)
-    alert = sub.add_parser("alert", help="email alerts (alert test [CHANNEL])")
-    alert_test = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND").add_parser(
+    alert = sub.add_parser("alert", help="alerts (alert test [CHANNEL], alert silence, alert list)")
+    alert_verbs = alert.add_subparsers(dest="alert_command", required=True, metavar="COMMAND")
+    alert_test = alert_verbs.add_parser(
         "test", help="send a test message now (through the spool, not coalesced); print the server's answer"
     )
     alert_test.add_argument("channel", nargs="?", metavar="CHANNEL", help="one channel (default: every one)")
     alert_test.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_alert_commands(alert_verbs)
     add_backup_commands(sub)
     add_restore_command(sub)
     add_fleet_commands(sub)
@@ -170,6 +173,8 @@ def _run(argv: list[str] | None) -> int:
         return run_restore_command(args)
     if args.command in RECORD_COMMANDS:
         return run_record_command(args)
+    if args.command == "alert" and args.alert_command != "test":
+        return run_alert_command(args)
     if args.command == "alert":
         request = {"channel": args.channel} if args.channel else {}
     if args.command == "daemon-reexec":

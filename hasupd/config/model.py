@@ -297,11 +297,53 @@ class EmailChannel:
 
 
 @dataclass(frozen=True)
+class SendmailChannel:
+    """Hand each message to the local MTA: ``PATH -t -oi`` with the message on stdin."""
+
+    from_addr: str
+    to: tuple[str, ...]
+    path: str = "/usr/sbin/sendmail"
+    timeout_sec: float = 30.0
+
+
+@dataclass(frozen=True)
+class PagerDutyChannel:
+    """PagerDuty Events API v2 (or a compatible receiver at ``url``); the incident id is the dedup key."""
+
+    routing_key_file: str
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+    timeout_sec: float = 10.0
+
+
+# Alert levels a channel can ask for (``min_level``), as the logging levels of the events.
+ALERT_LEVELS: dict[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+@dataclass(frozen=True)
 class AlertChannel:
+    """One alert channel: exactly one transport (email, apprise, sendmail or pagerduty) and its filters."""
+
     name: str
-    email: EmailChannel
+    email: EmailChannel | None = None
     coalesce_sec: float = 300.0
     on_crash: bool = False  # also alert on every restart, not only failures
+    apprise: tuple[str, ...] = ()  # Apprise URLs (ntfy://, gotify://, slack://, json://, ...)
+    sendmail: SendmailChannel | None = None
+    pagerduty: PagerDutyChannel | None = None
+    timeout_sec: float = 30.0  # one delivery attempt of an apprise channel
+    min_level: str = "debug"  # alerts below this level skip the channel (resolved notices never do)
+    events: tuple[str, ...] = ()  # only alerts raised by these event names; () = every one
+
+    @property
+    def transport(self) -> str:
+        """Return the transport's name: "email", "apprise", "sendmail" or "pagerduty"."""
+        if self.apprise:
+            return "apprise"
+        if self.sendmail is not None:
+            return "sendmail"
+        if self.pagerduty is not None:
+            return "pagerduty"
+        return "email"
 
 
 class RuleKind(StrEnum):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from email.utils import parseaddr
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
@@ -40,8 +39,9 @@ from hasupd.config.nodes import (
     to_int,
     to_listen,
     to_nonempty_str,
-    to_str,
 )
+from hasupd.config.validate_alerts import CHANNEL_FIELDS, one_transport
+from hasupd.config.validate_alerts import to_address as _to_address
 from hasupd.config.validate_fleet import to_fleet
 from hasupd.config.validate_rules import RULES_KEY, to_rules
 from hasupd.config.validate_web import to_web
@@ -72,19 +72,6 @@ def _to_smtp(ctx: Ctx, node: Node, path: str) -> SmtpConfig | None:
     return smtp
 
 
-def _to_address(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return an email address, bare or with a display name ("Ops <ops@example.org>")."""
-    value = to_str(ctx, node, path)
-    if value is None:
-        return None
-    address = parseaddr(value)[1]
-    local, _, domain = address.rpartition("@")
-    if not local or not domain or any(c.isspace() for c in address):
-        ctx.error(node, path, f"invalid email address {value!r}")
-        return None
-    return value
-
-
 def named_records(
     cls: Callable[..., Any], fields: Mapping[str, Converter], required: tuple[str, ...], what: str
 ) -> Converter:
@@ -109,25 +96,28 @@ def named_records(
     return convert
 
 
-_CHANNELS = named_records(
-    AlertChannel,
-    {
-        "email": record(
-            EmailChannel,
-            {
-                "smtp": _to_smtp,
-                "from": _to_address,
-                "to": seq_of(_to_address, "a list of email addresses", nonempty=True),
-            },
-            required=("from", "to"),
-            renames={"from": "from_addr"},
-            defaults={"smtp": SmtpConfig()},
-        ),
-        "coalesce_sec": to_duration(),
-        "on_crash": to_bool,
-    },
-    required=("email",),
-    what="alert channels",
+_CHANNELS = one_transport(
+    named_records(
+        AlertChannel,
+        {
+            "email": record(
+                EmailChannel,
+                {
+                    "smtp": _to_smtp,
+                    "from": _to_address,
+                    "to": seq_of(_to_address, "a list of email addresses", nonempty=True),
+                },
+                required=("from", "to"),
+                renames={"from": "from_addr"},
+                defaults={"smtp": SmtpConfig()},
+            ),
+            "coalesce_sec": to_duration(),
+            "on_crash": to_bool,
+            **CHANNEL_FIELDS,
+        },
+        required=(),
+        what="alert channels",
+    )
 )
 _REPOSITORIES = named_records(
     RepositoryConfig,

@@ -37,6 +37,8 @@ COMMANDS: dict[str, Command] = {
     "errors": Command(Role.READ, False, records.errors),
     "incident": Command(Role.READ, False, records.incident),
     "alert-test": Command(Role.OPERATE, True, alerts.alert_test),
+    "alert-silence": Command(Role.OPERATE, True, alerts.alert_silence),
+    "alert-list": Command(Role.READ, False, alerts.alert_list),
     "backup-run": Command(Role.OPERATE, True, backup.run),
     "backup-list": Command(Role.READ, False, backup.list_snapshots),
     "backup-status": Command(Role.READ, False, backup.status),

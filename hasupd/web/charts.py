@@ -18,6 +18,7 @@ PAD_BOTTOM = 22
 PAD_TOP = 8
 MAX_BAR = 36.0  # a lone bar stays a bar, not a block
 AXIS_X = PAD_LEFT - 4  # where the value labels end
+LABEL_MAX = 34  # characters of a ranking's label that fit left of its bars (the whole one is the tooltip)
 
 
 def _nice_max(value: float) -> float:
@@ -87,7 +88,7 @@ def ranking(items: Sequence[tuple[str, int]], title: str, css: str = "s-bad") ->
     for i, (label, count) in enumerate(items):
         y = 2 + i * row_h
         w = (WIDTH - label_w - 60) * count / top
-        short = label if len(label) <= 42 else label[:41] + "…"
+        short = label if len(label) <= LABEL_MAX else label[: LABEL_MAX - 1] + "…"
         parts.append(
             f'<text class="label" x="{label_w - 6}" y="{y + 17}" text-anchor="end">{escape(short)}</text>'
             f'<rect class="{css}" x="{label_w}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row_h - 8}">'

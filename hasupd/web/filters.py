@@ -67,10 +67,24 @@ def size(value: Any) -> str:
     return f"{amount:.1f} TiB"
 
 
+GIST_MAX = 160  # characters of a sample shown in a table cell
+
+
+def gist(text: Any, kind: Any = None) -> str:
+    """Return one line of an error's sample for a table cell: a Python traceback's last line (its
+    exception), otherwise the first; cut at ``GIST_MAX`` characters with "…"."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if not lines:
+        return NONE
+    line = lines[-1] if kind == "python" else lines[0]
+    return line if len(line) <= GIST_MAX else line[: GIST_MAX - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
 FILTERS: dict[str, Callable[..., str]] = {
     "duration": duration,
     "when": when,
     "precise": precise,
     "ago": ago,
     "size": size,
+    "gist": gist,
 }

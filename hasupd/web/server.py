@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,6 @@ from hasupd import events as ev
 from hasupd.config.model import WebConfig
 from hasupd.config.validate_web import is_loopback
 from hasupd.control.context import CommandError, Context
-from hasupd.observe.queries import parse_since
 from hasupd.observe.service_output import JournalctlError
 from hasupd.web import auth, charts, views
 from hasupd.web.filters import FILTERS
@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 STATIC = {"dashboard.css": "text/css", "live.js": "text/javascript"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]*$")
 _INCIDENT_RE = re.compile(r"^[0-9a-f]{1,64}$")
+_GROUP_RE = re.compile(r"^[0-9a-f]{12}$")  # an error group's id (hasupctl errors)
 CLEANUP_TIMEOUT_SEC = 5.0
 MAX_LIVE_PAGES = 64  # open live streams; each holds a queue of up to CLIENT_QUEUE messages
 # No inline script or style runs: the pages' own script and style sheet only.
@@ -82,6 +83,7 @@ class Dashboard:
         app.router.add_get("/service/{name}", self.service)
         app.router.add_get("/incident/{id}", self.incident)
         app.router.add_get("/errors", self.errors)
+        app.router.add_get("/errors/{group}", self.error_group)
         app.router.add_get("/backups", self.backups)
         app.router.add_get("/live", self.live)
         app.router.add_get("/api/overview", self.overview_json)
@@ -145,7 +147,7 @@ class Dashboard:
                 )
         try:
             response = await handler(request)
-        except (JournalctlError, OSError, CommandError) as e:
+        except (JournalctlError, OSError, CommandError, sqlite3.Error) as e:
             response = self._page("error.html", status=503, message=f"cannot read what this page shows: {e}")
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
@@ -211,14 +213,18 @@ class Dashboard:
             return self._not_found(f"no records of incident {incident}")
         return self._page("incident.html", page="incident", **found)
 
-    async def errors(self, request: web.Request) -> web.Response:
+    def _error_range(self, request: web.Request) -> str:
+        """Return the range the request asks for (one of ``views.ERROR_RANGES``; the default if not)."""
         label = request.query.get("range", views.DEFAULT_ERROR_RANGE)
-        if label not in views.ERROR_RANGES:
-            label = views.DEFAULT_ERROR_RANGE
-        if self.ctx.records is None:
-            return self._not_found("this hasupd keeps no records it can read back")
-        groups = await views.rank_errors(self.ctx.records, parse_since(label))
-        items = [(f"{g['event']} · {g['service'] or 'hasupd'}", int(g["count"])) for g in groups[:20]]
+        return label if label in views.ERROR_RANGES else views.DEFAULT_ERROR_RANGE
+
+    async def errors(self, request: web.Request) -> web.Response:
+        """The ranking of ``hasupctl errors --since RANGE``, as a chart and a table."""
+        label = self._error_range(request)
+        if self.ctx.records is None and self.ctx.errors is None:
+            return self._not_found("this hasupd keeps no records or error groups it can read back")
+        groups = await views.errors_page(self.ctx, label)
+        items = [(views.error_label(g), int(g["count"])) for g in groups[:20]]
         return self._page(
             "errors.html",
             page="errors",
@@ -227,6 +233,15 @@ class Dashboard:
             selected=label,
             chart=charts.ranking(items, f"most common errors, last {label}"),
         )
+
+    async def error_group(self, request: web.Request) -> web.Response:
+        """One group: ``hasupctl errors show GROUP`` (its samples, the incidents it appeared in)."""
+        group = request.match_info["group"]
+        label = self._error_range(request)
+        found = await views.error_group_page(self.ctx, group, label) if _GROUP_RE.match(group) else None
+        if found is None:
+            return self._not_found(f"no error group {group} (in the last {label})")
+        return self._page("error_group.html", page="errors", g=found, selected=label)
 
     async def backups(self, request: web.Request) -> web.Response:
         jobs = await views.backups_page(self.ctx)

@@ -1,5 +1,6 @@
 """What each dashboard page shows, as JSON-ready dicts: built on the control commands' own queries
-(``status``, ``backup status``/``list``, ``incident``) and the record store, never on a copy of them.
+(``status``, ``backup status``/``list``, ``incident``, ``errors``/``errors show``) and the record store,
+never on a copy of them.
 
 Every function here reads; none changes anything.
 """
@@ -16,15 +17,15 @@ from hasupd.control.commands import records as record_commands
 from hasupd.control.commands.services import service_status
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
-from hasupd.observe.queries import Query, RecordStore
+from hasupd.observe.error_rank import error_group, rank_errors
+from hasupd.observe.queries import Query, RecordStore, parse_since
 from hasupd.observe.service_output import JournalctlError
 
 OUTPUT_LINES = 30
 INCIDENTS_SHOWN = 20
 # The ranges the errors page offers, by their label (an age ``parse_since`` reads).
 ERROR_RANGES = ("1h", "24h", "7d", "30d", "90d")
-DEFAULT_ERROR_RANGE = "30d"
-_ERROR_LEVELS = frozenset({"error", "critical"})
+DEFAULT_ERROR_RANGE = record_commands.DEFAULT_ERRORS_SINCE  # as `hasupctl errors`
 # Records that say a unit ended or began a run: the restart/exit timeline counts them.
 _EXITS = frozenset({ev.ServiceExited.NAME, ev.ServiceSpawnFailed.NAME})
 _STARTS = frozenset({ev.ServiceStarted.NAME})
@@ -199,37 +200,25 @@ async def incident_page(ctx: Context, incident: str) -> dict[str, Any] | None:
     return found
 
 
-async def rank_errors(store: RecordStore, since: float, until: float | None = None) -> list[dict[str, Any]]:
-    """Return "the most common errors" between ``since`` and ``until`` (now when None), ranked.
+async def errors_page(ctx: Context, label: str) -> list[dict[str, Any]]:
+    """Return ``hasupctl errors --since LABEL``: THE ranking (``hasupd.observe.error_rank.rank_errors``)
+    of the services' error groups and hasupd's own error records, most common first.
 
-    This is the dashboard's one source for the errors page (swap its body to rank other error groups,
-    e.g. services' own output; the page needs only these keys). Today it ranks hasupd's own error-level
-    records (level error or critical), grouped by (event, service). Each group is a dict with ``event``,
-    ``service`` (None for hasupd-wide records), ``count``, ``first_seen`` and ``last_seen`` (ISO times of
-    records), ``example`` (the newest message) and ``incident`` (the newest incident id, or None).
-    Order: highest count first; at equal counts the most recently seen first, then by event and service.
-
-    Raise JournalctlError if the journal cannot be read, OSError if the record files cannot.
+    Raise JournalctlError or OSError if hasupd's records cannot be read; sqlite3.Error if the groups
+    cannot be.
     """
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for ts, record in await store.records(Query(since=since, warnings=True)):
-        if record.get("level") not in _ERROR_LEVELS or (until is not None and ts > until):
-            continue
-        event, service = str(record.get("event", "")), str(record.get("service") or "")
-        group = groups.setdefault(
-            (event, service),
-            {"event": event, "service": service or None, "count": 0, "first_seen": record.get("time"),
-             "incident": None, "_last": ts},
-        )  # fmt: skip
-        group["count"] += 1
-        group["last_seen"] = record.get("time")
-        group["_last"] = ts
-        group["example"] = record.get("message")
-        group["incident"] = record.get("incident") or group["incident"]
-    ranked = sorted(groups.values(), key=lambda g: (-g["count"], -g["_last"], g["event"], g["service"] or ""))
-    for group in ranked:
-        del group["_last"]
-    return ranked
+    return await rank_errors(ctx.errors, ctx.records, since=parse_since(label))
+
+
+async def error_group_page(ctx: Context, group: str, label: str) -> dict[str, Any] | None:
+    """Return ``hasupctl errors show GROUP --since LABEL``: the group with its samples and the incidents
+    it appeared in; None if no group has that id (hasupd's own groups are looked for in ``label``)."""
+    return await error_group(ctx.errors, ctx.records, group, since=parse_since(label))
+
+
+def error_label(group: dict[str, Any]) -> str:
+    """Return how the ranking chart names a group: its owner and its pattern."""
+    return f"{group['service'] or 'hasupd'} · {group['pattern']}"
 
 
 async def backups_page(ctx: Context, now: float | None = None) -> list[dict[str, Any]]:

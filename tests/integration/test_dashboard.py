@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -221,8 +222,9 @@ def seed_records(state_dir: Path, now: float) -> None:
           for i in range(2)),
         *(_record(now - (i + 3) * h, "service.failed", "error", "api failed", service="api")
           for i in range(2)),
-        # Not errors: warnings do not count.
+        # Warnings count too (as in `hasupctl errors`); info records do not.
         *(_record(now - i * 60, "service.exited", "warning", "api exited", service="api") for i in range(10)),
+        *(_record(now - i * 60, "service.started", "info", "api started", service="api") for i in range(9)),
         # Older than 30 days: counted only in the 90-day range.
         *(_record(now - 40 * day - i, "limit.exceeded", "error", "db over memory", service="db")
           for i in range(7)),
@@ -232,46 +234,128 @@ def seed_records(state_dir: Path, now: float) -> None:
     (folder / "records.jsonl").write_text("\n".join(lines) + "\n")
 
 
+# A service printing error lines of a few shapes, a Python traceback and a line carrying markup, then
+# idling: its error groups are counted from its output (``output: file``, ``errors.match``).
+APP = r"""
+import sys, time, traceback
+
+def lookup(key):
+    return {}[key]
+
+out = [f"ERROR db query failed after {37 * i + 5}ms on table orders_{i % 3}" for i in range(12)]
+out += [f"ERROR cannot open /var/lib/app/{i}/cache.db: permission denied" for i in range(6)]
+for i in range(3):
+    out.append(f"INFO request {i} started")  # else an error line just before is the traceback's heading
+    try:
+        lookup(f"user-{i}")
+    except KeyError:
+        out += traceback.format_exc().rstrip("\n").split("\n")
+    out.append(f"INFO request {i} served")
+out.append("<3>worker <b>7</b> crashed with code 0x1f")
+print("\n".join(out), flush=True)
+time.sleep(3600)
+"""
+APP_GROUPS = [("line", 12), ("line", 6), ("python", 3), ("line", 1)]  # in the order they rank
 ERRORS_JS = """
 return Array.from(document.querySelectorAll('#errors tbody tr')).map(tr =>
-  [tr.dataset.event, tr.dataset.service, parseInt(tr.querySelector('[data-field="count"]').textContent, 10)]);
+  [tr.dataset.group, parseInt(tr.querySelector('[data-field="count"]').textContent, 10)]);
 """
+SAMPLES_JS = "return Array.from(document.querySelectorAll('pre.sample')).map(p => p.textContent);"
+
+
+def ctl_json(d: Hasupd, *args: str) -> Any:
+    done = d.ctl(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_output_groups(d: Hasupd, service: str, total: int, timeout: float = 30.0) -> None:
+    """Wait until ``hasupctl errors --service`` counts ``total`` errors of ``service`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    groups: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        groups = ctl_json(d, "errors", "--service", service)
+        if sum(g["count"] for g in groups if g["source"] == "output") >= total:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the error counts of {service} did not reach {total} within {timeout}s: {groups}")
 
 
 def test_errors_page_ranks_seeded_errors_by_range(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
     port = free_port()
     shots = screenshot_dir(tmp_path)
-    config = write_config(
-        tmp_path / "etc",
-        {"api": {"command": ["/bin/sleep", "1000"]}},
-        daemon={"web": {"listen": f"127.0.0.1:{port}"}},
-    )
+    program = tmp_path / "app.py"
+    program.write_text(APP)
+    app = {"command": [sys.executable, str(program)], "output": "file", "errors": {"match": ["^ERROR "]}}
+    config = write_config(tmp_path / "etc", {"app": app}, daemon={"web": {"listen": f"127.0.0.1:{port}"}})
     state = tmp_path / "state"
     seed_records(state, time.time())
     d = hasupd(config, extra_args=("--no-watch",), env=KEEP_PYTHONPATH, state_dir=state)
     d.wait_ready()
     d.wait_for("web.listening", timeout=30)
-    month = [
-        ["backup.failed", "", 5],
-        ["health.failed", "api", 3],
-        ["service.spawn_failed", "worker", 2],  # seen later than service.failed of api: ranked first
-        ["service.failed", "api", 2],
-    ]
+    wait_output_groups(d, "app", sum(n for _, n in APP_GROUPS))
+    month = ctl_json(d, "errors")  # --since 30d, as the page by default
+    mine = [g for g in month if g["service"] == "app"]
+    assert [(g["kind"], g["count"]) for g in mine] == APP_GROUPS, mine
+    own = [(g["service"], g["kind"], g["count"]) for g in month if g["source"] == "hasupd"]
+    assert own[:5] == [
+        ("api", "service.exited", 10),
+        (None, "backup.failed", 5),
+        ("api", "health.failed", 3),
+        ("worker", "service.spawn_failed", 2),  # seen later than service.failed of api: ranked first
+        ("api", "service.failed", 2),
+    ], own
+    base = f"http://127.0.0.1:{port}"
     with chromium() as driver:
-        driver.get(f"http://127.0.0.1:{port}/errors")
-        assert driver.execute_script(ERRORS_JS) == month
+        driver.get(base + "/errors")
+        assert driver.execute_script(ERRORS_JS) == [[g["group"], g["count"]] for g in month]
         chart = driver.find_element("css selector", "svg.ranking")
         bars = [t.get_attribute("textContent") for t in chart.find_elements("css selector", "rect title")]
-        assert bars == ["backup.failed · hasupd: 5", "health.failed · api: 3",
-                        "service.spawn_failed · worker: 2", "service.failed · api: 2"], bars  # fmt: skip
+        assert bars == [f"{g['service'] or 'hasupd'} · {g['pattern']}: {g['count']}" for g in month[:20]]
+        # The sample with markup in it is shown as text.
+        worker = driver.find_element(
+            "css selector", f'tr[data-group="{mine[3]["group"]}"] [data-field="sample"]'
+        )
+        assert "worker <b>7</b> crashed" in worker.text and not driver.find_elements(
+            "css selector", "#errors b"
+        )
         driver.save_screenshot(str(shots / "errors.png"))
-        # The range, chosen with the keyboard.
-        driver.find_element("css selector", '.ranges a[href="/errors?range=24h"]').send_keys("\n")
-        wait_page(driver, "return location.search", lambda s: s == "?range=24h", 10)
-        assert driver.execute_script(ERRORS_JS) == [month[0], month[2], month[3]]
-        driver.find_element("css selector", '.ranges a[href="/errors?range=90d"]').send_keys("\n")
-        wait_page(driver, "return location.search", lambda s: s == "?range=90d", 10)
-        assert driver.execute_script(ERRORS_JS) == [["limit.exceeded", "db", 7], *month]
+        # The range, chosen with the keyboard: the same ranking as `hasupctl errors --since RANGE`.
+        for label in ("24h", "90d", "30d"):
+            driver.find_element("css selector", f'.ranges a[href="/errors?range={label}"]').send_keys("\n")
+            wait_page(driver, "return location.search", lambda s, q=f"?range={label}": s == q, 10)
+            ranked = ctl_json(d, "errors", "--since", label)
+            assert driver.execute_script(ERRORS_JS) == [[g["group"], g["count"]] for g in ranked], label
+            kinds = {g["kind"] for g in ranked}
+            assert ("limit.exceeded" in kinds) == (label == "90d") and ("health.failed" in kinds) != (
+                label == "24h"
+            ), label
+        # A group's page, reached with the keyboard from the ranking: what `hasupctl errors show` prints.
+        for group in (mine[0]["group"], mine[2]["group"], own_group(month, "backup.failed")):
+            link = driver.find_element("css selector", f'tr[data-group="{group}"] [data-field="pattern"] a')
+            link.send_keys("\n")
+            wait_page(driver, "return location.pathname", lambda p, g=group: p == f"/errors/{g}", 10)
+            show = ctl_json(d, "errors", "show", group)
+            samples = driver.execute_script(SAMPLES_JS)
+            assert samples == [s["text"] for s in show["samples"]] and samples, (samples, show)
+            assert driver.find_element("id", "pattern").text == show["pattern"]
+            if group == mine[2]["group"]:
+                assert samples[0].startswith("Traceback (most recent call last):")
+                assert samples[0].endswith("KeyError: 'user-2'")
+                driver.save_screenshot(str(shots / "error-group.png"))
+            driver.back()
+            wait_page(driver, "return location.pathname", lambda p: p == "/errors", 10)
+        # Phone-sized: neither page scrolls sideways (the table scrolls inside its box).
+        driver.set_window_size(390, 844)
+        for path in ("/errors", f"/errors/{mine[2]['group']}"):
+            driver.get(base + path)
+            width = driver.execute_script("return document.documentElement.scrollWidth")
+            assert width <= 400, (path, width)
+
+
+def own_group(groups: list[dict[str, Any]], event: str) -> str:
+    """Return the id of hasupd's own group of ``event`` in ``groups``."""
+    return next(g["group"] for g in groups if g["event"] == event)
 
 
 def test_backups_page_shows_a_real_snapshot(setup: Setup, hasupd: Callable[..., Hasupd]) -> None:

@@ -86,12 +86,16 @@ def _to_rule(ctx: Ctx, node: Node, path: str) -> AlertRule | None:
         ctx.error(
             mapping_items(node)[extra][0], join(path, extra), f"a rule takes only one of {', '.join(_KINDS)}"
         )
+    # The options of every kind given are read, so that their problems are reported too (and the
+    # configuration reference's test learns every option of every kind).
+    read_options = {
+        name: read_mapping(ctx, values[name], join(path, name), _OPTIONS[RuleKind(name)])
+        for name in kinds
+        if not is_null(values[name])
+    }
     kind = RuleKind(kinds[0])
     options_node: Node = values.pop(kind.value)
-    options: dict[str, Any] = {}
-    if not is_null(options_node):
-        read = read_mapping(ctx, options_node, join(path, kind.value), _OPTIONS[kind])
-        options = read if read is not None else {}
+    options: dict[str, Any] = read_options.get(kind.value) or {}
     if ctx.count != before:
         return None
     where = join(path, kind.value)

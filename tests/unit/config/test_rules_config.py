@@ -95,3 +95,22 @@ def test_duplicate_rule_names(tmp_path: Path) -> None:
         },
     )
     assert issues(tmp_path) == ["hasupd.yaml:4:14: alerts.rules.1.name: duplicate rule name 'a'"]
+
+
+def test_the_options_of_a_second_kind_are_checked_too(tmp_path: Path) -> None:
+    """A rule with two kinds is reported once for the second kind, and every problem in the options of
+    both is reported as well (not only the first kind's)."""
+    write(
+        tmp_path,
+        {
+            "hasupd.yaml": "alerts:\n  rules:\n"
+            "    - {name: a, new_error: {windw_sec: 1h}, error_rate: {above: -1}}\n"
+        },
+    )
+    assert issues(tmp_path) == [
+        "hasupd.yaml:3:29: alerts.rules.0.new_error.windw_sec: unknown key 'windw_sec', "
+        "did you mean 'window_sec'?",
+        "hasupd.yaml:3:45: alerts.rules.0.error_rate: "
+        "a rule takes only one of new_error, error_rate, restart_rate, quiet",
+        "hasupd.yaml:3:65: alerts.rules.0.error_rate.above: expected a number > 0 and <= 1e+12, got -1",
+    ]

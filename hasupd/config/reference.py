@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hasupd.config.model import ContainerEngine, LogFormat, LogTarget, TlsMode
+from hasupd.config.model import ALERT_LEVELS, Baseline, ContainerEngine, LogFormat, LogTarget, TlsMode
 from hasupd.config.reference_types import (
     ARGV,
     BOOL,
@@ -60,6 +60,63 @@ class ConfigFile:
 _NAMES = list_of(NAME, "list of names")
 _GROUPS = list_of(TEXT, "list of group names")
 _PATHS = list_of(PATH, "list of absolute paths")
+_EMAILS = list_of(EMAIL, "list of email addresses", nonempty=True)
+_APPRISE_URLS = list_of(
+    Type(
+        "Apprise URL (ntfy://host/topic, json://host:port/path ...)",
+        {"type": "string", "pattern": "^[a-z][a-z0-9+.-]*://"},
+    ),
+    "list of Apprise URLs",
+    nonempty=True,
+)
+_LEVEL = Type("one of " + ", ".join(ALERT_LEVELS), {"enum": list(ALERT_LEVELS)})
+_EVENTS = list_of(
+    Type(
+        "event name such as service.failed",
+        {"type": "string", "pattern": "^[a-z][a-z0-9_-]*([.][a-z0-9_-]+)+$"},
+    ),
+    "list of event names (service.failed, backup.stale ...)",
+    nonempty=True,
+)
+_GROUP_ID = Type(
+    "error group id: 12 hex digits (see hasupctl errors)", {"type": "string", "pattern": "^[0-9a-f]{12}$"}
+)
+_REGEXES = list_of(
+    Type("Python regular expression", {"type": "string"}), "list of Python regular expressions"
+)
+
+
+def _rate_options(prefix: str, what: str) -> tuple[Key, ...]:
+    """The options of a rate rule (error_rate, restart_rate) counting ``what``."""
+    return (
+        Key(f"{prefix}.window_sec", DURATION, f"The window {what} are counted in.", default="1h"),
+        Key(
+            f"{prefix}.above",
+            number(1e12),
+            f"Fire when more {what} than this fall in the window (with factor: both must be exceeded).",
+            default_text="none (above, factor or both are required)",
+        ),
+        Key(
+            f"{prefix}.factor",
+            number(1e6),
+            f"Fire when the {what} in the window exceed this many times the baseline for such a window.",
+            default_text="none (above, factor or both are required)",
+        ),
+        Key(
+            f"{prefix}.baseline",
+            enum(Baseline),
+            "same_hour: the mean of the same hour of the day over the past days; moving_average: the "
+            "hourly mean over the past days; both scaled to the window. Only with factor.",
+            default="same_hour",
+        ),
+        Key(
+            f"{prefix}.days",
+            integer(1, 90),
+            "The days the baseline is taken from. Only with factor.",
+            default=7,
+        ),
+    )
+
 
 DAEMON_KEYS = (
     Key(
@@ -129,8 +186,8 @@ DAEMON_KEYS = (
     Key(
         "alerts.NAME.email",
         MAPPING,
-        "Send alerts of this channel as email.",
-        required=True,
+        "Send alerts of this channel as email over SMTP. A channel has exactly one of email, apprise, "
+        "sendmail and pagerduty.",
         example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
     ),
     Key("alerts.NAME.email.smtp", MAPPING, "The SMTP server.", example={}),
@@ -154,9 +211,75 @@ DAEMON_KEYS = (
     Key("alerts.NAME.email.from", EMAIL, "The sender.", required=True),
     Key(
         "alerts.NAME.email.to",
-        list_of(EMAIL, "list of email addresses", nonempty=True),
+        _EMAILS,
         "The recipients.",
         required=True,
+    ),
+    Key(
+        "alerts.NAME.apprise",
+        _APPRISE_URLS,
+        "Send alerts of this channel through Apprise, to each URL (ntfy, Gotify, Slack, Matrix, "
+        "Telegram, JSON webhooks ...); only the targets that failed are retried.",
+    ),
+    Key(
+        "alerts.NAME.sendmail",
+        MAPPING,
+        "Hand alerts of this channel to the local MTA: PATH -i -f FROM -- TO... with the message on stdin.",
+        example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
+    ),
+    Key("alerts.NAME.sendmail.from", EMAIL, "The sender.", required=True),
+    Key("alerts.NAME.sendmail.to", _EMAILS, "The recipients.", required=True),
+    Key("alerts.NAME.sendmail.path", PATH, "The sendmail program.", default="/usr/sbin/sendmail"),
+    Key(
+        "alerts.NAME.sendmail.timeout_sec",
+        DURATION,
+        "Kill a sendmail that has not finished after this long; the alert is retried.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.pagerduty",
+        MAPPING,
+        "Page through PagerDuty's Events API v2 (or a compatible receiver); the incident id is the "
+        "dedup_key, and the resolved notice resolves the page.",
+        example={"routing_key_file": "/etc/hasupd/pagerduty.key"},
+    ),
+    Key(
+        "alerts.NAME.pagerduty.routing_key_file",
+        PATH,
+        "The file holding the integration's routing key.",
+        required=True,
+    ),
+    Key(
+        "alerts.NAME.pagerduty.url",
+        URL,
+        "The Events v2 endpoint.",
+        default="https://events.pagerduty.com/v2/enqueue",
+    ),
+    Key(
+        "alerts.NAME.pagerduty.timeout_sec",
+        DURATION,
+        "Give up on one delivery attempt after this long; it is retried.",
+        default="10s",
+    ),
+    Key(
+        "alerts.NAME.timeout_sec",
+        DURATION,
+        "An apprise channel gives up on one attempt at one target after this long; it is retried.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.min_level",
+        _LEVEL,
+        "Skip alerts below this level (a restart is a warning, a failure an error); resolved notices "
+        "always go out.",
+        default="debug",
+    ),
+    Key(
+        "alerts.NAME.events",
+        _EVENTS,
+        "Only alerts raised by these records (service.failed also covers start-limit-hit); resolved "
+        "notices always go out.",
+        default_text="every alert",
     ),
     Key(
         "alerts.NAME.coalesce_sec",
@@ -170,6 +293,52 @@ DAEMON_KEYS = (
         "Also alert on every restart, not only when a service fails.",
         default=False,
     ),
+    Key(
+        "alerts.rules",
+        list_of_mappings("list of rules"),
+        "What is out of the ordinary beyond the fixed alerts (the one key of alerts: that is not a "
+        "channel). Each rule has a unique name and exactly one of new_error, error_rate, restart_rate and "
+        "quiet; each firing is one incident, alerted on the service's channels, resolved when it ends.",
+        example={"name": "new-errors", "new_error": {}},
+    ),
+    Key("alerts.rules[].name", NAME, "The rule's name, unique among the rules.", required=True),
+    Key("alerts.rules[].services", _NAMES, "Only these services.", default=[]),
+    Key(
+        "alerts.rules[].new_error",
+        MAPPING,
+        "Fire on an error group (see hasupctl errors) never seen before.",
+        example={},
+    ),
+    Key(
+        "alerts.rules[].new_error.window_sec",
+        DURATION,
+        "The incident resolves once the group stayed away this long.",
+        default="1h",
+    ),
+    Key("alerts.rules[].new_error.group", _GROUP_ID, "Only this error group.", default_text="every group"),
+    Key(
+        "alerts.rules[].error_rate",
+        MAPPING,
+        "Fire when an error group's count in a window is above a threshold, its baseline, or both.",
+        example={"above": 20, "factor": 5},
+    ),
+    *_rate_options("alerts.rules[].error_rate", "errors"),
+    Key("alerts.rules[].error_rate.group", _GROUP_ID, "Only this error group.", default_text="every group"),
+    Key(
+        "alerts.rules[].restart_rate",
+        MAPPING,
+        "Fire when a service's restarts in a window are above a threshold, its baseline, or both.",
+        example={"above": 3, "factor": 3},
+    ),
+    *_rate_options("alerts.rules[].restart_rate", "restarts"),
+    Key(
+        "alerts.rules[].quiet",
+        MAPPING,
+        "A dead-man's switch: fire when a service shows no sign of life (no output, no READY=/STATUS=, "
+        "no successful run) for after_sec; resolved at the next one.",
+        example={"after_sec": "30m"},
+    ),
+    Key("alerts.rules[].quiet.after_sec", DURATION, "How long a service may stay quiet.", required=True),
     Key("backups", MAPPING, "Backup settings shared by the jobs of backups.d.", example={}),
     Key(
         "backups.repositories",
@@ -218,6 +387,13 @@ DAEMON_KEYS = (
     Key("fleet.etcd.key_file", PATH, "Client key; needs cert_file."),
     Key("fleet.etcd.username", TEXT, "etcd user; needs password_file."),
     Key("fleet.etcd.password_file", PATH, "The file holding the etcd password; needs username."),
+    Key(
+        "fleet.etcd.election_timeout_sec",
+        DURATION,
+        "etcd's --election-timeout: when given, check-config refuses a lease_ttl_sec that cannot ride "
+        "out a leader election.",
+        default_text="not checked",
+    ),
     Key("fleet.cluster", NAME, "The cluster's name: hosts with the same name share services.", required=True),
     Key("fleet.host", NAME, "This host's name in the fleet.", default_text="the host name"),
     Key(
@@ -226,6 +402,37 @@ DAEMON_KEYS = (
         "How long a host's lease lives without a keep-alive; whole "
         "seconds, at least 2s. A host that cannot renew stops its placed services within half of it.",
         default="10s",
+    ),
+    Key(
+        "web",
+        MAPPING,
+        "The read-only web dashboard. Beyond loopback (any address but 127.0.0.0/8, ::1 and localhost) "
+        "it needs tls and a credential. Read on every reload, applied when hasupd restarts.",
+        default_text="no dashboard",
+        example={"listen": "127.0.0.1:9465"},
+    ),
+    Key("web.listen", LISTEN, "Serve the dashboard on this address.", required=True),
+    Key(
+        "web.tls",
+        MAPPING,
+        "Serve HTTPS with this certificate.",
+        default_text="plain HTTP",
+        example={"cert_file": "/etc/hasupd/web.crt", "key_file": "/etc/hasupd/web.key"},
+    ),
+    Key("web.tls.cert_file", PATH, "The PEM certificate (chain).", required=True),
+    Key("web.tls.key_file", PATH, "Its PEM private key.", required=True),
+    Key(
+        "web.token_file",
+        PATH,
+        "The credential: the file's first line, sent as Authorization: Bearer SECRET or as the password "
+        "of HTTP Basic auth (any user). Excludes password_file.",
+        default_text="no credential",
+    ),
+    Key(
+        "web.password_file",
+        PATH,
+        "The same as token_file, under the name people look for. Excludes token_file.",
+        default_text="no credential",
     ),
 )
 
@@ -408,6 +615,46 @@ SERVICE_KEYS = (
     ),
     Key("placement.prefer", _NAMES, "Hosts to prefer, in order.", default=[]),
     Key("placement.avoid", _NAMES, "Hosts to avoid.", default=[]),
+    Key(
+        "errors",
+        MAPPING,
+        "Which lines of the service's output are errors (for hasupctl errors and error rules), beside "
+        "lines with a <0> to <3> prefix and tracebacks.",
+        example={},
+    ),
+    Key("errors.match", _REGEXES, "A line matching any of these is an error.", default=[]),
+    Key(
+        "reload_signal",
+        SIGNAL,
+        "hasupctl reload NAME sends this signal to the main process. Excludes reload_command.",
+        default_text="none",
+    ),
+    Key(
+        "reload_command",
+        ARGV,
+        "hasupctl reload NAME runs this command (as the service's user, with MAINPID in the environment, "
+        "bounded by timeout_start_sec). Excludes reload_signal.",
+        default_text="none",
+    ),
+    Key(
+        "schedule",
+        SCHEDULE,
+        "Makes a type: oneshot service a timer: not started at boot but at each slot (UTC). A slot is "
+        "skipped while the service is masked, disabled or still running.",
+        default_text="not a timer",
+    ),
+    Key(
+        "persistent",
+        BOOL,
+        "A slot missed while hasupd was down runs once soon after it starts. Needs schedule.",
+        default_text="false",
+    ),
+    Key(
+        "randomized_delay_sec",
+        DURATION,
+        "Delay each run of the timer by a random time up to this. Needs schedule.",
+        default_text="0s",
+    ),
 )
 
 _KEEP_TEXT = "Keep the newest snapshot of each of the last N {}."

@@ -161,12 +161,26 @@ def _containers(config_file: ConfigFile) -> dict[str, Key]:
     return {key.path: key for key in config_file.keys if key.type.shape is not Shape.VALUE}
 
 
+# Keys of which one mapping holds only one: adding one (from its example) removes the others.
+RIVALS = (
+    ("command", "container"),
+    ("email", "apprise", "sendmail", "pagerduty"),  # a channel's transport
+    ("new_error", "error_rate", "restart_rate", "quiet"),  # a rule's kind
+)
+
+
+def _drop_rivals(node: dict[str, Any], key: str) -> None:
+    for rivals in RIVALS:
+        if key in rivals:
+            for other in rivals:
+                if other != key:
+                    node.pop(other, None)
+
+
 def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
     """Return the minimal file with the mappings above ``key`` filled from their examples and ``key``
     set to ``value`` (left out when ``value`` is UNSET)."""
     doc = copy.deepcopy(MINIMAL[config_file.kind])
-    if key.path.startswith("container"):
-        del doc["command"]  # command and container exclude each other
     containers = _containers(config_file)
     node: Any = doc
     parts = segments(key.path)
@@ -180,6 +194,7 @@ def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
         container = containers[path]
         assert container.example is not UNSET, f"{path}: give it an example= in hasupd/config/reference.py"
         if part not in node:
+            _drop_rivals(node, part)
             example = copy.deepcopy(container.example)
             shape = container.type.shape
             node[part] = (
@@ -322,7 +337,9 @@ def test_the_man_page_renders_cleanly_and_lists_every_accepted_key(kind: str) ->
 # Model fields whose YAML key has another name, by (class, field).
 RENAMED = {
     ("DaemonConfig", "repositories"): "backups.repositories",
+    ("DaemonConfig", "rules"): "alerts.rules",
     ("EmailChannel", "from_addr"): "from",
+    ("SendmailChannel", "from_addr"): "from",
     ("CheckSpec", "read_data_subset_n"): "read_data_subset",
     ("BackupJobConfig", "max_age_sec"): "max_age",
 }
@@ -334,6 +351,19 @@ WRITTEN_AS = {
     ("RecoveryAction", "kind"): ("exec", "restore"),
     ("RecoveryAction", "argv"): ("exec",),
     ("RecoveryAction", "job"): ("restore",),
+    # A rule's kind is its key; its options are in the mapping under it.
+    ("AlertRule", "kind"): ("new_error", "error_rate", "restart_rate", "quiet"),
+    ("AlertRule", "group"): ("new_error.group", "error_rate.group"),
+    ("AlertRule", "window_sec"): (
+        "new_error.window_sec",
+        "error_rate.window_sec",
+        "restart_rate.window_sec",
+        "quiet.after_sec",
+    ),
+    **{
+        ("AlertRule", option): ("error_rate." + option, "restart_rate." + option)
+        for option in ("above", "factor", "baseline", "days")
+    },
 }
 # Model fields no key sets: the name (of the file, or the NAME above a channel or repository), the
 # source file, and what hasupd sets for its own units.

@@ -12,7 +12,10 @@ import argparse
 from dataclasses import dataclass, field
 
 # What a positional argument or option value is, by its metavar: names asked of the running daemon.
-KINDS = {"NAME": "units", "JOB": "jobs"}
+# (alert silence's TARGET is offered service names; the event names and group ids it also takes are
+# typed.)
+KINDS = {"NAME": "units", "JOB": "jobs", "TARGET": "units"}
+ANYTHING = "-"  # a positional argument completed to nothing (a word, so that positions stay counted)
 # Prints the names in `hasupctl --json status` (units and their services) or `backup status` (jobs).
 _NAMES_PY = (
     "import json,sys\n"
@@ -30,16 +33,17 @@ class Command:
     path: str
     subcommands: list[str] = field(default_factory=list)
     options: list[str] = field(default_factory=list)
-    # option -> what its value is: "units", "jobs", "choice:a b c" or "" (anything)
+    # option -> what its value is: "units", "jobs", "choice:a,b,c" or "" (anything)
     valued: dict[str, str] = field(default_factory=dict)
-    # what each positional argument is ("units", "jobs" or ""); ``repeat``: the last one repeats
+    # what each positional argument is ("units", "jobs", "choice:a,b,c" or ANYTHING); ``repeat``: the
+    # last one repeats
     positionals: list[str] = field(default_factory=list)
     repeat: bool = False
 
 
 def _value_kind(action: argparse.Action) -> str:
     if action.choices is not None:
-        return "choice:" + " ".join(str(choice) for choice in action.choices)
+        return "choice:" + ",".join(str(choice) for choice in action.choices)
     return KINDS.get(str(action.metavar), "")
 
 
@@ -59,7 +63,7 @@ def commands(parser: argparse.ArgumentParser, path: str = "hasupctl") -> list[Co
                 if action.nargs != 0:
                     command.valued[option] = _value_kind(action)
         else:
-            command.positionals.append(KINDS.get(str(action.metavar), ""))
+            command.positionals.append(_value_kind(action) or ANYTHING)
             command.repeat = action.nargs in ("*", "+")
     return found
 
@@ -158,7 +162,7 @@ _hasupctl() {
         fi
     fi
     case $kind in
-        choice:*) COMPREPLY=($(compgen -W "${kind#choice:}" -- "$cur")) ;;
+        choice:*) kind=${kind#choice:} && COMPREPLY=($(compgen -W "${kind//,/ }" -- "$cur")) ;;
         units | jobs) COMPREPLY=($(compgen -W "$(_hasupctl_names "$kind" "$socket")" -- "$cur")) ;;
     esac
     return 0
@@ -221,7 +225,7 @@ _hasupctl() {
         fi
     fi
     case $kind in
-        choice:*) candidates=(${=kind#choice:}) ;;
+        choice:*) candidates=(${(s:,:)${kind#choice:}}) ;;
         units | jobs) candidates=(${(f)"$(_hasupctl_names $kind "$socket")"}) ;;
     esac
     (( ${#candidates} )) && compadd -- $candidates

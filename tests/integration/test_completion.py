@@ -107,11 +107,32 @@ def test_bash_completes_commands_options_and_the_daemons_names(
     assert bash_complete("hasupctl events --service we", env) == ["web"]
     assert bash_complete("hasupctl backup run ", env) == ["app-data"]
     assert bash_complete("hasupctl --socket " + str(d.socket) + " status we", env) == ["web"]
+    # The systemctl-like verbs take service names; kill's -s value is skipped over.
+    assert bash_complete("hasupctl is-", env) == ["is-active", "is-enabled", "is-failed"]
+    for verb in ("enable", "disable", "mask", "unmask", "cat", "show", "is-active", "reload"):
+        assert bash_complete(f"hasupctl {verb} we", env) == ["web"], verb
+    assert bash_complete("hasupctl kill -s USR1 --main we", env) == ["web"]
+    assert bash_complete("hasupctl kill --", env) == ["--all", "--help", "--json", "--main", "--signal"]
+    # errors' first word is show (then a group id, typed); alert's verbs; a silence's TARGET.
+    assert bash_complete("hasupctl errors ", env) == ["show"]
+    assert bash_complete("hasupctl errors show ", env) == []
+    assert bash_complete("hasupctl alert ", env) == ["list", "silence", "test"]
+    assert bash_complete("hasupctl alert silence we", env) == ["web"]
+    assert bash_complete("hasupctl alert silence web ", env) == []
     # zsh, with the same daemon.
     require_shell("zsh")
     assert zsh_complete("hasupctl sta", env) == ["start", "status"]
     assert zsh_complete("hasupctl restart w", env) == ["web", "worker", "worker@0", "worker@1"]
     assert zsh_complete("hasupctl backup status ", env) == ["app-data"]
+    assert zsh_complete("hasupctl mask we", env) == ["web"]
+    assert zsh_complete("hasupctl errors ", env) == ["show"]
+    assert zsh_complete("hasupctl backup run app-data --kind ", env) == [
+        "backup",
+        "check",
+        "drill",
+        "long_term",
+        "prune",
+    ]
 
 
 def test_without_a_daemon_names_complete_to_nothing_quickly_and_silently(tmp_path: Path) -> None:

@@ -503,6 +503,24 @@ class BackupFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatabaseDumped(Event):
+    """A live database was dumped into a snapshot of its own (``/FILE``, tagged ``db:NAME``)."""
+
+    NAME = "backup.database"
+    job: str
+    database: str
+    snapshot: str
+    bytes_added: int
+    duration_sec: float
+
+    def message(self) -> str:
+        return (
+            f"backup {self.job}: database {self.database} dumped into snapshot {self.snapshot[:8]} "
+            f"({self.bytes_added} bytes added in {self.duration_sec:g}s)"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackupRetention(Event):
     NAME = "backup.retention"
     job: str

@@ -17,6 +17,7 @@ from typing import Protocol
 from hasupd import events as ev
 from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
+from hasupd.backup.dbjobs import dump_databases
 from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
 from hasupd.backup.restore import RestoreError, run_drill
@@ -117,11 +118,20 @@ class BackupJob:
         self.stamps = Stamps(state_dir)
         self.status = JobStatus()
         self._marker = state_dir / "backup" / config.name / "quiesced.json"
+        self._backup_detail = ""
         self.journal = Journal(state_dir, config.name)
 
     @property
     def tags(self) -> list[str]:
         return ["hasupd", f"job:{self.config.name}"]
+
+    @property
+    def reaper(self) -> Reaper | None:
+        return self._reaper
+
+    def record(self, event: ev.Event) -> None:
+        """Publish ``event`` (a typed record of this job)."""
+        self._publish(event)
 
     def _record(self, event: ev.Event) -> None:
         self._publish(event)
@@ -177,7 +187,28 @@ class BackupJob:
     # ------------------------------------------------------------------ backup
 
     async def backup(self) -> None:
-        """before commands, quiesce, snapshot, resume. Raise JobFailed (nothing snapshotted) on failure."""
+        """before commands, quiesce, snapshot of the paths, resume, then one snapshot per database dump
+        (made while the databases serve). Raise JobFailed on failure: a failed database dump leaves no
+        snapshot of its own, the others are still made."""
+        job = self.config
+        self._backup_detail = ""
+        if job.paths:
+            await self._backup_paths()
+        else:
+            await self.hot.init_if_absent()
+        if job.databases:
+            await self._backup_databases()
+        self._done(Kind.BACKUP, True, self._backup_detail)
+
+    async def _backup_databases(self) -> None:
+        failed = await dump_databases(self, self._state_dir / "backup" / self.config.name / "scratch")
+        if failed:
+            self._fail("databases", "; ".join(failed), retry=False)
+        self._backup_detail = ", ".join(
+            x for x in (self._backup_detail, f"{len(self.config.databases)} database(s) dumped") if x
+        )
+
+    async def _backup_paths(self) -> None:
         job = self.config
         missing = [p for p in job.paths if not os.path.exists(p)]
         if missing:
@@ -221,11 +252,8 @@ class BackupJob:
         if summary.partial:
             unreadable = tuple(f"{u.path}: {u.message}" for u in summary.unreadable)
             self._record(ev.BackupWarning(job=job.name, snapshot=summary.snapshot_id, unreadable=unreadable))
-        self._done(
-            Kind.BACKUP,
-            True,
-            f"snapshot {summary.snapshot_id[:8]}" + (" (partial)" if summary.partial else ""),
-        )
+        partial = " (partial)" if summary.partial else ""
+        self._backup_detail = f"snapshot {summary.snapshot_id[:8]}{partial}"
 
     def interrupted_quiesce(self) -> list[str]:
         """Return the units a backup stopped when hasupd died mid-run (and forget the marker)."""

@@ -203,7 +203,8 @@ class BackupJob:
     async def _backup_databases(self) -> None:
         failed = await dump_databases(self, self._state_dir / "backup" / self.config.name / "scratch")
         if failed:
-            self._fail("databases", "; ".join(failed), retry=False)
+            # Each failed dump has its own backup.failed record (and alert) already.
+            raise JobFailed("databases", "; ".join(failed), retry=False)
         self._backup_detail = ", ".join(
             x for x in (self._backup_detail, f"{len(self.config.databases)} database(s) dumped") if x
         )

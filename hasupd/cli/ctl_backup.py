@@ -40,7 +40,8 @@ def run_backup_command(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.backup_command == "list":
         for s in data:
-            print(f"{s['job']:<16} {s['id']:<10} {s['time']:<33} {' '.join(s['paths'])}")
+            what = f"database {s['database']}" if s.get("database") else " ".join(s["paths"])
+            print(f"{s['job']:<16} {s['id']:<10} {s['time']:<33} {what}")
     else:
         for job in data if isinstance(data, list) else [data]:
             age = "never" if job["age_sec"] is None else f"{job['age_sec']}s ago"

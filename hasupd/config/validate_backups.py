@@ -139,7 +139,8 @@ def validate_backup(
     values = read_mapping(ctx, doc.node, "", BACKUP_FIELDS, required=("repository",))
     if values is None:
         return None
-    if "paths" not in values and "databases" not in values and "paths" not in mapping_items(doc.node):
+    present = mapping_items(doc.node)
+    if "paths" not in present and "databases" not in present:
         ctx.error(doc.node, "paths", "required key is missing (give paths, databases or both)")
     check_reference(ctx, child(doc.node, "repository"), "repository", repositories, "repository")
     check_reference(

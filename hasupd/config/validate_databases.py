@@ -11,9 +11,11 @@ from hasupd.config.model import DatabaseKind, DatabaseSpec
 from hasupd.config.nodes import (
     Converter,
     Ctx,
+    child,
     describe,
     is_name,
     join,
+    mapping_items,
     read_mapping,
     to_abs_path,
     to_bool,
@@ -73,17 +75,20 @@ def to_databases(ctx: Ctx, node: Node, path: str) -> tuple[DatabaseSpec, ...] | 
     names: set[str] = set()
     for index, item in enumerate(node.value):
         where = join(path, index)
+        item_errors = ctx.count
         values = read_mapping(ctx, item, where, _FIELDS)
         if values is None:
             continue
-        kinds = [k for k in _KINDS if k in values]
+        kinds = [k for k in _KINDS if k in mapping_items(item)]
         if len(kinds) != 1:
             ctx.error(item, where, f"give exactly one of {', '.join(_KINDS)}")
             continue
         kind = DatabaseKind(kinds[0])
-        database = values.pop(kind.value)
         if "globals" in values and kind is not DatabaseKind.POSTGRESQL:
-            ctx.error(item, join(where, "globals"), f"not an option of a {kind} database")
+            ctx.error(child(item, "globals"), join(where, "globals"), f"not an option of a {kind} database")
+        if ctx.count != item_errors:
+            continue  # reported; its name is not known for sure
+        database = values.pop(kind.value)
         name = values.pop("name", None) or _default_name(kind, database)
         if not is_name(name):
             ctx.error(item, join(where, "name"), f"{name!r} is not a name: give name: [a-z0-9][a-z0-9_.-]*")

@@ -15,14 +15,28 @@ from pathlib import Path
 
 from tests.support.users import temp_user, world_dir
 
-BIN = Path(os.environ.get("HASUPD_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _server_bin() -> Path:
+    """Return the server binaries: $HASUPD_TEST_PG_BIN, else the newest /usr/lib/postgresql/N/bin
+    (15 on Debian 12, 17 on Debian 13)."""
+    if os.environ.get("HASUPD_TEST_PG_BIN"):
+        return Path(os.environ["HASUPD_TEST_PG_BIN"])
+    found = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+    )
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _server_bin()
 
 
 def require_postgres() -> None:
     """Raise RuntimeError naming the fix when the PostgreSQL 15 server binaries are missing."""
     for name in ("initdb", "pg_ctl", "postgres", "pg_dump", "pg_restore", "psql"):
         if not (BIN / name).exists():
-            raise RuntimeError(f"{BIN / name} is missing: apt-get install -y postgresql (PostgreSQL 15)")
+            raise RuntimeError(f"{BIN / name} is missing: apt-get install -y postgresql")
 
 
 def free_port() -> int:

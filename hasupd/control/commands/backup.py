@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import Kind
+from hasupd.backup.restore import database_of
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.states import ServiceState
@@ -95,6 +96,7 @@ async def list_snapshots(ctx: Context, args: dict[str, Any]) -> Any:
                 "id": s.short_id,
                 "time": s.time.isoformat(),
                 "paths": list(s.paths),
+                "database": database_of(s),
             }
             for s in snapshots
         ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
+from hasupd.backup.dbrestore import DatabaseRestorer
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
 from hasupd.backup.restore import LatestInPlace, Restorer
@@ -247,6 +248,16 @@ class BackupUnits:
         if runner is None:
             return None
         return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
+
+    def database_restorer(self, name: str, manager: Any) -> DatabaseRestorer | None:
+        """Return a DatabaseRestorer for job ``name`` acting on ``manager``'s services, or None."""
+        runner = self.runners.get(name)
+        if runner is None:
+            return None
+        job = runner.job
+        return DatabaseRestorer(
+            job, job.reaper, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy
+        )
 
     def data_restorer(self, name: str, manager: Any) -> LatestInPlace | None:
         """Return the recovery action's view of job ``name`` (restore the latest in place), or None."""

@@ -16,7 +16,6 @@ from pathlib import Path
 from tests.support.users import temp_user, world_dir
 
 
-
 def _server_bin() -> Path:
     """Return the server binaries: $HASUPD_TEST_PG_BIN, else the newest /usr/lib/postgresql/N/bin
     (15 on Debian 12, 17 on Debian 13)."""

@@ -40,8 +40,10 @@ class JobMaker:
         self.reaper = reaper
         self.events: list[ev.Event] = []
 
-    def job(self, *databases: DatabaseSpec) -> BackupJob:
-        config = BackupJobConfig(name="app-db", repository="hot", paths=(), databases=databases)
+    def job(self, *databases: DatabaseSpec, quiesce: tuple[str, ...] = ()) -> BackupJob:
+        config = BackupJobConfig(
+            name="app-db", repository="hot", paths=(), databases=databases, quiesce=quiesce
+        )
         repo = RepositoryConfig(name="hot", url=str(self.repo), password_file=str(self.password_file))
         return BackupJob(
             config,

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from hasupd import events as ev
+from hasupd.backup.dbrestore import BadDatabaseRequest, DatabaseRestorer
 from hasupd.backup.jobs import JobFailed
-from hasupd.backup.streams import StreamCommand
 from hasupd.config.model import DatabaseKind, DatabaseSpec
 from tests.integration.backup.dbsupport import JobMaker, descendants_named, jobs, written_bytes
 from tests.support.mariadb import MariaDB, mariadb_server, require_mariadb
@@ -43,6 +43,14 @@ def mariadb() -> Iterator[MariaDB]:
         pytest.fail(str(e))
     with mariadb_server() as server:
         yield server
+
+
+async def _no_stop(names: list[str], reason: str) -> list[str]:
+    raise AssertionError("a --target-db restore stops nothing")
+
+
+async def _no_start(units: list[str]) -> bool:
+    raise AssertionError("a --target-db restore starts nothing")
 
 
 def _spec(server: MariaDB, db: str) -> DatabaseSpec:
@@ -92,9 +100,10 @@ async def test_mariadb_under_continuous_inserts_restores_to_one_snapshot_point(
     final = int(mariadb.sql("SELECT count(*) FROM items", "shop"))
     [snapshot] = await job.hot.snapshots(job.tags)
     assert snapshot.paths == ("/mysql-shop.sql",)
-    mariadb.sql("CREATE DATABASE restored")
-    load = ("mysql", f"--socket={mariadb.socket}", "--user=root", "restored")
-    await job.hot.dump_into(snapshot.id, "mysql-shop.sql", StreamCommand(load, {"PATH": os.environ["PATH"]}))
+    restorer = DatabaseRestorer(job, jobs.reaper, jobs.events.append, _no_stop, _no_start)
+    with pytest.raises(BadDatabaseRequest, match="no rename of a database"):
+        await restorer.plan("mysql-shop", "latest", None, in_place=True)
+    assert await restorer.to_target(await restorer.plan("mysql-shop", "latest", "restored", False), "root")
     count, top = mariadb.sql("SELECT count(*), max(id) FROM items", "restored").split()
     assert int(count) == int(top), "the restored rows are not the rows of one snapshot point"
     assert int(mariadb.sql("SELECT seen FROM markers", "restored")) == marker

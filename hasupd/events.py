@@ -659,12 +659,15 @@ class DrillFinished(Event):
     job: str
     ok: bool
     detail: str
+    boot: bool = False  # a boot drill: the job's services were started on the restored copy
+    restorable_as_of: float | None = None  # boot drill passed: the (Unix) time of the snapshot that booted
 
     def level(self) -> int:
         return logging.INFO if self.ok else logging.ERROR
 
     def message(self) -> str:
-        return f"restore drill of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
+        what = "boot drill" if self.boot else "restore drill"
+        return f"{what} of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -673,8 +676,16 @@ class DrillStale(Event):
     LEVEL = logging.ERROR
     job: str
     age_sec: float | None
+    # Boot drills: the age is that of the snapshot that last booted ("restorable as of").
+    allowed_sec: float | None = None
 
     def message(self) -> str:
+        if self.allowed_sec is not None:
+            age = "no snapshot has booted" if self.age_sec is None else f"{self.age_sec:.0f}s old"
+            return (
+                f"{self.job} is restorable as of a snapshot {age}: more than its boot drill schedule "
+                f"allows ({self.allowed_sec:.0f}s)"
+            )
         age = "never passed" if self.age_sec is None else f"last passed {self.age_sec:.0f}s ago"
         return f"restore drill of {self.job} is overdue ({age}; allowed: twice its schedule)"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hasupd import events as ev
+from hasupd.backup.bootdrill import ServiceLookup, run_boot_drill
 from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
 from hasupd.backup.dbjobs import dump_databases
@@ -31,6 +32,7 @@ from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 
 BEFORE_TIMEOUT_SEC = 3600.0
+RESTORABLE_STAMP = "restorable_as_of"
 
 
 class Kind(StrEnum):
@@ -71,6 +73,7 @@ class JobStatus:
     last: dict[str, dict[str, object]] = field(default_factory=dict)  # kind -> {time, ok, detail}
     newest_snapshot: str | None = None
     bytes_added: int | None = None
+    restorable_as_of: datetime | None = None  # the snapshot time of the last boot drill that passed
 
 
 class BackupJob:
@@ -87,8 +90,12 @@ class BackupJob:
         quiescer: Quiescer,
         restic_binary: str = "restic",
         spawn_task: SpawnTask | None = None,
+        service_config: ServiceLookup | None = None,
     ) -> None:
+        """``service_config`` finds the config of a service by name (boot drills start a shadow of
+        the job's quiesce services); None: no service is known."""
         self.config = config
+        self._service_config: ServiceLookup = service_config or (lambda _name: None)
         self._publish = publish
         self._quiescer = quiescer
         self._state_dir = state_dir
@@ -327,15 +334,39 @@ class BackupJob:
         self._done(Kind.CHECK, True, f"ok (subset {subset})" if subset else "ok")
 
     async def drill(self) -> None:
-        """Restore the latest snapshot into scratch space and verify it. Raise JobFailed if it fails."""
-
+        """Restore the latest snapshot into scratch space and verify it (with ``boot: true``, also start
+        the job's services on it: ``bootdrill.py``). Raise JobFailed if it fails."""
+        scratch = self._state_dir / "drill" / self.config.name
+        boot = self.config.drill is not None and self.config.drill.boot
+        restorable: datetime | None = None
         try:
-            summary = await run_drill(self, self._state_dir / "drill" / self.config.name)
+            if boot:
+                result = await run_boot_drill(self, scratch, self._service_config, self._reaper)
+                summary, restorable = f"booted: {result.detail}", result.snapshot_time
+            else:
+                summary = await run_drill(self, scratch)
         except (RestoreError, ResticError) as error:
-            self._record(ev.DrillFinished(job=self.config.name, ok=False, detail=str(error)))
+            self._record(ev.DrillFinished(job=self.config.name, ok=False, detail=str(error), boot=boot))
             raise JobFailed("drill", str(error), retry=False) from error
-        self._record(ev.DrillFinished(job=self.config.name, ok=True, detail=summary))
+        if restorable is not None:
+            self.status.restorable_as_of = restorable
+            self.stamps.set(self.config.name, RESTORABLE_STAMP, restorable)
+        self._record(
+            ev.DrillFinished(
+                job=self.config.name,
+                ok=True,
+                detail=summary,
+                boot=boot,
+                restorable_as_of=restorable.timestamp() if restorable else None,
+            )
+        )
         self._done(Kind.DRILL, True, summary)
+
+    def restorable_as_of(self) -> datetime | None:
+        """Return the snapshot time of the last boot drill that passed (kept across restarts)."""
+        if self.status.restorable_as_of is None:
+            self.status.restorable_as_of = self.stamps.get(self.config.name, RESTORABLE_STAMP)
+        return self.status.restorable_as_of
 
     def _fail(self, step: str, message: str, *, retry: bool) -> None:
         self._record(ev.BackupFailed(job=self.config.name, step=step, error=message))

@@ -46,6 +46,8 @@ def run_backup_command(args: argparse.Namespace) -> int:
         for job in data if isinstance(data, list) else [data]:
             age = "never" if job["age_sec"] is None else f"{job['age_sec']}s ago"
             print(f"{job['job']}: {job['state']} ({job['result']}), last good backup {age}")
+            if job.get("restorable_as_of"):
+                print(f"  restorable as of {job['restorable_as_of']} (the snapshot that last booted)")
             for kind, last in sorted(job["last"].items()):
                 print(
                     f"  last {kind}: {'ok' if last['ok'] else 'FAILED'} at {last['time']}: {last['detail']}"

@@ -76,6 +76,7 @@ class Metrics:
         # Backup jobs: job -> (last success as a Unix time, its duration, bytes it added)
         self.backups: dict[str, tuple[float, float, int]] = {}
         self.backup_failures: Counter[str] = Counter()
+        self.restorable: dict[str, float] = {}  # job -> snapshot time of the last boot drill that passed
         # The fleet: (service, slot) -> this host's fencing token while it owns it, 0 after it lost it.
         self.fleet_owned: dict[tuple[str, str], int] = {}
         self.fleet_elections: Counter[str] = Counter()
@@ -101,6 +102,8 @@ class Metrics:
                 self.backups[job] = (event.time, duration, added)
             case ev.BackupFailed(job=job):
                 self.backup_failures[job] += 1
+            case ev.DrillFinished(job=job, ok=True, restorable_as_of=float(when)):
+                self.restorable[job] = when
             case ev.FleetElected(service=str(name), slot=slot, token=token):
                 self.fleet_elections[name] += 1
                 self.fleet_owned[(name, slot)] = token
@@ -224,7 +227,14 @@ class Metrics:
         failures = CounterMetricFamily("hasupd_backup_failures", "failed backup job steps", labels=("job",))
         for job, count in sorted(self.backup_failures.items()):
             failures.add_metric((job,), count)
-        yield from (last, duration, added, failures)
+        restorable = GaugeMetricFamily(
+            "hasupd_backup_restorable_as_of_timestamp_seconds",
+            "the time of the snapshot on which the job's services last booted in a boot drill (Unix time)",
+            labels=("job",),
+        )
+        for job, when in sorted(self.restorable.items()):
+            restorable.add_metric((job,), round(when, 3))
+        yield from (last, duration, added, failures, restorable)
 
     def render(self) -> str:
         """Return the current metrics in the text exposition format 0.0.4."""

@@ -21,6 +21,7 @@ FAMILIES = {
     "hasupd_backup_duration_seconds": "gauge",
     "hasupd_backup_bytes_added": "gauge",
     "hasupd_backup_failures": "counter",
+    "hasupd_backup_restorable_as_of_timestamp_seconds": "gauge",
     "hasupd_config_reloads": "counter",
 }
 

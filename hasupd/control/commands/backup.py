@@ -53,7 +53,12 @@ def _job_status(runner: JobRunner) -> dict[str, Any]:
         "newest_snapshot": job.status.newest_snapshot,
         "bytes_added": job.status.bytes_added,
         "pending": [str(k) for k in runner.pending],
+        "restorable_as_of": _iso(job.restorable_as_of()),
     }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
 
 
 async def run(ctx: Context, args: dict[str, Any]) -> Any:

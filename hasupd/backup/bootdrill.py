@@ -142,7 +142,12 @@ class BootDrill:
         out: list[str] = []
         snapshots = await self.job.hot.snapshots(self.job.tags)
         stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        loaded: set[tuple[object, ...]] = set()
         for spec in self.job.config.databases:
+            live = (spec.kind, spec.host, spec.port, spec.database)
+            if live in loaded:  # the same database dumped twice (other checks): one copy serves
+                continue
+            loaded.add(live)
             item = dump_items(spec, os.environ.get("PATH", DEFAULT_PATH))[0]
             mine = [s for s in snapshots if database_of(s) == item.name]
             if not mine:

@@ -34,7 +34,13 @@ def _config(setup: Setup, cluster: Cluster) -> Path:
             "check_query": "SELECT count(*) FROM orders WHERE id < 0",
         },
     ]
-    job = {"repository": "hot", **QUIET, "quiesce": ["shop-app"], "databases": databases}
+    job = {
+        "repository": "hot",
+        **QUIET,
+        "quiesce": ["shop-app"],
+        "databases": databases,
+        "drill": {"schedule": "@monthly", "boot": True},
+    }
     (etc / "backups.d" / "app-data.yaml").write_text(json.dumps(job))
     return etc
 
@@ -110,3 +116,11 @@ def test_damaged_database_is_restored_in_place_and_a_failing_check_leaves_it_alo
     assert cluster.psql("SELECT count(*) FROM orders", "shop_copy") == "1000"
     again = d.ctl("restore", "app-data", "--database", "postgresql-shop", "--target-db", "shop_copy")
     assert again.returncode == 2 and "already exists" in again.stderr
+
+    # A boot drill on the PostgreSQL dumps: the shadow's probe is pointed at the drill copy (-d shop ->
+    # shop_drill_...), which is dropped afterwards.
+    drill = d.ctl("backup", "run", "app-data", "--kind", "drill", timeout=300)
+    assert drill.returncode == 0, drill.stderr
+    passed = d.wait_for("drill.finished", job="app-data")[0]
+    assert "loaded as shop_drill_" in passed["detail"] and "probes passed: exec" in passed["detail"], passed
+    assert not [n for n in cluster.databases() if "_drill_" in n]

@@ -4,7 +4,8 @@ the database keeps serving.
 
 * PostgreSQL: ``pg_dump -Fc`` (one MVCC snapshot for the whole dump) per database; ``pg_dumpall
   --globals-only`` (roles, tablespaces) when ``globals: true``.
-* MariaDB/MySQL: ``mysqldump --single-transaction`` (one consistent read view for InnoDB tables).
+* MariaDB/MySQL: ``mysqldump --single-transaction`` (one consistent read view for InnoDB tables);
+  MariaDB's own name ``mariadb-dump`` where it is installed.
 * SQLite: Python's sqlite3 online backup API, in one step (``pages=-1``: a read transaction for the
   whole copy, so writers on another connection cannot force restarts), into a scratch file: the API
   writes a database file, which restic then reads as its stdin. The scratch file is removed afterwards.
@@ -16,6 +17,7 @@ MYSQL_PWD), never its argv.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from hasupd.backup.streams import StreamCommand
 from hasupd.config.model import DatabaseKind, DatabaseSpec
+from hasupd.host.procfs import DEFAULT_PATH
 
 DB_TAG = "db:"
 SQLITE_BUSY_TIMEOUT_SEC = 60.0
@@ -46,8 +49,19 @@ class DumpItem:
         return DB_TAG + self.name
 
 
+# MariaDB's own names first: from MariaDB 11 on (Debian 13) the mysql* names are a separate package.
+_MARIADB_NAMES = {"mysqldump": "mariadb-dump", "mysql": "mariadb"}
+
+
 def program(spec: DatabaseSpec, name: str) -> str:
-    """Return the path (or bare name, for PATH) of the program ``name`` for ``spec``."""
+    """Return the path (or bare name, for PATH) of the program ``name`` for ``spec``.
+
+    For ``mysqldump``/``mysql``, MariaDB's ``mariadb-dump``/``mariadb`` where it is installed.
+    """
+    path = spec.bin_dir or os.environ.get("PATH", DEFAULT_PATH)
+    alternative = _MARIADB_NAMES.get(name)
+    if alternative is not None and shutil.which(alternative, path=path) is not None:
+        name = alternative
     return os.path.join(spec.bin_dir, name) if spec.bin_dir else name
 
 

@@ -13,14 +13,21 @@ from pathlib import Path
 
 from tests.support.users import temp_user, world_dir
 
-PROGRAMS = ("mariadb-install-db", "mariadbd", "mysqldump", "mysql")
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# MariaDB 11 (Debian 13) ships the mysql* names in a separate package; 10.11 (Debian 12) has both.
+CLIENT = "mariadb" if shutil.which("mariadb", path=SYSTEM_PATH) else "mysql"
 
 
 def require_mariadb() -> None:
     """Raise RuntimeError naming the fix when the MariaDB server or clients are missing."""
-    for name in PROGRAMS:
-        if shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            raise RuntimeError(f"{name} is missing: apt-get install -y mariadb-server mariadb-client")
+    for names in (
+        ("mariadb-install-db",),
+        ("mariadbd",),
+        ("mariadb-dump", "mysqldump"),
+        ("mariadb", "mysql"),
+    ):
+        if not any(shutil.which(n, path=SYSTEM_PATH) for n in names):
+            raise RuntimeError(f"{names[0]} is missing: apt-get install -y mariadb-server mariadb-client")
 
 
 @dataclass
@@ -29,7 +36,7 @@ class MariaDB:
 
     def sql(self, sql: str, db: str = "mysql") -> str:
         done = subprocess.run(
-            ["mysql", f"--socket={self.socket}", "--user=root", "-N", "-B", "-e", sql, db],
+            [CLIENT, f"--socket={self.socket}", "--user=root", "-N", "-B", "-e", sql, db],
             capture_output=True,
             text=True,
             timeout=120,

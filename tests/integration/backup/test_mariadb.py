@@ -17,7 +17,7 @@ from hasupd.backup.dbrestore import BadDatabaseRequest, DatabaseRestorer
 from hasupd.backup.jobs import JobFailed
 from hasupd.config.model import DatabaseKind, DatabaseSpec
 from tests.integration.backup.dbsupport import JobMaker, descendants_named, jobs, written_bytes
-from tests.support.mariadb import MariaDB, mariadb_server, require_mariadb
+from tests.support.mariadb import CLIENT, MariaDB, mariadb_server, require_mariadb
 
 __all__ = ["jobs"]
 
@@ -70,7 +70,7 @@ async def test_mariadb_under_continuous_inserts_restores_to_one_snapshot_point(
         "shop",
     )
     inserter = subprocess.Popen(
-        ["mysql", f"--socket={mariadb.socket}", "--user=root", "shop"],
+        [CLIENT, f"--socket={mariadb.socket}", "--user=root", "shop"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -124,7 +124,7 @@ async def test_mysqldump_killed_mid_dump_leaves_no_snapshot(mariadb: MariaDB, jo
     async def kill_when_streaming() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for pid in descendants_named("mysqldump"):
+            for pid in descendants_named("mariadb-dump") + descendants_named("mysqldump"):
                 if written_bytes(pid) > 512 * 1024:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -137,5 +137,5 @@ async def test_mysqldump_killed_mid_dump_leaves_no_snapshot(mariadb: MariaDB, jo
     await killer
     assert killed, "mysqldump was never seen writing"
     failed = [e for e in jobs.events if isinstance(e, ev.BackupFailed)]
-    assert failed and failed[0].step == "database mysql-big" and "mysqldump" in failed[0].error
+    assert failed and failed[0].step == "database mysql-big" and "-dump" in failed[0].error
     assert await job.hot.snapshots() == []

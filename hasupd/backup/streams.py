@@ -22,6 +22,7 @@ from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import CommandResult, run_command
 
 _CHUNK = 1 << 20
+RESTIC_END_WAIT_SEC = 30.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,12 @@ async def piped_backup(
             os.close(restic_w)
             restic_w = -1
             return await restic_task
-        if broken is not None and not restic_task.done():
+        if broken is None:
+            restic_task.cancel()  # before restic sees an end of file: it makes no snapshot
+        else:
+            # restic closed its input: it has ended or is ending; its own error is the cause.
+            await asyncio.wait([restic_task], timeout=RESTIC_END_WAIT_SEC)
             restic_task.cancel()
-        elif broken is None:
-            restic_task.cancel()  # before restic sees an end of file
         await _settle(restic_task)
         if broken is not None and not restic_task.cancelled() and restic_task.exception() is not None:
             raise restic_task.exception()  # type: ignore[misc]  # restic failed first: the cause

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hasupd import events as ev
+from hasupd.backup.dbjobs import dump_databases
 from hasupd.backup.jobs import JobFailed
 from hasupd.backup.streams import StreamCommand
 from hasupd.config.model import DatabaseKind, DatabaseSpec
@@ -194,3 +195,22 @@ async def test_sqlite_under_concurrent_writes_restores_a_file_that_passes_integr
     assert 20000 + before <= rows <= 20000 + written[0]
     assert list((tmp_path / "state" / "backup" / "app-db").glob("scratch/*")) == []
     print(f"sqlite: {rows} rows restored, {written[0]} written during the test")
+
+
+async def test_a_failing_restic_is_named_as_the_cause_not_the_dump_it_cut_short(
+    cluster: Cluster, jobs: JobMaker, tmp_path: Path
+) -> None:
+    """restic that cannot open the repository (wrong password) while pg_dump streams: the record names
+    restic's error (on 0.14 pg_dump then dies of the closed pipe, which is not the cause)."""
+    cluster.psql("CREATE DATABASE app")
+    cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g", "app")
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not the password\n")
+    jobs.password_file = wrong
+    job = jobs.job(pg_spec(cluster, "app"))
+    # The dumps alone (job.backup() would stop at its repository check before any dump).
+    [line] = await dump_databases(job, tmp_path / "scratch")
+    [failed] = [e for e in jobs.events if isinstance(e, ev.BackupFailed)]
+    assert line == f"postgresql-app: {failed.error}"
+    assert "wrong password" in failed.error, failed.error
+    assert "pg_dump ended" not in failed.error

@@ -103,8 +103,9 @@ class BootDrill:
         self._drill_dbs: list[tuple[Engine, str]] = []
         self._times: list[datetime] = []
 
-    async def run(self) -> BootDrillResult:
-        """Restore, boot, probe, tear down. Raise RestoreError (ResticError) saying what failed."""
+    async def run(self, boot: bool = True) -> BootDrillResult:
+        """Restore, boot (unless ``boot`` is False: a plain drill that also loads and checks each
+        database dump), probe, tear down. Raise RestoreError (ResticError) saying what failed."""
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, mode=0o700)
         try:
@@ -112,11 +113,13 @@ class BootDrill:
             restored += await self._restore_databases()
             if not self._times:
                 raise RestoreError("there is no snapshot to drill")
+            when = min(self._times)
+            if not boot:
+                return BootDrillResult(when, "; ".join(restored))
             names = self.job.config.quiesce
             if not names:
                 raise RestoreError("a boot drill starts the job's quiesce services: the job names none")
             booted = [await self._boot(name) for name in names]
-            when = min(self._times)
             return BootDrillResult(when, f"{'; '.join(restored)}; {'; '.join(booted)}")
         finally:
             await self._teardown()
@@ -319,7 +322,8 @@ class _Shadow:
 
 
 async def run_boot_drill(
-    job: RestoreSource, scratch: Path, services: ServiceLookup, reaper: Reaper | None
+    job: RestoreSource, scratch: Path, services: ServiceLookup, reaper: Reaper | None, *, boot: bool = True
 ) -> BootDrillResult:
-    """Run one boot drill; raise RestoreError or ResticError when it fails (see the module doc)."""
-    return await BootDrill(job, scratch, services, reaper).run()
+    """Run one boot drill (``boot`` False: restore files and databases and check them, start nothing);
+    raise RestoreError or ResticError when it fails (see the module doc)."""
+    return await BootDrill(job, scratch, services, reaper).run(boot)

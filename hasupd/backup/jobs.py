@@ -343,6 +343,9 @@ class BackupJob:
             if boot:
                 result = await run_boot_drill(self, scratch, self._service_config, self._reaper)
                 summary, restorable = f"booted: {result.detail}", result.snapshot_time
+            elif self.config.databases:  # each dump is loaded into a drill copy and checked too
+                result = await run_boot_drill(self, scratch, self._service_config, self._reaper, boot=False)
+                summary = result.detail
             else:
                 summary = await run_drill(self, scratch)
         except (RestoreError, ResticError) as error:

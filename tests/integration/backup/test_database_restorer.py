@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hasupd import events as ev
 from hasupd.backup.dbrestore import BadDatabaseRequest, DatabaseRestorer
 from hasupd.backup.restore import RestoreError
 from hasupd.config.model import DatabaseKind, DatabaseSpec
@@ -98,3 +99,9 @@ async def test_sqlite_in_place_restore_swaps_and_swaps_back_when_rejected(
             await restorer.plan(database, "latest", target, False)
     steps = [e.step for e in jobs.events if type(e).__name__ == "RestoreStep"]
     assert steps[:5] == ["load", "verify", "stop", "swap", "healthy"]
+
+    # A plain drill of a job with databases loads each dump into a drill copy and checks it.
+    await job.drill()
+    [drill] = [e for e in jobs.events if isinstance(e, ev.DrillFinished)]
+    assert drill.ok and "database sqlite-app" in drill.detail and "loaded as" in drill.detail, drill
+    assert not (tmp_path / "state" / "drill" / "app-db").exists()

@@ -89,6 +89,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
             "web": {"command": SLEEP, **FAST_RESTARTS},
             "probed": {"command": SLEEP, "health": [{"exec": ["/bin/true"], "interval_sec": "200ms"}]},
             "broken": {"command": ["/bin/false"], "restart_sec": "100ms", "start_limit": {"burst": 2}},
+            "shadowed": {"command": SLEEP},
         },
         daemon={"metrics": {"listen": f"127.0.0.1:{port}"}, "alerts": {"ops": channel}},
     )
@@ -97,6 +98,9 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
         stamp(setup.tmp / "work0", kind, datetime.now(UTC))
     failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
     (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
+    # "booted" runs at start too, then its boot drill (a shadow of "shadowed"): restorable-as-of.
+    booted = {**failing, "before": [], "quiesce": ["shadowed"], "drill": {"boot": True}}
+    (config / "backups.d" / "booted.yaml").write_text(json.dumps(booted))
     # The daemon sees the same prometheus_client as the parsers here (PYTHONPATH is kept): put Debian's
     # first on PYTHONPATH to run both on it.
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -110,6 +114,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     d.wait_for("service.failed", service="broken", timeout=30)
     d.wait_for("alert.failed", channel="ops", timeout=60)
     d.wait_for("health.ok", service="probed", timeout=30)
+    assert d.wait_for("drill.finished", job="booted", timeout=120)[0]["ok"]
     backup = d.ctl("backup", "run", "app-data")
     assert backup.returncode == 0, backup.stderr
     (config / "services.d" / "extra.yaml").write_text('command: ["/bin/sleep", "1000"]\n')
@@ -134,6 +139,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     assert got[("hasupd_backup_duration_seconds", (("job", "app-data"),))] > 0
     assert ("hasupd_backup_last_success_timestamp_seconds", (("job", "app-data"),)) in got
     assert got[("hasupd_backup_failures_total", (("job", "failing"),))] >= 1
+    assert ("hasupd_backup_restorable_as_of_timestamp_seconds", (("job", "booted"),)) in got
 
     # OpenMetrics, asked for as Prometheus itself asks; the same families and values.
     for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT):

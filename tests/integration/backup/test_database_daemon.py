@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.integration.backup.dbsupport import cluster, descendants_named, written_bytes
 from tests.integration.backup.jobsupport import QUIET, Setup
 from tests.support.harness import Hasupd
@@ -40,7 +38,6 @@ def _config(setup: Setup, cluster: Cluster, smtp_port: int) -> Path:
     return etc
 
 
-@pytest.mark.slow
 def test_pg_dump_killed_mid_dump_fails_the_job_with_a_record_an_alert_and_no_good_snapshot(
     setup: Setup, cluster: Cluster, hasupd: Callable[..., Hasupd]
 ) -> None:

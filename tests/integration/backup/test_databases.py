@@ -214,3 +214,21 @@ async def test_a_failing_restic_is_named_as_the_cause_not_the_dump_it_cut_short(
     assert line == f"postgresql-app: {failed.error}"
     assert "wrong password" in failed.error, failed.error
     assert "pg_dump ended" not in failed.error
+
+
+async def test_postgresql_globals_are_a_snapshot_of_their_own(
+    cluster: Cluster, jobs: JobMaker, tmp_path: Path
+) -> None:
+    cluster.psql("CREATE ROLE shopkeeper LOGIN")
+    cluster.psql("CREATE DATABASE shop OWNER shopkeeper")
+    job = jobs.job(pg_spec(cluster, "shop", globals=True))
+    await job.backup()
+    snapshots = {s.paths: s for s in await job.hot.snapshots(job.tags)}
+    assert set(snapshots) == {("/postgresql-shop.pgdump",), ("/postgresql-shop-globals.sql",)}
+    globals_sql = tmp_path / "globals.sql"
+    await job.hot.dump_into(
+        snapshots[("/postgresql-shop-globals.sql",)].id,
+        "postgresql-shop-globals.sql",
+        StreamCommand(("sh", "-c", f"cat > {globals_sql}")),
+    )
+    assert "CREATE ROLE shopkeeper;" in globals_sql.read_text()

@@ -3,6 +3,8 @@
 A snapshot holds one file, ``/NAME.pgdump`` (``.sql``, ``.sqlite``), and carries the job's tags plus
 ``db:NAME``, so ``hasupctl backup list`` names it and a restore finds it. A dump that fails or is cut
 short leaves no snapshot (see ``streams.py``) and a ``backup.failed`` record; the other dumps still run.
+While a dump streams, the job's journal names it (``dumping.json``): if hasupd dies meanwhile, its next
+start forgets any snapshot of that dump made since (``leftovers.forget_interrupted_dump``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
 from hasupd.backup.databases import DatabaseConfigError, DumpItem, dump_items, sqlite_online_backup
+from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
 from hasupd.backup.streams import StreamFailed
 from hasupd.config.model import BackupJobConfig
@@ -34,6 +37,9 @@ class DumpingJob(Protocol):
 
     @property
     def tags(self) -> list[str]: ...
+
+    @property
+    def journal(self) -> Journal: ...
 
     def record(self, event: ev.Event) -> None: ...
 
@@ -63,6 +69,11 @@ async def _dump_one(job: DumpingJob, item: DumpItem, scratch: Path) -> str | Non
     started = time.monotonic()
     tags = [*job.tags, item.tag]
     try:
+        # If hasupd dies mid-dump, its next start forgets what restic may have made of the stream.
+        job.journal.begin_dump(item.tag)
+    except OSError as error:
+        return f"cannot write {job.journal.dump_file}: {error}"
+    try:
         if item.command is not None:
             summary = await job.hot.backup_stdin(item.filename, tags, command=item.command)
         else:
@@ -75,6 +86,8 @@ async def _dump_one(job: DumpingJob, item: DumpItem, scratch: Path) -> str | Non
                 copy.unlink(missing_ok=True)
     except (StreamFailed, ResticError, OSError, sqlite3.Error) as error:
         return str(error) or type(error).__name__
+    finally:
+        job.journal.end_dump()
     job.record(
         ev.DatabaseDumped(
             job=job.config.name,

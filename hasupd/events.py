@@ -689,6 +689,24 @@ class BackupFailed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DatabaseDumped(Event):
+    """A live database was dumped into a snapshot of its own (``/FILE``, tagged ``db:NAME``)."""
+
+    NAME = "backup.database"
+    job: str
+    database: str
+    snapshot: str
+    bytes_added: int
+    duration_sec: float
+
+    def message(self) -> str:
+        return (
+            f"backup {self.job}: database {self.database} dumped into snapshot {self.snapshot[:8]} "
+            f"({self.bytes_added} bytes added in {self.duration_sec:g}s)"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackupRetention(Event):
     NAME = "backup.retention"
     job: str
@@ -827,12 +845,15 @@ class DrillFinished(Event):
     job: str
     ok: bool
     detail: str
+    boot: bool = False  # a boot drill: the job's services were started on the restored copy
+    restorable_as_of: float | None = None  # boot drill passed: the (Unix) time of the snapshot that booted
 
     def level(self) -> int:
         return logging.INFO if self.ok else logging.ERROR
 
     def message(self) -> str:
-        return f"restore drill of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
+        what = "boot drill" if self.boot else "restore drill"
+        return f"{what} of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -841,8 +862,16 @@ class DrillStale(Event):
     LEVEL = logging.ERROR
     job: str
     age_sec: float | None
+    # Boot drills: the age is that of the snapshot that last booted ("restorable as of").
+    allowed_sec: float | None = None
 
     def message(self) -> str:
+        if self.allowed_sec is not None:
+            age = "no snapshot has booted" if self.age_sec is None else f"{self.age_sec:.0f}s old"
+            return (
+                f"{self.job} is restorable as of a snapshot {age}: more than its boot drill schedule "
+                f"allows ({self.allowed_sec:.0f}s)"
+            )
         age = "never passed" if self.age_sec is None else f"last passed {self.age_sec:.0f}s ago"
         return f"restore drill of {self.job} is overdue ({age}; allowed: twice its schedule)"
 

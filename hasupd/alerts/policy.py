@@ -95,10 +95,17 @@ ALERTS: dict[type[ev.Event], Rule] = {
     ev.BackupStale: Rule("backup-stale", lambda e: f"backup {e.job}: no good snapshot within max_age"),
     ev.DrillFinished: Rule(
         "drill-failed",
-        lambda e: f"restore drill of {e.job} failed: {e.detail[:200]}",
+        lambda e: f"{'boot' if e.boot else 'restore'} drill of {e.job} failed: {e.detail[:200]}",
         when=lambda e: not e.ok,
     ),
-    ev.DrillStale: Rule("drill-stale", lambda e: f"restore drill of {e.job} is overdue"),
+    ev.DrillStale: Rule(
+        "drill-stale",
+        lambda e: (
+            f"{e.job}: no snapshot has booted within what its boot drill schedule allows"
+            if e.allowed_sec is not None
+            else f"restore drill of {e.job} is overdue"
+        ),
+    ),
     ev.RestoreStep: Rule(
         "restore-failed", lambda e: f"restore of {e.job}: {e.step}: {e.detail[:200]}", when=lambda e: not e.ok
     ),

@@ -13,6 +13,10 @@ Every gate names the release that brought it and where that was read:
   (doc/075_scripting.rst exit-code table; CHANGELOG 0.17.1, Enh #4959). Before that every error is 1.
 * ``forget`` keeps the oldest snapshot of a group while a bucket has counts left: 0.17.0 (the sentence is
   in the 0.17.3 ``forget`` man page and absent from 0.16.4's; internal/restic/snapshot_policy.go).
+* ``backup --stdin-from-command`` (restic runs the command and makes no snapshot when it exits non-zero
+  or dies): 0.17.0 (CHANGELOG 0.17.0, Enh #4251). Seen here: 0.18.0 says "command failed: signal:
+  killed" and exits 1 without a snapshot. ``--stdin-filename`` with a "/" in it fails on 0.18.0 ("open
+  /dir: no such file or directory"): hasupd's names for streamed dumps have none.
 * Fatal errors as a JSON ``exit_error`` line on stderr under ``--json``: 0.18.0 (Enh #4948).
 * The backup summary's ``snapshot_id`` is the short id on 0.14 (seen on Debian 12's 0.14.0) and the full id
   on 0.18; the caller resolves a short one.
@@ -64,6 +68,10 @@ class Features:
 
     @property
     def forget_keeps_oldest(self) -> bool:
+        return self.version >= (0, 17, 0)
+
+    @property
+    def stdin_from_command(self) -> bool:
         return self.version >= (0, 17, 0)
 
     @property

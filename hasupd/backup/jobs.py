@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Protocol
 
 from hasupd import events as ev
+from hasupd.backup.bootdrill import ServiceLookup, run_boot_drill
 from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
+from hasupd.backup.dbjobs import dump_databases
 from hasupd.backup.journal import Journal
 from hasupd.backup.restic import Restic
 from hasupd.backup.restore import RestoreError, run_drill
@@ -30,6 +32,7 @@ from hasupd.host.reaper import Reaper
 from hasupd.runtimes.command import run_command
 
 BEFORE_TIMEOUT_SEC = 3600.0
+RESTORABLE_STAMP = "restorable_as_of"
 
 
 class Kind(StrEnum):
@@ -70,6 +73,7 @@ class JobStatus:
     last: dict[str, dict[str, object]] = field(default_factory=dict)  # kind -> {time, ok, detail}
     newest_snapshot: str | None = None
     bytes_added: int | None = None
+    restorable_as_of: datetime | None = None  # the snapshot time of the last boot drill that passed
 
 
 class BackupJob:
@@ -86,8 +90,12 @@ class BackupJob:
         quiescer: Quiescer,
         restic_binary: str = "restic",
         spawn_task: SpawnTask | None = None,
+        service_config: ServiceLookup | None = None,
     ) -> None:
+        """``service_config`` finds the config of a service by name (boot drills start a shadow of
+        the job's quiesce services); None: no service is known."""
         self.config = config
+        self._service_config: ServiceLookup = service_config or (lambda _name: None)
         self._publish = publish
         self._quiescer = quiescer
         self._state_dir = state_dir
@@ -117,11 +125,20 @@ class BackupJob:
         self.stamps = Stamps(state_dir)
         self.status = JobStatus()
         self._marker = state_dir / "backup" / config.name / "quiesced.json"
+        self._backup_detail = ""
         self.journal = Journal(state_dir, config.name)
 
     @property
     def tags(self) -> list[str]:
         return ["hasupd", f"job:{self.config.name}"]
+
+    @property
+    def reaper(self) -> Reaper | None:
+        return self._reaper
+
+    def record(self, event: ev.Event) -> None:
+        """Publish ``event`` (a typed record of this job)."""
+        self._publish(event)
 
     def _record(self, event: ev.Event) -> None:
         self._publish(event)
@@ -177,7 +194,29 @@ class BackupJob:
     # ------------------------------------------------------------------ backup
 
     async def backup(self) -> None:
-        """before commands, quiesce, snapshot, resume. Raise JobFailed (nothing snapshotted) on failure."""
+        """before commands, quiesce, snapshot of the paths, resume, then one snapshot per database dump
+        (made while the databases serve). Raise JobFailed on failure: a failed database dump leaves no
+        snapshot of its own, the others are still made."""
+        job = self.config
+        self._backup_detail = ""
+        if job.paths:
+            await self._backup_paths()
+        else:
+            await self.hot.init_if_absent()
+        if job.databases:
+            await self._backup_databases()
+        self._done(Kind.BACKUP, True, self._backup_detail)
+
+    async def _backup_databases(self) -> None:
+        failed = await dump_databases(self, self._state_dir / "backup" / self.config.name / "scratch")
+        if failed:
+            # Each failed dump has its own backup.failed record (and alert) already.
+            raise JobFailed("databases", "; ".join(failed), retry=False)
+        self._backup_detail = ", ".join(
+            x for x in (self._backup_detail, f"{len(self.config.databases)} database(s) dumped") if x
+        )
+
+    async def _backup_paths(self) -> None:
         job = self.config
         missing = [p for p in job.paths if not os.path.exists(p)]
         if missing:
@@ -221,11 +260,8 @@ class BackupJob:
         if summary.partial:
             unreadable = tuple(f"{u.path}: {u.message}" for u in summary.unreadable)
             self._record(ev.BackupWarning(job=job.name, snapshot=summary.snapshot_id, unreadable=unreadable))
-        self._done(
-            Kind.BACKUP,
-            True,
-            f"snapshot {summary.snapshot_id[:8]}" + (" (partial)" if summary.partial else ""),
-        )
+        partial = " (partial)" if summary.partial else ""
+        self._backup_detail = f"snapshot {summary.snapshot_id[:8]}{partial}"
 
     def interrupted_quiesce(self) -> list[str]:
         """Return the units a backup stopped when hasupd died mid-run (and forget the marker)."""
@@ -298,15 +334,42 @@ class BackupJob:
         self._done(Kind.CHECK, True, f"ok (subset {subset})" if subset else "ok")
 
     async def drill(self) -> None:
-        """Restore the latest snapshot into scratch space and verify it. Raise JobFailed if it fails."""
-
+        """Restore the latest snapshot into scratch space and verify it (with ``boot: true``, also start
+        the job's services on it: ``bootdrill.py``). Raise JobFailed if it fails."""
+        scratch = self._state_dir / "drill" / self.config.name
+        boot = self.config.drill is not None and self.config.drill.boot
+        restorable: datetime | None = None
         try:
-            summary = await run_drill(self, self._state_dir / "drill" / self.config.name)
+            if boot:
+                result = await run_boot_drill(self, scratch, self._service_config, self._reaper)
+                summary, restorable = f"booted: {result.detail}", result.snapshot_time
+            elif self.config.databases:  # each dump is loaded into a drill copy and checked too
+                result = await run_boot_drill(self, scratch, self._service_config, self._reaper, boot=False)
+                summary = result.detail
+            else:
+                summary = await run_drill(self, scratch)
         except (RestoreError, ResticError) as error:
-            self._record(ev.DrillFinished(job=self.config.name, ok=False, detail=str(error)))
+            self._record(ev.DrillFinished(job=self.config.name, ok=False, detail=str(error), boot=boot))
             raise JobFailed("drill", str(error), retry=False) from error
-        self._record(ev.DrillFinished(job=self.config.name, ok=True, detail=summary))
+        if restorable is not None:
+            self.status.restorable_as_of = restorable
+            self.stamps.set(self.config.name, RESTORABLE_STAMP, restorable)
+        self._record(
+            ev.DrillFinished(
+                job=self.config.name,
+                ok=True,
+                detail=summary,
+                boot=boot,
+                restorable_as_of=restorable.timestamp() if restorable else None,
+            )
+        )
         self._done(Kind.DRILL, True, summary)
+
+    def restorable_as_of(self) -> datetime | None:
+        """Return the snapshot time of the last boot drill that passed (kept across restarts)."""
+        if self.status.restorable_as_of is None:
+            self.status.restorable_as_of = self.stamps.get(self.config.name, RESTORABLE_STAMP)
+        return self.status.restorable_as_of
 
     def _fail(self, step: str, message: str, *, retry: bool) -> None:
         self._record(ev.BackupFailed(job=self.config.name, step=step, error=message))

@@ -53,6 +53,7 @@ class Journal:
         self.dir = state_dir / "backup" / job
         self.run_file = self.dir / "running.json"
         self.restore_file = self.dir / "restore.json"
+        self.dump_file = self.dir / "dumping.json"
 
     def begin_run(self, kinds: list[str]) -> None:
         started = datetime.now(UTC).isoformat()
@@ -69,6 +70,27 @@ class Journal:
             return None if data is None else []
         kinds = data.get("kinds")
         return [str(k) for k in kinds] if isinstance(kinds, list) else []
+
+    def begin_dump(self, tag: str) -> None:
+        """Record that a database dump tagged ``tag`` streams into restic from now on."""
+        since = datetime.now(UTC).isoformat()
+        atomic_write_text(self.dump_file, json.dumps({"tag": tag, "since": since}))
+
+    def end_dump(self) -> None:
+        self.dump_file.unlink(missing_ok=True)
+
+    def interrupted_dump(self) -> tuple[str, datetime] | None:
+        """Return (tag, start) of a dump an earlier hasupd left streaming, or None (kept until
+        ``end_dump``: the snapshots it may have left are forgotten first)."""
+        data = _read(self.dump_file)
+        if not isinstance(data, dict) or not isinstance(data.get("tag"), str):
+            self.dump_file.unlink(missing_ok=True)  # torn before the rename: the dump had not started
+            return None
+        try:
+            since = datetime.fromisoformat(str(data.get("since")))
+        except ValueError:
+            return None
+        return data["tag"], since
 
     def write_restore(self, entry: RestoreEntry) -> None:
         atomic_write_text(self.restore_file, json.dumps(asdict(entry)))

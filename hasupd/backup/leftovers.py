@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
+from hasupd.backup.databases import DB_TAG
 from hasupd.backup.jobs import BackupJob
 from hasupd.backup.journal import undo_restore
 from hasupd.backup.runner import OWNER_ENV
@@ -131,8 +132,34 @@ def recover_files(
     return True
 
 
+async def forget_interrupted_dump(job: BackupJob, publish: Callable[[ev.Event], None]) -> None:
+    """Forget the snapshots of a database dump hasupd died during (made since it started): restic 0.14
+    may have taken the end of its input at hasupd's death for the end of the dump. Recorded as
+    ``backup.interrupted``; the journal entry stays until the repository could be asked."""
+    found = job.journal.interrupted_dump()
+    if found is None:
+        return
+    tag, since = found
+    try:
+        doubtful = [s for s in await job.hot.snapshots([*job.tags, tag]) if s.time >= since]
+        await job.hot.forget_ids([s.id for s in doubtful])
+    except ResticError as error:
+        cleaned = (
+            f"could not forget what the interrupted dump left ({error}); tried again at the next start",
+        )
+    else:
+        job.journal.end_dump()
+        cleaned = (
+            f"forgot {len(doubtful)} snapshot(s) of the dump made after it started: "
+            + (", ".join(s.short_id for s in doubtful) or "none was made"),
+        )
+    name = tag.removeprefix(DB_TAG)
+    publish(ev.BackupInterrupted(job=job.config.name, operations=(f"database dump {name}",), cleaned=cleaned))
+
+
 async def remove_stale_locks(job: BackupJob, publish: Callable[[ev.Event], None]) -> None:
-    """Run a plain ``restic unlock`` on each repository of ``job``; record what it removed or why not.
+    """Run a plain ``restic unlock`` on each repository of ``job``; record what it removed or why not;
+    then forget what an interrupted database dump may have left (forget_interrupted_dump).
 
     Off the start-up path: an unreachable repository must not hold back the services.
     """
@@ -147,3 +174,4 @@ async def remove_stale_locks(job: BackupJob, publish: Callable[[ev.Event], None]
             )
             continue
         publish(ev.BackupUnlocked(job=job.config.name, repository=repo.repo.name, removed=removed))
+    await forget_interrupted_dump(job, publish)

@@ -35,10 +35,13 @@ from hasupd.backup.models import (
 )
 from hasupd.backup.retention import keep_args, validate_group_by
 from hasupd.backup.runner import ResticRunner
+from hasupd.backup.streams import StreamCommand, StreamFailed, piped_backup, piped_restore
 from hasupd.config.model import Keep
 
 _FULL_ID = re.compile(r"[0-9a-f]{64}\Z")
 _SNAPSHOT_REF = re.compile(r"(?:[0-9a-f]{8,64}|latest)\Z")
+_STDIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
+_COMMAND_FAILED = "command failed"
 _SUBSET = re.compile(r"(?:(\d+)/(\d+)|\d+(?:\.\d+)?%)\Z")
 _CHECK_DAMAGE = "repository contains errors"
 T = TypeVar("T")
@@ -146,6 +149,85 @@ class Restic(ResticRunner):
             unreadable = tuple(_unreadable(result.stderr))
             summary = dataclasses.replace(summary, partial=True, unreadable=unreadable)
         return summary
+
+    async def backup_stdin(
+        self,
+        filename: str,
+        tags: Sequence[str],
+        *,
+        command: StreamCommand | None = None,
+        source_fd: int | None = None,
+    ) -> BackupSummary:
+        """Make a snapshot of one file, ``/FILENAME``, holding what ``command`` writes to its stdout (or
+        what can be read from ``source_fd``, which is closed here).
+
+        restic 0.17+ runs ``command`` itself (``--stdin-from-command``); older restic reads it through
+        a pipe (``streams.piped_backup``). Either way no snapshot is left when the command fails: raise
+        StreamFailed then, ResticError when restic fails, ValueError for a bad name or tag.
+        """
+        if (command is None) == (source_fd is None):
+            raise ValueError("give exactly one of command or source_fd")
+        if not _STDIN_NAME.match(filename):
+            raise ValueError(f"invalid stdin file name {filename!r}: [a-z0-9][a-z0-9_.-]*, no slash")
+        features = await self.features()
+        args = ["--json", "--quiet", "--stdin-filename", filename]
+        for tag in tags:
+            args += ["--tag", _check_tag(tag)]
+        # The input can be read once: restic waits for a lock itself where it can, nothing retries.
+        wait = ["--retry-lock", f"{int(self._lock_wait)}s"] if features.retry_lock else []
+        lines: collections.deque[bytes] = collections.deque(maxlen=20)
+
+        def run(stdin_fd: int | None, extra: Sequence[str], env: dict[str, str]) -> Any:
+            return self._run(
+                "backup",
+                [*args, *extra],
+                timeout=self._timeout,
+                global_args=wait,
+                extra_env=env,
+                on_line=lines.append,
+                stdin_fd=stdin_fd,
+            )
+
+        if command is None:
+            result = await run(source_fd, ["--stdin"], {})
+        elif features.stdin_from_command:
+            try:
+                result = await run(None, ["--stdin-from-command", "--", *command.argv], dict(command.env))
+            except ResticError as error:
+                if _COMMAND_FAILED in error.stderr_tail:
+                    raise StreamFailed(f"{command.argv[0]}: {error.stderr_tail}") from error
+                raise
+        else:
+            result = await piped_backup(
+                lambda fd: run(fd, ["--stdin"], {}), command, reaper=self._reaper, timeout=self._timeout
+            )
+        msg = _parsed(parse_backup_summary, list(lines), "backup")
+        snapshot_id = str(msg.get("snapshot_id", ""))
+        if not snapshot_id:
+            raise ResticError(ErrorKind.FATAL, result.status.code, "backup made no snapshot", "backup")
+        if not _FULL_ID.match(snapshot_id):
+            snapshot_id = await self._full_id(snapshot_id)  # 0.14 prints the short id
+        return summary_from_json(msg, snapshot_id)
+
+    async def dump_into(self, snapshot: str, filename: str, command: StreamCommand) -> None:
+        """Stream ``/FILENAME`` of ``snapshot`` (``restic dump``) into the stdin of ``command``.
+
+        Raise StreamFailed if the command fails, ResticError if restic does.
+        """
+        if not _SNAPSHOT_REF.match(snapshot):
+            raise ValueError(f"not a snapshot id: {snapshot!r}")
+        if not _STDIN_NAME.match(filename):
+            raise ValueError(f"invalid file name {filename!r}")
+        features = await self.features()
+        wait = ["--retry-lock", f"{int(self._lock_wait)}s"] if features.retry_lock else []
+        await piped_restore(
+            lambda fd: self._run(
+                "dump", [snapshot, "/" + filename], timeout=self._timeout, global_args=wait, stdout_fd=fd
+            ),
+            command,
+            reaper=self._reaper,
+            timeout=self._timeout,
+        )
 
     async def _full_id(self, short_id: str) -> str:
         result = await self._run_locked(

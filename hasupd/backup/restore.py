@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
+from hasupd.backup.databases import DB_TAG
 from hasupd.backup.journal import (
     ROLLBACK,
     STARTED,
@@ -105,6 +106,19 @@ class Verified:
     problems: list[str] = field(default_factory=list)
 
 
+def file_snapshots(snapshots: list[Snapshot]) -> list[Snapshot]:
+    """Return the snapshots of the job's paths: not the database dumps (tagged ``db:NAME``)."""
+    return [s for s in snapshots if database_of(s) is None]
+
+
+def database_of(snapshot: Snapshot) -> str | None:
+    """Return the database dump name a snapshot holds (its ``db:NAME`` tag), or None for files."""
+    for tag in snapshot.tags:
+        if tag.startswith(DB_TAG):
+            return tag[len(DB_TAG) :]
+    return None
+
+
 def _under(entry: LsEntry, paths: tuple[str, ...]) -> bool:
     return any(entry.path == p or entry.path.startswith(p.rstrip("/") + "/") for p in paths)
 
@@ -158,7 +172,7 @@ class Restorer:
     async def plan(self, snapshot: str, path: str | None, target: str | None, in_place: bool) -> RestorePlan:
         """Return what a restore would do. Raise RestoreError for a bad snapshot or path."""
         hot = self.job.hot
-        snapshots = await hot.snapshots(self.job.tags)
+        snapshots = file_snapshots(await hot.snapshots(self.job.tags))
         if not snapshots:
             raise RestoreError(f"job {self.job.config.name} has no snapshot")
         if snapshot == "latest":
@@ -410,7 +424,7 @@ async def run_drill(job: RestoreSource, scratch: Path) -> str:
     list and sizes, and delete it. Return a summary; raise RestoreError or ResticError on failure."""
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        snapshots = await job.hot.snapshots(job.tags)
+        snapshots = file_snapshots(await job.hot.snapshots(job.tags))
         if not snapshots:
             raise RestoreError("there is no snapshot to drill")
         latest = snapshots[-1]

@@ -192,8 +192,12 @@ class ResticRunner:
         timeout: float | None,
         command: str,
         on_line: Callable[[bytes], None] | None = None,
+        *,
+        stdin_fd: int | None = None,
+        stdout_fd: int | None = None,
     ) -> CommandResult:
         """Run restic; on cancellation stop it with SIGINT and let it clean up before re-raising.
+        ``stdin_fd``/``stdout_fd``: see run_command (they are closed here).
 
         Only the command's own environment reaches restic (not hasupd's, which plumbum's ``popen``
         would merge in). The stop is ``stop_group`` (SIGINT, SIGKILL after the grace), as run_command's
@@ -216,6 +220,8 @@ class ResticRunner:
                     on_stdout_line=on_line,
                     # SIGINT, not SIGKILL: restic removes its lock on SIGINT (0.14 leaves it on SIGTERM).
                     parent_death_signal=signal.SIGINT,
+                    stdin_fd=stdin_fd,
+                    stdout_fd=stdout_fd,
                 )
             )
         )
@@ -258,14 +264,23 @@ class ResticRunner:
         extra_env: Mapping[str, str] | None = None,
         accept: Accept | None = None,
         on_line: Callable[[bytes], None] | None = None,
+        stdin_fd: int | None = None,
+        stdout_fd: int | None = None,
     ) -> CommandResult:
         """Run ``restic GLOBAL COMMAND ARGS`` once. Return the result if restic succeeded or ``accept``
-        takes the failure; raise ResticError otherwise."""
-        features = await self.features()
-        env = self.environment()
-        env.update(extra_env or {})
-        restic = self._command([*global_args, command, *args], env)
-        result = await self._exec(restic, timeout, command, on_line)
+        takes the failure; raise ResticError otherwise. ``stdin_fd``/``stdout_fd`` are restic's stdin and
+        stdout (closed here, whatever happens)."""
+        try:
+            features = await self.features()
+            env = self.environment()
+            env.update(extra_env or {})
+            restic = self._command([*global_args, command, *args], env)
+        except BaseException:
+            for fd in (stdin_fd, stdout_fd):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        result = await self._exec(restic, timeout, command, on_line, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
         tail = readable_stderr(result.stderr)
         code = result.status.code
         if result.timed_out:

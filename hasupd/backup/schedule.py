@@ -111,3 +111,9 @@ class Stamps:
         if when.tzinfo is None:
             raise ValueError("a stamp must be an aware datetime")
         atomic_write_text(self.path(job, kind), when.isoformat() + "\n")
+
+
+def schedule_period(expr: str, now: datetime) -> float:
+    """Return the seconds between the next two slots of ``expr`` after ``now`` (its period there)."""
+    first = next_due(expr, now, now)
+    return max(1.0, (next_due(expr, first, first) - first).total_seconds())

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from hasupd import events as ev
+from hasupd.backup.dbrestore import DatabaseRestorer
 from hasupd.backup.jobs import BackupJob, JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
 from hasupd.backup.restore import LatestInPlace, Restorer
-from hasupd.backup.schedule import next_due, stable_offset
+from hasupd.backup.schedule import next_due, schedule_period, stable_offset
 from hasupd.config.diff import Changes
 from hasupd.config.model import BackupJobConfig, Config, ServiceConfig, StartLimit
 from hasupd.ports import ExitStatus, SpawnSpec
@@ -107,6 +108,8 @@ class JobRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._stale_timer: asyncio.TimerHandle | None = None
         self._stale_reported = False
+        self._restorable_timer: asyncio.TimerHandle | None = None
+        self._restorable_reported = False
 
     def schedules(self) -> dict[Kind, str]:
         cfg = self.job.config
@@ -136,10 +139,10 @@ class JobRunner:
             self.pending.append(kind)
 
     def cancel_timers(self) -> None:
-        for timer in (self._timer, self._stale_timer):
+        for timer in (self._timer, self._stale_timer, self._restorable_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._stale_timer = None
+        self._timer = self._stale_timer = self._restorable_timer = None
 
 
 class BackupUnits:
@@ -248,6 +251,16 @@ class BackupUnits:
             return None
         return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
 
+    def database_restorer(self, name: str, manager: Any) -> DatabaseRestorer | None:
+        """Return a DatabaseRestorer for job ``name`` acting on ``manager``'s services, or None."""
+        runner = self.runners.get(name)
+        if runner is None:
+            return None
+        job = runner.job
+        return DatabaseRestorer(
+            job, job.reaper, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy
+        )
+
     def data_restorer(self, name: str, manager: Any) -> LatestInPlace | None:
         """Return the recovery action's view of job ``name`` (restore the latest in place), or None."""
         restorer = self.restorer(name, manager)
@@ -295,7 +308,38 @@ class BackupUnits:
         delay = min(MAX_TIMER_SEC, max(0.0, (min(runs.values()) - now).total_seconds()))
         runner._timer = self._loop.call_later(delay, self._arm, runner)
 
+    def _arm_restorable(self, runner: JobRunner) -> None:
+        """Boot drills: publish drill.stale when the snapshot that last booted is older than twice the
+        drill schedule's period (one missed drill is tolerated); look again when that can change."""
+        drill = runner.job.config.drill
+        if drill is None or not drill.boot:
+            return
+        if runner._restorable_timer is not None:
+            runner._restorable_timer.cancel()
+        now = datetime.now(UTC)
+        allowed = 2 * schedule_period(drill.schedule, now)
+        job = runner.job.config.name
+        since = runner.job.restorable_as_of()
+        if since is None:
+            since = runner.job.stamps.get(job, "watched") or now
+            age, reported = (now - since).total_seconds(), None
+        else:
+            age = (now - since).total_seconds()
+            reported = age
+        if age >= allowed:
+            if not runner._restorable_reported:
+                runner._restorable_reported = True
+                self._publish(ev.DrillStale(job=job, age_sec=reported, allowed_sec=allowed))
+            delay = allowed
+        else:
+            runner._restorable_reported = False
+            delay = allowed - age
+        runner._restorable_timer = self._loop.call_later(
+            min(delay, MAX_TIMER_SEC), self._arm_restorable, runner
+        )
+
     def _arm_stale(self, runner: JobRunner) -> None:
+        self._arm_restorable(runner)
         max_age = runner.job.config.max_age_sec
         if max_age is None:
             return
@@ -349,6 +393,11 @@ class BackupSetup:
         # Found on hasupd's own PATH: services get a clean PATH, restic is hasupd's tool.
         self._restic = restic_binary or shutil.which("restic") or "restic"
 
+    def _service_config(self, name: str) -> ServiceConfig | None:
+        """Return the config of service ``name`` (its first instance's), or None if unknown."""
+        units = self._manager.resolve(name)
+        return self._manager.services[units[0]].config if units else None
+
     def add(self, job: BackupJobConfig, repositories: dict[str, Any], *, arm: bool = True) -> None:
         backup = BackupJob(
             job,
@@ -359,6 +408,7 @@ class BackupSetup:
             quiescer=self._manager,
             restic_binary=self._restic,
             spawn_task=self.units.spawn_task,
+            service_config=self._service_config,
         )
         unit = Service(
             job_unit_config(job),

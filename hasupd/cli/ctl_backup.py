@@ -40,11 +40,14 @@ def run_backup_command(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.backup_command == "list":
         for s in data:
-            print(f"{s['job']:<16} {s['id']:<10} {s['time']:<33} {' '.join(s['paths'])}")
+            what = f"database {s['database']}" if s.get("database") else " ".join(s["paths"])
+            print(f"{s['job']:<16} {s['id']:<10} {s['time']:<33} {what}")
     else:
         for job in data if isinstance(data, list) else [data]:
             age = "never" if job["age_sec"] is None else f"{job['age_sec']}s ago"
             print(f"{job['job']}: {job['state']} ({job['result']}), last good backup {age}")
+            if job.get("restorable_as_of"):
+                print(f"  restorable as of {job['restorable_as_of']} (the snapshot that last booted)")
             for kind, last in sorted(job["last"].items()):
                 print(
                     f"  last {kind}: {'ok' if last['ok'] else 'FAILED'} at {last['time']}: {last['detail']}"

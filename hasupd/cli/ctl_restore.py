@@ -16,8 +16,14 @@ def add_restore_command(sub: Any) -> None:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--snapshot", default="latest", help="snapshot id (default: latest)")
     p.add_argument("--path", help="only this path of the snapshot")
+    p.add_argument("--database", metavar="NAME", help="restore this database of the job (see backup list)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", help="restore into this folder; nothing live is touched")
+    where.add_argument(
+        "--target-db",
+        metavar="NEW",
+        help="with --database: load into this new database; nothing live is touched",
+    )
     where.add_argument(
         "--in-place",
         action="store_true",
@@ -35,6 +41,11 @@ def run_restore_command(args: argparse.Namespace) -> int:
         "in_place": args.in_place,
         "dry_run": args.dry_run,
     }
+    if args.database is not None:
+        request.update(database=args.database, target_db=args.target_db)
+    elif args.target_db is not None:
+        print("hasupctl: --target-db goes with --database", file=sys.stderr)
+        return Exit.USAGE
     try:
         data = call(socket_path(args.socket), "restore", request, timeout=None)
     except ControlError as error:
@@ -46,6 +57,8 @@ def run_restore_command(args: argparse.Namespace) -> int:
     print("\n".join(data["plan"]))
     if data.get("dry_run"):
         print("(dry run: nothing was done)")
+    elif data.get("kept_as"):
+        print(f"restored; the previous database is kept as {data['kept_as']} (drop it when done)")
     elif data.get("moved_aside"):
         print("restored; the previous data is kept at: " + ", ".join(data["moved_aside"]))
     elif data.get("restored_to"):

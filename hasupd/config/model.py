@@ -209,6 +209,29 @@ class CheckSpec:
 @dataclass(frozen=True)
 class DrillSpec:
     schedule: str = "@monthly"
+    boot: bool = False  # also start a shadow instance of each quiesce service on the restored copy
+
+
+class DatabaseKind(StrEnum):
+    POSTGRESQL = "postgresql"
+    MYSQL = "mysql"
+    SQLITE = "sqlite"
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """One database a backup job dumps while it keeps serving (``databases:`` of a backup job)."""
+
+    kind: DatabaseKind
+    database: str  # the database name; for sqlite the absolute path of its file
+    name: str  # hasupd's name of the dump: snapshot file name and ``db:NAME`` tag
+    user: str | None = None
+    host: str | None = None  # a host name, or an absolute path: a socket directory (pg) / file (mysql)
+    port: int | None = None
+    password_file: str | None = None
+    bin_dir: str | None = None  # where pg_dump/mysqldump ... are; None: PATH
+    globals: bool = False  # postgresql: also ``pg_dumpall --globals-only`` as NAME-globals
+    check_query: str | None = None  # restore: must succeed (and return a row) on the restored copy
 
 
 @dataclass(frozen=True)
@@ -228,6 +251,7 @@ class BackupJobConfig:
     drill: DrillSpec | None = None
     max_age_sec: float | None = None
     prune_schedule: str = "@weekly"
+    databases: tuple[DatabaseSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,21 @@ from hasupd.config.nodes import (
     Document,
     check_reference,
     child,
+    mapping_items,
     name_items,
     read_mapping,
     record,
     seq_of,
     to_abs_path,
     to_argv,
+    to_bool,
     to_duration,
     to_int,
     to_name,
     to_nonempty_str,
     to_str,
 )
+from hasupd.config.validate_databases import to_databases
 
 SCHEDULE_MACROS = ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 _CRON_FIELDS = 5
@@ -98,6 +101,7 @@ _KEEP = record(
 BACKUP_FIELDS: dict[str, Converter] = {
     "repository": to_name,
     "paths": seq_of(to_abs_path, "a list of absolute paths", nonempty=True),
+    "databases": to_databases,
     "exclude": seq_of(to_nonempty_str, "a list of patterns"),
     "schedule": to_schedule,
     "randomized_delay_sec": to_duration(),
@@ -112,7 +116,7 @@ BACKUP_FIELDS: dict[str, Converter] = {
         {"schedule": to_schedule, "read_data_subset": _to_subset},
         renames={"read_data_subset": "read_data_subset_n"},
     ),
-    "drill": record(DrillSpec, {"schedule": to_schedule}),
+    "drill": record(DrillSpec, {"schedule": to_schedule, "boot": to_bool}),
     "max_age": to_duration(positive=True),
     "prune_schedule": to_schedule,
 }
@@ -132,9 +136,12 @@ def validate_backup(
             ctx.error(None, "", "empty backup job file: repository and paths are required")
         return None
     before = ctx.count
-    values = read_mapping(ctx, doc.node, "", BACKUP_FIELDS, required=("repository", "paths"))
+    values = read_mapping(ctx, doc.node, "", BACKUP_FIELDS, required=("repository",))
     if values is None:
         return None
+    present = mapping_items(doc.node)
+    if "paths" not in present and "databases" not in present:
+        ctx.error(doc.node, "paths", "required key is missing (give paths, databases or both)")
     check_reference(ctx, child(doc.node, "repository"), "repository", repositories, "repository")
     check_reference(
         ctx, child(doc.node, "long_term", "repository"), "long_term.repository", repositories, "repository"
@@ -147,6 +154,7 @@ def validate_backup(
         ctx.error(node, "long_term.repository", "must differ from repository: long-term copies go elsewhere")
     if ctx.count != before:
         return None
+    values.setdefault("paths", ())
     return BackupJobConfig(
         name=doc.name, source=doc.path, **{_RENAMES.get(key, key): value for key, value in values.items()}
     )

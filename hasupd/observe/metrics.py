@@ -91,6 +91,7 @@ class Metrics:
         self.backup_jobs: Callable[[], Iterable[JobView]] = lambda: ()
         # Pings to systemd's watchdog that hasupd withheld because its event loop answered late.
         self.systemd_watchdog_late = 0
+        self.restorable: dict[str, float] = {}  # job -> snapshot time of the last boot drill that passed
         # The fleet: (service, slot) -> this host's fencing token while it owns it, 0 after it lost it.
         self.fleet_owned: dict[tuple[str, str], int] = {}
         self.fleet_elections: Counter[str] = Counter()
@@ -116,8 +117,10 @@ class Metrics:
                 self.backups[job] = (event.time, duration, added)
             case ev.BackupFailed(job=job):
                 self.backup_failures[job] += 1
-            case ev.DrillFinished(job=job, ok=ok):
+            case ev.DrillFinished(job=job, ok=ok, restorable_as_of=when):
                 self.drills[job] = ok
+                if ok and when is not None:
+                    self.restorable[job] = float(when)
             case ev.WatchdogLate():
                 self.systemd_watchdog_late += 1
             case ev.FleetElected(service=str(name), slot=slot, token=token):
@@ -268,7 +271,14 @@ class Metrics:
         )
         for job, ok in sorted(self.drills.items()):
             drill.add_metric((job,), float(ok))
-        yield from (last, duration, added, failures, age, max_age, drill)
+        restorable = GaugeMetricFamily(
+            "hasupd_backup_restorable_as_of_timestamp_seconds",
+            "the time of the snapshot on which the job's services last booted in a boot drill (Unix time)",
+            labels=("job",),
+        )
+        for job, when in sorted(self.restorable.items()):
+            restorable.add_metric((job,), round(when, 3))
+        yield from (last, duration, added, failures, age, max_age, drill, restorable)
 
     def render(self) -> str:
         """Return the current metrics in the text exposition format 0.0.4."""

@@ -86,8 +86,14 @@ async def run_command(
     max_output: int = 16 * 1024 * 1024,
     on_stdout_line: Callable[[bytes], None] | None = None,
     parent_death_signal: int | None = None,
+    stdin_fd: int | None = None,
+    stdout_fd: int | None = None,
 ) -> CommandResult:
     """Run ``argv`` and return how it ended with its output.
+
+    ``stdin_fd`` / ``stdout_fd``: file descriptors (a pipe end, an open file) the command reads from /
+    writes to instead of /dev/null / a captured pipe (the result's stdout is then empty). Ownership
+    passes to this call: both are closed here once the command has started, or failed to start.
 
     On timeout (or cancellation) the process group gets ``stop_signal``, then SIGKILL after
     ``kill_after`` seconds; the result says ``timed_out``. ``parent_death_signal``: the signal the
@@ -96,24 +102,25 @@ async def run_command(
     """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        start_new_session=True,
-        close_fds=True,
-        # Safe beside threads: the function makes two system calls through a libc handle loaded
-        # before the fork, and takes no lock another thread could hold.
-        preexec_fn=None if parent_death_signal is None else parent_death_signal_preexec(parent_death_signal),  # noqa: PLW1509
-    )
+    try:
+        proc = _popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            parent_death_signal=parent_death_signal,
+            stdin_fd=stdin_fd,
+            stdout_fd=stdout_fd,
+        )
+    finally:
+        for fd in (stdin_fd, stdout_fd):
+            if fd is not None:
+                os.close(fd)
     pid = proc.pid
     if reaper is not None:
         reaper.track(pid)
     pidfd = os.pidfd_open(pid)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stderr is not None
     out = _Buffer(max_output, on_stdout_line)
     err = _Buffer(max_output, None)
     exited: asyncio.Future[ExitStatus] = loop.create_future()
@@ -146,7 +153,8 @@ async def run_command(
         if not exited.done():
             exited.set_result(ExitStatus.from_wait_status(pid, status))
 
-    watch_pipe(proc.stdout.fileno(), out)
+    if proc.stdout is not None:
+        watch_pipe(proc.stdout.fileno(), out)
     watch_pipe(proc.stderr.fileno(), err)
     loop.add_reader(pidfd, on_exit)
     if stdin is not None and proc.stdin is not None:
@@ -185,13 +193,14 @@ async def run_command(
                 await asyncio.shield(drain_pipes())
         raise
     finally:
-        for fd in (proc.stdout.fileno(), proc.stderr.fileno(), pidfd):
+        for fd in (*([proc.stdout.fileno()] if proc.stdout else []), proc.stderr.fileno(), pidfd):
             loop.remove_reader(fd)
         if reaper is not None:
             # Reaped by on_exit; or, when cancelled first, by the Reaper's sweep once it has died.
             reaper.untrack(pid)
         os.close(pidfd)
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
         proc.stderr.close()
         if proc.returncode is None:
             proc.returncode = -1  # reaped elsewhere; keeps Popen from warning
@@ -202,4 +211,33 @@ async def run_command(
         stderr=bytes(err.data),
         timed_out=timed_out,
         duration_sec=time.monotonic() - started,
+    )
+
+
+def _popen(
+    argv: tuple[str, ...] | list[str],
+    *,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    stdin: bytes | None,
+    parent_death_signal: int | None,
+    stdin_fd: int | None,
+    stdout_fd: int | None,
+) -> subprocess.Popen[bytes]:
+    if stdin_fd is not None:
+        child_stdin: int = stdin_fd
+    else:
+        child_stdin = subprocess.PIPE if stdin is not None else subprocess.DEVNULL
+    return subprocess.Popen(
+        list(argv),
+        stdin=child_stdin,
+        stdout=stdout_fd if stdout_fd is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+        # Safe beside threads: the function makes two system calls through a libc handle loaded
+        # before the fork, and takes no lock another thread could hold.
+        preexec_fn=None if parent_death_signal is None else parent_death_signal_preexec(parent_death_signal),  # noqa: PLW1509
     )

@@ -41,7 +41,7 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "backup-run": ("job", "kind"),
     "backup-list": ("job",),
     "backup-status": ("job",),
-    "restore": ("job", "snapshot", "path", "target", "in_place", "dry_run"),
+    "restore": ("job", "snapshot", "path", "target", "in_place", "dry_run", "database", "target_db"),
     "daemon-info": (),
     "fleet-status": (),
     "fleet-move": ("name", "host"),

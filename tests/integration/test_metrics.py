@@ -91,6 +91,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
             "web": {"command": SLEEP, **FAST_RESTARTS},
             "probed": {"command": SLEEP, "health": [{"exec": ["/bin/true"], "interval_sec": "200ms"}]},
             "broken": {"command": ["/bin/false"], "restart_sec": "100ms", "start_limit": {"burst": 2}},
+            "shadowed": {"command": SLEEP},
         },
         daemon={"metrics": {"listen": f"127.0.0.1:{port}"}, "alerts": {"ops": channel}},
     )
@@ -99,6 +100,9 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
         stamp(setup.tmp / "work0", kind, datetime.now(UTC))
     failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
     (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
+    # "booted" runs at start too, then its boot drill (a shadow of "shadowed"): restorable-as-of.
+    booted = {**failing, "before": [], "quiesce": ["shadowed"], "drill": {"boot": True}}
+    (config / "backups.d" / "booted.yaml").write_text(json.dumps(booted))
     # The daemon sees the same prometheus_client as the parsers here (PYTHONPATH is kept): put Debian's
     # first on PYTHONPATH to run both on it.
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -112,6 +116,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     d.wait_for("service.failed", service="broken", timeout=30)
     d.wait_for("alert.failed", channel="ops", timeout=60)
     d.wait_for("health.ok", service="probed", timeout=30)
+    assert d.wait_for("drill.finished", job="booted", timeout=120)[0]["ok"]
     backup = d.ctl("backup", "run", "app-data")
     assert backup.returncode == 0, backup.stderr
     drill = d.ctl("backup", "run", "app-data", "--kind", "drill")
@@ -148,6 +153,7 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     for source, expressions in (("rules", rule_expressions()), ("dashboard", dashboard_expressions())):
         unknown = {m: where for m, where in metric_names(expressions).items() if m not in scraped}
         assert not unknown, f"the shipped {source} use metrics hasupd does not serve: {unknown}"
+    assert ("hasupd_backup_restorable_as_of_timestamp_seconds", (("job", "booted"),)) in got
 
     # OpenMetrics, asked for as Prometheus itself asks; the same families and values.
     for accept in ("application/openmetrics-text", PROMETHEUS_ACCEPT):

@@ -25,6 +25,7 @@ FAMILIES = {
     "hasupd_backup_max_age_seconds": "gauge",
     "hasupd_backup_drill_ok": "gauge",
     "hasupd_systemd_watchdog_late": "counter",
+    "hasupd_backup_restorable_as_of_timestamp_seconds": "gauge",
     "hasupd_config_reloads": "counter",
 }
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hasupd.backup.compat import ResticError
 from hasupd.backup.jobs import Kind
+from hasupd.backup.restore import database_of
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.states import ServiceState
@@ -52,7 +53,12 @@ def _job_status(runner: JobRunner) -> dict[str, Any]:
         "newest_snapshot": job.status.newest_snapshot,
         "bytes_added": job.status.bytes_added,
         "pending": [str(k) for k in runner.pending],
+        "restorable_as_of": _iso(job.restorable_as_of()),
     }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
 
 
 async def run(ctx: Context, args: dict[str, Any]) -> Any:
@@ -95,6 +101,7 @@ async def list_snapshots(ctx: Context, args: dict[str, Any]) -> Any:
                 "id": s.short_id,
                 "time": s.time.isoformat(),
                 "paths": list(s.paths),
+                "database": database_of(s),
             }
             for s in snapshots
         ]

@@ -42,6 +42,7 @@ def test_gates() -> None:
     assert not V014.restore_json and V016.restore_json
     assert not V016.forget_keeps_oldest and V017.forget_keeps_oldest
     assert V018.json_exit_errors and not V0171.json_exit_errors
+    assert not V016.stdin_from_command and V017.stdin_from_command
 
 
 @pytest.mark.parametrize(

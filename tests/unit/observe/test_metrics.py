@@ -100,6 +100,7 @@ def test_every_family_is_typed_and_documented_in_both_formats() -> None:
         )
     )
     bus.publish(ev.BackupFailed(job="app-data", step="check", error="boom"))
+    bus.publish(ev.DrillFinished(job="app-data", ok=True, detail="booted", boot=True, restorable_as_of=1e9))
     bus.publish(ev.ConfigApplied())
     bus.publish(ev.DrillFinished(job="app-data", ok=False, detail="restore failed"))
     bus.publish(ev.WatchdogLate(lag_sec=2.5))
@@ -110,6 +111,7 @@ def test_every_family_is_typed_and_documented_in_both_formats() -> None:
 
     text = metrics.render()
     assert "# TYPE hasupd_service_restarts_total counter" in text
+    assert 'hasupd_backup_restorable_as_of_timestamp_seconds{job="app-data"} 1e+09' in text
     body, content_type = metrics.scrape(f"{OPENMETRICS}; version=1.0.0, text/plain;q=0.5")
     # The version differs: prometheus_client 0.16 (Debian 12) says 0.0.1, newer releases 1.0.0.
     assert content_type.startswith(f"{OPENMETRICS}; version=") and "charset=utf-8" in content_type

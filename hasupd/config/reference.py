@@ -81,6 +81,10 @@ _EVENTS = list_of(
 _GROUP_ID = Type(
     "error group id: 12 hex digits (see hasupctl errors)", {"type": "string", "pattern": "^[0-9a-f]{12}$"}
 )
+_DB_NAME = Type(
+    "database name: letters, digits, _ $ - (at most 63)",
+    {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"},
+)
 _REGEXES = list_of(
     Type("Python regular expression", {"type": "string"}), "list of Python regular expressions"
 )
@@ -684,7 +688,67 @@ BACKUP_KEYS = (
         "The repository (from hasupd.yaml backups.repositories) of the short-term snapshots.",
         required=True,
     ),
-    Key("paths", _PATHS, "What to back up.", required=True),
+    Key(
+        "paths",
+        _PATHS,
+        "What to back up; paths, databases or both are required.",
+        default_text="none, then databases are required",
+    ),
+    Key(
+        "databases",
+        list_of_mappings("list of databases"),
+        "Databases dumped while they serve (no quiesce needed); each dump is a snapshot of its own "
+        "holding one file /NAME.EXT, tagged db:NAME. Each item has exactly one of postgresql, mysql and "
+        "sqlite.",
+        example={"postgresql": "app"},
+    ),
+    Key(
+        "databases[].postgresql",
+        _DB_NAME,
+        "Dump this PostgreSQL database with pg_dump --format=custom (one MVCC snapshot).",
+    ),
+    Key(
+        "databases[].mysql",
+        _DB_NAME,
+        "Dump this MariaDB/MySQL database with mysqldump --single-transaction (one InnoDB read view).",
+    ),
+    Key("databases[].sqlite", PATH, "Copy this SQLite file with SQLite's online backup API."),
+    Key(
+        "databases[].name",
+        NAME,
+        "The dump's name: its snapshot's file /NAME.EXT and tag db:NAME; unique in the job.",
+        default_text="postgresql-DB, mysql-DB or sqlite-FILESTEM",
+    ),
+    Key("databases[].user", TEXT, "Connect as this user.", default_text="the client's default"),
+    Key(
+        "databases[].host",
+        TEXT,
+        "A host name, or a socket directory (PostgreSQL) or socket file (MariaDB).",
+        default_text="the client's default",
+    ),
+    Key("databases[].port", integer(1, 65535), "The server's port.", default_text="the client's default"),
+    Key(
+        "databases[].password_file",
+        PATH,
+        "The file holding the password, passed as PGPASSWORD / MYSQL_PWD (never on a command line).",
+    ),
+    Key(
+        "databases[].bin_dir",
+        PATH,
+        "Where the client programs (pg_dump, mysqldump ...) are.",
+        default_text="the PATH",
+    ),
+    Key(
+        "databases[].globals",
+        BOOL,
+        "PostgreSQL only: also dump the roles (pg_dumpall --globals-only) as NAME-globals.",
+        default=False,
+    ),
+    Key(
+        "databases[].check_query",
+        TEXT,
+        "A query that must succeed and return a row on a restored or drilled copy of the database.",
+    ),
     Key("exclude", list_of(TEXT, "list of patterns"), "restic --exclude patterns.", default=[]),
     Key(
         "schedule",
@@ -734,6 +798,14 @@ BACKUP_KEYS = (
         example={},
     ),
     Key("drill.schedule", SCHEDULE, "When to drill.", default="@monthly"),
+    Key(
+        "drill.boot",
+        BOOL,
+        "Also prove the application starts on the backup: each quiesce service is started once more on "
+        "the restored copy (files and drill copies of the databases), in a private network namespace, "
+        "until its health probes pass; then torn down.",
+        default=False,
+    ),
     Key(
         "max_age",
         DURATION,

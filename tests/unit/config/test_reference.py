@@ -351,6 +351,9 @@ WRITTEN_AS = {
     ("RecoveryAction", "kind"): ("exec", "restore"),
     ("RecoveryAction", "argv"): ("exec",),
     ("RecoveryAction", "job"): ("restore",),
+    # A database's kind is its key, and the database its value.
+    ("DatabaseSpec", "kind"): ("postgresql", "mysql", "sqlite"),
+    ("DatabaseSpec", "database"): ("postgresql", "mysql", "sqlite"),
     # A rule's kind is its key; its options are in the mapping under it.
     ("AlertRule", "kind"): ("new_error", "error_rate", "restart_rate", "quiet"),
     ("AlertRule", "group"): ("new_error.group", "error_rate.group"),

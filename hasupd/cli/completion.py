@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 # (alert silence's TARGET is offered service names; the event names and group ids it also takes are
 # typed.)
 KINDS = {"NAME": "units", "JOB": "jobs", "TARGET": "units"}
+# Options whose metavar says NAME but whose value is no service: restore --database NAME names a dump
+# of the job (hasupctl backup list), which the daemon's status does not list.
+NOT_BY_METAVAR = {"--database"}
 ANYTHING = "-"  # a positional argument completed to nothing (a word, so that positions stay counted)
 # Prints the names in `hasupctl --json status` (units and their services) or `backup status` (jobs).
 _NAMES_PY = (
@@ -44,6 +47,8 @@ class Command:
 def _value_kind(action: argparse.Action) -> str:
     if action.choices is not None:
         return "choice:" + ",".join(str(choice) for choice in action.choices)
+    if NOT_BY_METAVAR.intersection(action.option_strings):
+        return ""
     return KINDS.get(str(action.metavar), "")
 
 

@@ -119,6 +119,9 @@ def test_bash_completes_commands_options_and_the_daemons_names(
     assert bash_complete("hasupctl alert ", env) == ["list", "silence", "test"]
     assert bash_complete("hasupctl alert silence we", env) == ["web"]
     assert bash_complete("hasupctl alert silence web ", env) == []
+    # restore's --database names a dump of the job, not a service: nothing offered, then the job.
+    assert bash_complete("hasupctl restore --database ", env) == []
+    assert bash_complete("hasupctl restore --database app ", env) == ["app-data"]
     # zsh, with the same daemon.
     require_shell("zsh")
     assert zsh_complete("hasupctl sta", env) == ["start", "status"]

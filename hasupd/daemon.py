@@ -42,6 +42,7 @@ class Options:
     log_target: LogTarget | None = None
     force_fallback_containment: bool = False
     no_watch: bool = False
+    no_clone3: bool = False  # the subprocess spawn path even where clone3 works
 
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -104,6 +105,7 @@ class Daemon:
             log_target=self.options.log_target,
             log_format=self.options.log_format,
             force_fallback_containment=self.options.force_fallback_containment,
+            native_spawn=not self.options.no_clone3,
             # Under systemd: held sockets a crashed hasupd left in the fd store come back here.
             socket_store=HeldSocketStore(FdStoreChannel(), take_listen_fds()),
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),

@@ -59,6 +59,9 @@ def print_status(services: list[dict[str, Any]]) -> None:
     for s in services:
         if s.get("rolled_back"):
             print(f"{s['name']}: {s['rolled_back']}")
+        if s.get("process"):
+            shown = " ".join(f"{k}={v}" for k, v in s["process"].items())
+            print(f"{s['name']}: process {shown}")
     # A service with several instances also as a whole: how many are up.
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in services:

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="contain services with process groups even where a cgroup could be used",
     )
     run.add_argument(
+        "--no-clone3",
+        action="store_true",
+        help="start services through subprocess (fork/vfork + preexec) instead of clone3 (for comparison)",
+    )
+    run.add_argument(
         "--no-watch",
         action="store_true",
         help="reload only on SIGHUP or hasupctl reload, not on file changes",
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         log_target=LogTarget(args.log_target) if getattr(args, "log_target", None) else None,
         force_fallback_containment=getattr(args, "no_cgroup", False),
         no_watch=getattr(args, "no_watch", False),
+        no_clone3=getattr(args, "no_clone3", False),
     )
     if args.command == "check-config":
         return daemon.check_config(options)

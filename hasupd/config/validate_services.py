@@ -37,6 +37,7 @@ from hasupd.config.nodes import (
     seq_of,
     to_abs_path,
     to_argv,
+    to_bool,
     to_duration,
     to_enum,
     to_int,
@@ -49,6 +50,7 @@ from hasupd.config.nodes import (
     to_str,
 )
 from hasupd.config.validate_fleet import to_placement
+from hasupd.config.validate_process import LIMIT_FIELDS, PROCESS_FIELDS, to_group_name
 from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
@@ -241,6 +243,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
             "memory": to_size,
             "cpu_percent": to_positive_number(MAX_CPU_PERCENT),
             "cpu_window_sec": to_duration(positive=True),
+            **LIMIT_FIELDS,
         },
     ),
     "output": to_enum(OutputMode),
@@ -257,6 +260,9 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "on_failure": seq_of(_to_recovery, "a list of recovery actions"),
     "alerts": seq_of(to_name, "a list of alert channel names"),
     "placement": to_placement,
+    **PROCESS_FIELDS,
+    "supplementary_groups": seq_of(to_group_name, "a list of group names or ids"),
+    "no_new_privileges": to_bool,
 }
 
 

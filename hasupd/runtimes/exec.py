@@ -1,13 +1,20 @@
 """Plain programs as main processes: ``ExecSpawner`` implements ``hasupd.ports.Spawner``.
 
 A child starts with a clean environment, stdin on /dev/null, in its own session, already inside its
-scope's cgroup (it writes "0" into cgroup.procs between fork and exec, so it cannot fork outside),
-with ``pass_fds`` at 3, 4, ... in the given order. Its exit is learned from a pidfd on the loop.
+scope's cgroup (so it cannot fork outside), with ``pass_fds`` at 3, 4, ... in the given order and the
+service's process settings (limits, nice, ionice, umask, oom_score_adjust, groups, no_new_privileges)
+applied before exec. Its exit is learned from a pidfd on the loop.
+
+Two paths: ``hasupd.host.clone`` (clone3(CLONE_INTO_CGROUP), no Python in the child: the child is born
+in its cgroup, no fork of hasupd's memory) when the C extension is built and the kernel has clone3;
+else subprocess, where the child writes "0" into cgroup.procs and applies the settings in a preexec_fn
+(a cgroup migration: it waits for an RCU grace period, ~15 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -19,7 +26,17 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from hasupd.config.model import ServiceConfig
 from hasupd.host.adoption import is_child
+from hasupd.host.clone import (
+    RLIMITS,
+    ChildFailed,
+    ChildSettings,
+    CloneSpawner,
+    Launch,
+    ionice_value,
+    load_libc,
+)
 from hasupd.host.containment import Containment, ScopeImpl
 from hasupd.host.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
 from hasupd.host.procfs import DEFAULT_PATH
@@ -115,12 +132,20 @@ class ExecSpawner:
         *,
         log_max_bytes: int = DEFAULT_MAX_BYTES,
         log_keep: int = DEFAULT_KEEP,
+        native: bool = True,
     ) -> None:
         self._loop = loop
         self._containment = containment
         self._reaper = reaper
         self._outputs = LogFiles(loop, state_dir / "logs", journal_socket_dir, log_max_bytes, log_keep)
         self._running: dict[int, ExecProcess] = {}
+        # native=False: always the subprocess path (hasupd run --no-clone3, tests of the fallback).
+        self._clone = CloneSpawner() if native else CloneSpawner.disabled("turned off (--no-clone3)")
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every child's stdin
+
+    def describe(self) -> str:
+        """Return the spawn path in use, for the startup record."""
+        return self._clone.describe(self._containment.kind == "cgroup")
 
     def spawn(self, spec: SpawnSpec, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
         """Start the program and return at once; ``on_exit`` is called once from the loop after the
@@ -184,6 +209,9 @@ class ExecSpawner:
             proc._pidfd = -1
         self._running.clear()
         self._outputs.close()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
     def _spawn(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
         service = spec.service
@@ -205,6 +233,12 @@ class ExecSpawner:
         ]
         exe = _resolve(argv[0], cwd, _merge(base, layers)["PATH"])
 
+        settings = child_settings(service)
+        if service.supplementary_groups:
+            if groups is None:
+                raise SpawnError("cannot set supplementary_groups: hasupd is not running as root")
+            groups = _with_supplementary(groups, service.supplementary_groups)
+
         with ExitStack() as always, ExitStack() as on_failure:
             scope = self._containment.scope(unit, spec.invocation_id)
             on_failure.callback(scope.release)
@@ -212,42 +246,89 @@ class ExecSpawner:
             always.callback(output.close_child_ends)
             if output.drain is not None:
                 on_failure.callback(output.drain.close)
-            procs_fd = scope.open_procs_fd()
-            if procs_fd is not None:
-                always.callback(os.close, procs_fd)
-            fillers, copies = _lift_fds(spec.pass_fds)
-            for fd in fillers + copies:
-                always.callback(os.close, fd)
             env = _merge({**base, **output.env}, layers)
-            exec_args = (exe, argv, env) if any(k in env for k in _OWN_PID_VARIABLES) else None
-            popen = _popen(
-                argv,
-                exe=exe,
-                cwd=cwd,
-                env=env,
-                output=output,
-                uid=uid,
-                gid=gid,
-                groups=groups,
-                procs_fd=procs_fd,
-                copies=copies,
-                exec_args=exec_args,
-            )
-            self._reaper.track(popen.pid)  # before the loop can run a SIGCHLD callback
-            scope.attach(popen.pid)
-            try:
-                pidfd = os.pidfd_open(popen.pid)
-            except OSError as e:  # EMFILE: do not leave an unwatched process behind
-                scope.kill_all()
-                popen.kill()
-                popen.wait()
-                self._reaper.untrack(popen.pid)
-                raise SpawnError(f"cannot watch the process: {e.strerror}") from e
+            launch = Launch(exe, argv, env, cwd, uid, gid, groups, settings)
+            started = None
+            if self._clone.usable():
+                started = self._clone_spawn(scope, launch, output, spec.pass_fds, always)
+            if started is not None:
+                pid, pidfd, popen = started[0], started[1], None
+                self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
+                scope.attach(pid)
+            else:
+                popen = self._popen_spawn(scope, launch, output, spec.pass_fds, always)
+                pid = popen.pid
+                self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
+                scope.attach(pid)
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError as e:  # EMFILE: do not leave an unwatched process behind
+                    scope.kill_all()
+                    popen.kill()
+                    popen.wait()
+                    self._reaper.untrack(pid)
+                    raise SpawnError(f"cannot watch the process: {e.strerror}") from e
             on_failure.pop_all()
-        proc = ExecProcess(popen, scope, pidfd, output)
+        proc = ExecProcess(popen, scope, pidfd, output, pid=pid)
         self._running[proc.pid] = proc
         self._loop.add_reader(pidfd, self._on_pidfd, proc, on_exit)
         return proc
+
+    def _clone_spawn(
+        self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
+    ) -> tuple[int, int] | None:
+        """Start through clone3 (no Python in the child); None if the kernel cannot (fall back)."""
+        cgroup_fd = scope.open_dir_fd()
+        if cgroup_fd is not None:
+            always.callback(os.close, cgroup_fd)
+        fds = [self._devnull, 1 if output.stdout is None else output.stdout]
+        fds += [2 if output.stderr is None else output.stderr, *pass_fds]
+        own_pid = tuple(pid_var for var, pid_var in _OWN_PID_VARIABLES.items() if var in launch.env)
+        exe, cwd = launch.exe, launch.cwd
+        try:
+            started = self._clone.spawn(launch, fds, cgroup_fd, own_pid)
+        except ChildFailed as e:
+            if e.step == "exec" and e.errno == errno.ENOENT:
+                raise SpawnError(f"{exe} does not exist") from None
+            if e.step == "exec" and e.errno == errno.EACCES:
+                raise SpawnError(f"permission denied executing {exe}") from None
+            if e.step == "exec":
+                raise SpawnError(f"cannot execute {exe}: {os.strerror(e.errno)}") from None
+            if e.step == "chdir" and e.errno == errno.ENOENT:
+                raise SpawnError(f"working directory {cwd} does not exist") from None
+            raise SpawnError(str(e)) from None
+        except OSError as e:
+            raise SpawnError(f"cannot start a process: {e.strerror}") from e
+        if started is None:
+            log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
+        return started
+
+    def _popen_spawn(
+        self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
+    ) -> subprocess.Popen[bytes]:
+        """The fallback: subprocess, joining the cgroup and applying settings in a preexec_fn."""
+        procs_fd = scope.open_procs_fd()
+        if procs_fd is not None:
+            always.callback(os.close, procs_fd)
+        fillers, copies = _lift_fds(pass_fds)
+        for fd in fillers + copies:
+            always.callback(os.close, fd)
+        env = launch.env
+        exec_args = (launch.exe, launch.argv, env) if any(k in env for k in _OWN_PID_VARIABLES) else None
+        return _popen(
+            launch.argv,
+            exe=launch.exe,
+            cwd=launch.cwd,
+            env=env,
+            output=output,
+            uid=launch.uid,
+            gid=launch.gid,
+            groups=launch.groups,
+            procs_fd=procs_fd,
+            copies=copies,
+            exec_args=exec_args,
+            settings=launch.settings,
+        )
 
     def _on_pidfd(self, proc: ExecProcess, on_exit: Callable[[ExitStatus], None]) -> None:
         self._loop.remove_reader(proc._pidfd)
@@ -266,6 +347,31 @@ class ExecSpawner:
         self._reaper.untrack(proc.pid)
         self._running.pop(proc.pid, None)
         on_exit(status)
+
+
+def child_settings(service: ServiceConfig) -> ChildSettings:
+    """Return the process settings of ``service`` as the child applies them."""
+    rlimits = []
+    for name, res in RLIMITS.items():
+        value = getattr(service.limits, name)
+        if value is not None:
+            soft = -1 if value.soft is None else value.soft
+            rlimits.append((res, soft, -1 if value.hard is None else value.hard))
+    ionice = service.ionice
+    return ChildSettings(
+        rlimits=tuple(rlimits),
+        umask=service.umask,
+        nice=service.nice,
+        ioprio=None if ionice is None else ionice_value(ionice.klass, ionice.level),
+        oom_score_adj=service.oom_score_adjust,
+        no_new_privs=service.no_new_privileges,
+    )
+
+
+def _with_supplementary(groups: list[int], names: tuple[str, ...]) -> list[int]:
+    """Return ``groups`` plus the gids of ``names``. Raise SpawnError for an unknown group."""
+    extra = [_gid(name) for name in names]
+    return groups + [gid for gid in dict.fromkeys(extra) if gid not in groups]
 
 
 def _merge(base: Mapping[str, str], layers: list[Mapping[str, str]]) -> dict[str, str]:
@@ -363,7 +469,7 @@ _OWN_PID_VARIABLES = {"LISTEN_FDS": "LISTEN_PID", "WATCHDOG_USEC": "WATCHDOG_PID
 
 
 def _preexec(
-    procs_fd: int | None, copies: list[int], exec_args: _ExecArgs | None
+    procs_fd: int | None, copies: list[int], exec_args: _ExecArgs | None, settings: ChildSettings
 ) -> Callable[[], None] | None:
     """Return what the child runs between fork and exec (after subprocess switched user), or None.
 
@@ -373,13 +479,22 @@ def _preexec(
     close-on-exec (subprocess's error pipe included, so the parent still learns of exec) and execs
     itself.
     """
-    if procs_fd is None and not copies and exec_args is None:
+    needs_settings = settings.rlimits or settings.nice is not None or settings.ioprio is not None
+    needs_settings = needs_settings or settings.oom_score_adj is not None or settings.no_new_privs
+    if procs_fd is None and not copies and exec_args is None and not needs_settings:
         return None  # lets subprocess use vfork
     top = 3 + len(copies)
+    if needs_settings:
+        load_libc()  # not in the child: it must not load anything
 
     def run() -> None:
         if procs_fd is not None:
             os.write(procs_fd, b"0")
+        if needs_settings:
+            # After subprocess switched user: with a `user:`, what needs privilege (a negative nice,
+            # a lower oom_score_adjust, realtime I/O) fails here, where the native path applies it
+            # before the switch. The fallback is for hosts without the extension or clone3.
+            settings.apply_here()
         for i, fd in enumerate(copies):
             os.dup2(fd, 3 + i)
         if exec_args is not None:
@@ -410,6 +525,7 @@ def _popen(
     procs_fd: int | None,
     copies: list[int],
     exec_args: _ExecArgs | None,
+    settings: ChildSettings,
 ) -> subprocess.Popen[bytes]:
     """Fork and exec; raise SpawnError with the reason if exec (or anything before it) failed."""
     try:
@@ -426,10 +542,11 @@ def _popen(
             start_new_session=True,
             # Unsafe with threads in general; ours only writes, dup2s and (with LISTEN_FDS) execs,
             # none of which takes a lock another thread could hold.
-            preexec_fn=_preexec(procs_fd, copies, exec_args),  # noqa: PLW1509
+            preexec_fn=_preexec(procs_fd, copies, exec_args, settings),  # noqa: PLW1509
             user=uid,
             group=gid,
             extra_groups=groups,
+            umask=-1 if settings.umask is None else settings.umask,
         )
     except FileNotFoundError as e:
         what = f"working directory {cwd}" if e.filename == cwd else exe
@@ -441,4 +558,6 @@ def _popen(
     except OSError as e:
         raise SpawnError(f"cannot execute {exe}: {e.strerror}") from e
     except subprocess.SubprocessError as e:
-        raise SpawnError(f"the child failed before exec (cgroup placement or fd hand-off): {e}") from e
+        raise SpawnError(
+            f"the child failed before exec (cgroup placement, fd hand-off or process settings): {e}"
+        ) from e

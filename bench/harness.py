@@ -32,6 +32,7 @@ from typing import Any
 import report
 import scenario_output
 import scenario_probes
+import scenario_stop
 import scenarios
 from children import Programs
 from procs import CLK_TCK, kill_tree, make_subreaper
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "startup_and_idle": scenarios.startup_and_idle,
     "output": scenario_output.output,
     "probes": scenario_probes.probes,
+    "stop": scenario_stop.stop,
 }
 SCALED_NOTE = (
     "Scaled down to fit 15 minutes on 2 cores: supervisord gets {slow} kills per child kind instead of "

@@ -272,7 +272,10 @@ def _containment(log: Path) -> str:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if record.get("event") == "daemon.started":
-                    return str(record.get("containment", "-"))
+                    # The spawn path too (clone3 or the subprocess fallback), since it is what the
+                    # restart and start-up numbers depend on.
+                    spawn = f"; spawn: {record['spawn']}" if record.get("spawn") else ""
+                    return f"{record.get('containment', '-')}{spawn}"
     return "-"
 
 

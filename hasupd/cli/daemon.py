@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -82,7 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "check-config":
         return daemon.check_config(options)
-    return daemon.run(options)
+    return _exit_now(daemon.run(options))
+
+
+def _exit_now(code: int) -> int:
+    """End the process with ``code`` once records and output are flushed, skipping the interpreter's
+    teardown: freeing every object of a finished hasupd took ~80 ms of a stop of 100 services (bench,
+    scenario 7), while every service is already down and every record written. Nothing hasupd runs
+    at exit is lost: it registers no atexit handler, and logging is shut down (flushed) here."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed stdout must not change the code
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

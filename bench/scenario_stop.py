@@ -5,6 +5,7 @@ exited and none of the services' processes is left (zombies count as gone)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from typing import Any
@@ -47,9 +48,15 @@ def _stop_run(ctx: Context, sup: Supervisor, size: int, r: int) -> float:
             run.wait_ready(reader, size)
             time.sleep(ctx.settings.idle_settle_sec)
             tree = descendants(run.pid)
-            t0 = time.monotonic()
-            os.kill(run.pid, signal.SIGTERM)
-            run.proc.wait(STOP_TIMEOUT_SEC)
+            # A pidfd, not Popen.wait(timeout): that one polls in steps of up to 50 ms.
+            pidfd = os.pidfd_open(run.pid)
+            try:
+                t0 = time.monotonic()
+                os.kill(run.pid, signal.SIGTERM)
+                if not select.select([pidfd], [], [], STOP_TIMEOUT_SEC)[0]:
+                    raise RuntimeError(f"{sup.name} still running {STOP_TIMEOUT_SEC:g}s after SIGTERM")
+            finally:
+                os.close(pidfd)
             if not wait_until(lambda: not any(_alive(p) for p in tree), STOP_TIMEOUT_SEC, 0.001):
                 raise RuntimeError(f"{sup.name}: services still running {STOP_TIMEOUT_SEC:g}s after SIGTERM")
             return time.monotonic() - t0

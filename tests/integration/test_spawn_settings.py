@@ -8,6 +8,7 @@ Both spawn paths (clone3 through the C extension, and the subprocess fallback) i
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from hasupd.config.model import IoNice, Limits, RLimit
+from hasupd.host import clone
 from hasupd.host.containment import Containment
 from hasupd.host.reaper import Reaper
 from hasupd.ports import SpawnError
@@ -203,3 +205,48 @@ async def test_a_setting_the_kernel_refuses_is_a_clear_spawn_error(
     with pytest.raises(SpawnError, match=match):
         await run(spawner, make_spec(["/bin/true"], **kw))
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_kernel_without_clone3_falls_back_for_good(
+    containment: Containment, reaper: Reaper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stand-in for a kernel before 5.7 (this machine's has clone3): the extension's call answers
+    ENOSYS as such a kernel does. That start and every later one go through subprocess."""
+    assert clone._MODULE is not None
+    calls = []
+
+    def old_kernel(*args: Any) -> tuple[int, int]:
+        calls.append(args)
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), "clone3")
+
+    monkeypatch.setattr(clone._MODULE, "spawn", old_kernel)
+    s = new_spawner(containment, reaper, tmp_path)
+    try:
+        assert s.describe().startswith("clone3")
+        for _ in range(2):
+            argv = [SH, "-c", "echo started; grep '^0::' /proc/$$/cgroup"]
+            _, status, out = await run(s, make_spec(argv))
+            assert status.code == 0 and out.startswith(b"started\n"), out
+            if containment.kind == "cgroup":
+                assert out.rstrip().endswith(b"/svc.service"), out
+        assert len(calls) == 1  # not asked again
+        assert s.describe().startswith("subprocess (fork or vfork; clone3 refused by the kernel")
+    finally:
+        s.close()
+
+
+async def test_without_the_extension_the_subprocess_path_is_used(
+    containment: Containment, reaper: Reaper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after `pip install` on a machine without a C compiler (the extension is optional)."""
+    monkeypatch.setattr(clone, "_MODULE", None)
+    s = new_spawner(containment, reaper, tmp_path)
+    try:
+        assert s.describe() == "subprocess (fork or vfork; the C extension hasupd.host._spawn is not built)"
+        _, status, out = await run(
+            s, make_spec([SH, "-c", PROBE, "probe", str(tmp_path / "f")], nice=10, umask=0o027)
+        )
+        seen = report(out)
+        assert (status.code, seen["nice"], seen["mode"]) == (0, "10", "640")
+    finally:
+        s.close()

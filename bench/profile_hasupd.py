@@ -4,6 +4,7 @@
     bench/.env/bin/python bench/profile_hasupd.py restart 100     # SIGKILL one service 100 times
     bench/.env/bin/python bench/profile_hasupd.py cgroup-write    # the kernel's cost of joining a cgroup
     ... --no-cgroup      # hasupd's process-group fallback instead of cgroups, for comparison
+    ... --no-clone3      # hasupd's subprocess spawn path instead of clone3, for comparison
     ... --hasupd-src DIR # another copy of hasupd (default: this repository)
 
 hasupd runs in a child process (``python bench/profile_hasupd.py --inside OUT run ...``) that wraps the
@@ -124,6 +125,7 @@ def _run(args: argparse.Namespace, folder: Path, services: list[ServiceSpec], wo
     sup = Hasupd(src=args.hasupd_src)
     argv = sup.prepare(folder, services)
     argv = argv[argv.index("run") :] + (["--no-cgroup"] if args.no_cgroup else [])
+    argv += ["--no-clone3"] if args.no_clone3 else []
     out = folder / "timing.json"
     cmd = [sys.executable, __file__, "--inside", str(out), *argv]
     with open(folder / "hasupd.out", "wb") as log:
@@ -269,6 +271,7 @@ def main() -> None:
     p.add_argument("what", choices=["startup", "restart", "cgroup-write"])
     p.add_argument("n", type=int, nargs="?", default=100, help="services (startup) or kills (restart)")
     p.add_argument("--no-cgroup", action="store_true", help="hasupd's process-group fallback")
+    p.add_argument("--no-clone3", action="store_true", help="hasupd's subprocess spawn path")
     p.add_argument("--hasupd-src", type=Path, default=REPO, help="folder holding the hasupd package")
     args = p.parse_args()
     args.hasupd_src = args.hasupd_src.resolve()

@@ -64,6 +64,7 @@ struct hasupd_clone_args {
 
 #define CHILD_STACK_SIZE (256 * 1024)
 #define MAX_RLIMITS 16
+#define MAX_FDS 1024 /* stdio and the held sockets a service is handed */
 
 /* Steps, reported with the errno of the one that failed. */
 enum step {
@@ -90,7 +91,7 @@ struct plan {
     int nfds;
     int err_fd;                /* write end of the error pipe, >= nfds, close-on-exec */
     int max_fd;                /* for the close loop when close_range is missing */
-    int uid, gid;              /* -1: keep */
+    long uid, gid;             /* -1: keep (long: ids go up to 4294967294) */
     const gid_t *groups;       /* NULL: keep */
     int ngroups;
     struct rlimit_setting rlimits[MAX_RLIMITS];
@@ -154,7 +155,7 @@ static int child_main(void *arg)
         report(p, STEP_SETSID, errno);
 
     /* Sources below nfds could be overwritten by an earlier dup2: lift them first. */
-    int fds[64];
+    int fds[MAX_FDS];
     for (int i = 0; i < p->nfds; i++) {
         fds[i] = p->fds[i];
         if (fds[i] >= 0 && fds[i] < p->nfds && fds[i] != i) {
@@ -349,9 +350,10 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
     PyObject *exe_o, *argv_o, *env_o, *cwd_o, *fds_o, *groups_o, *rlimits_o, *nice_o, *oom_o, *slots_o;
-    int cgroup_fd, uid, gid, umask_v, ioprio, no_new_privs;
+    int cgroup_fd, umask_v, ioprio, no_new_privs;
+    long uid, gid;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O&OOOOiiiOOiOiOpO:spawn", PyUnicode_FSConverter, &exe_o, &argv_o,
+    if (!PyArg_ParseTuple(args, "O&OOOOillOOiOiOpO:spawn", PyUnicode_FSConverter, &exe_o, &argv_o,
                           &env_o, &cwd_o, &fds_o, &cgroup_fd, &uid, &gid, &groups_o, &rlimits_o,
                           &umask_v, &nice_o, &ioprio, &oom_o, &no_new_privs, &slots_o))
         return NULL;
@@ -370,7 +372,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
         goto out;
     if (cwd_o != Py_None && !PyUnicode_FSConverter(cwd_o, &cwd_b))
         goto out;
-    if (to_ints(fds_o, &fds, &plan.nfds, 64, "fds") < 0)
+    if (to_ints(fds_o, &fds, &plan.nfds, MAX_FDS, "fds") < 0)
         goto out;
     if (groups_o != Py_None) {
         if (to_ints(groups_o, &groups_i, &ngroups, 65536, "groups") < 0)

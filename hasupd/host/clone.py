@@ -10,13 +10,12 @@ says so and keeps the subprocess path as the fallback.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import resource
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 _MODULE: ModuleType | None
 try:
@@ -200,24 +199,32 @@ _SYS_IOPRIO_SET = {
     "s390x": 282,
 }
 _PR_SET_NO_NEW_PRIVS = 38
-_LIBC: ctypes.CDLL | None = None
+# ctypes and the machine name: loaded only by the fallback (the native path needs neither).
+_LIBC: Any = None
+_CTYPES: Any = None
+_MACHINE = ""
 
 
 def load_libc() -> None:
     """Load libc for ``apply_here`` in the parent: the forked child must not import or load anything."""
-    global _LIBC  # noqa: PLW0603 (one handle per process)
+    global _LIBC, _CTYPES, _MACHINE  # noqa: PLW0603 (one handle per process)
     if _LIBC is None:
+        import ctypes  # noqa: PLC0415
+        import platform  # noqa: PLC0415
+
+        _CTYPES = ctypes
         _LIBC = ctypes.CDLL(None, use_errno=True)
+        _MACHINE = platform.machine()
 
 
 def _check(result: int) -> None:
     if result != 0:
-        err = ctypes.get_errno()
+        err = _CTYPES.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 def _ioprio_set(value: int) -> None:
-    number = _SYS_IOPRIO_SET.get(platform.machine())
+    number = _SYS_IOPRIO_SET.get(_MACHINE)
     if number is None or _LIBC is None:
         raise OSError(errno.ENOSYS, "ioprio_set is not known on this architecture")
     _check(_LIBC.syscall(number, 1, 0, value))

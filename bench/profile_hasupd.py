@@ -43,7 +43,7 @@ TIMED = [  # (module, attribute path, label)
     ("hasupd.service", "Service._on_exit", "Service._on_exit (exit -> restart scheduled)"),
     ("hasupd.service", "Service._on_restart_due", "Service._on_restart_due (timer -> spawned)"),
     ("hasupd.runtimes.exec", "ExecSpawner.spawn", "ExecSpawner.spawn (one whole spawn)"),
-    ("hasupd.runtimes.exec", "_popen", "  exec._popen (fork, preexec, wait for exec)"),
+    ("hasupd.runtimes.exec", "popen", "  fallback.popen (fork, preexec, wait for exec)"),
     ("subprocess", "_fork_exec", "    _posixsubprocess.fork_exec (the fork itself)"),
     ("hasupd.host.clone", "CloneSpawner.spawn", "  clone.CloneSpawner.spawn (clone3 until exec)"),
     ("hasupd.host.clone", "_MODULE.spawn", "    _spawn.spawn (the C call)"),

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import re
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from hasupd.config.model import IoNice, RLimit, ServiceConfig
-from hasupd.config.nodes import Converter, Ctx, describe, is_null, record, to_int, to_nonempty_str
+from hasupd.config.nodes import (
+    Converter,
+    Ctx,
+    describe,
+    is_null,
+    mapping_items,
+    record,
+    to_int,
+    to_nonempty_str,
+)
 from hasupd.config.quantities import parse_size
 from hasupd.host.users import UnknownIdentity, lookup_group
 
@@ -129,3 +138,32 @@ def process_settings(service: ServiceConfig) -> dict[str, object]:
     if service.no_new_privileges:
         out["no_new_privileges"] = True
     return out
+
+
+_CONTAINER_HINT = (
+    "applies to programs (command:); for a container pass the engine's option in container.options"
+)
+_ENGINE_OPTION = {
+    "nofile": "--ulimit nofile=N",
+    "nproc": "--ulimit nproc=N",
+    "core": "--ulimit core=N",
+    "umask": "--umask",
+    "oom_score_adjust": "--oom-score-adj",
+    "supplementary_groups": "--group-add",
+    "no_new_privileges": "--security-opt no-new-privileges",
+}
+
+
+def check_not_container(ctx: Ctx, present: dict[str, tuple[Node, Node]]) -> None:
+    """Report the process settings of a ``container:`` service: hasupd would apply them to the engine's
+    client process, not to the container."""
+    keys = [*PROCESS_FIELDS, "supplementary_groups", "no_new_privileges"]
+    found = [(key, present[key][0]) for key in keys if key in present]
+    limits = present.get("limits")
+    if limits is not None and isinstance(limits[1], MappingNode):
+        inner = mapping_items(limits[1])
+        found += [(f"limits.{key}", inner[key][0]) for key in LIMIT_FIELDS if key in inner]
+    for key, node in found:
+        option = _ENGINE_OPTION.get(key.removeprefix("limits."))
+        hint = f" (such as {option})" if option else ""
+        ctx.error(node, key, f"{_CONTAINER_HINT}{hint}")

@@ -50,7 +50,12 @@ from hasupd.config.nodes import (
     to_str,
 )
 from hasupd.config.validate_fleet import to_placement
-from hasupd.config.validate_process import LIMIT_FIELDS, PROCESS_FIELDS, to_group_name
+from hasupd.config.validate_process import (
+    LIMIT_FIELDS,
+    PROCESS_FIELDS,
+    check_not_container,
+    to_group_name,
+)
 from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
@@ -326,6 +331,8 @@ def validate_service(ctx: Ctx, doc: Document) -> ServiceConfig | None:
         ctx.error(present["container"][0], "container", "command and container are mutually exclusive")
     elif "command" in values:
         _check_executable(ctx, values, present["command"][1], "environment" in present)
+    if "container" in present:
+        check_not_container(ctx, present)
     _check_restart_delays(ctx, values, present)
     if ctx.count != before:
         return None

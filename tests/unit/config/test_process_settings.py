@@ -80,3 +80,22 @@ def test_bad_values_are_reported_where_they_are(tmp_path: Path) -> None:
         "services.d/a.yaml:7:24: supplementary_groups.0: unknown group 'no-such-group-xyz'",
         "services.d/a.yaml:8:20: no_new_privileges: expected true or false, got a string",
     ]
+
+
+def test_a_container_service_is_told_to_use_the_engine(tmp_path: Path) -> None:
+    assert service_issues(
+        tmp_path,
+        """
+        container: {image: localhost/app:1}
+        limits: {memory: 64M, nofile: 4096}
+        nice: 5
+        no_new_privileges: true
+        """,
+    ) == [
+        "services.d/a.yaml:2:23: limits.nofile: applies to programs (command:); for a container pass the"
+        " engine's option in container.options (such as --ulimit nofile=N)",
+        "services.d/a.yaml:3:1: nice: applies to programs (command:); for a container pass the engine's"
+        " option in container.options",
+        "services.d/a.yaml:4:1: no_new_privileges: applies to programs (command:); for a container pass"
+        " the engine's option in container.options (such as --security-opt no-new-privileges)",
+    ]

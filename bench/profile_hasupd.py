@@ -4,6 +4,7 @@
     bench/.env/bin/python bench/profile_hasupd.py restart 100     # SIGKILL one service 100 times
     bench/.env/bin/python bench/profile_hasupd.py cgroup-write    # the kernel's cost of joining a cgroup
     ... --no-cgroup      # hasupd's process-group fallback instead of cgroups, for comparison
+    ... --no-clone3      # hasupd's subprocess spawn path instead of clone3, for comparison
     ... --hasupd-src DIR # another copy of hasupd (default: this repository)
 
 hasupd runs in a child process (``python bench/profile_hasupd.py --inside OUT run ...``) that wraps the
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import ctypes
 import functools
 import importlib
 import json
 import os
+import pstats
 import runpy
 import signal
 import subprocess
@@ -40,12 +43,18 @@ TIMED = [  # (module, attribute path, label)
     ("hasupd.service", "Service._on_exit", "Service._on_exit (exit -> restart scheduled)"),
     ("hasupd.service", "Service._on_restart_due", "Service._on_restart_due (timer -> spawned)"),
     ("hasupd.runtimes.exec", "ExecSpawner.spawn", "ExecSpawner.spawn (one whole spawn)"),
-    ("hasupd.runtimes.exec", "_popen", "  exec._popen (fork, preexec, wait for exec)"),
+    ("hasupd.runtimes.exec", "popen", "  fallback.popen (fork, preexec, wait for exec)"),
     ("subprocess", "_fork_exec", "    _posixsubprocess.fork_exec (the fork itself)"),
+    ("hasupd.host.clone", "CloneSpawner.spawn", "  clone.CloneSpawner.spawn (clone3 until exec)"),
+    ("hasupd.host.clone", "_MODULE.spawn", "    _spawn.spawn (the C call)"),
+    ("hasupd.runtimes.exec", "_identity", "  exec._identity (passwd lookups)"),
+    ("hasupd.runtimes.exec", "_resolve", "  exec._resolve (PATH lookup)"),
+    ("hasupd.runtimes.envfile", "load_environment_files", "  load_environment_files"),
     ("hasupd.host.containment", "Containment.scope", "  Containment.scope (new cgroup)"),
     ("hasupd.host.output", "LogFiles.open", "  LogFiles.open (pipe, log file)"),
-    ("hasupd.runtimes.exec", "_identity", "  exec._identity (passwd lookups)"),
     ("hasupd.host.containment", "CgroupScope.release", "CgroupScope.release (rmdir)"),
+    ("hasupd.host.containment", "_kill_and_remove", "    containment._kill_and_remove (old cgroup)"),
+    ("hasupd.runtimes.exec", "ExecSpawner._on_pidfd", "ExecSpawner._on_pidfd (exit seen -> on_exit done)"),
     ("hasupd.host.containment", "CgroupScope.signal_all", "CgroupScope.signal_all"),
     ("hasupd.host.reaper", "Reaper._sweep", "Reaper._sweep (/proc scan)"),
     ("logging", "StreamHandler.emit", "logging StreamHandler.emit (records)"),
@@ -85,8 +94,23 @@ def inside(out: Path, argv: list[str]) -> None:
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     missing = [label for module, path, label in TIMED if not _wrap(totals, module, path, label)]
 
+    profiler = cProfile.Profile() if os.environ.get("PROFILE_CPROFILE") == "1" else None
+    if profiler is not None:
+        # cProfile around the restart path only (exit seen -> respawned), where calls are few.
+        import hasupd.runtimes.exec as exec_module  # noqa: PLC0415 (after the timers wrapped it)
+
+        for owner, name in ((exec_module.ExecSpawner, "_on_pidfd"), (exec_module.ExecSpawner, "spawn")):
+            fn = getattr(owner, name)
+
+            def profiled(*a: Any, _fn: Any = fn, **kw: Any) -> Any:
+                return profiler.runcall(_fn, *a, **kw)
+
+            setattr(owner, name, profiled)
+
     def dump(signum: int, frame: object) -> None:
         out.write_text(json.dumps({"totals": totals, "missing": missing}))
+        if profiler is not None:
+            profiler.dump_stats(str(out.with_suffix(".prof")))
 
     signal.signal(signal.SIGUSR1, dump)
     sys.setrecursionlimit(20_000)  # Manager.start_all recurses once per service
@@ -101,6 +125,7 @@ def _run(args: argparse.Namespace, folder: Path, services: list[ServiceSpec], wo
     sup = Hasupd(src=args.hasupd_src)
     argv = sup.prepare(folder, services)
     argv = argv[argv.index("run") :] + (["--no-cgroup"] if args.no_cgroup else [])
+    argv += ["--no-clone3"] if args.no_clone3 else []
     out = folder / "timing.json"
     cmd = [sys.executable, __file__, "--inside", str(out), *argv]
     with open(folder / "hasupd.out", "wb") as log:
@@ -122,6 +147,8 @@ def _run(args: argparse.Namespace, folder: Path, services: list[ServiceSpec], wo
             print(f"{seconds * 1000:9.1f} ms {n:7d} calls {seconds / n * 1000:8.3f} ms/call  {label}")
     for label in data["missing"]:
         print(f"{'':9} (not found: {label.strip()})")
+    if out.with_suffix(".prof").exists():
+        pstats.Stats(str(out.with_suffix(".prof"))).sort_stats("cumulative").print_stats(45)
 
 
 def startup(args: argparse.Namespace, folder: Path, programs: Programs) -> None:
@@ -244,6 +271,7 @@ def main() -> None:
     p.add_argument("what", choices=["startup", "restart", "cgroup-write"])
     p.add_argument("n", type=int, nargs="?", default=100, help="services (startup) or kills (restart)")
     p.add_argument("--no-cgroup", action="store_true", help="hasupd's process-group fallback")
+    p.add_argument("--no-clone3", action="store_true", help="hasupd's subprocess spawn path")
     p.add_argument("--hasupd-src", type=Path, default=REPO, help="folder holding the hasupd package")
     args = p.parse_args()
     args.hasupd_src = args.hasupd_src.resolve()

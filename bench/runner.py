@@ -46,6 +46,8 @@ class Settings:
     output_rounds: int = 2
     probe_services: int = 100
     probe_window_sec: float = 30.0
+    stop_services: int = 100
+    stop_rounds: int = 3
 
     @classmethod
     def quick(cls) -> Settings:
@@ -68,6 +70,8 @@ class Settings:
             output_rounds=1,
             probe_services=10,
             probe_window_sec=5.0,
+            stop_services=10,
+            stop_rounds=1,
         )
 
     def as_dict(self) -> dict[str, Any]:

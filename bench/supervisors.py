@@ -272,7 +272,10 @@ def _containment(log: Path) -> str:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 if record.get("event") == "daemon.started":
-                    return str(record.get("containment", "-"))
+                    # The spawn path too (clone3 or the subprocess fallback), since it is what the
+                    # restart and start-up numbers depend on.
+                    spawn = f"; spawn: {record['spawn']}" if record.get("spawn") else ""
+                    return f"{record.get('containment', '-')}{spawn}"
     return "-"
 
 
@@ -408,4 +411,19 @@ class Circus(Supervisor):
         return folder / "circus.log"
 
 
-ALL: dict[str, type[Supervisor]] = {"hasupd": Hasupd, "supervisord": Supervisord, "circus": Circus}
+class HasupdSubprocess(Hasupd):
+    """The same hasupd on its fallback spawn path (``--no-clone3``: subprocess, the child joins its
+    cgroup in a preexec_fn), for an A/B of the spawn path in one run: ``--only hasupd,hasupd-subprocess``."""
+
+    name = "hasupd-subprocess"
+
+    def prepare(self, folder: Path, services: Sequence[ServiceSpec]) -> list[str]:
+        return [*super().prepare(folder, services), "--no-clone3"]
+
+
+ALL: dict[str, type[Supervisor]] = {
+    "hasupd": Hasupd,
+    "supervisord": Supervisord,
+    "circus": Circus,
+    "hasupd-subprocess": HasupdSubprocess,
+}

@@ -160,6 +160,7 @@ async def build(
     log_target: LogTarget | None = None,
     log_format: LogFormat | None = None,
     force_fallback_containment: bool = False,
+    native_spawn: bool = True,
     socket_store: HeldSocketStore | None = None,
     keep: Callable[[Containment, Manager], frozenset[str]] | None = None,
 ) -> Graph:
@@ -208,7 +209,7 @@ async def build(
         runtime_dir=runtime_dir,
     )
     reaper = Reaper(loop)
-    programs = ExecSpawner(loop, containment, reaper, state_dir)
+    programs = ExecSpawner(loop, containment, reaper, state_dir, native=native_spawn)
     tasks = DaemonTasks(loop)
     containers = ContainerSpawner(
         programs, reaper=reaper, name_prefix=container_prefix, engine_env=engine_env, tasks=tasks
@@ -218,7 +219,10 @@ async def build(
     default_output = OutputMode.JOURNAL if journal_stream_available() else OutputMode.FILE
     bus.publish(
         ev.DaemonStarted(
-            version=__version__, config_dir=str(config.config_dir), containment=containment.describe()
+            version=__version__,
+            config_dir=str(config.config_dir),
+            containment=containment.describe(),
+            spawn=programs.describe(),
         )
     )
     clock = LoopClock(loop)

@@ -45,6 +45,7 @@ class Options:
     force_fallback_containment: bool = False
     no_watch: bool = False
     vendor_dir: Path | None = None  # packages' services.d lives below it (None: none is read)
+    no_clone3: bool = False  # the subprocess spawn path even where clone3 works
 
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -122,6 +123,7 @@ class Daemon:
             log_target=self.options.log_target,
             log_format=self.options.log_format,
             force_fallback_containment=self.options.force_fallback_containment,
+            native_spawn=not self.options.no_clone3,
             # Under systemd: held sockets a crashed hasupd left in the fd store come back here.
             socket_store=HeldSocketStore(FdStoreChannel(), take_listen_fds()),
             keep=lambda containment, manager: handover.kept_units(body, containment, manager),

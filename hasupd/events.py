@@ -55,9 +55,12 @@ class DaemonStarted(Event):
     version: str
     config_dir: str
     containment: str
+    spawn: str = ""  # the spawn path in use: clone3(CLONE_INTO_CGROUP) or the subprocess fallback
 
     def message(self) -> str:
-        return f"hasupd {self.version} starting on {self.config_dir} ({self.containment})"
+        return (
+            f"hasupd {self.version} starting on {self.config_dir} ({self.containment}; spawn: {self.spawn})"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

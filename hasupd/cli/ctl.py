@@ -63,6 +63,9 @@ def print_status(services: list[dict[str, Any]]) -> None:
             print(f"{s['name']}: {s['rolled_back']}")
         if s.get("next_run"):
             print(f"{s['name']}: timer, next run {s['next_run']}")
+        if s.get("process"):
+            shown = " ".join(f"{k}={v}" for k, v in s["process"].items())
+            print(f"{s['name']}: process {shown}")
     # A service with several instances also as a whole: how many are up.
     groups: dict[str, list[dict[str, Any]]] = {}
     for s in services:

@@ -82,10 +82,29 @@ class HealthProbe:
 
 
 @dataclass(frozen=True)
+class RLimit:
+    """One resource limit set in the child before exec; None is "infinity"."""
+
+    soft: int | None
+    hard: int | None
+
+
+@dataclass(frozen=True)
 class Limits:
     memory: int | None = None  # bytes, RSS of the whole tree
     cpu_percent: float | None = None
     cpu_window_sec: float = 60.0
+    nofile: RLimit | None = None  # None: hasupd's own (setrlimit in the child, as systemd's LimitNOFILE=)
+    nproc: RLimit | None = None
+    core: RLimit | None = None  # bytes
+
+
+@dataclass(frozen=True)
+class IoNice:
+    """I/O scheduling class and level (ioprio_set(2), systemd's IOSchedulingClass=/Priority=)."""
+
+    klass: str = "best-effort"  # realtime | best-effort | idle
+    level: int = 4  # 0 (highest) .. 7; unused for idle
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,13 @@ class ServiceConfig:
     schedule: str | None = None
     persistent: bool = False
     randomized_delay_sec: float = 0.0
+    # Per-process settings applied in the child before exec (None / empty: hasupd's own).
+    nice: int | None = None
+    ionice: IoNice | None = None
+    umask: int | None = None
+    oom_score_adjust: int | None = None
+    supplementary_groups: tuple[str, ...] = ()
+    no_new_privileges: bool = False
 
 
 # --------------------------------------------------------------------------- backups

@@ -52,6 +52,12 @@ from hasupd.config.nodes import (
 )
 from hasupd.config.validate_backups import to_schedule
 from hasupd.config.validate_fleet import to_placement
+from hasupd.config.validate_process import (
+    LIMIT_FIELDS,
+    PROCESS_FIELDS,
+    check_not_container,
+    to_group_name,
+)
 from hasupd.host.procfs import DEFAULT_PATH
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
@@ -257,6 +263,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
             "memory": to_size,
             "cpu_percent": to_positive_number(MAX_CPU_PERCENT),
             "cpu_window_sec": to_duration(positive=True),
+            **LIMIT_FIELDS,
         },
     ),
     "output": to_enum(OutputMode),
@@ -279,6 +286,9 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "schedule": to_schedule,
     "persistent": to_bool,
     "randomized_delay_sec": to_duration(),
+    **PROCESS_FIELDS,
+    "supplementary_groups": seq_of(to_group_name, "a list of group names or ids"),
+    "no_new_privileges": to_bool,
 }
 
 
@@ -358,6 +368,8 @@ def validate_service(ctx: Ctx, doc: Document) -> ServiceConfig | None:
         ctx.error(present["container"][0], "container", "command and container are mutually exclusive")
     elif "command" in values:
         _check_executable(ctx, values, present["command"][1], "environment" in present)
+    if "container" in present:
+        check_not_container(ctx, present)
     _check_restart_delays(ctx, values, present)
     _check_reload_and_timer(ctx, values, present)
     if ctx.count != before:

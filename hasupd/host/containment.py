@@ -84,6 +84,11 @@ class ScopeImpl(ABC):
         before exec, or None when there is no cgroup. Raise SpawnError if it cannot be opened."""
         return None
 
+    def open_dir_fd(self) -> int | None:
+        """Return a new O_CLOEXEC fd of the cgroup's directory for clone3(CLONE_INTO_CGROUP), or None
+        when there is no cgroup. Raise SpawnError if it cannot be opened."""
+        return None
+
     def set_memory_max(self, nbytes: int | None) -> bool:
         """Set memory.max of the scope (None: no limit); return False if the memory controller is not
         available."""
@@ -140,6 +145,12 @@ class CgroupScope(ScopeImpl):
     def __init__(self, owner: Containment, unit_name: str, invocation_id: str, path: Path) -> None:
         super().__init__(owner, unit_name, invocation_id)
         self.path = path
+
+    def open_dir_fd(self) -> int | None:
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SpawnError(f"cannot open {self.path}: {e.strerror}") from e
 
     def open_procs_fd(self) -> int | None:
         try:

@@ -1,14 +1,20 @@
 """Plain programs as main processes: ``ExecSpawner`` implements ``hasupd.ports.Spawner``.
 
 A child starts with a clean environment, stdin on /dev/null, in its own session, already inside its
-scope's cgroup (it writes "0" into cgroup.procs between fork and exec, so it cannot fork outside),
-with ``pass_fds`` at 3, 4, ... in the given order. Its exit is learned from a pidfd on the loop.
+scope's cgroup (so it cannot fork outside), with ``pass_fds`` at 3, 4, ... in the given order and the
+service's process settings (limits, nice, ionice, umask, oom_score_adjust, groups, no_new_privileges)
+applied before exec. Its exit is learned from a pidfd on the loop.
+
+Two paths: ``hasupd.host.clone`` (clone3(CLONE_INTO_CGROUP), no Python in the child: the child is born
+in its cgroup, no fork of hasupd's memory) when the C extension is built and the kernel has clone3;
+else subprocess, where the child writes "0" into cgroup.procs and applies the settings in a preexec_fn
+(a cgroup migration: it waits for an RCU grace period, ~15 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import errno
 import logging
 import os
 import pwd
@@ -19,7 +25,16 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from hasupd.config.model import ServiceConfig
 from hasupd.host.adoption import is_child
+from hasupd.host.clone import (
+    RLIMITS,
+    ChildFailed,
+    ChildSettings,
+    CloneSpawner,
+    Launch,
+    ionice_value,
+)
 from hasupd.host.containment import Containment, ScopeImpl
 from hasupd.host.output import DEFAULT_JOURNAL_DIR, DEFAULT_KEEP, DEFAULT_MAX_BYTES, LogFiles, Output
 from hasupd.host.procfs import DEFAULT_PATH
@@ -27,12 +42,12 @@ from hasupd.host.reaper import Reaper
 from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
 from hasupd.ports import ExitStatus, SpawnError, SpawnSpec
 from hasupd.runtimes.envfile import load_environment_files
+from hasupd.runtimes.fallback import OWN_PID_VARIABLES, lift_fds, popen
 from hasupd.states import OutputMode
 
 log = logging.getLogger(__name__)
 
 _FROM_HASUPD = ("LANG", "LC_ALL", "TZ")
-_ExecArgs = tuple[str, list[str], dict[str, str]]
 
 
 class ExecProcess:
@@ -115,12 +130,20 @@ class ExecSpawner:
         *,
         log_max_bytes: int = DEFAULT_MAX_BYTES,
         log_keep: int = DEFAULT_KEEP,
+        native: bool = True,
     ) -> None:
         self._loop = loop
         self._containment = containment
         self._reaper = reaper
         self._outputs = LogFiles(loop, state_dir / "logs", journal_socket_dir, log_max_bytes, log_keep)
         self._running: dict[int, ExecProcess] = {}
+        # native=False: always the subprocess path (hasupd run --no-clone3, tests of the fallback).
+        self._clone = CloneSpawner() if native else CloneSpawner.disabled("turned off (--no-clone3)")
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every child's stdin
+
+    def describe(self) -> str:
+        """Return the spawn path in use, for the startup record."""
+        return self._clone.describe(self._containment.kind == "cgroup")
 
     def watch_output(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(unit)`` whenever a unit's log file (``output: file``) grows; from the loop,
@@ -189,6 +212,9 @@ class ExecSpawner:
             proc._pidfd = -1
         self._running.clear()
         self._outputs.close()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
     def _spawn(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
         service = spec.service
@@ -210,6 +236,12 @@ class ExecSpawner:
         ]
         exe = _resolve(argv[0], cwd, _merge(base, layers)["PATH"])
 
+        settings = child_settings(service)
+        if service.supplementary_groups:
+            if groups is None:
+                raise SpawnError("cannot set supplementary_groups: hasupd is not running as root")
+            groups = _with_supplementary(groups, service.supplementary_groups)
+
         with ExitStack() as always, ExitStack() as on_failure:
             scope = self._containment.scope(unit, spec.invocation_id)
             on_failure.callback(scope.release)
@@ -217,42 +249,89 @@ class ExecSpawner:
             always.callback(output.close_child_ends)
             if output.drain is not None:
                 on_failure.callback(output.drain.close)
-            procs_fd = scope.open_procs_fd()
-            if procs_fd is not None:
-                always.callback(os.close, procs_fd)
-            fillers, copies = _lift_fds(spec.pass_fds)
-            for fd in fillers + copies:
-                always.callback(os.close, fd)
             env = _merge({**base, **output.env}, layers)
-            exec_args = (exe, argv, env) if any(k in env for k in _OWN_PID_VARIABLES) else None
-            popen = _popen(
-                argv,
-                exe=exe,
-                cwd=cwd,
-                env=env,
-                output=output,
-                uid=uid,
-                gid=gid,
-                groups=groups,
-                procs_fd=procs_fd,
-                copies=copies,
-                exec_args=exec_args,
-            )
-            self._reaper.track(popen.pid)  # before the loop can run a SIGCHLD callback
-            scope.attach(popen.pid)
-            try:
-                pidfd = os.pidfd_open(popen.pid)
-            except OSError as e:  # EMFILE: do not leave an unwatched process behind
-                scope.kill_all()
-                popen.kill()
-                popen.wait()
-                self._reaper.untrack(popen.pid)
-                raise SpawnError(f"cannot watch the process: {e.strerror}") from e
+            launch = Launch(exe, argv, env, cwd, uid, gid, groups, settings)
+            started = None
+            if self._clone.usable():
+                started = self._clone_spawn(scope, launch, output, spec.pass_fds, always)
+            if started is not None:
+                pid, pidfd, popen = started[0], started[1], None
+                self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
+                scope.attach(pid)
+            else:
+                popen = self._popen_spawn(scope, launch, output, spec.pass_fds, always)
+                pid = popen.pid
+                self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
+                scope.attach(pid)
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError as e:  # EMFILE: do not leave an unwatched process behind
+                    scope.kill_all()
+                    popen.kill()
+                    popen.wait()
+                    self._reaper.untrack(pid)
+                    raise SpawnError(f"cannot watch the process: {e.strerror}") from e
             on_failure.pop_all()
-        proc = ExecProcess(popen, scope, pidfd, output)
+        proc = ExecProcess(popen, scope, pidfd, output, pid=pid)
         self._running[proc.pid] = proc
         self._loop.add_reader(pidfd, self._on_pidfd, proc, on_exit)
         return proc
+
+    def _clone_spawn(
+        self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
+    ) -> tuple[int, int] | None:
+        """Start through clone3 (no Python in the child); None if the kernel cannot (fall back)."""
+        cgroup_fd = scope.open_dir_fd()
+        if cgroup_fd is not None:
+            always.callback(os.close, cgroup_fd)
+        fds = [self._devnull, 1 if output.stdout is None else output.stdout]
+        fds += [2 if output.stderr is None else output.stderr, *pass_fds]
+        own_pid = tuple(pid_var for var, pid_var in OWN_PID_VARIABLES.items() if var in launch.env)
+        exe, cwd = launch.exe, launch.cwd
+        try:
+            started = self._clone.spawn(launch, fds, cgroup_fd, own_pid)
+        except ChildFailed as e:
+            if e.step == "exec" and e.errno == errno.ENOENT:
+                raise SpawnError(f"{exe} does not exist") from None
+            if e.step == "exec" and e.errno == errno.EACCES:
+                raise SpawnError(f"permission denied executing {exe}") from None
+            if e.step == "exec":
+                raise SpawnError(f"cannot execute {exe}: {os.strerror(e.errno)}") from None
+            if e.step == "chdir" and e.errno == errno.ENOENT:
+                raise SpawnError(f"working directory {cwd} does not exist") from None
+            raise SpawnError(str(e)) from None
+        except OSError as e:
+            raise SpawnError(f"cannot start a process: {e.strerror}") from e
+        if started is None:
+            log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
+        return started
+
+    def _popen_spawn(
+        self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
+    ) -> subprocess.Popen[bytes]:
+        """The fallback: subprocess, joining the cgroup and applying settings in a preexec_fn."""
+        procs_fd = scope.open_procs_fd()
+        if procs_fd is not None:
+            always.callback(os.close, procs_fd)
+        fillers, copies = lift_fds(pass_fds)
+        for fd in fillers + copies:
+            always.callback(os.close, fd)
+        env = launch.env
+        exec_args = (launch.exe, launch.argv, env) if any(k in env for k in OWN_PID_VARIABLES) else None
+        return popen(
+            launch.argv,
+            exe=launch.exe,
+            cwd=launch.cwd,
+            env=env,
+            output=output,
+            uid=launch.uid,
+            gid=launch.gid,
+            groups=launch.groups,
+            procs_fd=procs_fd,
+            copies=copies,
+            exec_args=exec_args,
+            settings=launch.settings,
+        )
 
     def _on_pidfd(self, proc: ExecProcess, on_exit: Callable[[ExitStatus], None]) -> None:
         self._loop.remove_reader(proc._pidfd)
@@ -271,6 +350,31 @@ class ExecSpawner:
         self._reaper.untrack(proc.pid)
         self._running.pop(proc.pid, None)
         on_exit(status)
+
+
+def child_settings(service: ServiceConfig) -> ChildSettings:
+    """Return the process settings of ``service`` as the child applies them."""
+    rlimits = []
+    for name, res in RLIMITS.items():
+        value = getattr(service.limits, name)
+        if value is not None:
+            soft = -1 if value.soft is None else value.soft
+            rlimits.append((res, soft, -1 if value.hard is None else value.hard))
+    ionice = service.ionice
+    return ChildSettings(
+        rlimits=tuple(rlimits),
+        umask=service.umask,
+        nice=service.nice,
+        ioprio=None if ionice is None else ionice_value(ionice.klass, ionice.level),
+        oom_score_adj=service.oom_score_adjust,
+        no_new_privs=service.no_new_privileges,
+    )
+
+
+def _with_supplementary(groups: list[int], names: tuple[str, ...]) -> list[int]:
+    """Return ``groups`` plus the gids of ``names``. Raise SpawnError for an unknown group."""
+    extra = [_gid(name) for name in names]
+    return groups + [gid for gid in dict.fromkeys(extra) if gid not in groups]
 
 
 def _merge(base: Mapping[str, str], layers: list[Mapping[str, str]]) -> dict[str, str]:
@@ -335,115 +439,3 @@ def _resolve(cmd: str, cwd: str, path: str) -> str:
     if os.path.isdir(full) or not os.access(full, os.X_OK):
         raise SpawnError(f"{full} is not an executable file")
     return full
-
-
-def _lift_fds(fds: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """Prepare ``fds`` to be dup2'ed onto 3, 4, ... in the child; return (fillers, copies).
-
-    The copies sit at or above 3+n, so the child's dup2 onto 3..3+n-1 cannot clobber a source.
-    The fillers take every free fd below 3+n for the duration of the fork, so that subprocess's own
-    exec-error pipe (and everything else opened meanwhile) also lands above the range.
-    Raise SpawnError if one of ``fds`` is not open.
-    """
-    if not fds:
-        return [], []
-    top = 3 + len(fds)
-    fillers: list[int] = []
-    copies: list[int] = []
-    try:
-        while (fd := os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)) < top:
-            fillers.append(fd)
-        os.close(fd)
-        for fd in fds:
-            copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top))
-    except OSError as e:
-        for held in fillers + copies:
-            os.close(held)
-        raise SpawnError(f"cannot pass fd {fd}: {e.strerror}") from e
-    return fillers, copies
-
-
-# Protocols whose pid variable must name the child itself (sd_listen_fds, sd_watchdog_enabled).
-_OWN_PID_VARIABLES = {"LISTEN_FDS": "LISTEN_PID", "WATCHDOG_USEC": "WATCHDOG_PID"}
-
-
-def _preexec(
-    procs_fd: int | None, copies: list[int], exec_args: _ExecArgs | None
-) -> Callable[[], None] | None:
-    """Return what the child runs between fork and exec (after subprocess switched user), or None.
-
-    The cgroup write works after the user switch because the kernel checks the credentials the
-    parent opened cgroup.procs with. With LISTEN_FDS or WATCHDOG_USEC the child must also learn its
-    own pid (LISTEN_PID, WATCHDOG_PID), which only it knows: then it marks every other fd
-    close-on-exec (subprocess's error pipe included, so the parent still learns of exec) and execs
-    itself.
-    """
-    if procs_fd is None and not copies and exec_args is None:
-        return None  # lets subprocess use vfork
-    top = 3 + len(copies)
-
-    def run() -> None:
-        if procs_fd is not None:
-            os.write(procs_fd, b"0")
-        for i, fd in enumerate(copies):
-            os.dup2(fd, 3 + i)
-        if exec_args is not None:
-            exe, argv, env = exec_args
-            for name in os.listdir("/proc/self/fd"):
-                # OSError: the directory fd that listdir used is closed by now.
-                with suppress(OSError):
-                    if int(name) >= top:
-                        fcntl.fcntl(int(name), fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-            for variable, pid_variable in _OWN_PID_VARIABLES.items():
-                if variable in env:
-                    env[pid_variable] = str(os.getpid())
-            os.execve(exe, argv, env)
-
-    return run
-
-
-def _popen(
-    argv: list[str],
-    *,
-    exe: str,
-    cwd: str,
-    env: dict[str, str],
-    output: Output,
-    uid: int | None,
-    gid: int | None,
-    groups: list[int] | None,
-    procs_fd: int | None,
-    copies: list[int],
-    exec_args: _ExecArgs | None,
-) -> subprocess.Popen[bytes]:
-    """Fork and exec; raise SpawnError with the reason if exec (or anything before it) failed."""
-    try:
-        return subprocess.Popen(
-            argv,
-            executable=exe,
-            stdin=subprocess.DEVNULL,
-            stdout=output.stdout,
-            stderr=output.stderr,
-            cwd=cwd,
-            env=env,
-            close_fds=True,
-            pass_fds=tuple(range(3, 3 + len(copies))),
-            start_new_session=True,
-            # Unsafe with threads in general; ours only writes, dup2s and (with LISTEN_FDS) execs,
-            # none of which takes a lock another thread could hold.
-            preexec_fn=_preexec(procs_fd, copies, exec_args),  # noqa: PLW1509
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-    except FileNotFoundError as e:
-        what = f"working directory {cwd}" if e.filename == cwd else exe
-        raise SpawnError(f"{what} does not exist") from e
-    except PermissionError as e:
-        if e.filename == cwd:  # chdir, setgroups, setgid or setuid: all happen before exec
-            raise SpawnError(f"cannot enter {cwd} or switch to the service's user: {e.strerror}") from e
-        raise SpawnError(f"permission denied executing {exe}") from e
-    except OSError as e:
-        raise SpawnError(f"cannot execute {exe}: {e.strerror}") from e
-    except subprocess.SubprocessError as e:
-        raise SpawnError(f"the child failed before exec (cgroup placement or fd hand-off): {e}") from e

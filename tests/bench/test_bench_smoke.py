@@ -53,6 +53,7 @@ def test_quick_benchmark_of_hasupd(tmp_path: Path) -> None:
         "startup_and_idle",
         "output",
         "probes",
+        "stop",
     }
     assert results["meta"]["versions"]["hasupd"].startswith("0.")
     sc = results["scenarios"]
@@ -86,4 +87,12 @@ def test_quick_benchmark_of_hasupd(tmp_path: Path) -> None:
     probes = sc["probes"]["hasupd"]
     assert probes["measured"] or probes["reason"]
 
-    assert {t["target"] for t in results["targets"]} >= {"restart latency at zero delay"}
+    stop = sc["stop"]
+    assert stop["services"] == 10
+    assert 0 < stop["stop_sec"]["hasupd"]["median"] < 30
+
+    assert {t["target"] for t in results["targets"]} >= {
+        "restart latency at zero delay, /bin/sh child",
+        "restart latency at zero delay, Python child",
+        "stop, 10 services",
+    }

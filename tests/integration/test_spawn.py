@@ -64,9 +64,15 @@ def new_spawner(containment: Containment, reaper: Reaper, tmp_path: Path, **kw: 
     return ExecSpawner(asyncio.get_running_loop(), containment, reaper, tmp_path / "state", **kw)
 
 
-@pytest.fixture
-async def spawner(containment: Containment, reaper: Reaper, tmp_path: Path) -> AsyncIterator[ExecSpawner]:
-    s = new_spawner(containment, reaper, tmp_path)
+@pytest.fixture(params=["clone3", "subprocess"])
+async def spawner(
+    request: pytest.FixtureRequest, containment: Containment, reaper: Reaper, tmp_path: Path
+) -> AsyncIterator[ExecSpawner]:
+    # Both spawn paths: clone3 through the C extension, and the subprocess fallback.
+    s = new_spawner(containment, reaper, tmp_path, native=request.param == "clone3")
+    if request.param == "clone3":
+        # Built by `pip install -e .` (scripts/test) or `python3 setup.py build_ext --inplace`.
+        assert s._clone.usable(), s.describe()  # the extension must be built for the tests
     yield s
     s.close()
 

@@ -144,12 +144,12 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "dh",
         "lintian",
         hint="apt-get install git build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject "
-        "python3-all python3-setuptools lintian",
+        "python3-all python3-all-dev python3-setuptools lintian",
     )
     out = tmp_path_factory.mktemp("deb")
     proc = run([str(REPO / "packaging" / "build-deb"), str(out)], timeout=600)
     print(proc.stdout, proc.stderr)
-    debs = sorted(out.glob("hasupd_*_all.deb"))
+    debs = sorted(out.glob("hasupd_*.deb"))
     assert len(debs) == 1, f"expected one .deb in {out}, found {debs}"
     return debs[0]
 

@@ -19,7 +19,7 @@ def test_root_builds_the_deb_from_a_clone_owned_by_another_user(tmp_path: Path) 
         "dh",
         "lintian",
         hint="apt-get install git build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject "
-        "python3-all python3-setuptools lintian",
+        "python3-all python3-all-dev python3-setuptools lintian",
     )
     src = tmp_path / "clone"
     clone(REPO, src, with_changes=True)
@@ -31,5 +31,11 @@ def test_root_builds_the_deb_from_a_clone_owned_by_another_user(tmp_path: Path) 
     assert plain.returncode != 0 and "dubious ownership" in plain.stderr, plain
     out = tmp_path / "out"
     proc = run([str(src / "packaging" / "build-deb"), str(out)], timeout=600)
-    debs = sorted(out.glob("hasupd_*_all.deb"))
+    debs = sorted(out.glob("hasupd_*.deb"))
     assert len(debs) == 1, f"{proc.stdout}\n{proc.stderr}"
+    # Architecture: any since the spawn path is a C extension; the package must carry it (the
+    # pure-Python fallback is for source installs without a compiler, not for the .deb).
+    listing = run(["dpkg-deb", "--contents", str(debs[0])], timeout=60).stdout
+    assert "/hasupd/host/_spawn.cpython-" in listing, listing
+    arch = run(["dpkg-deb", "--field", str(debs[0]), "Architecture"], timeout=60).stdout.strip()
+    assert arch == run(["dpkg", "--print-architecture"], timeout=60).stdout.strip()

@@ -271,7 +271,7 @@ def bumped_deb(tmp_path: Path, version: str, commit: str | None = None) -> Path:
         path.write_text(text)
     out = tmp_path / "out"
     run([str(tree / "packaging" / "build-deb"), str(out)], timeout=900)
-    (deb,) = out.glob(f"hasupd_{version}-1_all.deb")
+    (deb,) = out.glob(f"hasupd_{version}-1_*.deb")
     return deb
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hasupd.config.validate_process import process_settings
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.manager import RollingRestartError
@@ -47,6 +48,8 @@ def service_status(service: Service) -> dict[str, Any]:
         "status_text": st.status_text,
         "health": st.health,
         "rolled_back": st.rolled_back,
+        # limits.nofile, nice, umask ...: what the child gets before exec, as configured.
+        "process": process_settings(service.config),
     }
 
 

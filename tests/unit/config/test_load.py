@@ -114,7 +114,7 @@ def test_unknown_keys_with_and_without_hint(tmp_path: Path) -> None:
         command: [true]
         restar: always
         start_limit: {burst: 3, intervall: 5s, colour: red}
-        frobnicate: 1
+        qqqqqqq: 1
         health:
           - {tcp: "127.0.0.1:1", intervl_sec: 5s}
         """,
@@ -124,7 +124,7 @@ def test_unknown_keys_with_and_without_hint(tmp_path: Path) -> None:
         "unknown key 'intervall', did you mean 'interval_sec'?",
         "services.d/a.yaml:3:40: start_limit.colour: "
         "unknown key 'colour'; expected one of: burst, interval_sec",
-        "services.d/a.yaml:4:1: frobnicate: unknown key 'frobnicate'",
+        "services.d/a.yaml:4:1: qqqqqqq: unknown key 'qqqqqqq'",
         "services.d/a.yaml:6:26: health.0.intervl_sec: "
         "unknown key 'intervl_sec', did you mean 'interval_sec'?",
     ]

@@ -85,6 +85,13 @@ _DB_NAME = Type(
     "database name: letters, digits, _ $ - (at most 63)",
     {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"},
 )
+_RLIMIT = Type(
+    "limit: N, infinity, or SOFT:HARD such as 1024:4096 (one value sets both)",
+    {"type": ["string", "integer"]},
+)
+_RLIMIT_SIZE = Type(
+    "limit: a size (0, 1G), infinity, or SOFT:HARD (one value sets both)", {"type": ["string", "integer"]}
+)
 _REGEXES = list_of(
     Type("Python regular expression", {"type": "string"}), "list of Python regular expressions"
 )
@@ -554,7 +561,14 @@ SERVICE_KEYS = (
         "Failures in this time after a start do not count.",
         default="0s",
     ),
-    Key("limits", MAPPING, "Resource limits, sampled on the whole process tree.", example={}),
+    Key(
+        "limits",
+        MAPPING,
+        "Resource limits: memory and cpu_percent are sampled on the whole process tree; nofile, nproc "
+        "and core are set in the child before exec (not on a container service: pass the engine's "
+        "--ulimit in container.options).",
+        example={},
+    ),
     Key(
         "limits.memory",
         SIZE,
@@ -568,6 +582,73 @@ SERVICE_KEYS = (
         default_text="none",
     ),
     Key("limits.cpu_window_sec", DURATION, "The window of cpu_percent.", default="60s"),
+    Key(
+        "limits.nofile",
+        _RLIMIT,
+        "Open files (RLIMIT_NOFILE), set before exec as systemd's LimitNOFILE=: one value sets soft and "
+        "hard. Raising the hard limit needs CAP_SYS_RESOURCE.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "limits.nproc",
+        _RLIMIT,
+        "Processes of the user (RLIMIT_NPROC), as LimitNPROC=.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "limits.core",
+        _RLIMIT_SIZE,
+        "The largest core dump (RLIMIT_CORE), as LimitCORE=; 0: none.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "nice",
+        integer(-20, 19),
+        "The scheduling priority, as systemd's Nice=; below hasupd's own needs privilege. Not on a "
+        "container service.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "ionice",
+        MAPPING,
+        "The I/O scheduling class and level, as IOSchedulingClass=/IOSchedulingPriority=. Not on a "
+        "container service.",
+        default_text="hasupd's own",
+        example={},
+    ),
+    Key(
+        "ionice.class",
+        Type("one of realtime, best-effort, idle", {"enum": ["realtime", "best-effort", "idle"]}),
+        "realtime needs privilege; idle gets disk time only when no one else wants it.",
+        default="best-effort",
+    ),
+    Key("ionice.level", integer(0, 7), "0 is the highest; unused for idle.", default=4),
+    Key(
+        "umask",
+        Type('octal umask such as "0027" (quoted or not, read as octal)', {"type": ["string", "integer"]}),
+        "The file mode creation mask, as UMask=. Not on a container service.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "oom_score_adjust",
+        integer(-1000, 1000),
+        "The OOM killer's adjustment, as OOMScoreAdjust=; lowering it needs CAP_SYS_RESOURCE. Not on a "
+        "container service.",
+        default_text="hasupd's own",
+    ),
+    Key(
+        "supplementary_groups",
+        list_of(TEXT, "list of group names or ids"),
+        "Groups added to the user's own; needs hasupd to run as root. Not on a container service.",
+        default=[],
+    ),
+    Key(
+        "no_new_privileges",
+        BOOL,
+        "Set PR_SET_NO_NEW_PRIVS before exec: setuid programs and file capabilities gain nothing. Not on "
+        "a container service.",
+        default=False,
+    ),
     Key(
         "output",
         enum(OutputMode),

@@ -338,6 +338,7 @@ def test_the_man_page_renders_cleanly_and_lists_every_accepted_key(kind: str) ->
 RENAMED = {
     ("DaemonConfig", "repositories"): "backups.repositories",
     ("DaemonConfig", "rules"): "alerts.rules",
+    ("IoNice", "klass"): "class",
     ("EmailChannel", "from_addr"): "from",
     ("SendmailChannel", "from_addr"): "from",
     ("CheckSpec", "read_data_subset_n"): "read_data_subset",
@@ -402,8 +403,9 @@ def model_keys(cls: type, prefix: str, documented: dict[str, Key]) -> list[tuple
             path = f"{prefix}.{key}" if prefix else key
             out.append((f"{cls.__name__}.{field.name}", path))
             inner = _dataclass_in(hints[field.name])
-            if inner is not None and path in documented and name not in WRITTEN_AS:
-                shape = documented[path].type.shape
+            # A dataclass written as one value (an RLimit as "1024:4096") has no keys below it.
+            shape = documented[path].type.shape if path in documented else Shape.VALUE
+            if inner is not None and shape is not Shape.VALUE and name not in WRITTEN_AS:
                 below = {Shape.LIST_OF_MAPPINGS: f"{path}[]", Shape.NAMED_MAPPINGS: f"{path}.NAME"}
                 out += model_keys(inner, below.get(shape, path), documented)
     return out

@@ -1050,11 +1050,14 @@ class FleetResumed(Event):
     cluster: str
     lease: str
     how: str  # "re-exec" or "crash restart"
-    slots: tuple[str, ...] = ()  # "owner/web token 42", one per key carried on
+    slots: tuple[str, ...] = ()  # "owner/web", "replica/api/1": the keys carried on
+    tokens: tuple[int, ...] = ()  # their fencing tokens, in the same order
+    services: tuple[str, ...] = ()  # their services, in the same order
     lease_left_sec: float = 0.0  # etcd's remaining TTL of the lease when checked (LeaseTimeToLive)
 
     def message(self) -> str:
-        owned = ", ".join(self.slots) or "no placed service"
+        owned = ", ".join(f"{s} (token {t})" for s, t in zip(self.slots, self.tokens, strict=False))
+        owned = owned or "no placed service"
         return (
             f"{self.host} carries on in fleet {self.cluster} after a {self.how} of hasupd: lease "
             f"{self.lease} alive ({self.lease_left_sec:g}s left), keeps {owned}"

@@ -308,16 +308,16 @@ class FleetNode:
         ack = sent + left - max(granted, self.ttl)
         if ack > self._last_ack:
             self._last_ack, self.view.last_ack_wall = ack, self._wall() - (self._now() - ack)
-        slots = tuple(
-            f"{keys.slot_name(self.cluster, o.key)} token {o.token}" for o in self.view.owned.values()
-        )
+        owned = list(self.view.owned.values())
         self._publish(
             ev.FleetResumed(
                 host=self.host,
                 cluster=self.cluster,
                 lease=str(lease),
                 how=how,
-                slots=slots,
+                slots=tuple(keys.slot_name(self.cluster, o.key) for o in owned),
+                tokens=tuple(o.token for o in owned),
+                services=tuple(o.service for o in owned),
                 lease_left_sec=float(left),
             )
         )

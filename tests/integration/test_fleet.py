@@ -541,7 +541,7 @@ def test_reexec_of_the_owners_hasupd_keeps_its_placed_service_running(
     reexec = daemon.wait_for("daemon.reexec", timeout=30)[0]
     resumed = daemon.wait_for("fleet.resumed", timeout=20)[0]
     assert resumed["how"] == "re-exec", resumed
-    assert resumed["slots"] == [f"owner/single token {first.token}"], resumed
+    assert (resumed["slots"], resumed["tokens"]) == (["owner/single"], [first.token]), resumed
     record_figure("reexec_unsupervised_sec", float(reexec["unsupervised_sec"]))
     record_figure("lease_left_at_resume_sec", float(resumed["lease_left_sec"]))
     time.sleep(1.5 * CARRY_TTL)  # longer than the lease: an expired or lost one would show by now
@@ -571,7 +571,7 @@ def test_kill_9_of_the_owners_hasupd_and_a_prompt_restart_keeps_its_placed_servi
     record_figure("hasupd_down_until_resumed_sec", record_time(resumed) - killed_at)
     record_figure("lease_left_at_resume_sec", float(resumed["lease_left_sec"]))
     assert resumed["how"] == "crash restart", resumed
-    assert resumed["slots"] == [f"owner/single token {first.token}"], resumed
+    assert (resumed["slots"], resumed["tokens"]) == (["owner/single"], [first.token]), resumed
     assert again.find("service.adopted", service="single"), "the singleton was not adopted"
     time.sleep(1.5 * CARRY_TTL)
     assert_carried_on(env, first, again, pid)

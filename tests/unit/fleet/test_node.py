@@ -424,7 +424,8 @@ def test_a_reexec_carries_the_lease_and_ownership_on_without_a_stop(world: Any) 
     assert cluster.kvs["/hasupd/c/owner/db"].create_revision == int(token)
     assert [e.NAME for e in image.events] == ["fleet.resumed"]
     resumed = image.events[0]
-    assert isinstance(resumed, ev.FleetResumed) and resumed.slots == (f"owner/db token {token}",)
+    assert isinstance(resumed, ev.FleetResumed) and resumed.slots == ("owner/db",)
+    assert resumed.tokens == (int(token),) and resumed.services == ("db",)
     assert resumed.how == "re-exec" and 0 < resumed.lease_left_sec <= TTL
 
 

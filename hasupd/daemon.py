@@ -28,6 +28,7 @@ from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
 from hasupd.fleet.controller import Fleet, build_fleet
+from hasupd.fleet.node import CRASH_RESTART, REEXEC
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
@@ -149,7 +150,7 @@ class Daemon:
             manager,
             self.bus.publish,
             handed_over=body.get("fleet") if body is not None else None,
-            how="re-exec" if reexec_path else "crash restart",
+            how=REEXEC if reexec_path else CRASH_RESTART,
         )
         keeper = handover.RecordKeeper(
             runtime_dir / state_record.RECORD_NAME, manager, graph.programs, self.bus

@@ -19,7 +19,7 @@ from hasupd.config.model import FleetConfig
 from hasupd.fleet import keys
 from hasupd.fleet.carry import apply_environment, carried
 from hasupd.fleet.etcd import EtcdError, EtcdGateway
-from hasupd.fleet.node import FleetNode
+from hasupd.fleet.node import CRASH_RESTART, FleetNode
 from hasupd.fleet.status import describe
 from hasupd.manager import Manager
 
@@ -35,7 +35,7 @@ class Fleet:
         manager: Manager,
         publish: Callable[[ev.Event], None],
         handed_over: object = None,
-        how: str = "crash restart",
+        how: str = CRASH_RESTART,
     ) -> None:
         """``handed_over``: the ``fleet`` entry of the state record the last image of hasupd left (on a
         re-exec, ``how`` = "re-exec"), whose membership this one carries on (see ``carry``)."""
@@ -139,7 +139,7 @@ def build_fleet(
     manager: Manager,
     publish: Callable[[ev.Event], None],
     handed_over: object = None,
-    how: str = "crash restart",
+    how: str = CRASH_RESTART,
 ) -> Fleet | None:
     """Return the fleet for ``config`` (None without ``fleet:``, or when it cannot be set up: recorded),
     carrying on the membership ``handed_over`` by the last image of hasupd (see ``Fleet``)."""

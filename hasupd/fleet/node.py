@@ -42,6 +42,7 @@ MAX_STEP_SEC = 1.0  # bound on one sleep of the loop (the loop also wakes on req
 CALL_GRACE_SEC = 0.25  # the client gives up (naming each endpoint) this much before the loop stops waiting
 RETRY_PAUSE_SEC = 0.05  # between two keep-alive attempts (a refused connection fails at once)
 MAX_KEEPALIVE_ATTEMPTS = 400  # bound on the attempts of one keep-alive round (the deadline ends it first)
+REEXEC, CRASH_RESTART = "re-exec", "crash restart"  # how a membership was carried on (``resume``)
 GIVE_UP_AVOID_TTLS = 10  # a host that handed over a crash-looping service avoids it for this many TTLs
 
 
@@ -287,10 +288,13 @@ class FleetNode:
         own count (an ack sent ``granted - left`` before the question, so never late). No answer: keep
         asking; the deadline from the carried ack decides (a stale one fences at once: if in doubt, stop).
 
-        The call is not cut at that deadline: after a crash the carried ack is only as recent as the
-        last state record, and the services ran unfenced while no hasupd was there anyway."""
+        After a re-exec the call is cut at that deadline, like every call; after a crash it is not: the
+        carried ack is only as recent as the last state record (a deadline possibly long past), and the
+        services ran unfenced while no hasupd was there anyway."""
         lease, timeout = self.view.lease, self._call_timeout + CALL_GRACE_SEC
         self._call_sent = sent = self._now()
+        if self._resumed == REEXEC:
+            timeout = max(0.0, min(timeout, self.fence_deadline() - sent))
         try:
             left, granted = await self._call(lambda: self._etcd.time_to_live(lease), timeout)
         except (EtcdError, TimeoutError) as exc:

@@ -13,7 +13,9 @@ The body holds, per unit, ``Service.snapshot()`` (state, result, counters, start
 timers and the watchdog deadline as CLOCK_MONOTONIC deadlines, incident), plus what only the host side
 knows: the main pid's start time (so a reused pid is never adopted), the digest of the config it was
 started with, and on a re-exec the fds kept open across ``execve`` (held listening sockets by service
-and position, notify sockets and output pipes by unit, the control socket).
+and position, notify sockets and output pipes by unit, the control socket). With ``fleet:``, ``fleet``
+holds this host's membership (lease, owned keys and tokens, last acknowledged keep-alive), carried on by
+``hasupd.fleet.carry``.
 
 ``RecordKeeper`` keeps the record current while hasupd runs (rewritten atomically once per burst of
 state changes, per event and never per tick), so that a crash of hasupd leaves a record that is at

@@ -92,12 +92,13 @@ class Env:
         self.run_hasupd(host, services, **fleet_over)
         return host
 
-    def run_hasupd(self, host: Host, services: dict[str, dict[str, Any]], **fleet_over: Any) -> Hasupd:
-        """Start ``hasupd run`` on ``host`` (again: on the same state and runtime dirs)."""
-        services = {**services, "local": self.service(f"local-{host.name}")}
-        node = {"environment": {"HASUPD_TEST_NODE": host.name}}
+    def run_hasupd(self, on: Host, services: dict[str, dict[str, Any]], **fleet_over: Any) -> Hasupd:
+        """Start ``hasupd run`` on host ``on`` (again: on the same state and runtime dirs); ``host`` in
+        ``fleet_over`` is its fleet host name (default: its own name)."""
+        services = {**services, "local": self.service(f"local-{on.name}")}
+        node = {"environment": {"HASUPD_TEST_NODE": on.name}}
         services = {k: {**v, **node} for k, v in services.items()}
-        return host.start(services, self.fleet(fleet_over.pop("host", host.name), **fleet_over))
+        return on.start(services, self.fleet(fleet_over.pop("host", on.name), **fleet_over))
 
     def runs(self, name: str) -> list[Interval]:
         return read_intervals(self.log, name)

@@ -28,6 +28,7 @@ from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
 from hasupd.fleet.controller import Fleet, build_fleet
+from hasupd.fleet.node import CRASH_RESTART, REEXEC
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
@@ -143,9 +144,21 @@ class Daemon:
             record=record_note,
         )
         self._report_restore(restored, reexec_path is not None, previous, loop.time())
+        # Placed services start only while this host owns them (nothing without fleet:). Built before
+        # the loop runs anything else: the carried ones get their token back before any restart, and
+        # the placed ones nobody handed over stop at once.
+        fleet = build_fleet(
+            config.daemon.fleet,
+            manager,
+            self.bus.publish,
+            handed_over=body.get("fleet") if body is not None else None,
+            how=REEXEC if reexec_path else CRASH_RESTART,
+        )
         keeper = handover.RecordKeeper(
             runtime_dir / state_record.RECORD_NAME, manager, graph.programs, self.bus
         )
+        if fleet is not None:
+            keeper.fleet = fleet.node.hand_over
         keeper.write_now()
         self.bus.subscribe(lambda event: self._schedule_status(loop, manager, event))
         watch = (
@@ -208,10 +221,7 @@ class Daemon:
                 self.bus.subscribe(
                     lambda event: timers.sync() if isinstance(event, ev.ConfigApplied) else None
                 )
-                # Placed services start only while this host owns them (nothing without fleet:).
-                fleet = self.fleet = context.fleet = build_fleet(
-                    config.daemon.fleet, manager, self.bus.publish
-                )
+                self.fleet = context.fleet = fleet
                 fleet_task = tasks.spawn(fleet.node.run(), "fleet") if fleet is not None else None
                 if fleet is not None:
                     graph.metrics.fleet_lease_age = fleet.node.lease_age
@@ -286,7 +296,8 @@ class Daemon:
         runtime_dir = Path(manager.config.daemon.runtime_dir)
         path = runtime_dir / "reexec.record"
         try:
-            body = handover.capture(manager, graph.programs, "reexec")
+            fleet = self.fleet.node.hand_over() if self.fleet is not None else None
+            body = handover.capture(manager, graph.programs, "reexec", fleet=fleet)
             notify_fds = {
                 unit: fd
                 for unit, endpoint in graph.watchers.endpoints.items()

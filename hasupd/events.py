@@ -1073,6 +1073,30 @@ class FleetJoined(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FleetResumed(Event):
+    """A new image of hasupd (re-exec, or a restart after a crash) carries on the fleet membership of
+    the last one: same lease, same ownership keys and tokens; its placed services ran on, unstopped."""
+
+    NAME = "fleet.resumed"
+    host: str
+    cluster: str
+    lease: str
+    how: str  # "re-exec" or "crash restart"
+    slots: tuple[str, ...] = ()  # "owner/web", "replica/api/1": the keys carried on
+    tokens: tuple[int, ...] = ()  # their fencing tokens, in the same order
+    services: tuple[str, ...] = ()  # their services, in the same order
+    lease_left_sec: float = 0.0  # etcd's remaining TTL of the lease when checked (LeaseTimeToLive)
+
+    def message(self) -> str:
+        owned = ", ".join(f"{s} (token {t})" for s, t in zip(self.slots, self.tokens, strict=False))
+        owned = owned or "no placed service"
+        return (
+            f"{self.host} carries on in fleet {self.cluster} after a {self.how} of hasupd: lease "
+            f"{self.lease} alive ({self.lease_left_sec:g}s left), keeps {owned}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class FleetJoinRefused(Event):
     """The host name is held by another live lease, or etcd refused us: placed services stay stopped."""
 

@@ -13,7 +13,9 @@ The body holds, per unit, ``Service.snapshot()`` (state, result, counters, start
 timers and the watchdog deadline as CLOCK_MONOTONIC deadlines, incident), plus what only the host side
 knows: the main pid's start time (so a reused pid is never adopted), the digest of the config it was
 started with, and on a re-exec the fds kept open across ``execve`` (held listening sockets by service
-and position, notify sockets and output pipes by unit, the control socket).
+and position, notify sockets and output pipes by unit, the control socket). With ``fleet:``, ``fleet``
+holds this host's membership (lease, owned keys and tokens, last acknowledged keep-alive), carried on by
+``hasupd.fleet.carry``.
 
 ``RecordKeeper`` keeps the record current while hasupd runs (rewritten atomically once per burst of
 state changes, per event and never per tick), so that a crash of hasupd leaves a record that is at
@@ -24,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,16 +60,27 @@ from hasupd.state_record import REEXEC_FROM_ENV, write
 from hasupd.states import ServiceState
 from hasupd.watch.watchers import LoopWatchers
 
+FLEET_ENV_PREFIX = "HASUPD_FLEET_"  # the fleet's variables (token, host) are ownership, not config
+
 
 def config_digest(config: ServiceConfig) -> str:
-    """Return a digest of a unit's config (frozen dataclasses: equal configs, equal repr)."""
-    return hashlib.sha256(repr(config).encode()).hexdigest()[:16]
+    """Return a digest of a unit's config (frozen dataclasses: equal configs, equal repr). The fleet's
+    variables are left out: a placed service's ownership is carried on by the fleet, not restarted."""
+    environment = tuple(kv for kv in config.environment if not kv[0].startswith(FLEET_ENV_PREFIX))
+    return hashlib.sha256(repr(dataclasses.replace(config, environment=environment)).encode()).hexdigest()[
+        :16
+    ]
 
 
 def capture(
-    manager: Manager, programs: ExecSpawner, reason: str, start_times: dict[int, int | None] | None = None
+    manager: Manager,
+    programs: ExecSpawner,
+    reason: str,
+    start_times: dict[int, int | None] | None = None,
+    fleet: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return the record body for the current state of ``manager``'s service units (no fds).
+    """Return the record body for the current state of ``manager``'s service units (no fds), with
+    ``fleet``: this host's fleet membership (``FleetNode.hand_over()``), carried on by the next image.
 
     ``start_times`` caches main pid -> start time between calls (a main pid's start time never changes
     while it is supervised, so only new pids cost a /proc read); pids no longer main are dropped."""
@@ -98,6 +112,7 @@ def capture(
         "written_monotonic": time.monotonic(),
         "written_wall": time.time(),
         "units": units,
+        "fleet": fleet,
         "sockets": {},
         "backup_jobs_running": sorted(
             name
@@ -149,6 +164,15 @@ class RecordKeeper:
         ev.ServiceRestartScheduled,
         ev.IncidentOpened,
         ev.IncidentClosed,
+        # The fleet membership: what a hasupd restarted after a crash carries on (the keep-alive time
+        # it holds may be older; the new one asks etcd how long the lease has left).
+        ev.FleetJoined,
+        ev.FleetResumed,
+        ev.FleetElected,
+        ev.FleetLost,
+        ev.FleetFenced,
+        ev.FleetMoved,
+        ev.FleetGaveUp,
     )
 
     def __init__(self, path: Path, manager: Manager, programs: ExecSpawner, bus: ev.EventBus) -> None:
@@ -160,6 +184,7 @@ class RecordKeeper:
         self._start_times: dict[int, int | None] = {}
         self.writes = 0
         self.error: str | None = None
+        self.fleet: Callable[[], dict[str, Any] | None] | None = None  # the membership, once in a fleet
         self._unsubscribe = bus.subscribe(self._on_event)
 
     def _on_event(self, event: ev.Event) -> None:
@@ -171,7 +196,8 @@ class RecordKeeper:
         """Write the record now (the keeper's own writes come through here too)."""
         self._pending = False
         try:
-            write(self.path, capture(self._manager, self._programs, "current", self._start_times))
+            fleet = self.fleet() if self.fleet is not None else None
+            write(self.path, capture(self._manager, self._programs, "current", self._start_times, fleet))
         except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
             self.error = f"{self.path}: {e.strerror}"
             return

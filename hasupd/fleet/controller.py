@@ -17,8 +17,9 @@ from hasupd import events as ev
 from hasupd.config.fleet_timing import call_timeout
 from hasupd.config.model import FleetConfig
 from hasupd.fleet import keys
+from hasupd.fleet.carry import apply_environment, carried
 from hasupd.fleet.etcd import EtcdError, EtcdGateway
-from hasupd.fleet.node import FleetNode
+from hasupd.fleet.node import CRASH_RESTART, FleetNode
 from hasupd.fleet.status import describe
 from hasupd.manager import Manager
 
@@ -28,7 +29,16 @@ T = TypeVar("T")
 class Fleet:
     """The node plus the one worker thread every etcd call runs in (calls are serialised there)."""
 
-    def __init__(self, config: FleetConfig, manager: Manager, publish: Callable[[ev.Event], None]) -> None:
+    def __init__(
+        self,
+        config: FleetConfig,
+        manager: Manager,
+        publish: Callable[[ev.Event], None],
+        handed_over: object = None,
+        how: str = CRASH_RESTART,
+    ) -> None:
+        """``handed_over``: the ``fleet`` entry of the state record the last image of hasupd left (on a
+        re-exec, ``how`` = "re-exec"), whose membership this one carries on (see ``carry``)."""
         etcd_config = config.etcd
         password = None
         if etcd_config.password_file is not None:
@@ -48,10 +58,14 @@ class Fleet:
         )
         self.manager = manager
         placed = manager.placed()
+        carry = carried(handed_over, config, manager)
+        kept = {o.service for o in carry.owned} if carry is not None else set()
+        if carry is not None:
+            apply_environment(carry, manager)
         for name in placed:
-            if not manager.placed_inactive(name):
-                # Adopted after a crash or re-exec of hasupd: this host does not own it (yet); the
-                # ownership may already be another host's. Stop it; the election starts it again here.
+            if name not in kept and not manager.placed_inactive(name):
+                # Adopted without an ownership handed over (no record, or not owned by the last image):
+                # the ownership may be another host's. Stop it; the election starts it again here.
                 manager.stop_placed(name, "fleet: running without ownership after a hasupd restart")
         loop = asyncio.get_running_loop()
         self.node = FleetNode(
@@ -66,6 +80,9 @@ class Fleet:
             sleep=asyncio.sleep,
             stop_timeouts={name: s.timeout_stop_sec for name, s in placed.items()},
         )
+        if carry is not None:
+            self.node.resume(carry.lease, carry.owned, carry.last_ack, carry.last_ack_wall, how)
+            self.node.resume_keys(carry.gave_up, carry.stale)
 
     async def _call(self, fn: Callable[[], T], timeout: float) -> T:
         """Run ``fn`` in the etcd thread; give up waiting after ``timeout`` (the thread's own socket
@@ -118,13 +135,21 @@ class Fleet:
 
 
 def build_fleet(
-    config: FleetConfig | None, manager: Manager, publish: Callable[[ev.Event], None]
+    config: FleetConfig | None,
+    manager: Manager,
+    publish: Callable[[ev.Event], None],
+    handed_over: object = None,
+    how: str = CRASH_RESTART,
 ) -> Fleet | None:
-    """Return the fleet for ``config`` (None without ``fleet:``, or when it cannot be set up: recorded)."""
+    """Return the fleet for ``config`` (None without ``fleet:``, or when it cannot be set up: recorded),
+    carrying on the membership ``handed_over`` by the last image of hasupd (see ``Fleet``)."""
     if config is None:
         return None
     try:
-        return Fleet(config, manager, publish)
+        return Fleet(config, manager, publish, handed_over, how)
     except (OSError, ssl.SSLError, ValueError) as exc:
         publish(ev.FleetJoinRefused(host=config.host, reason=f"cannot set up the etcd client: {exc}"))
+        for name in manager.placed():
+            if not manager.placed_inactive(name):  # adopted, and no fleet to own it: if in doubt, stop
+                manager.stop_placed(name, "fleet: running without ownership after a hasupd restart")
         return None

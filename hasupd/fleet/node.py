@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ MAX_STEP_SEC = 1.0  # bound on one sleep of the loop (the loop also wakes on req
 CALL_GRACE_SEC = 0.25  # the client gives up (naming each endpoint) this much before the loop stops waiting
 RETRY_PAUSE_SEC = 0.05  # between two keep-alive attempts (a refused connection fails at once)
 MAX_KEEPALIVE_ATTEMPTS = 400  # bound on the attempts of one keep-alive round (the deadline ends it first)
+REEXEC, CRASH_RESTART = "re-exec", "crash restart"  # how a membership was carried on (``resume``)
 GIVE_UP_AVOID_TTLS = 10  # a host that handed over a crash-looping service avoids it for this many TTLs
 
 
@@ -137,6 +139,7 @@ class FleetNode:
         self._stale_keys: list[tuple[str, int]] = []  # keys of services no longer placed, to delete
         self._failing_since: dict[str, float] = {}  # placed services seen crash-looped here, since when
         self._gave_up: dict[str, tuple[float, str]] = {}  # service -> (avoid until, our failed/ key)
+        self._resumed = ""  # carried on from an earlier image ("re-exec", "crash restart"): lease unchecked
 
     # ------------------------------------------------------------------ helpers
 
@@ -202,6 +205,8 @@ class FleetNode:
 
     async def step(self) -> None:
         """One round: join or keep alive, then fence or elect."""
+        if self._resumed:
+            await self._check_resumed_lease()
         if not self.view.joined:
             await self._join()
         else:
@@ -241,6 +246,84 @@ class FleetNode:
         self._last_ack, self.view.last_ack_wall = sent, self._wall()
         self._publish(
             ev.FleetJoined(host=self.host, cluster=self.cluster, lease=str(lease), ttl_sec=self.ttl)
+        )
+
+    # ------------------------------------------------------------------ carried on across hasupd images
+
+    def hand_over(self) -> dict[str, Any] | None:
+        """Return the membership for the next image of hasupd (JSON-able; None: not joined): the lease,
+        the owned keys with their tokens and environments, and the send time (CLOCK_MONOTONIC, the
+        loop's clock, the same in every process of the boot) of the last acknowledged keep-alive."""
+        if not self.view.joined:
+            return None
+        return {
+            "cluster": self.cluster,
+            "host": self.host,
+            "lease": self.view.lease,
+            "last_ack": self._last_ack,
+            "last_ack_wall": self.view.last_ack_wall,
+            "owned": [dataclasses.asdict(o) for o in self.view.owned.values()],
+            "gave_up": {s: [until, key] for s, (until, key) in self._gave_up.items()},
+        }
+
+    def resume(self, lease: int, owned: list[Owned], last_ack: float, last_ack_wall: float, how: str) -> None:
+        """Carry on the membership an earlier image handed over: ``lease`` and ``owned`` (whose services
+        still run here, with their tokens), fenced from ``last_ack`` (an acknowledged send: the real
+        last one or an earlier one, so the deadline is never late). The first round checks the lease
+        with LeaseTimeToLive before anything else; a lease gone stops every carried service."""
+        self.view.joined, self.view.lease = True, lease
+        self.view.owned = {o.key: o for o in owned}
+        self._last_ack, self.view.last_ack_wall = last_ack, last_ack_wall
+        self._resumed = how
+
+    def resume_keys(self, gave_up: dict[str, tuple[float, str]], stale: list[tuple[str, int]]) -> None:
+        """Carry on the crash-loop marks (``failed/`` keys bound to the carried lease, deleted when
+        their time is up) and give back ``stale`` keys (key, token) of services no longer so placed."""
+        self._gave_up.update(gave_up)
+        self._stale_keys.extend(stale)
+
+    async def _check_resumed_lease(self) -> None:
+        """Ask etcd how long the carried lease has left. Gone: every carried service stops (its keys
+        went with the lease, another host may own them). Alive: the fencing deadline is set from etcd's
+        own count (an ack sent ``granted - left`` before the question, so never late). No answer: keep
+        asking; the deadline from the carried ack decides (a stale one fences at once: if in doubt, stop).
+
+        After a re-exec the call is cut at that deadline, like every call; after a crash it is not: the
+        carried ack is only as recent as the last state record (a deadline possibly long past), and the
+        services ran unfenced while no hasupd was there anyway."""
+        lease, timeout = self.view.lease, self._call_timeout + CALL_GRACE_SEC
+        self._call_sent = sent = self._now()
+        if self._resumed == REEXEC:
+            timeout = max(0.0, min(timeout, self.fence_deadline() - sent))
+        try:
+            left, granted = await self._call(lambda: self._etcd.time_to_live(lease), timeout)
+        except (EtcdError, TimeoutError) as exc:
+            self._note_unreachable(exc)
+            if self._now() >= self.fence_deadline():
+                self._resumed = ""
+                self._fence()
+            return
+        self._reachable()
+        how, self._resumed = self._resumed, ""
+        if left < 0:
+            self._lose_lease(f"the lease expired during the {how} of hasupd")
+            return
+        # etcd truncates the remaining TTL to whole seconds: the lease lives at least ``left`` more.
+        ack = sent + left - max(granted, self.ttl)
+        if ack > self._last_ack:
+            self._last_ack, self.view.last_ack_wall = ack, self._wall() - (self._now() - ack)
+        owned = list(self.view.owned.values())
+        self._publish(
+            ev.FleetResumed(
+                host=self.host,
+                cluster=self.cluster,
+                lease=str(lease),
+                how=how,
+                slots=tuple(keys.slot_name(self.cluster, o.key) for o in owned),
+                tokens=tuple(o.token for o in owned),
+                services=tuple(o.service for o in owned),
+                lease_left_sec=float(left),
+            )
         )
 
     def _refuse(self, reason: str) -> None:

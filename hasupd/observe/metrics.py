@@ -126,6 +126,10 @@ class Metrics:
             case ev.FleetElected(service=str(name), slot=slot, token=token):
                 self.fleet_elections[name] += 1
                 self.fleet_owned[(name, slot)] = token
+            case ev.FleetResumed(services=names, slots=slots, tokens=tokens):
+                # Carried on from the last image of hasupd: owned all along, no election.
+                for name, slot, token in zip(names, slots, tokens, strict=False):
+                    self.fleet_owned[(name, slot)] = token
             case ev.FleetLost(service=str(name), slot=slot) | ev.FleetMoved(service=str(name), slot=slot):
                 self.fleet_owned[(name, slot)] = 0
             case ev.FleetFenced():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.etcd import EtcdCluster, make_ca, make_server_cert
-from tests.support.harness import record_time
+from tests.support.harness import Hasupd, pid_alive, record_time
 from tests.support.netns import (
     SINGLETON_SCRIPT,
     SUBNET,
@@ -88,11 +89,16 @@ class Env:
 
     def start_host(self, name: str, services: dict[str, dict[str, Any]], **fleet_over: Any) -> Host:
         host = self.fabric.add_host(name)
-        services = {**services, "local": self.service(f"local-{name}")}
-        node = {"environment": {"HASUPD_TEST_NODE": name}}
-        services = {k: {**v, **node} for k, v in services.items()}
-        host.start(services, self.fleet(fleet_over.pop("host", name), **fleet_over))
+        self.run_hasupd(host, services, **fleet_over)
         return host
+
+    def run_hasupd(self, on: Host, services: dict[str, dict[str, Any]], **fleet_over: Any) -> Hasupd:
+        """Start ``hasupd run`` on host ``on`` (again: on the same state and runtime dirs); ``host`` in
+        ``fleet_over`` is its fleet host name (default: its own name)."""
+        services = {**services, "local": self.service(f"local-{on.name}")}
+        node = {"environment": {"HASUPD_TEST_NODE": on.name}}
+        services = {k: {**v, **node} for k, v in services.items()}
+        return on.start(services, self.fleet(fleet_over.pop("host", on.name), **fleet_over))
 
     def runs(self, name: str) -> list[Interval]:
         return read_intervals(self.log, name)
@@ -489,3 +495,85 @@ def bad_input(env: Env, tmp_path: Path, stack: contextlib.ExitStack) -> None:
     runs = [(r.node, r.token) for r in env.runs("single")]
     assert [(r.node, r.token) for r in env.alive_runs("single")] == [(run.node, run.token)], runs
     check_history(env.runs("single"))
+
+
+# A lease that outlives a prompt restart of hasupd on a loaded 2-core machine (~1-3 s to start Python).
+CARRY_TTL = 8.0
+
+
+def placed_pid(daemon: Hasupd, name: str) -> int:
+    proc = daemon.ctl("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    pid = next(s for s in json.loads(proc.stdout) if s["name"] == name)["pid"]
+    assert isinstance(pid, int), pid
+    return pid
+
+
+def assert_carried_on(env: Env, first: Interval, daemon: Hasupd, pid: int) -> None:
+    """The singleton ran on, once, on its owner with its token and pid: nobody stopped, elected or
+    started it anywhere, and no host lost or fenced it."""
+    assert placed_pid(daemon, "single") == pid
+    assert pid_alive(pid)
+    runs = env.runs("single")
+    assert [(r.node, r.token) for r in runs] == [(first.node, first.token)], [vars(r) for r in runs]
+    assert not runs[0].stopped and alive(runs[0])
+    for host in env.fabric.hosts:
+        assert host.daemon is not None
+        for event in ("fleet.lost", "fleet.fenced"):
+            assert not host.daemon.find(event), (host.name, host.daemon.find(event))
+        elected = host.daemon.find("fleet.elected", service="single")
+        assert not elected or host.name == first.node, (host.name, elected)
+
+
+def test_reexec_of_the_owners_hasupd_keeps_its_placed_service_running(
+    env: Env, record_figure: Callable[[str, float], None]
+) -> None:
+    """Zero-blip x fleet: ``hasupctl daemon-reexec`` on the owner carries the lease and the ownership
+    on: same pid, same token, no fleet.lost/fenced/elected record, nobody else starts it."""
+    services = {"single": env.service("single", placement={"singleton": True})}
+    three_hosts(env, services, lease_ttl_sec=f"{CARRY_TTL:g}s")
+    first = wait_until(lambda: env.alive_runs("single"), 30, "the singleton runs on one host")[0]
+    daemon = env.host(first.node).daemon
+    assert daemon is not None
+    daemon.wait_for("fleet.elected", timeout=10, service="single")
+    pid = placed_pid(daemon, "single")
+    answer = daemon.ctl("daemon-reexec")
+    assert answer.returncode == 0, answer.stderr
+    reexec = daemon.wait_for("daemon.reexec", timeout=30)[0]
+    resumed = daemon.wait_for("fleet.resumed", timeout=20)[0]
+    assert resumed["how"] == "re-exec", resumed
+    assert (resumed["slots"], resumed["tokens"]) == (["owner/single"], [first.token]), resumed
+    record_figure("reexec_unsupervised_sec", float(reexec["unsupervised_sec"]))
+    record_figure("lease_left_at_resume_sec", float(resumed["lease_left_sec"]))
+    time.sleep(1.5 * CARRY_TTL)  # longer than the lease: an expired or lost one would show by now
+    assert_carried_on(env, first, daemon, pid)
+    assert len(daemon.find("fleet.elected", service="single")) == 1  # the first election only
+
+
+def test_kill_9_of_the_owners_hasupd_and_a_prompt_restart_keeps_its_placed_service_running(
+    env: Env, record_figure: Callable[[str, float], None]
+) -> None:
+    """SIGKILL of the owner's hasupd alone (its services run on) and ``hasupd run`` again within the
+    lease TTL: the lease is alive (LeaseTimeToLive), the new hasupd carries on like after a re-exec."""
+    services = {"single": env.service("single", placement={"singleton": True})}
+    three_hosts(env, services, lease_ttl_sec=f"{CARRY_TTL:g}s")
+    first = wait_until(lambda: env.alive_runs("single"), 30, "the singleton runs on one host")[0]
+    owner = env.host(first.node)
+    assert owner.daemon is not None
+    owner.daemon.wait_for("fleet.elected", timeout=10, service="single")
+    pid = placed_pid(owner.daemon, "single")
+    time.sleep(CARRY_TTL / 2)  # keep-alives go on; the state record still has the election's
+    owner.daemon.kill()
+    killed_at = time.time()
+    assert pid_alive(pid)
+    again = env.run_hasupd(owner, services, lease_ttl_sec=f"{CARRY_TTL:g}s")
+    again.wait_ready(30)
+    resumed = again.wait_for("fleet.resumed", timeout=20)[0]
+    record_figure("hasupd_down_until_resumed_sec", record_time(resumed) - killed_at)
+    record_figure("lease_left_at_resume_sec", float(resumed["lease_left_sec"]))
+    assert resumed["how"] == "crash restart", resumed
+    assert (resumed["slots"], resumed["tokens"]) == (["owner/single"], [first.token]), resumed
+    assert again.find("service.adopted", service="single"), "the singleton was not adopted"
+    time.sleep(1.5 * CARRY_TTL)
+    assert_carried_on(env, first, again, pid)
+    assert not again.find("fleet.elected")

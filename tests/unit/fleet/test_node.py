@@ -4,6 +4,7 @@ moves, drains, a host name used twice and the unowned alert."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ import pytest
 from hasupd import events as ev
 from hasupd.config.fleet_timing import FENCE_MARGIN_SEC
 from hasupd.config.model import EtcdConfig, FleetConfig, Placement
-from hasupd.fleet.node import FleetNode
+from hasupd.fleet.node import RETRY_PAUSE_SEC, FleetNode, Owned
 from tests.unit.fleet.fake_etcd import FakeCluster, FakeEtcd
 
 T = TypeVar("T")
@@ -389,3 +390,114 @@ def test_a_crash_looping_singleton_stays_when_no_other_host_can_take_it(world: A
     run(advance(clock, [host], 2))
     assert "fleet.gave-up" not in host.names()
     assert "/hasupd/c/owner/db" in cluster.kvs  # still owned here: failed, as a local service would be
+
+
+# ---------------------------------------------------------------------- carried on across hasupd images
+
+
+def new_image(old: Host, record: dict[str, Any], how: str) -> Host:
+    """The next image of ``old``'s hasupd: a new node that carries on ``record`` (``hand_over()``, through
+    JSON like the state record), its placed services still running with the environment they had."""
+    record = json.loads(json.dumps(record))
+    image = Host(old.node.host, old.etcd.cluster, old.clock, old.runner.log)
+    owned = [Owned(**item) for item in record["owned"]]
+    image.runner.active = {o.service: dict(o.environment) for o in owned}
+    image.node.resume(record["lease"], owned, record["last_ack"], record["last_ack_wall"], how)
+    return image
+
+
+def test_a_reexec_carries_the_lease_and_ownership_on_without_a_stop(world: Any) -> None:
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b", "c")]
+    run(advance(clock, hosts, 2))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    token = owner.runner.active["db"]["HASUPD_FLEET_TOKEN"]
+    record = owner.node.hand_over()
+    assert record is not None and record["lease"] == owner.node.view.lease
+    image = new_image(owner, record, "re-exec")
+    others = [h for h in hosts if h is not owner]
+    before = len(log)
+    run(advance(clock, [image, *others], 4 * TTL))
+    assert log[before:] == []  # nothing stopped, nothing started anywhere
+    assert image.runner.active["db"]["HASUPD_FLEET_TOKEN"] == token
+    assert image.node.view.lease == owner.node.view.lease and image.node.owns("db")
+    assert cluster.kvs["/hasupd/c/owner/db"].create_revision == int(token)
+    assert [e.NAME for e in image.events] == ["fleet.resumed"]
+    resumed = image.events[0]
+    assert isinstance(resumed, ev.FleetResumed) and resumed.slots == ("owner/db",)
+    assert resumed.tokens == (int(token),) and resumed.services == ("db",)
+    assert resumed.how == "re-exec" and 0 < resumed.lease_left_sec <= TTL
+
+
+def test_a_crash_restart_within_the_ttl_carries_on_from_etcds_count(world: Any) -> None:
+    """The record's keep-alive time is older than the fencing deadline (written at the election): the
+    lease's remaining TTL from etcd sets the deadline, and the service runs on."""
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    other = next(h for h in hosts if h is not owner)
+    record = owner.node.hand_over()  # the last record written before the crash
+    assert record is not None
+    run(advance(clock, hosts, 2 * TTL))  # keep-alives go on, the record is not rewritten
+    died = clock.t
+    run(advance(clock, [other], 1.0))  # hasupd is down for 1 s (its services run on)
+    assert clock.t - record["last_ack"] > owner.node.fence_delay()
+    image = new_image(owner, record, "crash restart")
+    before = len(log)
+    run(advance(clock, [image, other], 4 * TTL))
+    assert log[before:] == []
+    assert "fleet.resumed" in image.names() and "fleet.fenced" not in image.names()
+    resumed = next(e for e in image.events if isinstance(e, ev.FleetResumed))
+    assert resumed.how == "crash restart" and resumed.lease_left_sec <= TTL - 1.0 + (clock.t - died)
+    assert not overlaps(log, "db")
+
+
+def test_a_crash_restart_after_the_lease_expired_stops_the_carried_service_first(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    token = int(host.runner.active["db"]["HASUPD_FLEET_TOKEN"])
+    record = host.node.hand_over()
+    assert record is not None
+    clock.t += TTL + 1  # hasupd down for longer than the TTL: the lease and its keys are gone
+    image = new_image(host, record, "crash restart")
+    before = len(log)
+    run(image.node.step())
+    # Stopped at the first round before anything else; then a new lease, a new election, a new token.
+    assert [(what, name) for _, what, name, _ in log[before:]] == [("stop", "db"), ("start", "db")]
+    lost = [e for e in image.events if isinstance(e, ev.FleetLost)]
+    assert len(lost) == 1 and "expired" in lost[0].reason and "fleet.resumed" not in image.names()
+    assert image.names().index("fleet.lost") < image.names().index("fleet.elected")
+    assert int(image.runner.active["db"]["HASUPD_FLEET_TOKEN"]) > token
+
+
+def test_a_crash_restart_without_etcd_fences_at_once_on_a_stale_record(world: Any) -> None:
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    record = host.node.hand_over()
+    assert record is not None
+    clock.t += host.node.fence_delay() + 0.5
+    image = new_image(host, record, "crash restart")
+    image.etcd.reachable = False
+    run(image.node.step())
+    assert "db" not in image.runner.active and "fleet.fenced" in image.names()
+
+
+def test_a_reexec_without_etcd_keeps_the_honest_deadline_of_the_old_image(world: Any) -> None:
+    """The carried keep-alive time is the real last one: the new image fences at the same deadline
+    the old one had, not earlier (no blip) and not later (no overlap)."""
+    clock, cluster, log = world
+    host = Host("a", cluster, clock, log)
+    run(advance(clock, [host], 1))
+    record = host.node.hand_over()
+    assert record is not None
+    deadline = host.node.fence_deadline()
+    image = new_image(host, record, "re-exec")
+    image.etcd.reachable = False
+    before = len(log)
+    run(advance(clock, [image], TTL))  # the keep-alive is retried (fake sleeps) until the deadline
+    assert [what for _, what, _, _ in log[before:]] == ["stop"]
+    stopped = log[before][0]
+    assert deadline - 0.01 <= stopped <= deadline + RETRY_PAUSE_SEC and "fleet.fenced" in image.names()

@@ -236,3 +236,25 @@ def test_fleet_families_follow_elections_losses_and_the_lease_age() -> None:
     bus.publish(ev.FleetFenced(host="h1", since_ack_sec=1.6, stopped=("db",)))
     found = check_families(metrics.render(), fleet=True)
     assert found[("hasupd_fleet_owner", (("service", "db"), ("slot", "owner/db")))] == 0.0
+
+
+def test_fleet_ownership_carried_on_by_a_new_image_of_hasupd_is_owned_without_an_election() -> None:
+    bus = ev.EventBus()
+    metrics = Metrics(bus, Source(), None)
+    metrics.fleet_lease_age = lambda: 0.1
+    bus.publish(
+        ev.FleetResumed(
+            host="h1",
+            cluster="c",
+            lease="7",
+            how="re-exec",
+            slots=("owner/db", "replica/web/1"),
+            tokens=(42, 43),
+            services=("db", "web"),
+            lease_left_sec=9.0,
+        )
+    )
+    found = check_families(metrics.render(), fleet=True)
+    assert found[("hasupd_fleet_owner", (("service", "db"), ("slot", "owner/db")))] == 1.0
+    assert found[("hasupd_fleet_token", (("service", "web"), ("slot", "replica/web/1")))] == 43.0
+    assert ("hasupd_fleet_elections_total", (("service", "db"),)) not in found

@@ -19,27 +19,14 @@ from typing import Protocol
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
 from hasupd.backup.databases import DatabaseConfigError, DumpItem, dump_items, sqlite_online_backup
-from hasupd.backup.journal import Journal
-from hasupd.backup.restic import Restic
+from hasupd.backup.restore import RestoreSource
 from hasupd.backup.streams import StreamFailed
-from hasupd.config.model import BackupJobConfig
 from hasupd.host.procfs import DEFAULT_PATH
 
 
-class DumpingJob(Protocol):
-    """What dumping needs of a backup job (``hasupd.backup.jobs.BackupJob`` is one)."""
-
-    @property
-    def config(self) -> BackupJobConfig: ...
-
-    @property
-    def hot(self) -> Restic: ...
-
-    @property
-    def tags(self) -> list[str]: ...
-
-    @property
-    def journal(self) -> Journal: ...
+class DumpingJob(RestoreSource, Protocol):
+    """What dumping needs of a backup job (``hasupd.backup.jobs.BackupJob`` is one): what a restore
+    needs of it, and a way to record."""
 
     def record(self, event: ev.Event) -> None: ...
 

@@ -76,7 +76,8 @@ def to_umask(ctx: Ctx, node: Node, path: str) -> int | None:
 
 
 def to_group_name(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a group name or gid that the group database holds."""
+    """Return a group name or a numeric gid that the group database holds (see ``hasupd.host.users``):
+    a service's ``group`` and each of its ``supplementary_groups``."""
     value = to_nonempty_str(ctx, node, path)
     if value is None:
         return None

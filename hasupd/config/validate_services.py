@@ -59,7 +59,7 @@ from hasupd.config.validate_process import (
     to_group_name,
 )
 from hasupd.host.procfs import DEFAULT_PATH
-from hasupd.host.users import UnknownIdentity, lookup_group, lookup_user
+from hasupd.host.users import UnknownIdentity, lookup_user
 from hasupd.states import OutputMode, RestartMode, ServiceType
 
 # systemd's default PATH for services (and hasupd's, when a service sets none).
@@ -80,19 +80,6 @@ def _to_user(ctx: Ctx, node: Node, path: str) -> str | None:
         return None
     try:
         lookup_user(value)
-    except UnknownIdentity as error:
-        ctx.error(node, path, str(error))
-        return None
-    return value
-
-
-def _to_group(ctx: Ctx, node: Node, path: str) -> str | None:
-    """Return a group name or a numeric gid that the group database holds (see ``hasupd.host.users``)."""
-    value = to_nonempty_str(ctx, node, path)
-    if value is None:
-        return None
-    try:
-        lookup_group(value)
     except UnknownIdentity as error:
         ctx.error(node, path, str(error))
         return None
@@ -232,7 +219,7 @@ SERVICE_FIELDS: dict[str, Converter] = {
     "command": to_argv,
     "type": to_enum(ServiceType),
     "user": _to_user,
-    "group": _to_group,
+    "group": to_group_name,
     "working_directory": to_abs_path,
     "environment": _to_environment,
     "environment_files": seq_of(_to_environment_file, "a list of absolute paths"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,3 +27,18 @@ def hasupd(tmp_path: Path) -> Iterator[Callable[..., Hasupd]]:
         except Exception:
             daemon.kill()
             raise
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Hasupd]]:
+    """A list the test appends the daemons it starts itself to; each still running is stopped at the end
+    (killed if it does not stop within 20 s, which fails the test)."""
+    started: list[Hasupd] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            try:
+                d.stop(timeout=20)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                raise

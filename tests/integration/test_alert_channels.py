@@ -58,19 +58,6 @@ def environment(extra: Path | None = None) -> dict[str, str]:
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Hasupd]]:
-    started: list[Hasupd] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            try:
-                d.stop(timeout=20)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                raise
-
-
-@pytest.fixture
 def receivers() -> Iterator[list[Receiver]]:
     made: list[Receiver] = []
     yield made

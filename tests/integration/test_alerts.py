@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +58,6 @@ def channel(port: int, coalesce: str = "0s", on_crash: bool = True, **smtp: Any)
         "coalesce_sec": coalesce,
         "on_crash": on_crash,
     }
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Hasupd]]:
-    started: list[Hasupd] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            try:
-                d.stop(timeout=20)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                raise
 
 
 def start(daemons: list[Hasupd], config: Path, work: Path) -> Hasupd:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -131,19 +130,6 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer(free_port()).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Hasupd]]:
-    started: list[Hasupd] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            try:
-                d.stop(timeout=20)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                raise
 
 
 def ctl_json(d: Hasupd, *args: str) -> Any:

@@ -5,14 +5,14 @@ master and replaces the workers; ``kill -s USR1`` reaches the main process only 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.test_stop_order import NGINX, free_port
-from tests.support.harness import Hasupd, require, write_config
+from tests.support.harness import Hasupd, write_config
+from tests.support.nginx import nginx_command
 
 # Records every SIGUSR1 it gets as "ROLE PID" lines; the main process forks one child that does the same.
 RECORDER = r"""
@@ -70,31 +70,7 @@ def _state(d: Hasupd, name: str) -> str:
 def test_reload_nginx_keeps_master_and_replaces_workers(
     tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
-    require(
-        os.path.exists(NGINX),
-        "nginx is not installed (Debian's nginx-light, in scripts/test's APT_PACKAGES)",
-        "HASUPD_TEST_NO_NGINX",
-    )
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
-}}
-""")
-    command = [NGINX, "-g", "daemon off;", "-p", str(prefix), "-c", str(conf)]
+    command, port = nginx_command(tmp_path / "nginx", workers=2)
     config = write_config(tmp_path / "etc", {"web": {"command": command, "reload_signal": "SIGHUP"}})
     d = hasupd(config)
     master = d.wait_for("service.started", service="web")[0]["pid"]
@@ -106,6 +82,9 @@ http {{
     assert json.loads(d.ctl("status", "--json", "web").stdout)[0]["pid"] == master
     assert _state(d, "web") == "running"
     d.wait_for("service.reloaded", service="web", ok=True)
+    # The reloaded nginx serves on the same socket (its new workers answer).
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+        assert answer.read() == b"ok\n"
     print(f"master {master}: workers {sorted(workers)} -> {sorted(_children(master))}")
     # A service without reload_signal or reload_command cannot reload: said clearly, exit 1.
     (tmp_path / "etc" / "services.d" / "plain.yaml").write_text("command: [/bin/sleep, '1000']\n")

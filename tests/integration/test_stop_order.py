@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_supervise import CONTAINMENT, containment_args
-from tests.support.harness import Hasupd, pid_alive, require, write_config
-
-NGINX = "/usr/sbin/nginx"
+from tests.support.harness import Hasupd, pid_alive, write_config
+from tests.support.nginx import nginx_command
 
 # Keeps two workers alive, respawning any that dies. On SIGTERM it finishes in-flight work for 0.5 s
 # (still keeping its pool up, as a master does), then stops its workers and exits. Every worker pid it
@@ -40,12 +39,6 @@ kill -TERM "${workers[@]}"
 wait
 exit 0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children(pid: int) -> set[int]:
@@ -122,32 +115,8 @@ def test_a_respawning_shell_master_respawns_no_worker_during_the_stop(
 def test_nginx_stops_without_respawning_workers(
     kind: str, tmp_path: Path, hasupd: Callable[..., Hasupd]
 ) -> None:
-    require(
-        os.path.exists(NGINX),
-        "nginx is not installed (Debian's nginx-light, in scripts/test's APT_PACKAGES)",
-        "HASUPD_TEST_NO_NGINX",
-    )
     extra = containment_args(kind)
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-worker_processes 4;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
-}}
-""")
-    command = [NGINX, "-g", "daemon off;", "-p", str(prefix), "-c", str(conf)]
+    command, port = nginx_command(tmp_path / "nginx", workers=4)
     config = write_config(tmp_path / "etc", {"web": {"command": command, "timeout_stop_sec": "10s"}})
     d = hasupd(config, extra_args=extra)
     master = d.wait_for("service.started", service="web")[0]["pid"]

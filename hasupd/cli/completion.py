@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 # (alert silence's TARGET is offered service names; the event names and group ids it also takes are
 # typed.)
 KINDS = {"NAME": "units", "JOB": "jobs", "TARGET": "units"}
+# Values offered for an option that takes any of more than it is worth listing (kill -s also takes
+# numbers and names without SIG).
+SIGNALS = "choice:" + ",".join(
+    f"SIG{name}" for name in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "WINCH")
+)
+OFFERED = {"--signal": SIGNALS}
 # Options whose metavar says NAME but whose value is no service: restore --database NAME names a dump
 # of the job (hasupctl backup list), which the daemon's status does not list.
 NOT_BY_METAVAR = {"--database"}
@@ -47,6 +53,9 @@ class Command:
 def _value_kind(action: argparse.Action) -> str:
     if action.choices is not None:
         return "choice:" + ",".join(str(choice) for choice in action.choices)
+    for option in action.option_strings:
+        if option in OFFERED:
+            return OFFERED[option]
     if NOT_BY_METAVAR.intersection(action.option_strings):
         return ""
     return KINDS.get(str(action.metavar), "")

@@ -112,6 +112,7 @@ def test_bash_completes_commands_options_and_the_daemons_names(
     for verb in ("enable", "disable", "mask", "unmask", "cat", "show", "is-active", "reload"):
         assert bash_complete(f"hasupctl {verb} we", env) == ["web"], verb
     assert bash_complete("hasupctl kill -s USR1 --main we", env) == ["web"]
+    assert bash_complete("hasupctl kill -s SIGU", env) == ["SIGUSR1", "SIGUSR2"]
     assert bash_complete("hasupctl kill --", env) == ["--all", "--help", "--json", "--main", "--signal"]
     # errors' first word is show (then a group id, typed); alert's verbs; a silence's TARGET.
     assert bash_complete("hasupctl errors ", env) == ["show"]
@@ -129,6 +130,7 @@ def test_bash_completes_commands_options_and_the_daemons_names(
     assert zsh_complete("hasupctl backup status ", env) == ["app-data"]
     assert zsh_complete("hasupctl mask we", env) == ["web"]
     assert zsh_complete("hasupctl errors ", env) == ["show"]
+    assert zsh_complete("hasupctl kill --signal SIGK", env) == ["SIGKILL"]
     assert zsh_complete("hasupctl backup run app-data --kind ", env) == [
         "backup",
         "check",

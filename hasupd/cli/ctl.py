@@ -201,12 +201,6 @@ def _run(argv: list[str] | None) -> int:
         print_status(data)
         if args.command == "status":
             _print_daemon_line(args)
-    if (
-        args.command == "status"
-        and args.names
-        and any(s["state"] not in ("running", "reloading") for s in data)
-    ):
-        return Exit.NOT_FOUND  # as systemctl status: a named service that is not running
     elif args.command == "alert":
         for outcome in data:
             print(f"{outcome['channel']}: accepted: {outcome['answer']} (Message-ID {outcome['message_id']})")
@@ -214,6 +208,12 @@ def _run(argv: list[str] | None) -> int:
         _print_info(data)
     elif args.command == "reload":
         print_reload(data)
+    if (
+        args.command == "status"
+        and args.names
+        and any(s["state"] not in ("running", "reloading") for s in data)
+    ):
+        return Exit.NOT_FOUND  # as systemctl status: a named service that is not running
     return Exit.OK
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -60,6 +61,20 @@ def keys(event: ev.Event, kind: str) -> set[str]:
     return found
 
 
+def _silence(item: Any) -> Silence | None:
+    """Return the silence an entry of the file describes, or None if it is not one hasupd writes (a
+    wrong type would otherwise fail every later alert's ``match``, and ``alert-list``)."""
+    if not isinstance(item, dict):
+        return None
+    texts = [item.get(k) for k in ("target", "reason", "by")]
+    times = [item.get(k) for k in ("until", "created")]
+    if not all(isinstance(t, str) for t in texts) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times
+    ):
+        return None
+    return Silence(target=texts[0], until=float(times[0]), reason=texts[1], created=float(times[1]), by=texts[2])
+
+
 class Silences:
     """The silences in force, loaded from and saved to ``folder / FILE``."""
 
@@ -72,13 +87,7 @@ class Silences:
             raw: Any = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return []
-        items = []
-        for item in raw if isinstance(raw, list) else []:
-            try:
-                items.append(Silence(**{k: item[k] for k in ("target", "until", "reason", "created", "by")}))
-            except (KeyError, TypeError):
-                continue
-        return items
+        return [s for s in map(_silence, raw if isinstance(raw, list) else []) if s is not None]
 
     def load(self) -> str | None:
         """Load the file (at build time: it is small); return the problem if it could not be read

@@ -66,13 +66,14 @@ def _silence(item: Any) -> Silence | None:
     wrong type would otherwise fail every later alert's ``match``, and ``alert-list``)."""
     if not isinstance(item, dict):
         return None
-    texts = [item.get(k) for k in ("target", "reason", "by")]
-    times = [item.get(k) for k in ("until", "created")]
-    if not all(isinstance(t, str) for t in texts) or not all(
-        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times
-    ):
+    target, reason, by = (item.get(k) for k in ("target", "reason", "by"))
+    until, created = (item.get(k) for k in ("until", "created"))
+    if not (isinstance(target, str) and isinstance(reason, str) and isinstance(by, str)):
         return None
-    return Silence(target=texts[0], until=float(times[0]), reason=texts[1], created=float(times[1]), by=texts[2])
+    times = [float(t) for t in (until, created) if isinstance(t, int | float) and not isinstance(t, bool)]
+    if len(times) != 2 or not all(map(math.isfinite, times)):
+        return None
+    return Silence(target=target, until=times[0], reason=reason, created=times[1], by=by)
 
 
 class Silences:

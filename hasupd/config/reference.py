@@ -437,7 +437,7 @@ BACKUP_KEYS = (
         "The repository (from hasupd.yaml backups.repositories) of the short-term snapshots.",
         required=True,
     ),
-    Key("paths", _PATHS, "What to back up.", required=True),
+    Key("paths", _PATHS, "What to back up (paths, databases or both).", default_text="none"),
     Key("exclude", list_of(TEXT, "list of patterns"), "restic --exclude patterns.", default=[]),
     Key(
         "schedule",
@@ -446,6 +446,46 @@ BACKUP_KEYS = (
         default="@daily",
     ),
     Key("randomized_delay_sec", DURATION, "Delay each run by a random time up to this.", default="0s"),
+    Key(
+        "databases",
+        list_of_mappings("list of databases"),
+        "Databases dumped while they serve, each a snapshot of its own tagged db:NAME; each entry has "
+        "exactly one of postgresql, mysql and sqlite.",
+        example={"postgresql": "app"},
+    ),
+    Key("databases[].postgresql", TEXT, "A PostgreSQL database to dump with pg_dump --format=custom."),
+    Key("databases[].mysql", TEXT, "A MariaDB/MySQL database to dump with mysqldump --single-transaction."),
+    Key("databases[].sqlite", PATH, "An SQLite file, copied with the online backup API."),
+    Key(
+        "databases[].name",
+        NAME,
+        "The dump's name (snapshot file and db:NAME tag).",
+        default_text="postgresql-DB, mysql-DB or sqlite-FILESTEM",
+    ),
+    Key("databases[].user", TEXT, "The user to connect as.", default_text="the client's default"),
+    Key(
+        "databases[].host",
+        TEXT,
+        "Host name, or socket directory (PostgreSQL) / socket file (MariaDB).",
+        default_text="the client's default",
+    ),
+    Key("databases[].port", integer(1, 65535), "TCP port.", default_text="the client's default"),
+    Key(
+        "databases[].password_file",
+        PATH,
+        "File holding the password (reaches the client as PGPASSWORD / MYSQL_PWD).",
+        default_text="none",
+    ),
+    Key("databases[].bin_dir", PATH, "Where the client programs are.", default_text="PATH"),
+    Key(
+        "databases[].globals", BOOL, "PostgreSQL: also dump roles (pg_dumpall --globals-only).", default=False
+    ),
+    Key(
+        "databases[].check_query",
+        TEXT,
+        "Run on a drill or restored copy; its first value must be neither empty, 0 nor false.",
+        default_text="none",
+    ),
     Key(
         "keep",
         MAPPING,
@@ -487,6 +527,12 @@ BACKUP_KEYS = (
         example={},
     ),
     Key("drill.schedule", SCHEDULE, "When to drill.", default="@monthly"),
+    Key(
+        "drill.boot",
+        BOOL,
+        "Boot drill: also start the job's services on the restored data and wait until they are healthy.",
+        default=False,
+    ),
     Key(
         "max_age",
         DURATION,

@@ -334,6 +334,8 @@ WRITTEN_AS = {
     ("RecoveryAction", "kind"): ("exec", "restore"),
     ("RecoveryAction", "argv"): ("exec",),
     ("RecoveryAction", "job"): ("restore",),
+    ("DatabaseSpec", "kind"): ("postgresql", "mysql", "sqlite"),
+    ("DatabaseSpec", "database"): ("postgresql", "mysql", "sqlite"),
 }
 # Model fields no key sets: the name (of the file, or the NAME above a channel or repository), the
 # source file, and what hasupd sets for its own units.

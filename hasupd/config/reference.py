@@ -60,6 +60,7 @@ class ConfigFile:
 _NAMES = list_of(NAME, "list of names")
 _GROUPS = list_of(TEXT, "list of group names")
 _PATHS = list_of(PATH, "list of absolute paths")
+_RLIMIT = Type("limit such as 4096, infinity or SOFT:HARD", {"type": ["string", "integer"]})
 
 DAEMON_KEYS = (
     Key(
@@ -357,6 +358,99 @@ SERVICE_KEYS = (
         default_text="none",
     ),
     Key("limits.cpu_window_sec", DURATION, "The window of cpu_percent.", default="60s"),
+    Key(
+        "limits.nofile",
+        _RLIMIT,
+        "RLIMIT_NOFILE of the child, as systemd's LimitNOFILE=: N sets soft and hard, SOFT:HARD each.",
+        default_text="hasupd's",
+    ),
+    Key("limits.nproc", _RLIMIT, "RLIMIT_NPROC of the child, as LimitNPROC=.", default_text="hasupd's"),
+    Key(
+        "limits.core",
+        Type("limit such as 0, 1G, infinity or SOFT:HARD", {"type": ["string", "integer"]}),
+        "RLIMIT_CORE of the child (a size), as LimitCORE=.",
+        default_text="hasupd's",
+    ),
+    Key("nice", integer(-20, 19), "The child's nice value.", default_text="hasupd's"),
+    Key(
+        "ionice",
+        MAPPING,
+        "The child's I/O scheduling class and level, as IOSchedulingClass=/IOSchedulingPriority=.",
+        example={"class": "idle"},
+    ),
+    Key(
+        "ionice.class",
+        Type("one of realtime, best-effort, idle", {"enum": ["realtime", "best-effort", "idle"]}),
+        "The I/O scheduling class.",
+        required=True,
+    ),
+    Key("ionice.level", integer(0, 7), "The level within the class (unused for idle).", default=4),
+    Key(
+        "umask",
+        Type('octal umask such as "0027"', {"type": ["string", "integer"]}),
+        "The child's umask (octal digits, quoted or not).",
+        default_text="hasupd's",
+    ),
+    Key(
+        "oom_score_adjust",
+        integer(-1000, 1000),
+        "The child's oom_score_adj; lowering it needs CAP_SYS_RESOURCE.",
+        default_text="hasupd's",
+    ),
+    Key(
+        "supplementary_groups",
+        list_of(TEXT, "list of group names or ids"),
+        "Groups added to the user's own; needs hasupd to run as root.",
+        default=[],
+    ),
+    Key(
+        "no_new_privileges",
+        BOOL,
+        "PR_SET_NO_NEW_PRIVS before exec: setuid binaries and file capabilities gain nothing.",
+        default=False,
+    ),
+    Key(
+        "reload_signal",
+        SIGNAL,
+        "hasupctl reload NAME sends this signal to the main process.",
+        default_text="none (exclusive with reload_command)",
+    ),
+    Key(
+        "reload_command",
+        ARGV,
+        "hasupctl reload NAME runs this command (as the service's user, MAINPID set).",
+        default_text="none (exclusive with reload_signal)",
+    ),
+    Key(
+        "schedule",
+        SCHEDULE,
+        "type: oneshot only: a timer that starts the service at each slot (not at boot).",
+        default_text="none",
+    ),
+    Key(
+        "persistent",
+        BOOL,
+        "With schedule: a slot missed while hasupd was down runs once at start.",
+        default_text="false",
+    ),
+    Key(
+        "randomized_delay_sec",
+        DURATION,
+        "With schedule: delay each run by a random time up to this.",
+        default_text="0s",
+    ),
+    Key(
+        "errors",
+        MAPPING,
+        "What counts as an error in the service's output (besides tracebacks and error priorities).",
+        example={"match": ["^ERROR "]},
+    ),
+    Key(
+        "errors.match",
+        list_of(TEXT, "list of Python regular expressions"),
+        "A line matching any of these is an error.",
+        default=[],
+    ),
     Key(
         "output",
         enum(OutputMode),

@@ -58,13 +58,13 @@ class UnitStates:
         """
         path = Path(state_dir) / FILE_NAME
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return cls(path)
         except OSError as error:
             raise UnreadableState(f"{path}: {error.strerror or error}") from None
         try:
-            data = json.loads(text)
+            data = json.loads(raw)  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
         except ValueError as error:
             raise UnreadableState(f"{path}: {error}") from None
         parts = {key: data.get(key, []) for key in _KEYS} if isinstance(data, dict) else {}

@@ -129,6 +129,9 @@ def test_unit_states_round_trip_and_refuse_a_damaged_file(tmp_path: Path) -> Non
     (tmp_path / "units.json").write_text('{"disabled": "web"}')
     with pytest.raises(UnreadableState, match="not an object of lists of names"):
         UnitStates.load(tmp_path)
+    (tmp_path / "units.json").write_bytes(b'\xff{"disabled": []}')  # not UTF-8: reported, located
+    with pytest.raises(UnreadableState, match=r"units\.json: .*utf-8"):
+        UnitStates.load(tmp_path)
     # The daemon takes a damaged file as a config error: it would not know what to start.
     etc = tmp_path / "etc"
     _write(etc / "services.d" / "web.yaml", "command: [/bin/true]\n")

@@ -101,10 +101,10 @@ class Stamps:
         """Return the stamped time, or None if there is none (or it is unreadable, or in the future: it
         was written while the clock was wrong; then the work is treated as never done, which makes it
         run, the safe side for backups; else it would wait until then, or fail past year 9999)."""
-        text = read_text(self.path(job, kind))
-        if text is None:
-            return None
         try:
+            text = read_text(self.path(job, kind))
+            if text is None:
+                return None
             when = datetime.fromisoformat(text.strip())
         except ValueError:
             return None

@@ -171,3 +171,11 @@ def test_a_stamp_from_the_future_counts_as_never(tmp_path: Path, text: str) -> N
     assert last is None
     now = datetime.now(UTC)
     assert due("@daily", last, now)
+
+
+def test_a_stamp_that_is_not_utf8_counts_as_never(tmp_path: Path) -> None:
+    stamps = Stamps(tmp_path)
+    path = stamps.path("job", "backup")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff2025-01-01T00:00:00+00:00\n")
+    assert stamps.get("job", "backup") is None

@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.nodes import Document, is_name
+from hasupd.config.nodes import Document
 
 SUFFIX = ".yaml"
 DROPIN_SUFFIX = ".d"
@@ -48,12 +48,6 @@ class ServiceSources:
     hidden: tuple[Path, ...] = ()
     dropins: tuple[Path, ...] = ()
     instance: str | None = None
-
-
-def is_unit_name(text: str) -> bool:
-    """Return whether ``text`` names a service: NAME, or NAME@INSTANCE (a template instance)."""
-    base, at, instance = text.partition("@")
-    return is_name(base) and (not at or is_name(instance))
 
 
 def _yaml_entries(folder: Path) -> dict[str, Path]:

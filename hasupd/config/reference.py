@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hasupd.config.model import ContainerEngine, LogFormat, LogTarget, TlsMode
+from hasupd.config.model import ALERT_LEVELS, Baseline, ContainerEngine, LogFormat, LogTarget, TlsMode
 from hasupd.config.reference_types import (
     ARGV,
     BOOL,
@@ -60,6 +60,9 @@ class ConfigFile:
 _NAMES = list_of(NAME, "list of names")
 _GROUPS = list_of(TEXT, "list of group names")
 _PATHS = list_of(PATH, "list of absolute paths")
+_POSITIVE = Type("positive number", {"type": "number", "exclusiveMinimum": 0})
+_GROUP = Type("error group id (12 hex digits)", {"type": "string", "pattern": "^[0-9a-f]{12}$"})
+_RLIMIT = Type("limit such as 4096, infinity or SOFT:HARD", {"type": ["string", "integer"]})
 
 DAEMON_KEYS = (
     Key(
@@ -129,8 +132,8 @@ DAEMON_KEYS = (
     Key(
         "alerts.NAME.email",
         MAPPING,
-        "Send alerts of this channel as email.",
-        required=True,
+        "Send alerts of this channel as email (a channel has exactly one of email, apprise, sendmail "
+        "and pagerduty).",
         example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
     ),
     Key("alerts.NAME.email.smtp", MAPPING, "The SMTP server.", example={}),
@@ -169,6 +172,196 @@ DAEMON_KEYS = (
         BOOL,
         "Also alert on every restart, not only when a service fails.",
         default=False,
+    ),
+    Key(
+        "alerts.NAME.apprise",
+        list_of(TEXT, "list of Apprise URLs", nonempty=True),
+        "Send alerts of this channel to these Apprise URLs (ntfy://, gotify://, slack://, json://...).",
+    ),
+    Key(
+        "alerts.NAME.sendmail",
+        MAPPING,
+        "Send alerts of this channel through the host's MTA (PATH -i -f FROM -- TO...).",
+        example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
+    ),
+    Key("alerts.NAME.sendmail.from", EMAIL, "The sender.", required=True),
+    Key(
+        "alerts.NAME.sendmail.to",
+        list_of(EMAIL, "list of email addresses", nonempty=True),
+        "The recipients.",
+        required=True,
+    ),
+    Key("alerts.NAME.sendmail.path", PATH, "The sendmail program.", default="/usr/sbin/sendmail"),
+    Key(
+        "alerts.NAME.sendmail.timeout_sec",
+        DURATION,
+        "Give up on one delivery attempt after this.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.pagerduty",
+        MAPPING,
+        "Send alerts of this channel to PagerDuty's Events API v2 (or a receiver that speaks it at url).",
+        example={"routing_key_file": "/etc/hasupd/pagerduty.key"},
+    ),
+    Key("alerts.NAME.pagerduty.routing_key_file", PATH, "The file holding the routing key.", required=True),
+    Key(
+        "alerts.NAME.pagerduty.url",
+        URL,
+        "The Events API endpoint.",
+        default="https://events.pagerduty.com/v2/enqueue",
+    ),
+    Key(
+        "alerts.NAME.pagerduty.timeout_sec",
+        DURATION,
+        "Give up on one delivery attempt after this.",
+        default="10s",
+    ),
+    Key(
+        "alerts.NAME.timeout_sec",
+        DURATION,
+        "apprise: give up on one delivery attempt after this.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.min_level",
+        Type("one of debug, info, warning, error, critical", {"enum": list(ALERT_LEVELS)}),
+        "Alerts below this level skip the channel (resolved notices never do).",
+        default="debug",
+    ),
+    Key(
+        "alerts.NAME.events",
+        list_of(
+            Type("event name such as service.failed", {"type": "string"}),
+            "list of event names",
+            nonempty=True,
+        ),
+        "Only alerts raised by these events.",
+        default_text="every alert",
+    ),
+    Key(
+        "alerts.rules",
+        list_of_mappings("list of rules"),
+        "What hasupd should find unusual: each rule has a name, exactly one of new_error, error_rate, "
+        "restart_rate and quiet, and optionally services.",
+        example={"name": "new-errors", "new_error": {}},
+    ),
+    Key("alerts.rules[].name", NAME, "The rule's name (unique).", required=True),
+    Key("alerts.rules[].services", _NAMES, "The services it watches.", default_text="every service"),
+    Key(
+        "alerts.rules[].new_error",
+        MAPPING,
+        "An error group seen for the first time.",
+        example={},
+    ),
+    Key(
+        "alerts.rules[].new_error.window_sec",
+        DURATION,
+        "The incident resolves once the group stayed away this long.",
+        default="1h",
+    ),
+    Key("alerts.rules[].new_error.group", _GROUP, "Only this error group.", default_text="every group"),
+    Key(
+        "alerts.rules[].error_rate",
+        MAPPING,
+        "An error group's count in a window above above and/or factor x its baseline.",
+        example={"factor": 3},
+    ),
+    Key("alerts.rules[].error_rate.window_sec", DURATION, "The counting window.", default="1h"),
+    Key(
+        "alerts.rules[].error_rate.above",
+        _POSITIVE,
+        "Fire when the count in the window is above this.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].error_rate.factor",
+        _POSITIVE,
+        "Fire when the count is above this times the baseline.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].error_rate.baseline",
+        enum(Baseline),
+        "How the usual count is taken from the hourly history.",
+        default="same_hour",
+    ),
+    Key(
+        "alerts.rules[].error_rate.days",
+        integer(1, 90),
+        "The days of history the baseline is taken from.",
+        default=7,
+    ),
+    Key("alerts.rules[].error_rate.group", _GROUP, "Only this error group.", default_text="every group"),
+    Key(
+        "alerts.rules[].restart_rate",
+        MAPPING,
+        "A service's restarts in a window above above and/or factor x their baseline.",
+        example={"factor": 3},
+    ),
+    Key("alerts.rules[].restart_rate.window_sec", DURATION, "The counting window.", default="1h"),
+    Key(
+        "alerts.rules[].restart_rate.above",
+        _POSITIVE,
+        "Fire when the count in the window is above this.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.factor",
+        _POSITIVE,
+        "Fire when the count is above this times the baseline.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.baseline",
+        enum(Baseline),
+        "How the usual count is taken from the hourly history.",
+        default="same_hour",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.days",
+        integer(1, 90),
+        "The days of history the baseline is taken from.",
+        default=7,
+    ),
+    Key(
+        "alerts.rules[].quiet",
+        MAPPING,
+        "A dead-man's switch: no output, no READY=/STATUS= and no successful run for after_sec.",
+        example={"after_sec": "30m"},
+    ),
+    Key("alerts.rules[].quiet.after_sec", DURATION, "How long a service may stay quiet.", required=True),
+    Key(
+        "web",
+        MAPPING,
+        "The read-only dashboard; absent: none is served.",
+        example={"listen": "127.0.0.1:9465"},
+    ),
+    Key(
+        "web.listen",
+        LISTEN,
+        "The address to serve on; beyond loopback it needs tls and token_file (or password_file).",
+        required=True,
+    ),
+    Key(
+        "web.tls",
+        MAPPING,
+        "Serve HTTPS.",
+        example={"cert_file": "/etc/hasupd/web.pem", "key_file": "/etc/hasupd/web.key"},
+    ),
+    Key("web.tls.cert_file", PATH, "The PEM certificate (chain).", required=True),
+    Key("web.tls.key_file", PATH, "Its PEM private key.", required=True),
+    Key(
+        "web.token_file",
+        PATH,
+        "The secret: a bearer token, or the password of HTTP Basic auth.",
+        default_text="none (loopback only)",
+    ),
+    Key(
+        "web.password_file",
+        PATH,
+        "The same as token_file, under the name people look for.",
+        default_text="none",
     ),
     Key("backups", MAPPING, "Backup settings shared by the jobs of backups.d.", example={}),
     Key(
@@ -218,6 +411,12 @@ DAEMON_KEYS = (
     Key("fleet.etcd.key_file", PATH, "Client key; needs cert_file."),
     Key("fleet.etcd.username", TEXT, "etcd user; needs password_file."),
     Key("fleet.etcd.password_file", PATH, "The file holding the etcd password; needs username."),
+    Key(
+        "fleet.etcd.election_timeout_sec",
+        DURATION,
+        "etcd's --election-timeout; check-config then checks that a handover fits in the fencing margin.",
+        default_text="not checked",
+    ),
     Key("fleet.cluster", NAME, "The cluster's name: hosts with the same name share services.", required=True),
     Key("fleet.host", NAME, "This host's name in the fleet.", default_text="the host name"),
     Key(
@@ -358,6 +557,99 @@ SERVICE_KEYS = (
     ),
     Key("limits.cpu_window_sec", DURATION, "The window of cpu_percent.", default="60s"),
     Key(
+        "limits.nofile",
+        _RLIMIT,
+        "RLIMIT_NOFILE of the child, as systemd's LimitNOFILE=: N sets soft and hard, SOFT:HARD each.",
+        default_text="hasupd's",
+    ),
+    Key("limits.nproc", _RLIMIT, "RLIMIT_NPROC of the child, as LimitNPROC=.", default_text="hasupd's"),
+    Key(
+        "limits.core",
+        Type("limit such as 0, 1G, infinity or SOFT:HARD", {"type": ["string", "integer"]}),
+        "RLIMIT_CORE of the child (a size), as LimitCORE=.",
+        default_text="hasupd's",
+    ),
+    Key("nice", integer(-20, 19), "The child's nice value.", default_text="hasupd's"),
+    Key(
+        "ionice",
+        MAPPING,
+        "The child's I/O scheduling class and level, as IOSchedulingClass=/IOSchedulingPriority=.",
+        example={"class": "idle"},
+    ),
+    Key(
+        "ionice.class",
+        Type("one of realtime, best-effort, idle", {"enum": ["realtime", "best-effort", "idle"]}),
+        "The I/O scheduling class.",
+        required=True,
+    ),
+    Key("ionice.level", integer(0, 7), "The level within the class (unused for idle).", default=4),
+    Key(
+        "umask",
+        Type('octal umask such as "0027"', {"type": ["string", "integer"]}),
+        "The child's umask (octal digits, quoted or not).",
+        default_text="hasupd's",
+    ),
+    Key(
+        "oom_score_adjust",
+        integer(-1000, 1000),
+        "The child's oom_score_adj; lowering it needs CAP_SYS_RESOURCE.",
+        default_text="hasupd's",
+    ),
+    Key(
+        "supplementary_groups",
+        list_of(TEXT, "list of group names or ids"),
+        "Groups added to the user's own; needs hasupd to run as root.",
+        default=[],
+    ),
+    Key(
+        "no_new_privileges",
+        BOOL,
+        "PR_SET_NO_NEW_PRIVS before exec: setuid binaries and file capabilities gain nothing.",
+        default=False,
+    ),
+    Key(
+        "reload_signal",
+        SIGNAL,
+        "hasupctl reload NAME sends this signal to the main process.",
+        default_text="none (exclusive with reload_command)",
+    ),
+    Key(
+        "reload_command",
+        ARGV,
+        "hasupctl reload NAME runs this command (as the service's user, MAINPID set).",
+        default_text="none (exclusive with reload_signal)",
+    ),
+    Key(
+        "schedule",
+        SCHEDULE,
+        "type: oneshot only: a timer that starts the service at each slot (not at boot).",
+        default_text="none",
+    ),
+    Key(
+        "persistent",
+        BOOL,
+        "With schedule: a slot missed while hasupd was down runs once at start.",
+        default_text="false",
+    ),
+    Key(
+        "randomized_delay_sec",
+        DURATION,
+        "With schedule: delay each run by a random time up to this.",
+        default_text="0s",
+    ),
+    Key(
+        "errors",
+        MAPPING,
+        "What counts as an error in the service's output (besides tracebacks and error priorities).",
+        example={"match": ["^ERROR "]},
+    ),
+    Key(
+        "errors.match",
+        list_of(TEXT, "list of Python regular expressions"),
+        "A line matching any of these is an error.",
+        default=[],
+    ),
+    Key(
         "output",
         enum(OutputMode),
         "Where the service's stdout and stderr go.",
@@ -437,7 +729,7 @@ BACKUP_KEYS = (
         "The repository (from hasupd.yaml backups.repositories) of the short-term snapshots.",
         required=True,
     ),
-    Key("paths", _PATHS, "What to back up.", required=True),
+    Key("paths", _PATHS, "What to back up (paths, databases or both).", default_text="none"),
     Key("exclude", list_of(TEXT, "list of patterns"), "restic --exclude patterns.", default=[]),
     Key(
         "schedule",
@@ -446,6 +738,46 @@ BACKUP_KEYS = (
         default="@daily",
     ),
     Key("randomized_delay_sec", DURATION, "Delay each run by a random time up to this.", default="0s"),
+    Key(
+        "databases",
+        list_of_mappings("list of databases"),
+        "Databases dumped while they serve, each a snapshot of its own tagged db:NAME; each entry has "
+        "exactly one of postgresql, mysql and sqlite.",
+        example={"postgresql": "app"},
+    ),
+    Key("databases[].postgresql", TEXT, "A PostgreSQL database to dump with pg_dump --format=custom."),
+    Key("databases[].mysql", TEXT, "A MariaDB/MySQL database to dump with mysqldump --single-transaction."),
+    Key("databases[].sqlite", PATH, "An SQLite file, copied with the online backup API."),
+    Key(
+        "databases[].name",
+        NAME,
+        "The dump's name (snapshot file and db:NAME tag).",
+        default_text="postgresql-DB, mysql-DB or sqlite-FILESTEM",
+    ),
+    Key("databases[].user", TEXT, "The user to connect as.", default_text="the client's default"),
+    Key(
+        "databases[].host",
+        TEXT,
+        "Host name, or socket directory (PostgreSQL) / socket file (MariaDB).",
+        default_text="the client's default",
+    ),
+    Key("databases[].port", integer(1, 65535), "TCP port.", default_text="the client's default"),
+    Key(
+        "databases[].password_file",
+        PATH,
+        "File holding the password (reaches the client as PGPASSWORD / MYSQL_PWD).",
+        default_text="none",
+    ),
+    Key("databases[].bin_dir", PATH, "Where the client programs are.", default_text="PATH"),
+    Key(
+        "databases[].globals", BOOL, "PostgreSQL: also dump roles (pg_dumpall --globals-only).", default=False
+    ),
+    Key(
+        "databases[].check_query",
+        TEXT,
+        "Run on a drill or restored copy; its first value must be neither empty, 0 nor false.",
+        default_text="none",
+    ),
     Key(
         "keep",
         MAPPING,
@@ -487,6 +819,12 @@ BACKUP_KEYS = (
         example={},
     ),
     Key("drill.schedule", SCHEDULE, "When to drill.", default="@monthly"),
+    Key(
+        "drill.boot",
+        BOOL,
+        "Boot drill: also start the job's services on the restored data and wait until they are healthy.",
+        default=False,
+    ),
     Key(
         "max_age",
         DURATION,

@@ -17,12 +17,11 @@ from hasupd.config.layout import (
     compose_service,
     describe_sources,
     find_services,
-    is_unit_name,
     templates,
 )
 from hasupd.config.load import SERVICES_DIR, read_document
 from hasupd.config.quantities import parse_signal
-from hasupd.config.unitstate import UnitStates
+from hasupd.config.unitstate import UnitStates, is_unit_name
 from hasupd.control.commands.services import service_status
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit

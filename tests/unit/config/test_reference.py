@@ -103,11 +103,48 @@ def skeleton(config_file: ConfigFile) -> dict[str, Any]:
     return root
 
 
+# Keys of which an item takes exactly one (by the item's reference path): the validators read the options
+# of one only, so the skeleton is validated once with each of them alone too.
+EXCLUSIVE = {
+    "alerts.NAME": ("email", "apprise", "sendmail", "pagerduty"),
+    "alerts.rules[]": ("new_error", "error_rate", "restart_rate", "quiet"),
+}
+
+
+def _item(doc: dict[str, Any], path: str) -> Any:
+    """Return the node at reference ``path`` of a skeleton or example document (None if absent)."""
+    node: Any = doc
+    for part in segments(path):
+        if part == "[]":
+            node = node[0] if isinstance(node, list) and node else None
+        else:
+            node = node.get(PLACEHOLDER if part == "NAME" else part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def _variants(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return ``doc`` and, for each EXCLUSIVE key it holds, a copy with that key alone in its item."""
+    out = [doc]
+    for path, members in EXCLUSIVE.items():
+        for member in members:
+            variant = copy.deepcopy(doc)
+            item = _item(variant, path)
+            if isinstance(item, dict) and member in item:
+                for other in members:
+                    if other != member:
+                        item.pop(other, None)
+                out.append(variant)
+    return out
+
+
 def accepted_keys(kind: str) -> dict[str, str]:
     """Return {reference path: kind of value} of every key the validators accept in a file of ``kind``
     ("mapping" for the keys whose value they read as a mapping, else "value")."""
     seen: dict[str, set[str]] = {}
-    validate(kind, skeleton(BY_KIND[kind]), seen)
+    for doc in _variants(skeleton(BY_KIND[kind])):
+        validate(kind, doc, seen)
     mappings = {reference_path(path) for path in seen}
     keys = {}
     for path, fields in seen.items():
@@ -190,6 +227,13 @@ def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
                 else example
             )
         node = node[part]
+    for path, members in EXCLUSIVE.items():  # the key's own alternative alone in its item
+        item = _item(doc, path)
+        chosen = key.path[len(path) + 1 :].split(".")[0] if key.path.startswith(path + ".") else None
+        if isinstance(item, dict) and chosen in members:
+            for other in members:
+                if other != chosen and other != parts[-1]:
+                    item.pop(other, None)
     node.pop(parts[-1], None)
     if value is not UNSET:
         node[parts[-1]] = copy.deepcopy(value)
@@ -325,6 +369,9 @@ RENAMED = {
     ("EmailChannel", "from_addr"): "from",
     ("CheckSpec", "read_data_subset_n"): "read_data_subset",
     ("BackupJobConfig", "max_age_sec"): "max_age",
+    ("IoNice", "klass"): "class",
+    ("SendmailChannel", "from_addr"): "from",
+    ("DaemonConfig", "rules"): "alerts.rules",
 }
 # Model fields that are written as one of several keys (the key says which kind it is).
 WRITTEN_AS = {
@@ -334,6 +381,20 @@ WRITTEN_AS = {
     ("RecoveryAction", "kind"): ("exec", "restore"),
     ("RecoveryAction", "argv"): ("exec",),
     ("RecoveryAction", "job"): ("restore",),
+    ("DatabaseSpec", "kind"): ("postgresql", "mysql", "sqlite"),
+    ("DatabaseSpec", "database"): ("postgresql", "mysql", "sqlite"),
+    ("AlertRule", "kind"): ("new_error", "error_rate", "restart_rate", "quiet"),
+    ("AlertRule", "group"): ("new_error.group", "error_rate.group"),
+    ("AlertRule", "window_sec"): (
+        "new_error.window_sec",
+        "error_rate.window_sec",
+        "restart_rate.window_sec",
+        "quiet.after_sec",
+    ),
+    **{
+        ("AlertRule", name): ("error_rate." + name, "restart_rate." + name)
+        for name in ("above", "factor", "baseline", "days")
+    },
 }
 # Model fields no key sets: the name (of the file, or the NAME above a channel or repository), the
 # source file, and what hasupd sets for its own units.
@@ -342,6 +403,8 @@ NOT_IN_FILES = {
     ("AlertChannel", "name"),
     ("RepositoryConfig", "name"),
     ("ServiceConfig", "restart_prevent_exit_status"),
+    ("RLimit", "soft"),  # both written in one value: "SOFT:HARD"
+    ("RLimit", "hard"),
 }
 
 
@@ -395,7 +458,7 @@ def test_a_key_added_to_a_validator_is_reported_until_it_is_documented(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What the first test of this file does when someone adds a key and forgets its entry."""
-    monkeypatch.setitem(SERVICE_FIELDS, "nice", to_int(minimum=-20, maximum=19))
-    assert "nice" in accepted_keys("service")
-    with pytest.raises(AssertionError, match=r"config key 'nice' has no entry .*SERVICE_KEYS"):
+    monkeypatch.setitem(SERVICE_FIELDS, "made_up", to_int(minimum=-20, maximum=19))
+    assert "made_up" in accepted_keys("service")
+    with pytest.raises(AssertionError, match=r"config key 'made_up' has no entry .*SERVICE_KEYS"):
         test_every_key_the_validators_accept_is_documented("service")

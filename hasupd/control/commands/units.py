@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hasupd.config.layout import (
+    HIDDEN,
     ServiceSources,
     annotate,
     compose_service,
@@ -182,6 +183,8 @@ def properties(ctx: Context, service: Service) -> dict[str, Any]:
     config (nested keys dotted: ``start_limit.burst``; durations in seconds)."""
     out: dict[str, Any] = {}
     _flat("", service.config, out)
+    # Environment values may be secrets (as in cat): the names only.
+    out["environment"] = " ".join(f"{k}={HIDDEN}" for k, _ in service.config.environment)
     out.pop("source", None)
     out.update(service_status(service))
     states = ctx.manager.unit_states

@@ -87,10 +87,12 @@ def write_marker(state_dir: Path) -> int | None:
     marker = state_dir / RUNNING_MARKER
     previous: int | None = None
     try:
-        text = marker.read_text().strip()
+        text = marker.read_bytes().strip()
         previous = int(text) if text.isdigit() else 0
     except FileNotFoundError:
         pass
+    except (OSError, ValueError):  # not what hasupd writes (damaged): still, an earlier run's marker
+        previous = 0
     marker.write_text(str(os.getpid()))
     return previous
 

@@ -108,8 +108,10 @@ class Timers:
         assert config.schedule is not None
         now = self._now()
         last = self.last_run(config.name)
-        if last is None:
-            # The first time hasupd sees this timer: slots from now on (nothing was missed yet).
+        if last is None or last > now:
+            # The first time hasupd sees this timer: slots from now on (nothing was missed yet). A stamp
+            # in the future was written while the clock was wrong: taken as now too (as systemd does),
+            # else the timer would wait until then (or fail past year 9999).
             self._set_stamp(config.name, now)
             last = now
         base = last if config.persistent else max(last, now)

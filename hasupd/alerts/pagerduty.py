@@ -15,6 +15,7 @@ every network error: the channel backs off as a whole.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -77,11 +78,20 @@ def _post(config: PagerDutyChannel, data: bytes) -> str:
         with urllib.request.urlopen(request, timeout=config.timeout_sec) as response:
             return f"{response.status} {response.read(500).decode('utf-8', 'replace').strip()}"
     except urllib.error.HTTPError as e:
-        text = f"{e.code} {e.read(500).decode('utf-8', 'replace').strip()}".strip()
+        try:
+            text = f"{e.code} {e.read(500).decode('utf-8', 'replace').strip()}".strip()
+        except (OSError, http.client.HTTPException):
+            text = str(e.code)
         raise DeliveryError(f"{config.url} answered {text}", session=e.code != 400) from None
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", e)
         raise DeliveryError(f"cannot post to {config.url}: {reason}", session=True) from None
+    except http.client.HTTPException as e:
+        # Not HTTP (a status line such as "GARBAGE", a cut-off body): the receiver's fault, retried
+        # like a refused connection; it must not end hasupd.
+        raise DeliveryError(
+            f"{config.url} did not answer in HTTP: {type(e).__name__}: {str(e).strip()}", session=True
+        ) from None
 
 
 def _read_key(path: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -60,6 +61,21 @@ def keys(event: ev.Event, kind: str) -> set[str]:
     return found
 
 
+def _silence(item: Any) -> Silence | None:
+    """Return the silence an entry of the file describes, or None if it is not one hasupd writes (a
+    wrong type would otherwise fail every later alert's ``match``, and ``alert-list``)."""
+    if not isinstance(item, dict):
+        return None
+    target, reason, by = (item.get(k) for k in ("target", "reason", "by"))
+    until, created = (item.get(k) for k in ("until", "created"))
+    if not (isinstance(target, str) and isinstance(reason, str) and isinstance(by, str)):
+        return None
+    times = [float(t) for t in (until, created) if isinstance(t, int | float) and not isinstance(t, bool)]
+    if len(times) != 2 or not all(map(math.isfinite, times)):
+        return None
+    return Silence(target=target, until=times[0], reason=reason, created=times[1], by=by)
+
+
 class Silences:
     """The silences in force, loaded from and saved to ``folder / FILE``."""
 
@@ -72,13 +88,7 @@ class Silences:
             raw: Any = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return []
-        items = []
-        for item in raw if isinstance(raw, list) else []:
-            try:
-                items.append(Silence(**{k: item[k] for k in ("target", "until", "reason", "created", "by")}))
-            except (KeyError, TypeError):
-                continue
-        return items
+        return [s for s in map(_silence, raw if isinstance(raw, list) else []) if s is not None]
 
     def load(self) -> str | None:
         """Load the file (at build time: it is small); return the problem if it could not be read

@@ -72,6 +72,8 @@ def _password(spec: DatabaseSpec) -> str | None:
         return Path(spec.password_file).read_text(encoding="utf-8").rstrip("\n")
     except OSError as error:
         raise DatabaseConfigError(f"cannot read {spec.password_file}: {error.strerror}") from error
+    except UnicodeDecodeError as error:  # else it escaped the job's task and ended hasupd
+        raise DatabaseConfigError(f"cannot read {spec.password_file}: not UTF-8 ({error.reason})") from error
 
 
 def pg_connection(spec: DatabaseSpec) -> tuple[list[str], dict[str, str]]:

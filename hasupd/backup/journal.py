@@ -113,12 +113,12 @@ class Journal:
 
 def _read(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(raw)
+    except ValueError:  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
         return {}  # torn by a crash before the rename: the step had not started
 
 

@@ -83,6 +83,9 @@ def due(expr: str | CronExpr, last_run: datetime | None, now: datetime, *, offse
     return next_due(expr, last_run, now, offset_sec=offset_sec) <= now
 
 
+STAMP_SLACK = timedelta(minutes=5)  # a stamp this far ahead of the clock is still believed (clock steps)
+
+
 class Stamps:
     """When each job last did each kind of work ("backup", "check", "copy" ...), kept in the state dir
     as ``STATE/backup/JOB/KIND.last``, one ISO 8601 time per file."""
@@ -95,16 +98,19 @@ class Stamps:
         return self._dir / check_name("job", job) / f"{check_name('stamp', kind)}.last"
 
     def get(self, job: str, kind: str) -> datetime | None:
-        """Return the stamped time, or None if there is none (or it is unreadable: then the work is
-        treated as never done, which makes it run, the safe side for backups)."""
-        text = read_text(self.path(job, kind))
-        if text is None:
-            return None
+        """Return the stamped time, or None if there is none (or it is unreadable, or in the future: it
+        was written while the clock was wrong; then the work is treated as never done, which makes it
+        run, the safe side for backups; else it would wait until then, or fail past year 9999)."""
         try:
+            text = read_text(self.path(job, kind))
+            if text is None:
+                return None
             when = datetime.fromisoformat(text.strip())
         except ValueError:
             return None
-        return when if when.tzinfo is not None else None
+        if when.tzinfo is None or when > datetime.now(UTC) + STAMP_SLACK:
+            return None
+        return when
 
     def set(self, job: str, kind: str, when: datetime) -> None:
         """Record ``when`` atomically and durably. Raise ValueError if naive, OSError if unwritable."""

@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.nodes import Document, is_name
+from hasupd.config.nodes import Document
 
 SUFFIX = ".yaml"
 DROPIN_SUFFIX = ".d"
@@ -48,12 +48,6 @@ class ServiceSources:
     hidden: tuple[Path, ...] = ()
     dropins: tuple[Path, ...] = ()
     instance: str | None = None
-
-
-def is_unit_name(text: str) -> bool:
-    """Return whether ``text`` names a service: NAME, or NAME@INSTANCE (a template instance)."""
-    base, at, instance = text.partition("@")
-    return is_name(base) and (not at or is_name(instance))
 
 
 def _yaml_entries(folder: Path) -> dict[str, Path]:
@@ -222,18 +216,25 @@ def _flow(node: Node) -> str:
     return text.strip().removesuffix("...").strip()
 
 
-def annotate(node: Node, indent: str = "") -> list[str]:
-    """Return the lines of mapping ``node`` as YAML, each key with the file:line that set it."""
+HIDDEN = "(hidden)"  # what hasupctl cat and show print for an environment value
+SECRET_KEYS = frozenset({"environment"})  # a service's keys whose values never leave hasupd
+
+
+def annotate(node: Node, indent: str = "", hide: bool = False) -> list[str]:
+    """Return the lines of mapping ``node`` as YAML, each key with the file:line that set it. The values
+    of ``environment`` (top level) are shown as ``(hidden)``: they may hold secrets and a file an admin
+    made unreadable must not leak through the read role; ``hide`` hides every value below ``node``."""
     if not isinstance(node, MappingNode):
-        return [f"{indent}{_flow(node)}  # {_where(node)}"]
+        return [f"{indent}{HIDDEN if hide else _flow(node)}  # {_where(node)}"]
     lines = []
     for key_node, value_node in node.value:
         key = _flow(key_node)
+        secret = hide or (not indent and key in SECRET_KEYS)
         if isinstance(value_node, MappingNode) and value_node.value:
             lines.append(f"{indent}{key}:")
-            lines += annotate(value_node, indent + "  ")
+            lines += annotate(value_node, indent + "  ", secret)
         else:
-            lines.append(f"{indent}{key}: {_flow(value_node)}  # {_where(value_node)}")
+            lines.append(f"{indent}{key}: {HIDDEN if secret else _flow(value_node)}  # {_where(value_node)}")
     return lines
 
 

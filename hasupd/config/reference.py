@@ -60,74 +60,9 @@ class ConfigFile:
 _NAMES = list_of(NAME, "list of names")
 _GROUPS = list_of(TEXT, "list of group names")
 _PATHS = list_of(PATH, "list of absolute paths")
-_EMAILS = list_of(EMAIL, "list of email addresses", nonempty=True)
-_APPRISE_URLS = list_of(
-    Type(
-        "Apprise URL (ntfy://host/topic, json://host:port/path ...)",
-        {"type": "string", "pattern": "^[a-z][a-z0-9+.-]*://"},
-    ),
-    "list of Apprise URLs",
-    nonempty=True,
-)
-_LEVEL = Type("one of " + ", ".join(ALERT_LEVELS), {"enum": list(ALERT_LEVELS)})
-_EVENTS = list_of(
-    Type(
-        "event name such as service.failed",
-        {"type": "string", "pattern": "^[a-z][a-z0-9_-]*([.][a-z0-9_-]+)+$"},
-    ),
-    "list of event names (service.failed, backup.stale ...)",
-    nonempty=True,
-)
-_GROUP_ID = Type(
-    "error group id: 12 hex digits (see hasupctl errors)", {"type": "string", "pattern": "^[0-9a-f]{12}$"}
-)
-_DB_NAME = Type(
-    "database name: letters, digits, _ $ - (at most 63)",
-    {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_$-]{0,62}$"},
-)
-_RLIMIT = Type(
-    "limit: N, infinity, or SOFT:HARD such as 1024:4096 (one value sets both)",
-    {"type": ["string", "integer"]},
-)
-_RLIMIT_SIZE = Type(
-    "limit: a size (0, 1G), infinity, or SOFT:HARD (one value sets both)", {"type": ["string", "integer"]}
-)
-_REGEXES = list_of(
-    Type("Python regular expression", {"type": "string"}), "list of Python regular expressions"
-)
-
-
-def _rate_options(prefix: str, what: str) -> tuple[Key, ...]:
-    """The options of a rate rule (error_rate, restart_rate) counting ``what``."""
-    return (
-        Key(f"{prefix}.window_sec", DURATION, f"The window {what} are counted in.", default="1h"),
-        Key(
-            f"{prefix}.above",
-            number(1e12),
-            f"Fire when more {what} than this fall in the window (with factor: both must be exceeded).",
-            default_text="none (above, factor or both are required)",
-        ),
-        Key(
-            f"{prefix}.factor",
-            number(1e6),
-            f"Fire when the {what} in the window exceed this many times the baseline for such a window.",
-            default_text="none (above, factor or both are required)",
-        ),
-        Key(
-            f"{prefix}.baseline",
-            enum(Baseline),
-            "same_hour: the mean of the same hour of the day over the past days; moving_average: the "
-            "hourly mean over the past days; both scaled to the window. Only with factor.",
-            default="same_hour",
-        ),
-        Key(
-            f"{prefix}.days",
-            integer(1, 90),
-            "The days the baseline is taken from. Only with factor.",
-            default=7,
-        ),
-    )
-
+_POSITIVE = Type("positive number", {"type": "number", "exclusiveMinimum": 0})
+_GROUP = Type("error group id (12 hex digits)", {"type": "string", "pattern": "^[0-9a-f]{12}$"})
+_RLIMIT = Type("limit such as 4096, infinity or SOFT:HARD", {"type": ["string", "integer"]})
 
 DAEMON_KEYS = (
     Key(
@@ -197,8 +132,8 @@ DAEMON_KEYS = (
     Key(
         "alerts.NAME.email",
         MAPPING,
-        "Send alerts of this channel as email over SMTP. A channel has exactly one of email, apprise, "
-        "sendmail and pagerduty.",
+        "Send alerts of this channel as email (a channel has exactly one of email, apprise, sendmail "
+        "and pagerduty).",
         example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
     ),
     Key("alerts.NAME.email.smtp", MAPPING, "The SMTP server.", example={}),
@@ -222,75 +157,9 @@ DAEMON_KEYS = (
     Key("alerts.NAME.email.from", EMAIL, "The sender.", required=True),
     Key(
         "alerts.NAME.email.to",
-        _EMAILS,
+        list_of(EMAIL, "list of email addresses", nonempty=True),
         "The recipients.",
         required=True,
-    ),
-    Key(
-        "alerts.NAME.apprise",
-        _APPRISE_URLS,
-        "Send alerts of this channel through Apprise, to each URL (ntfy, Gotify, Slack, Matrix, "
-        "Telegram, JSON webhooks ...); only the targets that failed are retried.",
-    ),
-    Key(
-        "alerts.NAME.sendmail",
-        MAPPING,
-        "Hand alerts of this channel to the local MTA: PATH -i -f FROM -- TO... with the message on stdin.",
-        example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
-    ),
-    Key("alerts.NAME.sendmail.from", EMAIL, "The sender.", required=True),
-    Key("alerts.NAME.sendmail.to", _EMAILS, "The recipients.", required=True),
-    Key("alerts.NAME.sendmail.path", PATH, "The sendmail program.", default="/usr/sbin/sendmail"),
-    Key(
-        "alerts.NAME.sendmail.timeout_sec",
-        DURATION,
-        "Kill a sendmail that has not finished after this long; the alert is retried.",
-        default="30s",
-    ),
-    Key(
-        "alerts.NAME.pagerduty",
-        MAPPING,
-        "Page through PagerDuty's Events API v2 (or a compatible receiver); the incident id is the "
-        "dedup_key, and the resolved notice resolves the page.",
-        example={"routing_key_file": "/etc/hasupd/pagerduty.key"},
-    ),
-    Key(
-        "alerts.NAME.pagerduty.routing_key_file",
-        PATH,
-        "The file holding the integration's routing key.",
-        required=True,
-    ),
-    Key(
-        "alerts.NAME.pagerduty.url",
-        URL,
-        "The Events v2 endpoint.",
-        default="https://events.pagerduty.com/v2/enqueue",
-    ),
-    Key(
-        "alerts.NAME.pagerduty.timeout_sec",
-        DURATION,
-        "Give up on one delivery attempt after this long; it is retried.",
-        default="10s",
-    ),
-    Key(
-        "alerts.NAME.timeout_sec",
-        DURATION,
-        "An apprise channel gives up on one attempt at one target after this long; it is retried.",
-        default="30s",
-    ),
-    Key(
-        "alerts.NAME.min_level",
-        _LEVEL,
-        "Skip alerts below this level (a restart is a warning, a failure an error); resolved notices "
-        "always go out.",
-        default="debug",
-    ),
-    Key(
-        "alerts.NAME.events",
-        _EVENTS,
-        "Only alerts raised by these records (service.failed also covers start-limit-hit); resolved "
-        "notices always go out.",
-        default_text="every alert",
     ),
     Key(
         "alerts.NAME.coalesce_sec",
@@ -305,19 +174,84 @@ DAEMON_KEYS = (
         default=False,
     ),
     Key(
+        "alerts.NAME.apprise",
+        list_of(TEXT, "list of Apprise URLs", nonempty=True),
+        "Send alerts of this channel to these Apprise URLs (ntfy://, gotify://, slack://, json://...).",
+    ),
+    Key(
+        "alerts.NAME.sendmail",
+        MAPPING,
+        "Send alerts of this channel through the host's MTA (PATH -i -f FROM -- TO...).",
+        example={"from": "hasupd@example.org", "to": ["ops@example.org"]},
+    ),
+    Key("alerts.NAME.sendmail.from", EMAIL, "The sender.", required=True),
+    Key(
+        "alerts.NAME.sendmail.to",
+        list_of(EMAIL, "list of email addresses", nonempty=True),
+        "The recipients.",
+        required=True,
+    ),
+    Key("alerts.NAME.sendmail.path", PATH, "The sendmail program.", default="/usr/sbin/sendmail"),
+    Key(
+        "alerts.NAME.sendmail.timeout_sec",
+        DURATION,
+        "Give up on one delivery attempt after this.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.pagerduty",
+        MAPPING,
+        "Send alerts of this channel to PagerDuty's Events API v2 (or a receiver that speaks it at url).",
+        example={"routing_key_file": "/etc/hasupd/pagerduty.key"},
+    ),
+    Key("alerts.NAME.pagerduty.routing_key_file", PATH, "The file holding the routing key.", required=True),
+    Key(
+        "alerts.NAME.pagerduty.url",
+        URL,
+        "The Events API endpoint.",
+        default="https://events.pagerduty.com/v2/enqueue",
+    ),
+    Key(
+        "alerts.NAME.pagerduty.timeout_sec",
+        DURATION,
+        "Give up on one delivery attempt after this.",
+        default="10s",
+    ),
+    Key(
+        "alerts.NAME.timeout_sec",
+        DURATION,
+        "apprise: give up on one delivery attempt after this.",
+        default="30s",
+    ),
+    Key(
+        "alerts.NAME.min_level",
+        Type("one of debug, info, warning, error, critical", {"enum": list(ALERT_LEVELS)}),
+        "Alerts below this level skip the channel (resolved notices never do).",
+        default="debug",
+    ),
+    Key(
+        "alerts.NAME.events",
+        list_of(
+            Type("event name such as service.failed", {"type": "string"}),
+            "list of event names",
+            nonempty=True,
+        ),
+        "Only alerts raised by these events.",
+        default_text="every alert",
+    ),
+    Key(
         "alerts.rules",
         list_of_mappings("list of rules"),
-        "What is out of the ordinary beyond the fixed alerts (the one key of alerts: that is not a "
-        "channel). Each rule has a unique name and exactly one of new_error, error_rate, restart_rate and "
-        "quiet; each firing is one incident, alerted on the service's channels, resolved when it ends.",
+        "What hasupd should find unusual: each rule has a name, exactly one of new_error, error_rate, "
+        "restart_rate and quiet, and optionally services.",
         example={"name": "new-errors", "new_error": {}},
     ),
-    Key("alerts.rules[].name", NAME, "The rule's name, unique among the rules.", required=True),
-    Key("alerts.rules[].services", _NAMES, "Only these services.", default=[]),
+    Key("alerts.rules[].name", NAME, "The rule's name (unique).", required=True),
+    Key("alerts.rules[].services", _NAMES, "The services it watches.", default_text="every service"),
     Key(
         "alerts.rules[].new_error",
         MAPPING,
-        "Fire on an error group (see hasupctl errors) never seen before.",
+        "An error group seen for the first time.",
         example={},
     ),
     Key(
@@ -326,30 +260,109 @@ DAEMON_KEYS = (
         "The incident resolves once the group stayed away this long.",
         default="1h",
     ),
-    Key("alerts.rules[].new_error.group", _GROUP_ID, "Only this error group.", default_text="every group"),
+    Key("alerts.rules[].new_error.group", _GROUP, "Only this error group.", default_text="every group"),
     Key(
         "alerts.rules[].error_rate",
         MAPPING,
-        "Fire when an error group's count in a window is above a threshold, its baseline, or both.",
-        example={"above": 20, "factor": 5},
+        "An error group's count in a window above above and/or factor x its baseline.",
+        example={"factor": 3},
     ),
-    *_rate_options("alerts.rules[].error_rate", "errors"),
-    Key("alerts.rules[].error_rate.group", _GROUP_ID, "Only this error group.", default_text="every group"),
+    Key("alerts.rules[].error_rate.window_sec", DURATION, "The counting window.", default="1h"),
+    Key(
+        "alerts.rules[].error_rate.above",
+        _POSITIVE,
+        "Fire when the count in the window is above this.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].error_rate.factor",
+        _POSITIVE,
+        "Fire when the count is above this times the baseline.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].error_rate.baseline",
+        enum(Baseline),
+        "How the usual count is taken from the hourly history.",
+        default="same_hour",
+    ),
+    Key(
+        "alerts.rules[].error_rate.days",
+        integer(1, 90),
+        "The days of history the baseline is taken from.",
+        default=7,
+    ),
+    Key("alerts.rules[].error_rate.group", _GROUP, "Only this error group.", default_text="every group"),
     Key(
         "alerts.rules[].restart_rate",
         MAPPING,
-        "Fire when a service's restarts in a window are above a threshold, its baseline, or both.",
-        example={"above": 3, "factor": 3},
+        "A service's restarts in a window above above and/or factor x their baseline.",
+        example={"factor": 3},
     ),
-    *_rate_options("alerts.rules[].restart_rate", "restarts"),
+    Key("alerts.rules[].restart_rate.window_sec", DURATION, "The counting window.", default="1h"),
+    Key(
+        "alerts.rules[].restart_rate.above",
+        _POSITIVE,
+        "Fire when the count in the window is above this.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.factor",
+        _POSITIVE,
+        "Fire when the count is above this times the baseline.",
+        default_text="none",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.baseline",
+        enum(Baseline),
+        "How the usual count is taken from the hourly history.",
+        default="same_hour",
+    ),
+    Key(
+        "alerts.rules[].restart_rate.days",
+        integer(1, 90),
+        "The days of history the baseline is taken from.",
+        default=7,
+    ),
     Key(
         "alerts.rules[].quiet",
         MAPPING,
-        "A dead-man's switch: fire when a service shows no sign of life (no output, no READY=/STATUS=, "
-        "no successful run) for after_sec; resolved at the next one.",
+        "A dead-man's switch: no output, no READY=/STATUS= and no successful run for after_sec.",
         example={"after_sec": "30m"},
     ),
     Key("alerts.rules[].quiet.after_sec", DURATION, "How long a service may stay quiet.", required=True),
+    Key(
+        "web",
+        MAPPING,
+        "The read-only dashboard; absent: none is served.",
+        example={"listen": "127.0.0.1:9465"},
+    ),
+    Key(
+        "web.listen",
+        LISTEN,
+        "The address to serve on; beyond loopback it needs tls and token_file (or password_file).",
+        required=True,
+    ),
+    Key(
+        "web.tls",
+        MAPPING,
+        "Serve HTTPS.",
+        example={"cert_file": "/etc/hasupd/web.pem", "key_file": "/etc/hasupd/web.key"},
+    ),
+    Key("web.tls.cert_file", PATH, "The PEM certificate (chain).", required=True),
+    Key("web.tls.key_file", PATH, "Its PEM private key.", required=True),
+    Key(
+        "web.token_file",
+        PATH,
+        "The secret: a bearer token, or the password of HTTP Basic auth.",
+        default_text="none (loopback only)",
+    ),
+    Key(
+        "web.password_file",
+        PATH,
+        "The same as token_file, under the name people look for.",
+        default_text="none",
+    ),
     Key("backups", MAPPING, "Backup settings shared by the jobs of backups.d.", example={}),
     Key(
         "backups.repositories",
@@ -401,8 +414,7 @@ DAEMON_KEYS = (
     Key(
         "fleet.etcd.election_timeout_sec",
         DURATION,
-        "etcd's --election-timeout: when given, check-config refuses a lease_ttl_sec that cannot ride "
-        "out a leader election.",
+        "etcd's --election-timeout; check-config then checks that a handover fits in the fencing margin.",
         default_text="not checked",
     ),
     Key("fleet.cluster", NAME, "The cluster's name: hosts with the same name share services.", required=True),
@@ -413,37 +425,6 @@ DAEMON_KEYS = (
         "How long a host's lease lives without a keep-alive; whole "
         "seconds, at least 2s. A host that cannot renew stops its placed services within half of it.",
         default="10s",
-    ),
-    Key(
-        "web",
-        MAPPING,
-        "The read-only web dashboard. Beyond loopback (any address but 127.0.0.0/8, ::1 and localhost) "
-        "it needs tls and a credential. Read on every reload, applied when hasupd restarts.",
-        default_text="no dashboard",
-        example={"listen": "127.0.0.1:9465"},
-    ),
-    Key("web.listen", LISTEN, "Serve the dashboard on this address.", required=True),
-    Key(
-        "web.tls",
-        MAPPING,
-        "Serve HTTPS with this certificate.",
-        default_text="plain HTTP",
-        example={"cert_file": "/etc/hasupd/web.crt", "key_file": "/etc/hasupd/web.key"},
-    ),
-    Key("web.tls.cert_file", PATH, "The PEM certificate (chain).", required=True),
-    Key("web.tls.key_file", PATH, "Its PEM private key.", required=True),
-    Key(
-        "web.token_file",
-        PATH,
-        "The credential: the file's first line, sent as Authorization: Bearer SECRET or as the password "
-        "of HTTP Basic auth (any user). Excludes password_file.",
-        default_text="no credential",
-    ),
-    Key(
-        "web.password_file",
-        PATH,
-        "The same as token_file, under the name people look for. Excludes token_file.",
-        default_text="no credential",
     ),
 )
 
@@ -561,14 +542,7 @@ SERVICE_KEYS = (
         "Failures in this time after a start do not count.",
         default="0s",
     ),
-    Key(
-        "limits",
-        MAPPING,
-        "Resource limits: memory and cpu_percent are sampled on the whole process tree; nofile, nproc "
-        "and core are set in the child before exec (not on a container service: pass the engine's "
-        "--ulimit in container.options).",
-        example={},
-    ),
+    Key("limits", MAPPING, "Resource limits, sampled on the whole process tree.", example={}),
     Key(
         "limits.memory",
         SIZE,
@@ -585,69 +559,95 @@ SERVICE_KEYS = (
     Key(
         "limits.nofile",
         _RLIMIT,
-        "Open files (RLIMIT_NOFILE), set before exec as systemd's LimitNOFILE=: one value sets soft and "
-        "hard. Raising the hard limit needs CAP_SYS_RESOURCE.",
-        default_text="hasupd's own",
+        "RLIMIT_NOFILE of the child, as systemd's LimitNOFILE=: N sets soft and hard, SOFT:HARD each.",
+        default_text="hasupd's",
     ),
-    Key(
-        "limits.nproc",
-        _RLIMIT,
-        "Processes of the user (RLIMIT_NPROC), as LimitNPROC=.",
-        default_text="hasupd's own",
-    ),
+    Key("limits.nproc", _RLIMIT, "RLIMIT_NPROC of the child, as LimitNPROC=.", default_text="hasupd's"),
     Key(
         "limits.core",
-        _RLIMIT_SIZE,
-        "The largest core dump (RLIMIT_CORE), as LimitCORE=; 0: none.",
-        default_text="hasupd's own",
+        Type("limit such as 0, 1G, infinity or SOFT:HARD", {"type": ["string", "integer"]}),
+        "RLIMIT_CORE of the child (a size), as LimitCORE=.",
+        default_text="hasupd's",
     ),
-    Key(
-        "nice",
-        integer(-20, 19),
-        "The scheduling priority, as systemd's Nice=; below hasupd's own needs privilege. Not on a "
-        "container service.",
-        default_text="hasupd's own",
-    ),
+    Key("nice", integer(-20, 19), "The child's nice value.", default_text="hasupd's"),
     Key(
         "ionice",
         MAPPING,
-        "The I/O scheduling class and level, as IOSchedulingClass=/IOSchedulingPriority=. Not on a "
-        "container service.",
-        default_text="hasupd's own",
-        example={},
+        "The child's I/O scheduling class and level, as IOSchedulingClass=/IOSchedulingPriority=.",
+        example={"class": "idle"},
     ),
     Key(
         "ionice.class",
         Type("one of realtime, best-effort, idle", {"enum": ["realtime", "best-effort", "idle"]}),
-        "realtime needs privilege; idle gets disk time only when no one else wants it.",
-        default="best-effort",
+        "The I/O scheduling class.",
+        required=True,
     ),
-    Key("ionice.level", integer(0, 7), "0 is the highest; unused for idle.", default=4),
+    Key("ionice.level", integer(0, 7), "The level within the class (unused for idle).", default=4),
     Key(
         "umask",
-        Type('octal umask such as "0027" (quoted or not, read as octal)', {"type": ["string", "integer"]}),
-        "The file mode creation mask, as UMask=. Not on a container service.",
-        default_text="hasupd's own",
+        Type('octal umask such as "0027"', {"type": ["string", "integer"]}),
+        "The child's umask (octal digits, quoted or not).",
+        default_text="hasupd's",
     ),
     Key(
         "oom_score_adjust",
         integer(-1000, 1000),
-        "The OOM killer's adjustment, as OOMScoreAdjust=; lowering it needs CAP_SYS_RESOURCE. Not on a "
-        "container service.",
-        default_text="hasupd's own",
+        "The child's oom_score_adj; lowering it needs CAP_SYS_RESOURCE.",
+        default_text="hasupd's",
     ),
     Key(
         "supplementary_groups",
         list_of(TEXT, "list of group names or ids"),
-        "Groups added to the user's own; needs hasupd to run as root. Not on a container service.",
+        "Groups added to the user's own; needs hasupd to run as root.",
         default=[],
     ),
     Key(
         "no_new_privileges",
         BOOL,
-        "Set PR_SET_NO_NEW_PRIVS before exec: setuid programs and file capabilities gain nothing. Not on "
-        "a container service.",
+        "PR_SET_NO_NEW_PRIVS before exec: setuid binaries and file capabilities gain nothing.",
         default=False,
+    ),
+    Key(
+        "reload_signal",
+        SIGNAL,
+        "hasupctl reload NAME sends this signal to the main process.",
+        default_text="none (exclusive with reload_command)",
+    ),
+    Key(
+        "reload_command",
+        ARGV,
+        "hasupctl reload NAME runs this command (as the service's user, MAINPID set).",
+        default_text="none (exclusive with reload_signal)",
+    ),
+    Key(
+        "schedule",
+        SCHEDULE,
+        "type: oneshot only: a timer that starts the service at each slot (not at boot).",
+        default_text="none",
+    ),
+    Key(
+        "persistent",
+        BOOL,
+        "With schedule: a slot missed while hasupd was down runs once at start.",
+        default_text="false",
+    ),
+    Key(
+        "randomized_delay_sec",
+        DURATION,
+        "With schedule: delay each run by a random time up to this.",
+        default_text="0s",
+    ),
+    Key(
+        "errors",
+        MAPPING,
+        "What counts as an error in the service's output (besides tracebacks and error priorities).",
+        example={"match": ["^ERROR "]},
+    ),
+    Key(
+        "errors.match",
+        list_of(TEXT, "list of Python regular expressions"),
+        "A line matching any of these is an error.",
+        default=[],
     ),
     Key(
         "output",
@@ -700,46 +700,6 @@ SERVICE_KEYS = (
     ),
     Key("placement.prefer", _NAMES, "Hosts to prefer, in order.", default=[]),
     Key("placement.avoid", _NAMES, "Hosts to avoid.", default=[]),
-    Key(
-        "errors",
-        MAPPING,
-        "Which lines of the service's output are errors (for hasupctl errors and error rules), beside "
-        "lines with a <0> to <3> prefix and tracebacks.",
-        example={},
-    ),
-    Key("errors.match", _REGEXES, "A line matching any of these is an error.", default=[]),
-    Key(
-        "reload_signal",
-        SIGNAL,
-        "hasupctl reload NAME sends this signal to the main process. Excludes reload_command.",
-        default_text="none",
-    ),
-    Key(
-        "reload_command",
-        ARGV,
-        "hasupctl reload NAME runs this command (as the service's user, with MAINPID in the environment, "
-        "bounded by timeout_start_sec). Excludes reload_signal.",
-        default_text="none",
-    ),
-    Key(
-        "schedule",
-        SCHEDULE,
-        "Makes a type: oneshot service a timer: not started at boot but at each slot (UTC). A slot is "
-        "skipped while the service is masked, disabled or still running.",
-        default_text="not a timer",
-    ),
-    Key(
-        "persistent",
-        BOOL,
-        "A slot missed while hasupd was down runs once soon after it starts. Needs schedule.",
-        default_text="false",
-    ),
-    Key(
-        "randomized_delay_sec",
-        DURATION,
-        "Delay each run of the timer by a random time up to this. Needs schedule.",
-        default_text="0s",
-    ),
 )
 
 _KEEP_TEXT = "Keep the newest snapshot of each of the last N {}."
@@ -769,67 +729,7 @@ BACKUP_KEYS = (
         "The repository (from hasupd.yaml backups.repositories) of the short-term snapshots.",
         required=True,
     ),
-    Key(
-        "paths",
-        _PATHS,
-        "What to back up; paths, databases or both are required.",
-        default_text="none, then databases are required",
-    ),
-    Key(
-        "databases",
-        list_of_mappings("list of databases"),
-        "Databases dumped while they serve (no quiesce needed); each dump is a snapshot of its own "
-        "holding one file /NAME.EXT, tagged db:NAME. Each item has exactly one of postgresql, mysql and "
-        "sqlite.",
-        example={"postgresql": "app"},
-    ),
-    Key(
-        "databases[].postgresql",
-        _DB_NAME,
-        "Dump this PostgreSQL database with pg_dump --format=custom (one MVCC snapshot).",
-    ),
-    Key(
-        "databases[].mysql",
-        _DB_NAME,
-        "Dump this MariaDB/MySQL database with mysqldump --single-transaction (one InnoDB read view).",
-    ),
-    Key("databases[].sqlite", PATH, "Copy this SQLite file with SQLite's online backup API."),
-    Key(
-        "databases[].name",
-        NAME,
-        "The dump's name: its snapshot's file /NAME.EXT and tag db:NAME; unique in the job.",
-        default_text="postgresql-DB, mysql-DB or sqlite-FILESTEM",
-    ),
-    Key("databases[].user", TEXT, "Connect as this user.", default_text="the client's default"),
-    Key(
-        "databases[].host",
-        TEXT,
-        "A host name, or a socket directory (PostgreSQL) or socket file (MariaDB).",
-        default_text="the client's default",
-    ),
-    Key("databases[].port", integer(1, 65535), "The server's port.", default_text="the client's default"),
-    Key(
-        "databases[].password_file",
-        PATH,
-        "The file holding the password, passed as PGPASSWORD / MYSQL_PWD (never on a command line).",
-    ),
-    Key(
-        "databases[].bin_dir",
-        PATH,
-        "Where the client programs (pg_dump, mysqldump ...) are.",
-        default_text="the PATH",
-    ),
-    Key(
-        "databases[].globals",
-        BOOL,
-        "PostgreSQL only: also dump the roles (pg_dumpall --globals-only) as NAME-globals.",
-        default=False,
-    ),
-    Key(
-        "databases[].check_query",
-        TEXT,
-        "A query that must succeed and return a row on a restored or drilled copy of the database.",
-    ),
+    Key("paths", _PATHS, "What to back up (paths, databases or both).", default_text="none"),
     Key("exclude", list_of(TEXT, "list of patterns"), "restic --exclude patterns.", default=[]),
     Key(
         "schedule",
@@ -838,6 +738,46 @@ BACKUP_KEYS = (
         default="@daily",
     ),
     Key("randomized_delay_sec", DURATION, "Delay each run by a random time up to this.", default="0s"),
+    Key(
+        "databases",
+        list_of_mappings("list of databases"),
+        "Databases dumped while they serve, each a snapshot of its own tagged db:NAME; each entry has "
+        "exactly one of postgresql, mysql and sqlite.",
+        example={"postgresql": "app"},
+    ),
+    Key("databases[].postgresql", TEXT, "A PostgreSQL database to dump with pg_dump --format=custom."),
+    Key("databases[].mysql", TEXT, "A MariaDB/MySQL database to dump with mysqldump --single-transaction."),
+    Key("databases[].sqlite", PATH, "An SQLite file, copied with the online backup API."),
+    Key(
+        "databases[].name",
+        NAME,
+        "The dump's name (snapshot file and db:NAME tag).",
+        default_text="postgresql-DB, mysql-DB or sqlite-FILESTEM",
+    ),
+    Key("databases[].user", TEXT, "The user to connect as.", default_text="the client's default"),
+    Key(
+        "databases[].host",
+        TEXT,
+        "Host name, or socket directory (PostgreSQL) / socket file (MariaDB).",
+        default_text="the client's default",
+    ),
+    Key("databases[].port", integer(1, 65535), "TCP port.", default_text="the client's default"),
+    Key(
+        "databases[].password_file",
+        PATH,
+        "File holding the password (reaches the client as PGPASSWORD / MYSQL_PWD).",
+        default_text="none",
+    ),
+    Key("databases[].bin_dir", PATH, "Where the client programs are.", default_text="PATH"),
+    Key(
+        "databases[].globals", BOOL, "PostgreSQL: also dump roles (pg_dumpall --globals-only).", default=False
+    ),
+    Key(
+        "databases[].check_query",
+        TEXT,
+        "Run on a drill or restored copy; its first value must be neither empty, 0 nor false.",
+        default_text="none",
+    ),
     Key(
         "keep",
         MAPPING,
@@ -882,9 +822,7 @@ BACKUP_KEYS = (
     Key(
         "drill.boot",
         BOOL,
-        "Also prove the application starts on the backup: each quiesce service is started once more on "
-        "the restored copy (files and drill copies of the databases), in a private network namespace, "
-        "until its health probes pass; then torn down.",
+        "Boot drill: also start the job's services on the restored data and wait until they are healthy.",
         default=False,
     ),
     Key(

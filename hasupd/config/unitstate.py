@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from hasupd.config.nodes import is_name
 from hasupd.files import atomic_write_text
 
 FILE_NAME = "units.json"
 _KEYS = ("disabled", "masked", "instances")
+
+
+def is_unit_name(text: str) -> bool:
+    """Return whether ``text`` names a service: NAME, or NAME@INSTANCE (a template instance)."""
+    base, at, instance = text.partition("@")
+    return is_name(base) and (not at or is_name(instance))
 
 
 class UnitFileState(StrEnum):
@@ -51,13 +58,13 @@ class UnitStates:
         """
         path = Path(state_dir) / FILE_NAME
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return cls(path)
         except OSError as error:
             raise UnreadableState(f"{path}: {error.strerror or error}") from None
         try:
-            data = json.loads(text)
+            data = json.loads(raw)  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
         except ValueError as error:
             raise UnreadableState(f"{path}: {error}") from None
         parts = {key: data.get(key, []) for key in _KEYS} if isinstance(data, dict) else {}
@@ -65,6 +72,12 @@ class UnitStates:
             isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()
         ):
             raise UnreadableState(f"{path}: not an object of lists of names ({', '.join(_KEYS)})")
+        # A name hasupd would not write (hand-edited) is reported here, at the file it is in: as an
+        # instance it would otherwise read as an error of the template's file, and hasupd not start.
+        bad = sorted({n for v in parts.values() for n in v if not is_unit_name(n)})
+        bad += sorted(n for n in parts["instances"] if "@" not in n and is_unit_name(n))
+        if bad:
+            raise UnreadableState(f"{path}: not a service or template instance name: {', '.join(bad)}")
         return cls(path, set(parts["disabled"]), set(parts["masked"]), set(parts["instances"]))
 
     def save(self) -> None:

@@ -14,9 +14,9 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from hasupd.config.fleet_timing import FENCE_MARGIN_SEC, election_allowance, rides_out_election
 from hasupd.config.issues import ConfigIssue
-from hasupd.config.layout import is_unit_name
 from hasupd.config.model import Config, DaemonConfig, FleetConfig, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
+from hasupd.config.unitstate import is_unit_name
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
 from hasupd.config.validate_services import validate_service

@@ -58,7 +58,11 @@ def _to_http_url(ctx: Ctx, node: Node, path: str) -> str | None:
     value = to_str(ctx, node, path)
     if value is None:
         return None
-    parts = urllib.parse.urlsplit(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:  # "http://[::1" and the like: an error of the file, not of check-config
+        parts = urllib.parse.urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         ctx.error(node, path, f"expected an http:// or https:// URL, got {value!r}")
         return None

@@ -132,7 +132,7 @@ def _to_alerts(ctx: Ctx, node: Node, path: str) -> tuple[Any, ...] | None:
     if not isinstance(node, MappingNode):
         _CHANNELS(ctx, node, path)  # reports it
         return None
-    ctx.saw(path, (RULES_KEY,))  # the one fixed key among the channels' free names
+    ctx.saw(path, (RULES_KEY,))  # a reserved name among the channels' free names
     rules_pairs = [(k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == RULES_KEY]
     channels_node = MappingNode(
         node.tag,

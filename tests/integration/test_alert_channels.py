@@ -207,6 +207,31 @@ def test_the_pager_sees_one_dedup_key_per_incident_across_a_restart_while_it_was
     assert all(set(incidents) == {k} for k, incidents in by_key.items())
 
 
+def test_a_pager_endpoint_that_does_not_speak_http_is_retried_and_hasupd_runs_on(
+    daemons: list[Hasupd], receivers: list[Receiver], tmp_path: Path
+) -> None:
+    """A receiver answering a line that is not HTTP (a wrong port, a proxy's banner) is a failed delivery
+    like a refused connection: kept in the spool and retried. It used to end hasupd (BadStatusLine
+    escaped the channel's task), and a restarted hasupd died again on the spooled message."""
+    pager = Receiver(free_port(), status=202, mode="garbage").start()
+    receivers.append(pager)
+    config = write_config(
+        tmp_path / "etc",
+        {"bad": {"command": ["/bin/false"], "restart_sec": "100ms", "start_limit": {"burst": 2}}},
+        daemon={"alerts": {"pager": pager_channel(pager, tmp_path / "pd.key")}},
+    )
+    work = tmp_path / "work"
+    d = start(daemons, config, work)
+    d.wait_for("service.failed", service="bad", timeout=30)
+    failed = d.wait_for("alert.failed", timeout=30)[0]
+    assert "did not answer in HTTP" in failed["message"], failed
+    assert d.proc.poll() is None and spooled(work)
+    pager.set_mode("ok")
+    wait_spool_empty(work, 60)
+    assert not spooled(work) and [p.body["event_action"] for p in pager.received] == ["trigger"]
+    assert d.stop() == 0
+
+
 # --------------------------------------------------------------------------- must-show 4
 
 

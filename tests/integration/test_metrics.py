@@ -101,7 +101,18 @@ def test_full_scrape_is_typed_documented_and_passes_promtool(
     failing = {**QUIET, "repository": "hot", "paths": [str(setup.data)], "before": [["/bin/false"]]}
     (config / "backups.d" / "failing.yaml").write_text(json.dumps(failing))
     # "booted" runs at start too, then its boot drill (a shadow of "shadowed"): restorable-as-of.
-    booted = {**failing, "before": [], "quiesce": ["shadowed"], "drill": {"boot": True}}
+    # Its own data: had it backed up app-data's into the same repository, app-data's backup below would
+    # add nothing (restic deduplicates) and hasupd_backup_bytes_added would rightly be 0.
+    booted_data = setup.tmp / "booted-data"
+    booted_data.mkdir()
+    (booted_data / "state").write_text("booted\n")
+    booted = {
+        **failing,
+        "paths": [str(booted_data)],
+        "before": [],
+        "quiesce": ["shadowed"],
+        "drill": {"boot": True},
+    }
     (config / "backups.d" / "booted.yaml").write_text(json.dumps(booted))
     # The daemon sees the same prometheus_client as the parsers here (PYTHONPATH is kept): put Debian's
     # first on PYTHONPATH to run both on it.

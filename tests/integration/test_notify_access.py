@@ -5,6 +5,7 @@ came to hasupd as an orphan, is refused and recorded; the service's own main pro
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under
 
 # The service: records its pid, waits for the go file, then says READY=1 itself.
 VICTIM = r"""
+import json
 import os, socket, sys, time
 d = sys.argv[1]
 open(d + "/victim.pid.tmp", "w").write(str(os.getpid()))
@@ -113,7 +115,9 @@ def run_attack(shared: Path, user: str | None, tmp_path: Path, hasupd: Callable[
     assert "INVOCATION_ID" in rejected["reason"]
     assert d.find("service.ready", service="victim") == []
     status = d.ctl("--json", "status", "victim")
-    assert status.returncode == 0 and "pwned" not in status.stdout
+    # Still starting (no READY=1 was believed): not running yet, so status NAME exits 3 as systemctl's.
+    assert status.returncode == 3 and "pwned" not in status.stdout
+    assert json.loads(status.stdout)[0]["state"] == "start"
     (shared / "go").write_text("")
     ready = d.wait_for("service.ready", service="victim", timeout=10)
     assert ready[0]["pid"] == main

@@ -151,3 +151,23 @@ def test_a_reload_of_a_10_mb_file_does_not_hold_back_a_restart(
     assert d.proc.poll() is None
     assert _pids(d)["keep"] == d.find("service.started", service="keep")[0]["pid"]
     assert d.stop() == 0
+
+
+def test_a_url_python_cannot_split_is_reported_not_fatal_on_sighup(
+    tmp_path: Path, hasupd: Callable[..., Hasupd]
+) -> None:
+    """alerts.NAME.pagerduty.url "http://[::1/..." made urlsplit raise inside the reload: hasupd exited
+    on SIGHUP (and on a file-watch reload); it is a located config error like any other."""
+    config = write_config(tmp_path / "config", _services())
+    d = hasupd(config, extra_args=("--no-watch",))
+    d.wait_ready(timeout=30)
+    before = _pids(d)
+    (config / "hasupd.yaml").write_text(
+        'alerts: {pd: {pagerduty: {routing_key_file: /k, url: "http://[::1/v2/enqueue"}}}\n'
+    )
+    d.proc.send_signal(signal.SIGHUP)
+    invalid = d.wait_for("config.invalid", timeout=30)[0]
+    assert any("alerts.pd.pagerduty.url" in line for line in invalid["errors"]), invalid
+    time.sleep(0.5)
+    assert d.proc.poll() is None and _pids(d) == before
+    assert d.stop() == 0

@@ -90,3 +90,32 @@ def test_persistent_timer_catches_up_once_and_its_failure_alerts(
         )
     finally:
         server.stop()
+
+
+def test_a_stamp_from_the_future_is_reset_to_now(tmp_path: Path, hasupd: Callable[..., Hasupd]) -> None:
+    """A stamp written while the clock was wrong (years ahead; or junk at the end of the calendar) is
+    taken as "now", as systemd resets a last trigger in the future: hasupd starts and the timer keeps
+    its schedule, instead of waiting for that time (or hasupd dying on a date past year 9999)."""
+    config = write_config(
+        tmp_path / "etc",
+        {
+            name: {"type": "oneshot", "command": ["/bin/true"], "schedule": "* * * * *", "persistent": True}
+            for name in ("ahead", "end")
+        },
+    )
+    state = tmp_path / "state"
+    (state / "timers").mkdir(parents=True)
+    ahead = (datetime.now(UTC) + timedelta(days=3 * 365)).isoformat()
+    (state / "timers" / "ahead.last").write_text(ahead + "\n")
+    (state / "timers" / "end.last").write_text("9999-12-31T23:59:00+00:00\n")
+    started = datetime.now(UTC)
+    d = hasupd(config, state_dir=state, extra_args=("--no-watch",))
+    d.wait_ready()
+    for name in ("ahead", "end"):
+        shown = d.ctl("show", name, "-p", "next_run", "--value")
+        assert shown.returncode == 0, shown
+        next_run = datetime.fromisoformat(shown.stdout.strip())
+        assert started < next_run <= started + timedelta(minutes=2), (name, next_run)
+        stamp = datetime.fromisoformat((state / "timers" / f"{name}.last").read_text().strip())
+        assert stamp <= datetime.now(UTC), (name, stamp)
+    assert d.stop() == 0

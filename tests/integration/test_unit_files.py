@@ -87,6 +87,11 @@ def test_vendor_override_dropin_template_and_cat(tmp_path: Path, hasupd: Callabl
     print(cat_two.stdout)
     assert f"template for instance 'two': {vendor}/services.d/app@.yaml" in cat_two.stdout
     assert f"description: app two  # {vendor}/services.d/app@.yaml:1" in cat_two.stdout
+    # Environment values may be secrets: cat and show (read role) name the variables, never the values.
+    assert f"  INSTANCE: (hidden)  # {vendor}/services.d/app@.yaml:" in cat_two.stdout, cat_two.stdout
+    assert "two" not in cat_two.stdout.split("environment:")[1]
+    env = d.ctl("show", "app@two", "-p", "environment", "--value")
+    assert env.stdout.strip() == "INSTANCE=(hidden)", env.stdout
     # A type error in the drop-in is reported at the drop-in's line, by check-config and by reload.
     bad = _write(
         etc / "services.d" / "web.d" / "20-bad.yaml", "# a list is no duration\n\nrestart_sec: [1]\n"

@@ -58,6 +58,10 @@ class Receiver:
                     receiver._release.wait(HANG_MAX_SEC)
                     self.close_connection = True
                     return
+                if mode == "garbage":  # not HTTP at all: a status line nothing can parse
+                    self.wfile.write(b"GARBAGE\r\n\r\n")
+                    self.close_connection = True
+                    return
                 if mode == "fail":
                     self._answer(500, {"status": "error", "message": "stand-in failure"})
                     return

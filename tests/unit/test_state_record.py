@@ -68,3 +68,12 @@ def test_the_running_marker_tells_a_crash_from_a_clean_stop(tmp_path: Path) -> N
     assert state_record.write_marker(tmp_path) is not None  # no clean stop in between: a crash
     state_record.clear_marker(tmp_path)
     assert state_record.write_marker(tmp_path) is None
+
+
+@pytest.mark.parametrize("content", [b"\xff\x00garbage", b"12\xfe", b""])
+def test_a_damaged_marker_counts_as_an_unclean_stop_and_is_replaced(tmp_path: Path, content: bytes) -> None:
+    """Bytes hasupd never writes (a damaged disk): hasupd exited at start with UnicodeDecodeError, and
+    so again at every restart by systemd."""
+    (tmp_path / state_record.RUNNING_MARKER).write_bytes(content)
+    assert state_record.write_marker(tmp_path) == 0
+    assert (tmp_path / state_record.RUNNING_MARKER).read_text().isdigit()

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from hasupd.config.layout import (
+    HIDDEN,
     ServiceSources,
     annotate,
     compose_service,
     describe_sources,
     find_services,
-    is_unit_name,
     templates,
 )
 from hasupd.config.load import SERVICES_DIR, read_document
 from hasupd.config.quantities import parse_signal
-from hasupd.config.unitstate import UnitStates
+from hasupd.config.unitstate import UnitStates, is_unit_name
 from hasupd.control.commands.services import service_status
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
@@ -183,6 +183,8 @@ def properties(ctx: Context, service: Service) -> dict[str, Any]:
     config (nested keys dotted: ``start_limit.burst``; durations in seconds)."""
     out: dict[str, Any] = {}
     _flat("", service.config, out)
+    # Environment values may be secrets (as in cat): the names only.
+    out["environment"] = " ".join(f"{k}={HIDDEN}" for k, _ in service.config.environment)
     out.pop("source", None)
     out.update(service_status(service))
     states = ctx.manager.unit_states

@@ -155,3 +155,27 @@ def test_unreadable_stamp_counts_as_never(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text("garbage\n")
     assert stamps.get("job", "backup") is None
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:00+00:00", "in three years"])
+def test_a_stamp_from_the_future_counts_as_never(tmp_path: Path, text: str) -> None:
+    """Written while the clock was wrong: believed, the job would not run until then (and a slot after
+    9999-12-31 cannot be computed at all)."""
+    stamps = Stamps(tmp_path)
+    path = stamps.path("job", "backup")
+    path.parent.mkdir(parents=True)
+    if text == "in three years":
+        text = (datetime.now(UTC) + timedelta(days=3 * 365)).isoformat()
+    path.write_text(text + "\n")
+    last = stamps.get("job", "backup")
+    assert last is None
+    now = datetime.now(UTC)
+    assert due("@daily", last, now)
+
+
+def test_a_stamp_that_is_not_utf8_counts_as_never(tmp_path: Path) -> None:
+    stamps = Stamps(tmp_path)
+    path = stamps.path("job", "backup")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff2025-01-01T00:00:00+00:00\n")
+    assert stamps.get("job", "backup") is None

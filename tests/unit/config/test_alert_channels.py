@@ -70,3 +70,23 @@ def test_bad_channels_are_reported_at_their_place(tmp_path: Path) -> None:
         "hasupd.yaml:9:16: alerts.pd.pagerduty.routing_key_file: required key is missing",
         "hasupd.yaml:9:22: alerts.pd.pagerduty.url: expected an http:// or https:// URL, got 'ftp://x/y'",
     ]
+
+
+def test_a_pagerduty_url_python_cannot_split_is_a_located_error(tmp_path: Path) -> None:
+    """urlsplit raises for these: check-config printed a traceback, a reload with one failed inside."""
+    write(
+        tmp_path,
+        {
+            "hasupd.yaml": """
+                alerts:
+                  a: {pagerduty: {routing_key_file: /k, url: "http://[::1/v2/enqueue"}}
+                  b: {pagerduty: {routing_key_file: /k, url: "http://127.0.0.1:99999/v2/enqueue"}}
+            """
+        },
+    )
+    assert issues(tmp_path) == [
+        "hasupd.yaml:2:46: alerts.a.pagerduty.url: "
+        "expected an http:// or https:// URL, got 'http://[::1/v2/enqueue'",
+        "hasupd.yaml:3:46: alerts.b.pagerduty.url: "
+        "expected an http:// or https:// URL, got 'http://127.0.0.1:99999/v2/enqueue'",
+    ]

@@ -103,11 +103,48 @@ def skeleton(config_file: ConfigFile) -> dict[str, Any]:
     return root
 
 
+# Keys of which an item takes exactly one (by the item's reference path): the validators read the options
+# of one only, so the skeleton is validated once with each of them alone too.
+EXCLUSIVE = {
+    "alerts.NAME": ("email", "apprise", "sendmail", "pagerduty"),
+    "alerts.rules[]": ("new_error", "error_rate", "restart_rate", "quiet"),
+}
+
+
+def _item(doc: dict[str, Any], path: str) -> Any:
+    """Return the node at reference ``path`` of a skeleton or example document (None if absent)."""
+    node: Any = doc
+    for part in segments(path):
+        if part == "[]":
+            node = node[0] if isinstance(node, list) and node else None
+        else:
+            node = node.get(PLACEHOLDER if part == "NAME" else part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def _variants(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return ``doc`` and, for each EXCLUSIVE key it holds, a copy with that key alone in its item."""
+    out = [doc]
+    for path, members in EXCLUSIVE.items():
+        for member in members:
+            variant = copy.deepcopy(doc)
+            item = _item(variant, path)
+            if isinstance(item, dict) and member in item:
+                for other in members:
+                    if other != member:
+                        item.pop(other, None)
+                out.append(variant)
+    return out
+
+
 def accepted_keys(kind: str) -> dict[str, str]:
     """Return {reference path: kind of value} of every key the validators accept in a file of ``kind``
     ("mapping" for the keys whose value they read as a mapping, else "value")."""
     seen: dict[str, set[str]] = {}
-    validate(kind, skeleton(BY_KIND[kind]), seen)
+    for doc in _variants(skeleton(BY_KIND[kind])):
+        validate(kind, doc, seen)
     mappings = {reference_path(path) for path in seen}
     keys = {}
     for path, fields in seen.items():
@@ -161,26 +198,12 @@ def _containers(config_file: ConfigFile) -> dict[str, Key]:
     return {key.path: key for key in config_file.keys if key.type.shape is not Shape.VALUE}
 
 
-# Keys of which one mapping holds only one: adding one (from its example) removes the others.
-RIVALS = (
-    ("command", "container"),
-    ("email", "apprise", "sendmail", "pagerduty"),  # a channel's transport
-    ("new_error", "error_rate", "restart_rate", "quiet"),  # a rule's kind
-)
-
-
-def _drop_rivals(node: dict[str, Any], key: str) -> None:
-    for rivals in RIVALS:
-        if key in rivals:
-            for other in rivals:
-                if other != key:
-                    node.pop(other, None)
-
-
 def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
     """Return the minimal file with the mappings above ``key`` filled from their examples and ``key``
     set to ``value`` (left out when ``value`` is UNSET)."""
     doc = copy.deepcopy(MINIMAL[config_file.kind])
+    if key.path.startswith("container"):
+        del doc["command"]  # command and container exclude each other
     containers = _containers(config_file)
     node: Any = doc
     parts = segments(key.path)
@@ -194,7 +217,6 @@ def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
         container = containers[path]
         assert container.example is not UNSET, f"{path}: give it an example= in hasupd/config/reference.py"
         if part not in node:
-            _drop_rivals(node, part)
             example = copy.deepcopy(container.example)
             shape = container.type.shape
             node[part] = (
@@ -205,6 +227,13 @@ def with_key(config_file: ConfigFile, key: Key, value: Any) -> dict[str, Any]:
                 else example
             )
         node = node[part]
+    for path, members in EXCLUSIVE.items():  # the key's own alternative alone in its item
+        item = _item(doc, path)
+        chosen = key.path[len(path) + 1 :].split(".")[0] if key.path.startswith(path + ".") else None
+        if isinstance(item, dict) and chosen in members:
+            for other in members:
+                if other != chosen and other != parts[-1]:
+                    item.pop(other, None)
     node.pop(parts[-1], None)
     if value is not UNSET:
         node[parts[-1]] = copy.deepcopy(value)
@@ -337,12 +366,12 @@ def test_the_man_page_renders_cleanly_and_lists_every_accepted_key(kind: str) ->
 # Model fields whose YAML key has another name, by (class, field).
 RENAMED = {
     ("DaemonConfig", "repositories"): "backups.repositories",
-    ("DaemonConfig", "rules"): "alerts.rules",
-    ("IoNice", "klass"): "class",
     ("EmailChannel", "from_addr"): "from",
-    ("SendmailChannel", "from_addr"): "from",
     ("CheckSpec", "read_data_subset_n"): "read_data_subset",
     ("BackupJobConfig", "max_age_sec"): "max_age",
+    ("IoNice", "klass"): "class",
+    ("SendmailChannel", "from_addr"): "from",
+    ("DaemonConfig", "rules"): "alerts.rules",
 }
 # Model fields that are written as one of several keys (the key says which kind it is).
 WRITTEN_AS = {
@@ -352,10 +381,8 @@ WRITTEN_AS = {
     ("RecoveryAction", "kind"): ("exec", "restore"),
     ("RecoveryAction", "argv"): ("exec",),
     ("RecoveryAction", "job"): ("restore",),
-    # A database's kind is its key, and the database its value.
     ("DatabaseSpec", "kind"): ("postgresql", "mysql", "sqlite"),
     ("DatabaseSpec", "database"): ("postgresql", "mysql", "sqlite"),
-    # A rule's kind is its key; its options are in the mapping under it.
     ("AlertRule", "kind"): ("new_error", "error_rate", "restart_rate", "quiet"),
     ("AlertRule", "group"): ("new_error.group", "error_rate.group"),
     ("AlertRule", "window_sec"): (
@@ -365,8 +392,8 @@ WRITTEN_AS = {
         "quiet.after_sec",
     ),
     **{
-        ("AlertRule", option): ("error_rate." + option, "restart_rate." + option)
-        for option in ("above", "factor", "baseline", "days")
+        ("AlertRule", name): ("error_rate." + name, "restart_rate." + name)
+        for name in ("above", "factor", "baseline", "days")
     },
 }
 # Model fields no key sets: the name (of the file, or the NAME above a channel or repository), the
@@ -376,6 +403,8 @@ NOT_IN_FILES = {
     ("AlertChannel", "name"),
     ("RepositoryConfig", "name"),
     ("ServiceConfig", "restart_prevent_exit_status"),
+    ("RLimit", "soft"),  # both written in one value: "SOFT:HARD"
+    ("RLimit", "hard"),
 }
 
 
@@ -403,9 +432,8 @@ def model_keys(cls: type, prefix: str, documented: dict[str, Key]) -> list[tuple
             path = f"{prefix}.{key}" if prefix else key
             out.append((f"{cls.__name__}.{field.name}", path))
             inner = _dataclass_in(hints[field.name])
-            # A dataclass written as one value (an RLimit as "1024:4096") has no keys below it.
-            shape = documented[path].type.shape if path in documented else Shape.VALUE
-            if inner is not None and shape is not Shape.VALUE and name not in WRITTEN_AS:
+            if inner is not None and path in documented and name not in WRITTEN_AS:
+                shape = documented[path].type.shape
                 below = {Shape.LIST_OF_MAPPINGS: f"{path}[]", Shape.NAMED_MAPPINGS: f"{path}.NAME"}
                 out += model_keys(inner, below.get(shape, path), documented)
     return out
@@ -430,7 +458,7 @@ def test_a_key_added_to_a_validator_is_reported_until_it_is_documented(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What the first test of this file does when someone adds a key and forgets its entry."""
-    monkeypatch.setitem(SERVICE_FIELDS, "cpu_weight", to_int(minimum=1, maximum=10000))
-    assert "cpu_weight" in accepted_keys("service")
-    with pytest.raises(AssertionError, match=r"config key 'cpu_weight' has no entry .*SERVICE_KEYS"):
+    monkeypatch.setitem(SERVICE_FIELDS, "made_up", to_int(minimum=-20, maximum=19))
+    assert "made_up" in accepted_keys("service")
+    with pytest.raises(AssertionError, match=r"config key 'made_up' has no entry .*SERVICE_KEYS"):
         test_every_key_the_validators_accept_is_documented("service")

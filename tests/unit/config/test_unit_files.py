@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from hasupd.config.issues import ConfigError
-from hasupd.config.layout import find_services, is_unit_name
+from hasupd.config.layout import find_services
 from hasupd.config.load import load_config
-from hasupd.config.unitstate import UnitFileState, UnitStates, UnreadableState
+from hasupd.config.unitstate import UnitFileState, UnitStates, UnreadableState, is_unit_name
 from hasupd.daemon import Options, read_config
 
 
@@ -129,6 +129,9 @@ def test_unit_states_round_trip_and_refuse_a_damaged_file(tmp_path: Path) -> Non
     (tmp_path / "units.json").write_text('{"disabled": "web"}')
     with pytest.raises(UnreadableState, match="not an object of lists of names"):
         UnitStates.load(tmp_path)
+    (tmp_path / "units.json").write_bytes(b'\xff{"disabled": []}')  # not UTF-8: reported, located
+    with pytest.raises(UnreadableState, match=r"units\.json: .*utf-8"):
+        UnitStates.load(tmp_path)
     # The daemon takes a damaged file as a config error: it would not know what to start.
     etc = tmp_path / "etc"
     _write(etc / "services.d" / "web.yaml", "command: [/bin/true]\n")
@@ -136,3 +139,25 @@ def test_unit_states_round_trip_and_refuse_a_damaged_file(tmp_path: Path) -> Non
         read_config(Options(config_dir=etc, state_dir=tmp_path))
     # check-config may run as a user who cannot read the state dir: it checks the rest.
     read_config(Options(config_dir=etc, state_dir=tmp_path), strict=False)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{"instances": ["app@../../x"]}',
+        '{"instances": ["web"]}',
+        '{"instances": ["app@"]}',
+        '{"masked": ["a@b@c"]}',
+        '{"disabled": ["../web"]}',
+    ],
+)
+def test_a_hand_edited_name_is_reported_at_units_json(tmp_path: Path, entry: str) -> None:
+    etc = tmp_path / "etc"
+    _write(etc / "services.d" / "app@.yaml", "command: [/bin/true]\n")
+    (tmp_path / "units.json").write_text(entry)
+    with pytest.raises(UnreadableState, match="not a service or template instance name"):
+        UnitStates.load(tmp_path)
+    # Not an error of app@.yaml (which is fine): the daemon names the file that holds the name.
+    with pytest.raises(ConfigError) as raised:
+        read_config(Options(config_dir=etc, state_dir=tmp_path))
+    assert [issue.file for issue in raised.value.issues] == [str(tmp_path / "units.json")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +16,9 @@ from datetime import UTC, datetime
 
 from tests.integration.backup import jobsupport
 from tests.integration.backup.jobsupport import QUIET, Setup, stamp
-from tests.support.harness import REPO, Hasupd, require
+from tests.support.harness import REPO, Hasupd
 from tests.support.metrics_families import FAMILIES, check_families
-from tests.support.monitoring import dashboard_expressions, metric_names, rule_expressions
-from tests.support.restic_versions import fetched_binary, this_suite
+from tests.support.monitoring import dashboard_expressions, metric_names, promtool, rule_expressions
 
 # The fixtures of the daemon-level backup tests: an initialised restic repository and data.
 repo_template = jobsupport.repo_template
@@ -32,7 +30,6 @@ FAST_RESTARTS = {
     "restart_max_delay_sec": "200ms",
     "start_limit": {"burst": 50, "interval_sec": "60s"},
 }
-OPT_OUT = "HASUPD_TEST_NO_PROMTOOL"
 # What Prometheus 2.x sends when it scrapes: OpenMetrics preferred.
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -57,18 +54,8 @@ def scrape(port: int, accept: str | None = None) -> tuple[str, str]:
 
 def promtool_check(body: str) -> None:
     """Assert that ``promtool check metrics`` (Prometheus' parser and linter) finds nothing to say."""
-    promtool = shutil.which("promtool")
-    if promtool is None and os.environ.get(OPT_OUT) != "1":
-        # Debian's prometheus package ships promtool; taken out of the .deb, not installed, so that no
-        # Prometheus server is started on the developer's machine.
-        try:
-            promtool = str(fetched_binary(this_suite(), "prometheus", "usr/bin/promtool"))
-        except RuntimeError as e:
-            require(False, f"promtool could not be had: {e}", OPT_OUT)
-    require(promtool is not None, "promtool is not installed", OPT_OUT)
-    assert promtool is not None
     done = subprocess.run(
-        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60, check=False
+        [promtool(), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), body
 

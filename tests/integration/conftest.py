@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hasupd.host.containment import Containment
+from hasupd.host.reaper import Reaper
 from tests.support.harness import Hasupd
 
 
@@ -42,3 +47,29 @@ def daemons() -> Iterator[list[Hasupd]]:
             except subprocess.TimeoutExpired:
                 d.kill()
                 raise
+
+
+@pytest.fixture(params=["cgroup", "process-group"])
+def containment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Containment]:
+    """Each test twice: in cgroup mode (fails unless available, HASUPD_TEST_NO_CGROUP=1 skips it) and in
+    process-group mode; test_containment.py has its own."""
+    if request.param == "cgroup":
+        c = Containment.detect(base_name=f"hasupd-test-{uuid.uuid4().hex[:12]}", runtime_dir=tmp_path / "run")
+        if c.kind != "cgroup":
+            if os.environ.get("HASUPD_TEST_NO_CGROUP") == "1":
+                pytest.skip(f"HASUPD_TEST_NO_CGROUP=1 and no cgroup here: {c.describe()}")
+            pytest.fail(
+                "cgroup mode needs root and a writable cgroup2 (HASUPD_TEST_NO_CGROUP=1 skips it): "
+                + c.describe()
+            )
+    else:
+        c = Containment.detect(force_fallback=True, runtime_dir=tmp_path / "run")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def reaper() -> AsyncIterator[Reaper]:
+    r = Reaper(asyncio.get_running_loop(), grace_sec=0.1)
+    yield r
+    r.close()

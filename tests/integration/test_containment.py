@@ -82,13 +82,6 @@ def containment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cont
 
 
 @pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper(asyncio.get_running_loop(), grace_sec=0.1)
-    yield r
-    r.close()
-
-
-@pytest.fixture
 async def spawner(containment: Containment, reaper: Reaper, tmp_path: Path) -> AsyncIterator[ExecSpawner]:
     s = ExecSpawner(
         asyncio.get_running_loop(), containment, reaper, tmp_path / "state", tmp_path / "nojournal"

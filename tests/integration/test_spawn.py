@@ -35,30 +35,6 @@ from tests.support.exitwatch import Exit
 PY = "/usr/bin/python3"  # Debian's: readable by every user, unlike a venv under /root
 
 
-@pytest.fixture(params=["cgroup", "process-group"])
-def containment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Containment]:
-    if request.param == "cgroup":
-        c = Containment.detect(base_name=f"hasupd-test-{uuid.uuid4().hex[:12]}", runtime_dir=tmp_path / "run")
-        if c.kind != "cgroup":
-            if os.environ.get("HASUPD_TEST_NO_CGROUP") == "1":
-                pytest.skip(f"HASUPD_TEST_NO_CGROUP=1 and no cgroup here: {c.describe()}")
-            pytest.fail(
-                "cgroup mode needs root and a writable cgroup2 (HASUPD_TEST_NO_CGROUP=1 skips it): "
-                + c.describe()
-            )
-    else:
-        c = Containment.detect(force_fallback=True, runtime_dir=tmp_path / "run")
-    yield c
-    c.close()
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper(asyncio.get_running_loop(), grace_sec=0.1)
-    yield r
-    r.close()
-
-
 def new_spawner(containment: Containment, reaper: Reaper, tmp_path: Path, **kw: Any) -> ExecSpawner:
     kw.setdefault("journal_socket_dir", tmp_path / "nojournal")
     return ExecSpawner(asyncio.get_running_loop(), containment, reaper, tmp_path / "state", **kw)

@@ -7,14 +7,12 @@ Both spawn paths (clone3 through the C extension, and the subprocess fallback) i
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import resource
 import socket
 import stat
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +27,6 @@ from hasupd.runtimes.exec import ExecSpawner
 from tests.integration.test_spawn import make_spec, new_spawner, run
 
 SH = "/bin/sh"
-
-
-@pytest.fixture(params=["cgroup", "process-group"])
-def containment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Containment]:
-    if request.param == "cgroup":
-        c = Containment.detect(base_name=f"hasupd-test-{uuid.uuid4().hex[:12]}", runtime_dir=tmp_path / "run")
-        if c.kind != "cgroup":
-            if os.environ.get("HASUPD_TEST_NO_CGROUP") == "1":
-                pytest.skip(f"HASUPD_TEST_NO_CGROUP=1 and no cgroup here: {c.describe()}")
-            pytest.fail("cgroup mode needs root and a writable cgroup2: " + c.describe())
-    else:
-        c = Containment.detect(force_fallback=True, runtime_dir=tmp_path / "run")
-    yield c
-    c.close()
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    r = Reaper(asyncio.get_running_loop(), grace_sec=0.1)
-    yield r
-    r.close()
 
 
 @pytest.fixture(params=["clone3", "subprocess"])

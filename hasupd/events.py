@@ -11,7 +11,8 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -1263,8 +1264,27 @@ class EventBus:
     def publish(self, event: Event) -> None:
         """Deliver ``event`` to every subscriber, or queue it if a delivery is under way."""
         self._queue.append(event)
-        if self._delivering:
+        if not self._delivering:
+            self._deliver()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Queue what is published inside the block and deliver it after, in order: changes made
+        together (a batch of starts) are all done before any subscriber reacts to the first."""
+        if self._delivering:  # inside a delivery: queued anyway
+            yield
             return
+        self._delivering = True
+        try:
+            yield
+        except BaseException:
+            self._queue.clear()
+            raise
+        finally:
+            self._delivering = False
+        self._deliver()
+
+    def _deliver(self) -> None:
         self._delivering = True
         try:
             while self._queue:

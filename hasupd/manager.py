@@ -19,7 +19,7 @@ from hasupd.config.model import Config, ServiceConfig
 from hasupd.config.unitstate import UnitStates
 from hasupd.host.sockets import HeldSocketStore, SocketSet
 from hasupd.ports import Clock, Spawner, Watchers
-from hasupd.service import Service
+from hasupd.service import Service, StartBatch
 from hasupd.states import Health, OutputMode, ServiceResult, ServiceState
 
 log = logging.getLogger(__name__)
@@ -287,13 +287,16 @@ class Manager:
     def _start_ready(self) -> None:
         # Starting a unit may publish "running" at once; the bus queues it behind the event being
         # delivered (FIFO), so this never recurses, however many units start.
+        # The ready units are spawned together (StartBatch): their children exec in parallel.
+        batch = StartBatch(self._bus)
         for unit in sorted(self._pending):
             service = self.services.get(unit)
             if service is None:
                 self._pending.discard(unit)
             elif unit in self._pending and self._deps_running(service.config):
                 self._pending.discard(unit)
-                service.start()
+                service.start(batch)
+        batch.run()
 
     def _on_event(self, event: ev.Event) -> None:
         if not isinstance(event, ev.ServiceStateChanged | ev.HealthRecovered):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from hasupd.config.model import HealthProbe, HeartbeatFile, Limits, ServiceConfig
 from hasupd.states import OutputMode
@@ -147,6 +147,32 @@ class Spawner(Protocol):
         Raise SpawnError if it could not be started; nothing is left running then.
         """
         ...
+
+
+SpawnRequest = tuple[SpawnSpec, Callable[[ExitStatus], None]]
+
+
+@runtime_checkable
+class ManySpawner(Protocol):
+    """A spawner that starts many programs faster together than one by one (``ExecSpawner``)."""
+
+    def spawn_many(self, requests: Sequence[SpawnRequest]) -> Sequence[Process | SpawnError]:
+        """Start every (spec, on_exit) as ``Spawner.spawn`` would; return, in order, each one's
+        process or the SpawnError that ``spawn`` would have raised (returned, not raised)."""
+        ...
+
+
+def spawn_all(spawner: Spawner, requests: Sequence[SpawnRequest]) -> list[Process | SpawnError]:
+    """Start ``requests`` with ``spawner``: together where it is a ManySpawner, else one by one."""
+    if isinstance(spawner, ManySpawner):
+        return list(spawner.spawn_many(requests))
+    outcomes: list[Process | SpawnError] = []
+    for spec, on_exit in requests:
+        try:
+            outcomes.append(spawner.spawn(spec, on_exit))
+        except SpawnError as error:
+            outcomes.append(error)
+    return outcomes
 
 
 T = TypeVar("T")

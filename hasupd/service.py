@@ -27,10 +27,12 @@ from hasupd.ports import (
     Process,
     Spawner,
     SpawnError,
+    SpawnRequest,
     SpawnSpec,
     Stoppable,
     TimerHandle,
     Watchers,
+    spawn_all,
 )
 from hasupd.restart import StartLimit, backoff_delay, shall_restart
 from hasupd.states import (
@@ -62,6 +64,49 @@ SIGKILL_WAIT_SEC = 5.0
 EMPTY_POLL_SEC = 0.02
 # A flood of refused notify datagrams makes one record per this long, with the count in between.
 NOTIFY_REJECT_RECORD_SEC = 10.0
+
+
+class StartBatch:
+    """Starts gathered in one pass (the manager's start-up, a reload) and spawned together through
+    ``ports.spawn_all``: many children exec in parallel instead of one after the other.
+
+    Each service stays as it was until ``run``; then all are spawned, and each goes on (started,
+    running, or failed to spawn) with the bus held, so no subscriber reacts to the first before the
+    last has its process.
+    """
+
+    def __init__(self, bus: ev.EventBus) -> None:
+        self._bus = bus
+        self._entries: list[tuple[Spawner, SpawnRequest, Callable[[Process | SpawnError], None]]] = []
+
+    def add(
+        self,
+        spawner: Spawner,
+        spec: SpawnSpec,
+        on_exit: Callable[[ExitStatus], None],
+        done: Callable[[Process | SpawnError], None],
+    ) -> None:
+        """Spawn ``spec`` with ``spawner`` when the batch runs, then call ``done`` with the outcome."""
+        self._entries.append((spawner, (spec, on_exit), done))
+
+    def run(self) -> None:
+        """Spawn everything added (grouped by spawner), then hand each outcome to its ``done``."""
+        entries, self._entries = self._entries, []
+        if not entries:
+            return
+        groups: dict[int, list[int]] = {}
+        for index, (spawner, _, _) in enumerate(entries):
+            groups.setdefault(id(spawner), []).append(index)
+        outcomes: list[Process | SpawnError | None] = [None] * len(entries)
+        for indexes in groups.values():
+            spawner = entries[indexes[0]][0]
+            results = spawn_all(spawner, [entries[i][1] for i in indexes])
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
+        with self._bus.held():
+            for (_, _, done), outcome in zip(entries, outcomes, strict=True):
+                assert outcome is not None
+                done(outcome)
 
 
 @dataclass(frozen=True)
@@ -200,16 +245,19 @@ class Service:
 
     # ------------------------------------------------------------------ commands
 
-    def start(self) -> None:
-        """Start the service if it is not active (an explicit start also clears the start limit)."""
+    def start(self, batch: StartBatch | None = None) -> None:
+        """Start the service if it is not active (an explicit start also clears the start limit).
+
+        With ``batch``, a spawn is only added to it: the start completes when the batch runs.
+        """
         match self.state:
             case S.DEAD | S.FAILED:
                 self._reset_for_explicit_start()
-                self._enter_start()
+                self._enter_start(batch)
             case S.AUTO_RESTART:
                 # Skip the rest of the delay: someone wants it now.
                 self._reset_for_explicit_start()
-                self._enter_start()
+                self._enter_start(batch)
             case S.START | S.RUNNING | S.RELOADING:
                 pass  # already started
             case _ if self.state in STOPPING_STATES:
@@ -545,7 +593,7 @@ class Service:
 
     # ------------------------------------------------------------------ transitions
 
-    def _enter_start(self) -> None:
+    def _enter_start(self, batch: StartBatch | None = None) -> None:
         # Each run has its own result (as in systemd): the first failure wins within one run, and the
         # previous run's ending stays visible in last_exit.
         self.result = R.SUCCESS
@@ -573,13 +621,24 @@ class Service:
                 extra_env=env,
                 pass_fds=fds,
             )
+            if batch is not None:
+                batch.add(self._spawner, spec, self._on_exit, self._spawned)
+                return
             process = self._spawner.spawn(spec, self._on_exit)
         except SpawnError as error:
+            self._spawned(error)
+            return
+        self._spawned(process)
+
+    def _spawned(self, process: Process | SpawnError) -> None:
+        """Go on from the spawn of ``_enter_start``: running (or starting), or dead if it failed."""
+        if isinstance(process, SpawnError):
             self._set_result(R.RESOURCES)
-            self._open_incident(f"could not start: {error}")
-            self._publish(ev.ServiceSpawnFailed(result=str(R.RESOURCES), error=str(error)))
+            self._open_incident(f"could not start: {process}")
+            self._publish(ev.ServiceSpawnFailed(result=str(R.RESOURCES), error=str(process)))
             self._enter_dead()
             return
+        assert self.invocation is not None
         self._process = process
         self._main_alive = True
         self._publish(ev.ServiceStarted(pid=process.pid, invocation=self.invocation, restarts=self.restarts))

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -116,11 +117,48 @@ static void report(const struct plan *p, int step, int err)
     }
 }
 
+/* Close every fd >= low but err_fd, in the child: no malloc, so /proc/self/fd is read with getdents64
+ * into a buffer on the stack (as glibc's closefrom fallback does). */
+static int close_listed(const struct plan *p, int low)
+{
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return -1;
+    char buf[4096];
+    for (;;) {
+        long got = syscall(SYS_getdents64, dir, buf, sizeof buf);
+        if (got <= 0) {
+            close(dir);
+            return got == 0 ? 0 : -1;
+        }
+        for (long off = 0; off < got;) {
+            struct linux_dirent64 {
+                uint64_t d_ino;
+                int64_t d_off;
+                unsigned short d_reclen;
+                unsigned char d_type;
+                char d_name[];
+            } *entry = (void *)(buf + off);
+            off += entry->d_reclen;
+            int fd = 0;
+            const char *c = entry->d_name;
+            if (*c < '0' || *c > '9')
+                continue;
+            for (; *c >= '0' && *c <= '9'; c++)
+                fd = fd * 10 + (*c - '0');
+            if (fd >= low && fd != p->err_fd && fd != dir)
+                close(fd);
+        }
+    }
+}
+
 static void close_above(const struct plan *p, int low)
 {
-    /* Keep err_fd (close-on-exec) open until exec. */
+    /* Keep err_fd (close-on-exec) open until exec. close_range: Linux 5.9. */
     if ((p->err_fd == low || syscall(SYS_close_range, low, p->err_fd - 1, 0) == 0) &&
         syscall(SYS_close_range, p->err_fd + 1, ~0U, 0) == 0)
+        return;
+    if (close_listed(p, low) == 0)
         return;
     for (int fd = low; fd <= p->max_fd; fd++)
         if (fd != p->err_fd)
@@ -336,6 +374,232 @@ static int to_ints(PyObject *seq, int **out, int *n, int max, const char *what)
 
 /* ---------------------------------------------------------------- spawn */
 
+/* One start: its plan, what converting the arguments allocated (owned here), and the outcome. */
+struct job {
+    struct plan plan;
+    PyObject *exe_b, *cwd_b, *oom_b;
+    char **argv, **envp;
+    int *fds, *groups_i, *slots;
+    gid_t *groups;
+    char *pid_slots[8];
+    int cgroup_fd;
+    /* the outcome, set by job_run */
+    long pid;
+    int pidfd;
+    int saved_errno; /* with failed: no child was made (or no pipe for it) */
+    const char *failed;
+    int step, child_err; /* a step in the child failed (the child is reaped) */
+};
+
+static void job_free(struct job *j)
+{
+    Py_XDECREF(j->exe_b);
+    Py_XDECREF(j->cwd_b);
+    Py_XDECREF(j->oom_b);
+    free_strings(j->argv);
+    free_strings(j->envp);
+    PyMem_RawFree(j->fds);
+    PyMem_RawFree(j->groups_i);
+    PyMem_RawFree(j->groups);
+    PyMem_RawFree(j->slots);
+    memset(j, 0, sizeof *j);
+}
+
+/* Convert one argument tuple (see spawn_doc) into j->plan; 0, or -1 with an exception set. The
+ * caller frees j with job_free either way. */
+static int job_parse(struct job *j, PyObject *args)
+{
+    PyObject *argv_o, *env_o, *cwd_o, *fds_o, *groups_o, *rlimits_o, *nice_o, *oom_o, *slots_o;
+    int umask_v, ioprio, no_new_privs, ngroups = 0, nslots = 0;
+    long uid, gid;
+    struct plan *plan = &j->plan;
+    memset(j, 0, sizeof *j);
+    j->pid = -1;
+    j->pidfd = -1;
+    if (!PyArg_ParseTuple(args, "O&OOOOillOOiOiOpO:spawn", PyUnicode_FSConverter, &j->exe_b, &argv_o,
+                          &env_o, &cwd_o, &fds_o, &j->cgroup_fd, &uid, &gid, &groups_o, &rlimits_o,
+                          &umask_v, &nice_o, &ioprio, &oom_o, &no_new_privs, &slots_o))
+        return -1;
+    if ((j->argv = to_strings(argv_o, "argv must be a sequence")) == NULL)
+        return -1;
+    if ((j->envp = to_strings(env_o, "env must be a sequence")) == NULL)
+        return -1;
+    if (cwd_o != Py_None && !PyUnicode_FSConverter(cwd_o, &j->cwd_b))
+        return -1;
+    if (to_ints(fds_o, &j->fds, &plan->nfds, MAX_FDS, "fds") < 0)
+        return -1;
+    if (groups_o != Py_None) {
+        if (to_ints(groups_o, &j->groups_i, &ngroups, 65536, "groups") < 0)
+            return -1;
+        j->groups = PyMem_RawCalloc((size_t)ngroups + 1, sizeof(gid_t));
+        if (j->groups == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (int i = 0; i < ngroups; i++)
+            j->groups[i] = (gid_t)j->groups_i[i];
+        plan->groups = j->groups;
+        plan->ngroups = ngroups;
+    }
+    PyObject *fast = PySequence_Fast(rlimits_o, "rlimits must be a sequence");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAX_RLIMITS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many rlimits");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int res;
+        long long soft, hard;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iLL", &res, &soft, &hard)) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        plan->rlimits[i].resource = res;
+        plan->rlimits[i].value.rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+        plan->rlimits[i].value.rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+    }
+    plan->nrlimits = (int)n;
+    Py_DECREF(fast);
+    if (nice_o != Py_None) {
+        plan->has_nice = 1;
+        plan->nice = (int)PyLong_AsLong(nice_o);
+        if (plan->nice == -1 && PyErr_Occurred())
+            return -1;
+    }
+    if (oom_o != Py_None) {
+        if ((j->oom_b = PyUnicode_AsASCIIString(oom_o)) == NULL)
+            return -1;
+        plan->oom_score_adj = PyBytes_AS_STRING(j->oom_b);
+    }
+    if (to_ints(slots_o, &j->slots, &nslots, 8, "pid_vars") < 0)
+        return -1;
+    Py_ssize_t nenv = 0;
+    while (j->envp[nenv] != NULL)
+        nenv++;
+    for (int i = 0; i < nslots; i++) {
+        if (j->slots[i] < 0 || j->slots[i] >= nenv) {
+            PyErr_SetString(PyExc_ValueError, "pid_vars: index out of range");
+            return -1;
+        }
+        j->pid_slots[i] = j->envp[j->slots[i]];
+    }
+    plan->exe = PyBytes_AS_STRING(j->exe_b);
+    plan->argv = j->argv;
+    plan->envp = j->envp;
+    plan->cwd = j->cwd_b != NULL ? PyBytes_AS_STRING(j->cwd_b) : NULL;
+    plan->fds = j->fds;
+    plan->uid = uid;
+    plan->gid = gid;
+    plan->umask = umask_v;
+    plan->ioprio = ioprio;
+    plan->no_new_privs = no_new_privs;
+    plan->pid_slots = j->pid_slots;
+    plan->npid_slots = nslots;
+    long open_max = sysconf(_SC_OPEN_MAX);
+    plan->max_fd = open_max > 0 && open_max < 1 << 20 ? (int)open_max : 1 << 20;
+    return 0;
+}
+
+/* Make the child and wait until it has exec'd or reported a failed step. Runs without the GIL (and,
+ * in spawn_many, on several threads at once: each call suspends only its own thread). */
+static void job_run(struct job *j, const sigset_t *child_mask)
+{
+    struct plan *plan = &j->plan;
+    int pipefd[2] = {-1, -1};
+    void *stack = MAP_FAILED;
+    j->failed = "clone3";
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        j->saved_errno = errno;
+        j->failed = "pipe2";
+        goto out;
+    }
+    if (pipefd[1] < plan->nfds) {
+        int high = fcntl(pipefd[1], F_DUPFD_CLOEXEC, plan->nfds);
+        if (high < 0) {
+            j->saved_errno = errno;
+            j->failed = "fcntl";
+            goto out;
+        }
+        close(pipefd[1]);
+        pipefd[1] = high;
+    }
+    plan->err_fd = pipefd[1];
+    struct hasupd_clone_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_VFORK | CLONE_PIDFD;
+    ca.pidfd = (uint64_t)(uintptr_t)&j->pidfd;
+    ca.exit_signal = SIGCHLD;
+    if (SHARES_MEMORY) {
+        stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+        if (stack == MAP_FAILED) {
+            j->saved_errno = errno;
+            j->failed = "mmap";
+            goto out;
+        }
+        ca.flags |= CLONE_VM;
+        ca.stack = (uint64_t)(uintptr_t)stack;
+        ca.stack_size = CHILD_STACK_SIZE;
+    }
+    if (j->cgroup_fd >= 0) {
+        ca.flags |= CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)j->cgroup_fd;
+    }
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    /* The child execs with the mask of hasupd's calling thread, not that of a helper thread (which
+     * blocks every signal: see spawn_many). */
+    plan->old_mask = child_mask != NULL ? *child_mask : saved;
+    j->pid = clone3_call(&ca, child_main, plan);
+    if (j->pid < 0)
+        j->saved_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (j->pid < 0)
+        goto out;
+    close(pipefd[1]);
+    pipefd[1] = -1;
+    int msg[2];
+    ssize_t got;
+    do
+        got = read(pipefd[0], msg, sizeof msg);
+    while (got < 0 && errno == EINTR);
+    if (got == (ssize_t)sizeof msg) {
+        j->step = msg[0];
+        j->child_err = msg[1];
+        int status;
+        while (waitpid((pid_t)j->pid, &status, __WALL) < 0 && errno == EINTR)
+            ;
+        close(j->pidfd);
+        j->pidfd = -1;
+    }
+out:
+    if (stack != MAP_FAILED)
+        munmap(stack, CHILD_STACK_SIZE);
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+}
+
+/* The failure of a finished job as an exception instance (a new reference), or NULL with no exception
+ * set if it succeeded, or NULL with an exception set if building it failed. */
+static PyObject *job_error(const struct job *j)
+{
+    if (j->pid < 0 || j->saved_errno != 0) {
+        int err = j->saved_errno != 0 ? j->saved_errno : EINVAL;
+        return PyObject_CallFunction(PyExc_OSError, "iss", err, strerror(err), j->failed);
+    }
+    if (j->step != 0) {
+        const char *name = j->step > 0 && j->step <= STEP_EXEC ? step_names[j->step] : "?";
+        return PyObject_CallFunction(ChildError, "iss", j->child_err, strerror(j->child_err), name);
+    }
+    return NULL;
+}
+
 PyDoc_STRVAR(spawn_doc,
 "spawn(exe, argv, env, cwd, fds, cgroup_fd, uid, gid, groups, rlimits, umask, nice, ioprio,\n"
 "      oom_score_adj, no_new_privs, pid_vars) -> (pid, pidfd)\n\n"
@@ -349,212 +613,149 @@ PyDoc_STRVAR(spawn_doc,
 
 static PyObject *spawn(PyObject *self, PyObject *args)
 {
-    PyObject *exe_o, *argv_o, *env_o, *cwd_o, *fds_o, *groups_o, *rlimits_o, *nice_o, *oom_o, *slots_o;
-    int cgroup_fd, umask_v, ioprio, no_new_privs;
-    long uid, gid;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O&OOOOillOOiOiOpO:spawn", PyUnicode_FSConverter, &exe_o, &argv_o,
-                          &env_o, &cwd_o, &fds_o, &cgroup_fd, &uid, &gid, &groups_o, &rlimits_o,
-                          &umask_v, &nice_o, &ioprio, &oom_o, &no_new_privs, &slots_o))
-        return NULL;
-
-    struct plan plan;
-    memset(&plan, 0, sizeof plan);
-    PyObject *result = NULL, *cwd_b = NULL, *oom_b = NULL;
-    char **argv = NULL, **envp = NULL;
-    int *fds = NULL, *groups_i = NULL, *slots = NULL, ngroups = 0, nslots = 0;
-    gid_t *groups = NULL;
-    char *pid_slots[8];
-
-    if ((argv = to_strings(argv_o, "argv must be a sequence")) == NULL)
-        goto out;
-    if ((envp = to_strings(env_o, "env must be a sequence")) == NULL)
-        goto out;
-    if (cwd_o != Py_None && !PyUnicode_FSConverter(cwd_o, &cwd_b))
-        goto out;
-    if (to_ints(fds_o, &fds, &plan.nfds, MAX_FDS, "fds") < 0)
-        goto out;
-    if (groups_o != Py_None) {
-        if (to_ints(groups_o, &groups_i, &ngroups, 65536, "groups") < 0)
-            goto out;
-        groups = PyMem_RawCalloc((size_t)ngroups + 1, sizeof(gid_t));
-        if (groups == NULL) {
-            PyErr_NoMemory();
-            goto out;
+    struct job j;
+    PyObject *result = NULL;
+    if (job_parse(&j, args) == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        job_run(&j, NULL);
+        Py_END_ALLOW_THREADS
+        PyObject *error = job_error(&j);
+        if (error != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+            Py_DECREF(error);
+        } else if (!PyErr_Occurred()) {
+            result = Py_BuildValue("(li)", j.pid, j.pidfd);
         }
-        for (int i = 0; i < ngroups; i++)
-            groups[i] = (gid_t)groups_i[i];
-        plan.groups = groups;
-        plan.ngroups = ngroups;
     }
-    {
-        PyObject *fast = PySequence_Fast(rlimits_o, "rlimits must be a sequence");
-        if (fast == NULL)
-            goto out;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-        if (n > MAX_RLIMITS) {
-            Py_DECREF(fast);
-            PyErr_SetString(PyExc_ValueError, "too many rlimits");
+    job_free(&j);
+    return result;
+}
+
+/* ---------------------------------------------------------------- spawn_many */
+
+struct pool {
+    struct job *jobs;
+    Py_ssize_t count;
+    Py_ssize_t next;     /* taken with an atomic add */
+    sigset_t child_mask; /* the calling thread's signal mask: every child execs with it */
+};
+
+static void *pool_work(void *arg)
+{
+    struct pool *pool = arg;
+    for (;;) {
+        Py_ssize_t i = __atomic_fetch_add(&pool->next, 1, __ATOMIC_RELAXED);
+        if (i >= pool->count)
+            return NULL;
+        job_run(&pool->jobs[i], &pool->child_mask);
+    }
+}
+
+#define MAX_THREADS 16
+
+PyDoc_STRVAR(spawn_many_doc,
+"spawn_many(starts, threads) -> [(pid, pidfd) | exception, ...]\n\n"
+"Start every entry of starts (each a tuple of spawn's arguments) on up to `threads` threads at once\n"
+"(the calling one included): each waits for its own child's exec, so the children exec in parallel.\n"
+"Return one item per entry, in order: (pid, pidfd), or the ChildError or OSError that spawn would\n"
+"have raised (not raised here). A malformed entry raises at once, before any child is made.");
+
+static PyObject *spawn_many(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *starts_o;
+    int threads;
+    if (!PyArg_ParseTuple(args, "Oi:spawn_many", &starts_o, &threads))
+        return NULL;
+    PyObject *starts = PySequence_Fast(starts_o, "starts must be a sequence");
+    if (starts == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(starts);
+    struct job *jobs = PyMem_RawCalloc((size_t)count + 1, sizeof *jobs);
+    PyObject *result = NULL;
+    Py_ssize_t parsed = 0;
+    if (jobs == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; parsed < count; parsed++) {
+        if (job_parse(&jobs[parsed], PySequence_Fast_GET_ITEM(starts, parsed)) < 0) {
+            parsed++; /* job_parse leaves partial allocations: free this one too */
             goto out;
         }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            int res;
-            long long soft, hard;
-            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iLL", &res, &soft, &hard)) {
-                Py_DECREF(fast);
+    }
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    if (threads > count)
+        threads = (int)count;
+    struct pool pool;
+    memset(&pool, 0, sizeof pool);
+    pool.jobs = jobs;
+    pool.count = count;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_t helpers[MAX_THREADS];
+    int started = 0;
+    pthread_attr_t attr;
+    int have_attr = pthread_attr_init(&attr) == 0;
+    if (have_attr)
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+    /* Helper threads start with every signal blocked: signals stay with hasupd's own threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pool.child_mask = old;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&helpers[started], have_attr ? &attr : NULL, pool_work, &pool) != 0)
+            break; /* fewer threads: the others take its share */
+        started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (have_attr)
+        pthread_attr_destroy(&attr);
+    pool_work(&pool);
+    for (int t = 0; t < started; t++)
+        pthread_join(helpers[t], NULL);
+    Py_END_ALLOW_THREADS
+    result = PyList_New(count);
+    if (result == NULL)
+        goto out;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = job_error(&jobs[i]);
+        if (item == NULL) {
+            if (PyErr_Occurred()) {
+                Py_CLEAR(result);
                 goto out;
             }
-            plan.rlimits[i].resource = res;
-            plan.rlimits[i].value.rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
-            plan.rlimits[i].value.rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+            item = Py_BuildValue("(li)", jobs[i].pid, jobs[i].pidfd);
+            if (item == NULL) {
+                Py_CLEAR(result);
+                goto out;
+            }
+            jobs[i].pidfd = -1; /* handed over */
         }
-        plan.nrlimits = (int)n;
-        Py_DECREF(fast);
-    }
-    if (nice_o != Py_None) {
-        plan.has_nice = 1;
-        plan.nice = (int)PyLong_AsLong(nice_o);
-        if (plan.nice == -1 && PyErr_Occurred())
-            goto out;
-    }
-    if (oom_o != Py_None) {
-        if ((oom_b = PyUnicode_AsASCIIString(oom_o)) == NULL)
-            goto out;
-        plan.oom_score_adj = PyBytes_AS_STRING(oom_b);
-    }
-    if (to_ints(slots_o, &slots, &nslots, 8, "pid_vars") < 0)
-        goto out;
-    Py_ssize_t nenv = 0;
-    while (envp[nenv] != NULL)
-        nenv++;
-    for (int i = 0; i < nslots; i++) {
-        if (slots[i] < 0 || slots[i] >= nenv) {
-            PyErr_SetString(PyExc_ValueError, "pid_vars: index out of range");
-            goto out;
-        }
-        pid_slots[i] = envp[slots[i]];
-    }
-    plan.exe = PyBytes_AS_STRING(exe_o);
-    plan.argv = argv;
-    plan.envp = envp;
-    plan.cwd = cwd_b != NULL ? PyBytes_AS_STRING(cwd_b) : NULL;
-    plan.fds = fds;
-    plan.uid = uid;
-    plan.gid = gid;
-    plan.umask = umask_v;
-    plan.ioprio = ioprio;
-    plan.no_new_privs = no_new_privs;
-    plan.pid_slots = pid_slots;
-    plan.npid_slots = nslots;
-    long open_max = sysconf(_SC_OPEN_MAX);
-    plan.max_fd = open_max > 0 && open_max < 1 << 20 ? (int)open_max : 1 << 16;
-
-    int saved_errno = 0, step = 0, child_err = 0;
-    long pid = -1;
-    int pidfd = -1;
-    const char *failed = "clone3";
-    Py_BEGIN_ALLOW_THREADS
-    int pipefd[2] = {-1, -1};
-    void *stack = MAP_FAILED;
-    if (pipe2(pipefd, O_CLOEXEC) < 0) {
-        saved_errno = errno;
-        failed = "pipe2";
-        goto unlocked_out;
-    }
-    if (pipefd[1] < plan.nfds) {
-        int high = fcntl(pipefd[1], F_DUPFD_CLOEXEC, plan.nfds);
-        if (high < 0) {
-            saved_errno = errno;
-            failed = "fcntl";
-            goto unlocked_out;
-        }
-        close(pipefd[1]);
-        pipefd[1] = high;
-    }
-    plan.err_fd = pipefd[1];
-    struct hasupd_clone_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_VFORK | CLONE_PIDFD;
-    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    ca.exit_signal = SIGCHLD;
-    if (SHARES_MEMORY) {
-        stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-        if (stack == MAP_FAILED) {
-            saved_errno = errno;
-            failed = "mmap";
-            goto unlocked_out;
-        }
-        ca.flags |= CLONE_VM;
-        ca.stack = (uint64_t)(uintptr_t)stack;
-        ca.stack_size = CHILD_STACK_SIZE;
-    }
-    if (cgroup_fd >= 0) {
-        ca.flags |= CLONE_INTO_CGROUP;
-        ca.cgroup = (uint64_t)cgroup_fd;
-    }
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &plan.old_mask);
-    pid = clone3_call(&ca, child_main, &plan);
-    if (pid < 0)
-        saved_errno = errno;
-    pthread_sigmask(SIG_SETMASK, &plan.old_mask, NULL);
-    if (pid < 0)
-        goto unlocked_out;
-    close(pipefd[1]);
-    pipefd[1] = -1;
-    int msg[2];
-    ssize_t got;
-    do
-        got = read(pipefd[0], msg, sizeof msg);
-    while (got < 0 && errno == EINTR);
-    if (got == (ssize_t)sizeof msg) {
-        step = msg[0];
-        child_err = msg[1];
-        int status;
-        while (waitpid((pid_t)pid, &status, __WALL) < 0 && errno == EINTR)
-            ;
-        close(pidfd);
-        pidfd = -1;
-    }
-unlocked_out:
-    if (stack != MAP_FAILED)
-        munmap(stack, CHILD_STACK_SIZE);
-    if (pipefd[0] >= 0)
-        close(pipefd[0]);
-    if (pipefd[1] >= 0)
-        close(pipefd[1]);
-    Py_END_ALLOW_THREADS
-
-    if (pid < 0 || saved_errno != 0) {
-        errno = saved_errno;
-        PyErr_SetFromErrnoWithFilename(PyExc_OSError, failed);
-    } else if (step != 0) {
-        const char *name = step > 0 && step <= STEP_EXEC ? step_names[step] : "?";
-        PyObject *exc = Py_BuildValue("(iss)", child_err, strerror(child_err), name);
-        if (exc != NULL) {
-            PyErr_SetObject(ChildError, exc);
-            Py_DECREF(exc);
-        }
-    } else {
-        result = Py_BuildValue("(li)", pid, pidfd);
+        PyList_SET_ITEM(result, i, item);
     }
 out:
-    Py_XDECREF(exe_o);
-    Py_XDECREF(cwd_b);
-    Py_XDECREF(oom_b);
-    free_strings(argv);
-    free_strings(envp);
-    PyMem_RawFree(fds);
-    PyMem_RawFree(groups_i);
-    PyMem_RawFree(groups);
-    PyMem_RawFree(slots);
+    if (result == NULL && jobs != NULL) {
+        /* Children made before a failure here: their pidfds are lost to the caller, so close them;
+         * the processes run on and are reaped as strays (this needs a failing allocation). */
+        for (Py_ssize_t i = 0; i < count && i < parsed; i++)
+            if (jobs[i].pidfd >= 0 && jobs[i].pid > 0 && jobs[i].step == 0)
+                close(jobs[i].pidfd);
+    }
+    if (jobs != NULL) {
+        for (Py_ssize_t i = 0; i < parsed; i++)
+            job_free(&jobs[i]);
+        PyMem_RawFree(jobs);
+    }
+    Py_DECREF(starts);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {"spawn_many", spawn_many, METH_VARARGS, spawn_many_doc},
     {NULL, NULL, 0, NULL},
 };
 

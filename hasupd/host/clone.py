@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -139,44 +140,77 @@ class CloneSpawner:
         child could be made.
         """
         assert _MODULE is not None and self._off is None
-        settings = launch.settings
-        env = dict(launch.env)
-        for name in pid_variables:
-            env.pop(name, None)
-        entries = [f"{k}={v}" for k, v in env.items()]
-        slots = []
-        for name in pid_variables:
-            slots.append(len(entries))
-            entries.append(f"{name}=")
         try:
-            pid, pidfd = _MODULE.spawn(
-                launch.exe,
-                launch.argv,
-                entries,
-                launch.cwd,
-                fds,
-                -1 if cgroup_fd is None else cgroup_fd,
-                -1 if launch.uid is None else launch.uid,
-                -1 if launch.gid is None else launch.gid,
-                launch.groups,
-                settings.rlimits,
-                -1 if settings.umask is None else settings.umask,
-                settings.nice,
-                -1 if settings.ioprio is None else settings.ioprio,
-                None if settings.oom_score_adj is None else str(settings.oom_score_adj),
-                settings.no_new_privs,
-                slots,
-            )
-        except _MODULE.ChildError as e:
-            step = str(e.filename)
-            what = _STEPS.get(step, step)
-            raise ChildFailed(f"{what}: {e.strerror}", e.errno, step) from None
-        except OSError as e:
-            if e.errno in UNSUPPORTED:
-                self._off = f"clone3 refused by the kernel: {e.strerror}"
+            pid, pidfd = _MODULE.spawn(*_arguments(launch, fds, cgroup_fd, pid_variables))
+        except OSError as e:  # ChildError is one too
+            outcome = self._failure(e)
+            if outcome is None:
                 return None
-            raise
+            raise outcome from None
         return int(pid), int(pidfd)
+
+    def spawn_many(
+        self, starts: Sequence[tuple[Launch, list[int], int | None, tuple[str, ...]]], threads: int
+    ) -> list[tuple[int, int] | ChildFailed | OSError | None]:
+        """Do ``spawn(*start)`` for every start, on up to ``threads`` threads at once; return in order
+        what each one would have returned, or the ChildFailed or OSError it would have raised."""
+        assert _MODULE is not None and self._off is None
+        results = _MODULE.spawn_many([_arguments(*start) for start in starts], threads)
+        out: list[tuple[int, int] | ChildFailed | OSError | None] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                out.append(self._failure(result))
+            else:
+                out.append((int(result[0]), int(result[1])))
+        return out
+
+    def _failure(self, error: BaseException) -> ChildFailed | OSError | None:
+        """Return what a failure of the C call means: ChildFailed (a step in the child), OSError (no
+        child), or None when the kernel cannot clone3 at all (then the path is off from now on)."""
+        assert _MODULE is not None
+        if isinstance(error, _MODULE.ChildError):
+            step = str(error.filename)
+            what = _STEPS.get(step, step)
+            return ChildFailed(f"{what}: {error.strerror}", error.errno, step)
+        if isinstance(error, OSError):
+            if error.errno in UNSUPPORTED:
+                self._off = f"clone3 refused by the kernel: {error.strerror}"
+                return None
+            return error
+        raise error
+
+
+def _arguments(
+    launch: Launch, fds: list[int], cgroup_fd: int | None, pid_variables: tuple[str, ...]
+) -> tuple[Any, ...]:
+    """Return the argument tuple of ``_spawn.spawn`` (see its doc) for one start."""
+    settings = launch.settings
+    env = dict(launch.env)
+    for name in pid_variables:
+        env.pop(name, None)
+    entries = [f"{k}={v}" for k, v in env.items()]
+    slots = []
+    for name in pid_variables:
+        slots.append(len(entries))
+        entries.append(f"{name}=")
+    return (
+        launch.exe,
+        launch.argv,
+        entries,
+        launch.cwd,
+        fds,
+        -1 if cgroup_fd is None else cgroup_fd,
+        -1 if launch.uid is None else launch.uid,
+        -1 if launch.gid is None else launch.gid,
+        launch.groups,
+        settings.rlimits,
+        -1 if settings.umask is None else settings.umask,
+        settings.nice,
+        -1 if settings.ioprio is None else settings.ioprio,
+        None if settings.oom_score_adj is None else str(settings.oom_score_adj),
+        settings.no_new_privs,
+        slots,
+    )
 
 
 class ChildFailed(Exception):

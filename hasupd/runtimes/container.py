@@ -52,7 +52,16 @@ from hasupd.config.model import ContainerEngine, ContainerSpec, ServiceConfig
 from hasupd.host.containment import ScopeImpl
 from hasupd.host.procfs import Children, pids_with_env, signal_each, stat
 from hasupd.host.reaper import Reaper
-from hasupd.ports import ExitStatus, Process, Spawner, SpawnError, SpawnSpec, TaskSpawner
+from hasupd.ports import (
+    ExitStatus,
+    Process,
+    Spawner,
+    SpawnError,
+    SpawnRequest,
+    SpawnSpec,
+    TaskSpawner,
+    spawn_all,
+)
 from hasupd.runtimes.engines import (
     CONTAINER_NOTIFY_SOCKET,
     CONTAINER_ONLY,
@@ -555,6 +564,20 @@ class RoutingSpawner:
         if spec.service.container is not None:
             return self.containers.spawn(spec, on_exit)
         return self.programs.spawn(spec, on_exit)
+
+    def spawn_many(self, requests: Sequence[SpawnRequest]) -> list[Process | SpawnError]:
+        """Start ``requests`` (see ``ManySpawner``): programs together, containers one by one."""
+        outcomes: list[Process | SpawnError | None] = [None] * len(requests)
+        kinds: dict[bool, list[int]] = {False: [], True: []}
+        for index, (spec, _) in enumerate(requests):
+            kinds[spec.service.container is not None].append(index)
+        for is_container, indexes in kinds.items():
+            spawner = self.containers if is_container else self.programs
+            for index, outcome in zip(
+                indexes, spawn_all(spawner, [requests[i] for i in indexes]), strict=True
+            ):
+                outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
 
 
 # --------------------------------------------------------------------------- /proc

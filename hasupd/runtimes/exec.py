@@ -21,8 +21,9 @@ import pwd
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from hasupd.config.model import ServiceConfig
@@ -48,6 +49,10 @@ from hasupd.states import OutputMode
 log = logging.getLogger(__name__)
 
 _FROM_HASUPD = ("LANG", "LC_ALL", "TZ")
+# spawn_many: children made per group, and threads making them at once (each waits for its child's
+# exec; more than the cores buys nothing, as the execs are CPU work).
+_GROUP = 32
+_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 class ExecProcess:
@@ -115,6 +120,26 @@ class ExecProcess:
         if self._popen is not None:
             self._popen.returncode = -status.signal if status.signal is not None else status.code
         self._scope.detach()
+
+
+@dataclass
+class _Prepared:
+    """One start between ``_prepare`` and ``_finish``: what was made for it, and how to undo it."""
+
+    unit: str
+    on_exit: Callable[[ExitStatus], None]
+    pass_fds: tuple[int, ...]
+    scope: ScopeImpl
+    output: Output
+    launch: Launch
+    cgroup_fd: int | None
+    always: ExitStack  # closed once the child exists (or never will): hasupd's copies of its ends
+    on_failure: ExitStack  # closed only if there is no child: the scope, the output drain
+
+    def abort(self) -> None:
+        """Undo the preparation: there will be no child."""
+        self.on_failure.close()
+        self.always.close()
 
 
 class ExecSpawner:
@@ -216,7 +241,67 @@ class ExecSpawner:
             os.close(self._devnull)
             self._devnull = -1
 
+    def spawn_many(
+        self, requests: Sequence[tuple[SpawnSpec, Callable[[ExitStatus], None]]]
+    ) -> list[ExecProcess | SpawnError]:
+        """Start every request as ``spawn`` would; return, in order, each one's process or the
+        SpawnError that ``spawn`` would have raised (not raised).
+
+        For many starts at once (hasupd's start-up, a reload that adds services): the children are
+        made in groups of ``_GROUP`` by up to ``_THREADS`` threads of the C extension, so that their
+        execs run in parallel, and while hasupd prepares the next group.
+        """
+        outcomes: list[ExecProcess | SpawnError] = []
+        for first in range(0, len(requests), _GROUP):
+            outcomes += self._spawn_group(requests[first : first + _GROUP])
+        return outcomes
+
+    def _spawn_group(
+        self, requests: Sequence[tuple[SpawnSpec, Callable[[ExitStatus], None]]]
+    ) -> list[ExecProcess | SpawnError]:
+        outcomes: list[ExecProcess | SpawnError | None] = [None] * len(requests)
+        prepared: list[tuple[int, _Prepared]] = []
+        for index, (spec, on_exit) in enumerate(requests):
+            unit = spec.unit_name or spec.service.name
+            try:
+                prepared.append((index, self._prepare(spec, unit, on_exit)))
+            except SpawnError as e:
+                outcomes[index] = SpawnError(f"cannot start {unit}: {e}")
+        started: list[tuple[int, int] | Exception | None] = [None] * len(prepared)
+        if self._clone.usable() and prepared:
+            try:
+                started = list(self._clone.spawn_many([self._clone_args(p) for _, p in prepared], _THREADS))
+            except BaseException:
+                for _, p in prepared:
+                    p.abort()
+                raise
+            if any(result is None for result in started):
+                log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
+        for (index, p), result in zip(prepared, started, strict=True):
+            try:
+                outcomes[index] = self._finish(p, result)
+            except SpawnError as e:
+                outcomes[index] = SpawnError(f"cannot start {p.unit}: {e}")
+        return [outcome for outcome in outcomes if outcome is not None]
+
     def _spawn(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
+        p = self._prepare(spec, unit, on_exit)
+        result: tuple[int, int] | Exception | None = None
+        if self._clone.usable():
+            try:
+                result = self._clone.spawn(*self._clone_args(p))
+            except (ChildFailed, OSError) as e:
+                result = e
+            except BaseException:
+                p.abort()
+                raise
+            if result is None:
+                log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
+        return self._finish(p, result)
+
+    def _prepare(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> _Prepared:
+        """Everything up to making the child: identity, environment, scope, output. Raise SpawnError
+        (nothing is left behind) if the start cannot happen."""
         service = spec.service
         argv = list(spec.argv if spec.argv is not None else service.command)
         if not argv:
@@ -242,7 +327,8 @@ class ExecSpawner:
                 raise SpawnError("cannot set supplementary_groups: hasupd is not running as root")
             groups = _with_supplementary(groups, service.supplementary_groups)
 
-        with ExitStack() as always, ExitStack() as on_failure:
+        always, on_failure = ExitStack(), ExitStack()
+        try:
             scope = self._containment.scope(unit, spec.invocation_id)
             on_failure.callback(scope.release)
             output = self._outputs.open(spec.output, unit)
@@ -251,60 +337,57 @@ class ExecSpawner:
                 on_failure.callback(output.drain.close)
             env = _merge({**base, **output.env}, layers)
             launch = Launch(exe, argv, env, cwd, uid, gid, groups, settings)
-            started = None
-            if self._clone.usable():
-                started = self._clone_spawn(scope, launch, output, spec.pass_fds, always)
+            cgroup_fd = scope.open_dir_fd() if self._clone.usable() else None
+            if cgroup_fd is not None:
+                always.callback(os.close, cgroup_fd)
+        except BaseException:
+            on_failure.close()
+            always.close()
+            raise
+        return _Prepared(unit, on_exit, spec.pass_fds, scope, output, launch, cgroup_fd, always, on_failure)
+
+    def _clone_args(self, p: _Prepared) -> tuple[Launch, list[int], int | None, tuple[str, ...]]:
+        """The arguments of ``CloneSpawner.spawn`` for ``p``: target fds 0, 1, 2, then pass_fds."""
+        output = p.output
+        fds = [self._devnull, 1 if output.stdout is None else output.stdout]
+        fds += [2 if output.stderr is None else output.stderr, *p.pass_fds]
+        own_pid = tuple(pid_var for var, pid_var in OWN_PID_VARIABLES.items() if var in p.launch.env)
+        return p.launch, fds, p.cgroup_fd, own_pid
+
+    def _finish(self, p: _Prepared, started: tuple[int, int] | Exception | None) -> ExecProcess:
+        """Take the child that the clone path made (``started``: (pid, pidfd) or its failure), or start
+        it through subprocess (``started`` None: the clone path is off, or the kernel just refused
+        clone3). Raise SpawnError (nothing is left behind) if there is no child."""
+        if isinstance(started, Exception):
+            p.abort()
+            raise _clone_error(started, p.launch)
+        try:
             if started is not None:
                 pid, pidfd, popen = started[0], started[1], None
                 self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
-                scope.attach(pid)
+                p.scope.attach(pid)
             else:
-                popen = self._popen_spawn(scope, launch, output, spec.pass_fds, always)
+                popen = self._popen_spawn(p.scope, p.launch, p.output, p.pass_fds, p.always)
                 pid = popen.pid
                 self._reaper.track(pid)  # before the loop can run a SIGCHLD callback
-                scope.attach(pid)
+                p.scope.attach(pid)
                 try:
                     pidfd = os.pidfd_open(pid)
                 except OSError as e:  # EMFILE: do not leave an unwatched process behind
-                    scope.kill_all()
+                    p.scope.kill_all()
                     popen.kill()
                     popen.wait()
                     self._reaper.untrack(pid)
                     raise SpawnError(f"cannot watch the process: {e.strerror}") from e
-            on_failure.pop_all()
-        proc = ExecProcess(popen, scope, pidfd, output, pid=pid)
+        except BaseException:
+            p.abort()
+            raise
+        p.on_failure.pop_all()
+        p.always.close()
+        proc = ExecProcess(popen, p.scope, pidfd, p.output, pid=pid)
         self._running[proc.pid] = proc
-        self._loop.add_reader(pidfd, self._on_pidfd, proc, on_exit)
+        self._loop.add_reader(pidfd, self._on_pidfd, proc, p.on_exit)
         return proc
-
-    def _clone_spawn(
-        self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
-    ) -> tuple[int, int] | None:
-        """Start through clone3 (no Python in the child); None if the kernel cannot (fall back)."""
-        cgroup_fd = scope.open_dir_fd()
-        if cgroup_fd is not None:
-            always.callback(os.close, cgroup_fd)
-        fds = [self._devnull, 1 if output.stdout is None else output.stdout]
-        fds += [2 if output.stderr is None else output.stderr, *pass_fds]
-        own_pid = tuple(pid_var for var, pid_var in OWN_PID_VARIABLES.items() if var in launch.env)
-        exe, cwd = launch.exe, launch.cwd
-        try:
-            started = self._clone.spawn(launch, fds, cgroup_fd, own_pid)
-        except ChildFailed as e:
-            if e.step == "exec" and e.errno == errno.ENOENT:
-                raise SpawnError(f"{exe} does not exist") from None
-            if e.step == "exec" and e.errno == errno.EACCES:
-                raise SpawnError(f"permission denied executing {exe}") from None
-            if e.step == "exec":
-                raise SpawnError(f"cannot execute {exe}: {os.strerror(e.errno)}") from None
-            if e.step == "chdir" and e.errno == errno.ENOENT:
-                raise SpawnError(f"working directory {cwd} does not exist") from None
-            raise SpawnError(str(e)) from None
-        except OSError as e:
-            raise SpawnError(f"cannot start a process: {e.strerror}") from e
-        if started is None:
-            log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
-        return started
 
     def _popen_spawn(
         self, scope: ScopeImpl, launch: Launch, output: Output, pass_fds: tuple[int, ...], always: ExitStack
@@ -350,6 +433,24 @@ class ExecSpawner:
         self._reaper.untrack(proc.pid)
         self._running.pop(proc.pid, None)
         on_exit(status)
+
+
+def _clone_error(error: Exception, launch: Launch) -> SpawnError:
+    """Return the SpawnError for a failure of the clone path (ChildFailed: a step in the child)."""
+    exe, cwd = launch.exe, launch.cwd
+    if isinstance(error, ChildFailed):
+        if error.step == "exec" and error.errno == errno.ENOENT:
+            return SpawnError(f"{exe} does not exist")
+        if error.step == "exec" and error.errno == errno.EACCES:
+            return SpawnError(f"permission denied executing {exe}")
+        if error.step == "exec":
+            return SpawnError(f"cannot execute {exe}: {os.strerror(error.errno)}")
+        if error.step == "chdir" and error.errno == errno.ENOENT:
+            return SpawnError(f"working directory {cwd} does not exist")
+        return SpawnError(str(error))
+    if isinstance(error, OSError):
+        return SpawnError(f"cannot start a process: {error.strerror}")
+    return SpawnError(f"cannot start a process: {error}")
 
 
 def child_settings(service: ServiceConfig) -> ChildSettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+from collections.abc import Sequence
 
 import pytest
 
@@ -13,10 +14,11 @@ from hasupd import manager as manager_module
 from hasupd.config.model import Config
 from hasupd.host.notify import NotifyMessage
 from hasupd.manager import RollingRestartError
+from hasupd.ports import Process, SpawnError, SpawnRequest
 from hasupd.states import RestartMode, ServiceType
 from hasupd.states import ServiceState as S
 from tests.unit.fakes import ManagerRig as Rig
-from tests.unit.fakes import service
+from tests.unit.fakes import ObedientSpawner, service
 
 
 @pytest.fixture(autouse=True)
@@ -149,3 +151,55 @@ async def test_rolling_restart_stops_at_an_instance_that_does_not_come_back() ->
     assert services["web@1"].state is S.FAILED
     # The rest is left untouched.
     assert services["web@2"].pid == last.pid and last.scope.main_signals == [] and last.scope.signals == []
+
+
+class _ManyRecorder(ObedientSpawner):
+    """A ManySpawner: records the units of each spawn_many call; units in ``refuse`` cannot start."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.refuse = refuse
+
+    def spawn_many(self, requests: Sequence[SpawnRequest]) -> list[Process | SpawnError]:
+        self.batches.append([str(spec.unit_name) for spec, _ in requests])
+        out: list[Process | SpawnError] = []
+        for spec, on_exit in requests:
+            if spec.unit_name in self.refuse:
+                out.append(SpawnError(f"cannot start {spec.unit_name}: refused"))
+            else:
+                out.append(self.spawn(spec, on_exit))
+        return out
+
+
+def test_ready_units_are_spawned_together_and_dependents_in_a_later_batch() -> None:
+    rig = Rig(
+        service("a"), service("b", restart=RestartMode.NO), service("c"), service("web", after=("a", "b"))
+    )
+    many = _ManyRecorder(refuse=frozenset({"b"}))
+    for s in rig.manager.services.values():
+        s._spawner = many
+    rig.manager.start_all()
+    # a, b, c in one call; web waits for a and b; b failed, so web stays pending.
+    assert many.batches == [["a", "b", "c"]]
+    assert rig.manager.services["a"].state is S.RUNNING
+    assert rig.manager.services["b"].state is S.FAILED
+    assert rig.manager.services["b"].result.value == "resources"
+    assert rig.manager.is_pending("web")
+    failed = rig.rec.of(ev.ServiceSpawnFailed)
+    assert [(e.service, getattr(e, "error", "")) for e in failed] == [("b", "cannot start b: refused")]
+
+
+def test_a_batch_is_done_before_any_subscriber_reacts_to_its_first_start() -> None:
+    rig = Rig(service("a"), service("b"), service("c"))
+    seen: list[tuple[str, list[str]]] = []
+
+    def on(event: ev.Event) -> None:
+        if isinstance(event, ev.ServiceStarted):
+            with_process = sorted(n for n, s in rig.manager.services.items() if s.pid is not None)
+            seen.append((str(event.service), with_process))
+
+    rig.bus.subscribe(on)
+    rig.manager.start_all()
+    assert seen == [(n, ["a", "b", "c"]) for n in ("a", "b", "c")]
+    assert [s.state for s in rig.manager.services.values()] == [S.RUNNING] * 3

@@ -14,6 +14,7 @@ file, a symlink loop, no permission) is an error, never "no services".
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +25,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
+from hasupd.config import fastyaml
 from hasupd.config.issues import ConfigError, ConfigIssue
 from hasupd.config.layout import compose_service, find_services
 from hasupd.config.model import Config, DaemonConfig
@@ -44,6 +46,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_FILE_BYTES = 256 * 1024
 MAX_DEPTH = 64
 MAX_NODES = 10_000
+_BAD_TEXT = re.compile("[\0\ud800-\udfff]")  # what no OS interface takes (see _KeyChecker._check_text)
 
 
 class _LimitError(ComposerError):
@@ -134,10 +137,10 @@ class _KeyChecker:
     def _check_text(self, node: ScalarNode, key_path: str) -> None:
         """Report a scalar that no file name, argv, environment or user database can hold: a NUL, or a
         lone UTF-16 surrogate (a double-quoted "\\ud800" escape), which cannot even be encoded."""
-        text = str(node.value)
-        bad = next((c for c in text if c == "\0" or "\ud800" <= c <= "\udfff"), None)
-        if bad is None:
+        found = _BAD_TEXT.search(str(node.value))
+        if found is None:
             return
+        bad = found.group()
         what = (
             "a NUL character" if bad == "\0" else f"a lone surrogate \\u{ord(bad):04x} (half a UTF-16 pair)"
         )
@@ -200,6 +203,12 @@ class _Unreadable(Exception):
 
 
 def _compose(data: bytes, path: Path) -> Node | None:
+    """Return the root node of ``data``: from libyaml's events when it is sure to be the node the
+    pure-Python loader gives, else (and for every error, so that messages stay its own) from that one."""
+    try:
+        return fastyaml.compose(data, str(path), MAX_DEPTH, MAX_NODES)
+    except fastyaml.Unsure:
+        pass
     loader = _BoundedLoader(data, str(path))
     try:
         node: Node | None = loader.get_single_node()

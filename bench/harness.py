@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in names
     ]
     for sup in supervisors:
+        if isinstance(sup, Hasupd):
+            sup.byte_compile()
+    for sup in supervisors:
         exe = Path(sys.executable).parent / ("circusd" if sup.name == "circus" else sup.name)
         if not isinstance(sup, Hasupd) and not exe.exists():
             print(

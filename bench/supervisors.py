@@ -149,6 +149,11 @@ class Hasupd(Supervisor):
         variant.recursion_limit = 20_000
         return variant, "hasupd run with sys.setrecursionlimit(20000) (the code unchanged)"
 
+    def byte_compile(self) -> None:
+        """Write the .pyc files of ``src`` (as installing the .deb does, and as pip did for supervisord
+        and circus): else, with PYTHONDONTWRITEBYTECODE set, every launch compiles hasupd anew."""
+        subprocess.run([self.python, "-m", "compileall", "-q", str(self.src / "hasupd")], check=True)
+
     def version(self) -> str:
         init = (self.src / "hasupd" / "__init__.py").read_text()
         match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", init)

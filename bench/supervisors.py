@@ -110,9 +110,13 @@ def socket_dir(folder: Path) -> Path:
     """Return a new folder with a short path for unix sockets, linked from ``folder/sockets``.
 
     A unix socket path must fit in 108 bytes; run folders under a deep temp dir (pytest's) do not.
-    ``Supervisor.cleanup`` removes it.
+    ``Supervisor.cleanup`` removes it. It is on a tmpfs where there is one (/dev/shm), as /run (where
+    hasupd keeps its sockets when installed) is on every systemd host.
     """
-    short = Path(tempfile.mkdtemp(prefix="hb-"))
+    shm = Path("/dev/shm")
+    short = Path(
+        tempfile.mkdtemp(prefix="hb-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None)
+    )
     (folder / SOCKETS).symlink_to(short)
     return short
 

@@ -47,6 +47,7 @@ RECORDS_FILE = "records.jsonl"
 RECORDS_MAX_BYTES = 10 * 1024 * 1024
 RECORDS_KEEP = 10
 _TAG_ATTR = "hasupd_tags"
+_JSON_ATTR = "hasupd_json"  # the record's JSON line, made once for every handler that writes JSON
 # syslog priorities by logging level
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 # As systemd's journal client: a large send buffer makes the memfd path rare.
@@ -65,6 +66,7 @@ _RESERVED = (
     "asctime",
     "taskName",  # Python >= 3.12; python-json-logger 2.0 does not know it
     _TAG_ATTR,
+    _JSON_ATTR,
 )
 
 
@@ -83,6 +85,14 @@ class RecordJsonFormatter(JsonFormatter):  # type: ignore[misc,unused-ignore]  #
             rename_fields={"asctime": "time", "levelname": "level"},
             reserved_attrs=_RESERVED,
         )
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Every JSON writer of a record (stderr, the records file) writes the same line: made once.
+        made: str | None = record.__dict__.get(_JSON_ATTR)
+        if made is None:
+            made = str(super().format(record))
+            record.__dict__[_JSON_ATTR] = made
+        return made
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")

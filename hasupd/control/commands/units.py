@@ -23,21 +23,23 @@ from hasupd.config.layout import (
 from hasupd.config.load import SERVICES_DIR, read_document
 from hasupd.config.quantities import parse_signal
 from hasupd.config.unitstate import UnitStates, is_unit_name
-from hasupd.control.commands.services import service_status
+from hasupd.control.commands.services import refuse_invalid_names, service_status
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.service import Service
 from hasupd.states import ServiceState
 
 RELOAD_MARGIN_SEC = 5.0
-MAX_NAME = 255  # a service name becomes a file name (its drop-in folder, its timer stamp)
 MAX_RELOAD_OUTPUT = 2000  # characters of a failed reload_command's output kept in the answer
 
 
 def _one_name(args: dict[str, Any]) -> list[str]:
+    """Return the names of the request; raise CommandError (usage) if there is none, or one longer
+    than a unit name can be (it becomes file names: checked before anything is written)."""
     names = args.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CommandError(Exit.USAGE, "name at least one service")
+    refuse_invalid_names(names, too_long_only=True)
     return names
 
 
@@ -117,9 +119,7 @@ async def disable(ctx: Context, args: dict[str, Any]) -> Any:
 async def mask(ctx: Context, args: dict[str, Any]) -> Any:
     """Mask services: nothing starts them until unmasked (a running one keeps running)."""
     names = _one_name(args)
-    bad = [n for n in names if not is_unit_name(n) or len(n) > MAX_NAME]
-    if bad:
-        raise CommandError(Exit.USAGE, "invalid service name: " + ", ".join(bad))
+    refuse_invalid_names(names)
     states = _states(ctx)
     states.masked.update(names)
     _save(states)

@@ -5,6 +5,7 @@ it (hasupd.backup.units) turns the outcome into a state and a restart decision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -286,10 +287,8 @@ class BackupJob:
                     self._marker.unlink(missing_ok=True)
                     return list(units)
                 problem = f"not a list of service names (a {type(units).__name__})"
-        try:
+        with contextlib.suppress(OSError):  # a directory stays: reported again at the next start
             self._marker.unlink(missing_ok=True)
-        except OSError:
-            pass  # a directory stays: reported again at the next start
         raise ValueError(f"{self._marker}: damaged quiesce marker: {problem}")
 
     async def retention(self) -> None:

@@ -53,8 +53,8 @@ def decode(data: bytes) -> dict[str, Any]:
         raise UnreadableRecord("checksum mismatch (corrupt or truncated)")
     try:
         parsed = json.loads(body)
-    except ValueError as e:
-        raise UnreadableRecord(f"body is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        raise UnreadableRecord(f"body is not JSON: {str(e)[:200]}") from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("units"), dict):
         raise UnreadableRecord("body has no units")
     return parsed

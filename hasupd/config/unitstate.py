@@ -77,8 +77,8 @@ class UnitStates:
             raise UnreadableState(f"{path}: {error.strerror or error}") from None
         try:
             data = json.loads(raw)  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
-        except ValueError as error:
-            raise UnreadableState(f"{path}: {error}") from None
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            raise UnreadableState(f"{path}: not JSON: {str(error)[:200]}") from None
         parts = {key: data.get(key, []) for key in _KEYS} if isinstance(data, dict) else {}
         if not parts or not all(
             isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()

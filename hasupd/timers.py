@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -94,8 +95,18 @@ class Timers:
         return None
 
     def _set_stamp(self, name: str, when: datetime) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self._stamp_path(name), when.isoformat() + "\n")
+        """Write the stamp of ``name``. Cannot (a full disk, a read-only state dir): a warning naming the
+        file, and the timer goes on; its slot may then run again after a restart of hasupd."""
+        path = self._stamp_path(name)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder in its place (damage): else no stamp could ever be kept
+            atomic_write_text(path, when.isoformat() + "\n")
+        except OSError as error:
+            log.warning("%s: cannot write the timer stamp of %s: %s", path, name, error.strerror or error)
+        else:
+            self._damaged.discard(path)
 
     # ------------------------------------------------------------------ arming
 

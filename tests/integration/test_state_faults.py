@@ -63,6 +63,7 @@ NAMED = [
     "state/timers/tick.last",
     "state/errors.sqlite",
 ]
+FOLDER = b"(a folder where the file was)"
 WRONG_TYPES = [
     3,
     "x",
@@ -108,6 +109,8 @@ def _damage(kind: str, rel: str, sample: object, rand: random.Random) -> list[by
             bodies = [*_typed(sample), *({"units": u, "pid": "x", "fleet": [1]} for u in units)]
             return [_record_raw(json.dumps(b).encode()) for b in bodies]
         return docs
+    if kind == "folder":
+        return [FOLDER]
     if kind == "huge":
         deep = b"[" * 300_000 + b"]" * 300_000
         return [deep if rel != "run/state.record" else _record_raw(deep), b"7" * (8 << 20)]
@@ -135,7 +138,7 @@ def _config(tmp_path: Path) -> Path:
     )
 
 
-@pytest.mark.parametrize("kind", ["truncated", "random", "types", "huge"])
+@pytest.mark.parametrize("kind", ["truncated", "random", "types", "huge", "folder"])
 def test_damaged_state_files_are_named_and_hasupd_supervises_on(
     tmp_path: Path, hasupd: Callable[..., Hasupd], kind: str
 ) -> None:
@@ -148,7 +151,12 @@ def test_damaged_state_files_are_named_and_hasupd_supervises_on(
         for rel, contents in variants.items():
             path = work / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(contents[n % len(contents)])
+            content = contents[n % len(contents)]
+            if content is FOLDER:
+                path.mkdir()
+                (path / "x").write_bytes(b"x")
+            else:
+                path.write_bytes(content)
         d = hasupd(config, state_dir=work / "state", runtime_dir=work / "run")
         d.wait_ready(30)
         d.wait_for("service.started", service="app", timeout=15)
@@ -158,7 +166,7 @@ def test_damaged_state_files_are_named_and_hasupd_supervises_on(
         assert status.returncode == 0, (n, status.stderr)
         assert json.loads(status.stdout)[0]["state"] == "running"
         assert not [line for line in d.lines if "Traceback" in line], "\n".join(d.lines[-40:])
-        if kind in ("random", "huge"):  # every file is damaged: each is named in a record
+        if kind in ("random", "huge", "folder"):  # every file is damaged: each is named in a record
             d.wait_for("daemon.ready")
             for rel in NAMED:
                 name = (work / rel).name if rel.startswith("state/alerts/") else str(work / rel)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import shutil
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,17 @@ class KnownGood:
         if config.name not in self._saved and self.load(config.name) == config:
             self._saved[config.name] = config  # from an earlier run of hasupd
             return
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_bytes(self._path(config.name), pickle.dumps(config))
+        path = self._path(config.name)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder in its place (damage): else it could never be kept
+            atomic_write_bytes(path, pickle.dumps(config))
+        except OSError as error:
+            # A full disk or a read-only state dir: the last known-good config stays what it was (a
+            # rollback returns to it); supervision goes on.
+            log.warning("%s: cannot keep the known-good config of %s: %s", path, config.name, error.strerror)
+            return
         self._saved[config.name] = config
 
     def load(self, name: str) -> ServiceConfig | None:

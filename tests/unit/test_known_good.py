@@ -74,3 +74,16 @@ def test_a_damaged_known_good_file_counts_as_none_and_is_rewritten(tmp_path: Pat
     assert good.load("web") is None
     good.save(config)  # the next stable run writes it again
     assert KnownGood(tmp_path).load("web") == config
+
+
+def test_a_known_good_config_that_cannot_be_written_is_no_exception(tmp_path: Path) -> None:
+    config = ServiceConfig(name="web", command=("/bin/true",))
+    (tmp_path / "known-good").write_text("a file where the folder should be")
+    good = KnownGood(tmp_path)
+    good.save(config)  # a warning, no exception (as on a full disk)
+    assert good.load("web") is None
+    # A folder where its file should be is replaced.
+    (tmp_path / "known-good").unlink()
+    (tmp_path / "known-good" / "web.pickle").mkdir(parents=True)
+    good.save(config)
+    assert KnownGood(tmp_path).load("web") == config

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -57,9 +58,10 @@ from hasupd.ports import SpawnError
 from hasupd.runtimes.exec import ExecSpawner
 from hasupd.service import Service
 from hasupd.state_record import REEXEC_FROM_ENV, write
-from hasupd.states import ServiceState
+from hasupd.states import ServiceResult, ServiceState
 from hasupd.watch.watchers import LoopWatchers
 
+log = logging.getLogger(__name__)
 FLEET_ENV_PREFIX = "HASUPD_FLEET_"  # the fleet's variables (token, host) are ownership, not config
 
 
@@ -238,6 +240,75 @@ def kept_units(body: dict[str, Any] | None, containment: Containment, manager: M
     return frozenset(units)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_EXIT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "pid": _is_int,
+    "code": lambda v: v is None or _is_int(v),
+    "signal": lambda v: v is None or _is_int(v),
+    "core_dumped": lambda v: isinstance(v, bool),
+    "unknown": lambda v: isinstance(v, bool),
+}
+# What Service.restore and this module read of a unit's entry, and the types they take.
+_SNAPSHOT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "state": lambda v: isinstance(v, str) and v in set(ServiceState),
+    "result": lambda v: isinstance(v, str) and v in set(ServiceResult),
+    "main_pid": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "start_time": lambda v: v is None or _is_number(v),
+    "restarts": lambda v: v is None or _is_int(v),
+    "attempt": lambda v: v is None or _is_int(v),
+    "start_limit": lambda v: v is None or (isinstance(v, list) and all(map(_is_number, v))),
+    "invocation": lambda v: v is None or isinstance(v, str),
+    "status_text": lambda v: v is None or isinstance(v, str),
+    "config": lambda v: v is None or isinstance(v, str),
+    "output_fd": lambda v: v is None or _is_int(v),
+    "notify_fd": lambda v: v is None or _is_int(v),
+    "last_exit": lambda v: (
+        v is None
+        or (
+            isinstance(v, dict)
+            and "pid" in v
+            and all(k in _EXIT_FIELDS and _EXIT_FIELDS[k](x) for k, x in v.items())
+        )
+    ),
+}
+
+
+def _usable_units(units: dict[str, Any], manager: Manager) -> dict[str, Any]:
+    """Return the entries of the record's ``units`` that can be carried on; each other one is recorded
+    as a warning (its unit is then found by adoption, as without a record): a damaged entry must not
+    keep hasupd from starting."""
+    usable: dict[str, Any] = {}
+    where = Path(manager.config.daemon.runtime_dir)
+    for unit, snap in units.items():
+        if not isinstance(snap, dict):
+            wrong = [f"a {type(snap).__name__}, not an object"]
+        else:
+            # state and result are required; the others may be missing (older records lack some).
+            wrong = [
+                k
+                for k, ok in _SNAPSHOT_FIELDS.items()
+                if (k in snap or k in ("state", "result")) and not ok(snap.get(k))
+            ]
+        if wrong:
+            log.warning(
+                "state record in %s: the entry of %s is damaged (%s); %s is found as after a crash instead",
+                where,
+                unit[:100],
+                ", ".join(wrong),
+                unit[:100],
+            )
+        else:
+            usable[unit] = snap
+    return usable
+
+
 def restore(
     body: dict[str, Any] | None,
     *,
@@ -257,6 +328,8 @@ def restore(
     A unit whose config changed since its process started is restarted under the new config.
     """
     out = Restored(record=record)
+    if body is not None:
+        body = {**body, "units": _usable_units(body["units"], manager)}
     units: dict[str, Any] = body["units"] if body is not None else {}
     version, _, when = os.environ.pop(REEXEC_FROM_ENV, "").partition(" ")
     if reexec and version:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import pickle
+import shutil
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from hasupd.manager import Manager
 from hasupd.ports import DataRestoreFailed, DataRestorer
 from hasupd.runtimes.command import run_command
 from hasupd.states import ServiceResult
+
+log = logging.getLogger(__name__)
 
 RESET_TIMEOUT_SEC = 300.0
 RECOVERY_USER = "hasupd (recovery)"
@@ -54,20 +58,39 @@ class KnownGood:
         if config.name not in self._saved and self.load(config.name) == config:
             self._saved[config.name] = config  # from an earlier run of hasupd
             return
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_bytes(self._path(config.name), pickle.dumps(config))
+        path = self._path(config.name)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder in its place (damage): else it could never be kept
+            atomic_write_bytes(path, pickle.dumps(config))
+        except OSError as error:
+            # A full disk or a read-only state dir: the last known-good config stays what it was (a
+            # rollback returns to it); supervision goes on.
+            log.warning("%s: cannot keep the known-good config of %s: %s", path, config.name, error.strerror)
+            return
         self._saved[config.name] = config
 
     def load(self, name: str) -> ServiceConfig | None:
+        """Return the known-good config of service ``name``; None if there is none, or if its file is
+        damaged or of another version (then a warning names the file: it is as if there were none)."""
+        path = self._path(name)
         try:
-            data = self._path(name).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as error:
+            log.warning("%s: cannot read the known-good config of %s: %s", path, name, error.strerror)
             return None
         try:
             config = pickle.loads(data)
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
-            return None  # written by another version: as if there were none
-        return config if isinstance(config, ServiceConfig) else None
+        except Exception as error:  # noqa: BLE001 - damaged bytes raise nearly anything in pickle; it is a cache
+            config = error
+        if isinstance(config, ServiceConfig):
+            return config
+        # Written by another version, or damaged: as if there were none (the next stable run writes it).
+        log.warning("%s: not a known-good config of this hasupd (%s); ignored", path, type(config).__name__)
+        return None
 
 
 class Recovery:

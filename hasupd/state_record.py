@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,8 @@ def decode(data: bytes) -> dict[str, Any]:
         raise UnreadableRecord("checksum mismatch (corrupt or truncated)")
     try:
         parsed = json.loads(body)
-    except ValueError as e:
-        raise UnreadableRecord(f"body is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        raise UnreadableRecord(f"body is not JSON: {str(e)[:200]}") from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("units"), dict):
         raise UnreadableRecord("body has no units")
     return parsed
@@ -71,7 +72,11 @@ def read(path: Path) -> dict[str, Any]:
 
 def write(path: Path, body: dict[str, Any]) -> None:
     """Replace ``path`` atomically (rename): a reader sees the old record or the new one, never half.
-    Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs)."""
+    Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs).
+    A folder in its place (damage) is removed first: else no record could be kept, nor a clean stop
+    remove it. Raise OSError if it cannot be written."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -93,6 +98,8 @@ def write_marker(state_dir: Path) -> int | None:
         pass
     except (OSError, ValueError):  # not what hasupd writes (damaged): still, an earlier run's marker
         previous = 0
+    if marker.is_dir() and not marker.is_symlink():
+        shutil.rmtree(marker)  # a folder in its place (damage): replaced, else every start fails here
     marker.write_text(str(os.getpid()))
     return previous
 

@@ -13,7 +13,9 @@ clock jump is noticed; nothing ticks over all of them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,8 +27,11 @@ from hasupd.config.model import ServiceConfig
 from hasupd.files import atomic_write_text
 from hasupd.manager import Manager
 
+log = logging.getLogger(__name__)
+
 MAX_TIMER_SEC = 3600.0
 STAMP_DIR = "timers"
+_MAX_STAMP = 100  # an ISO time is 32 characters: a longer stamp is damaged, not read whole
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Timers:
         self._due: dict[str, _Due] = {}
         self._handles: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
+        self._damaged: set[Path] = set()  # damaged stamps already reported
 
     # ------------------------------------------------------------------ stamps
 
@@ -64,16 +70,43 @@ class Timers:
         return self._dir / f"{name}.last"
 
     def last_run(self, name: str) -> datetime | None:
-        """Return when timer ``name`` last triggered (None: never, or the stamp is unreadable)."""
+        """Return when timer ``name`` last triggered (None: never, or the stamp is damaged: then a
+        warning names the file, once, and a persistent timer catches up as if it had never run)."""
+        path = self._stamp_path(name)
         try:
-            when = datetime.fromisoformat(self._stamp_path(name).read_text(encoding="utf-8").strip())
-        except (OSError, ValueError):
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_STAMP + 1)
+        except FileNotFoundError:
             return None
-        return when if when.tzinfo is not None else None
+        except OSError as error:
+            problem = error.strerror or str(error)
+        else:
+            try:
+                when = datetime.fromisoformat(raw.decode("utf-8").strip())
+            except ValueError:  # not UTF-8 too (UnicodeDecodeError)
+                problem = "not a time"
+            else:
+                if when.tzinfo is not None:
+                    return when
+                problem = "a time without its zone"
+        if path not in self._damaged:
+            self._damaged.add(path)
+            log.warning("%s: damaged timer stamp (%s): %s counts as never run", path, problem, name)
+        return None
 
     def _set_stamp(self, name: str, when: datetime) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self._stamp_path(name), when.isoformat() + "\n")
+        """Write the stamp of ``name``. Cannot (a full disk, a read-only state dir): a warning naming the
+        file, and the timer goes on; its slot may then run again after a restart of hasupd."""
+        path = self._stamp_path(name)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # a folder in its place (damage): else no stamp could ever be kept
+            atomic_write_text(path, when.isoformat() + "\n")
+        except OSError as error:
+            log.warning("%s: cannot write the timer stamp of %s: %s", path, name, error.strerror or error)
+        else:
+            self._damaged.discard(path)
 
     # ------------------------------------------------------------------ arming
 

@@ -83,21 +83,27 @@ class Silences:
         self.path = folder / FILE
         self._items: list[Silence] = []
 
-    def _load(self) -> list[Silence]:
+    def _load(self) -> tuple[list[Silence], str | None]:
         try:
             raw: Any = json.loads(self.path.read_bytes())
         except FileNotFoundError:
-            return []
-        return [s for s in map(_silence, raw if isinstance(raw, list) else []) if s is not None]
+            return [], None
+        except RecursionError:
+            raise ValueError("not JSON (nested too deep)") from None
+        if not isinstance(raw, list):
+            return [], f"cannot read {self.path}: not a list of silences (a {type(raw).__name__})"
+        found = [s for s in map(_silence, raw) if s is not None]
+        skipped = len(raw) - len(found)
+        return found, f"{self.path}: {skipped} entries are not silences, left out" if skipped else None
 
     def load(self) -> str | None:
         """Load the file (at build time: it is small); return the problem if it could not be read
-        (then no silence holds)."""
+        (then no silence holds) or if entries of it were left out (then the others hold)."""
         try:
-            self._items = self._load()
+            self._items, problem = self._load()
         except (OSError, ValueError) as e:
-            return f"cannot read {self.path}: {e}"
-        return None
+            return f"cannot read {self.path}: {str(e)[:200]}"
+        return problem
 
     def match(self, names: Iterable[str], now: float | None = None) -> Silence | None:
         """Return the active silence (the one that lasts longest) matching any of ``names``, or None."""

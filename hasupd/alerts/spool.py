@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,18 +75,76 @@ class SpoolEntry:
         """Return the entry stored as ``raw``. Raise ValueError if it is not a spool entry."""
         try:
             data: Any = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"not JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError too; RecursionError: too deep
+            raise ValueError(f"not JSON: {str(e)[:200]}") from None
         if not isinstance(data, dict) or not all(k in data for k in cls._STORED):
             raise ValueError("not a spooled alert (fields missing)")
-        try:
-            entry = cls(**{k: data[k] for k in (*cls._STORED, *cls._OPTIONAL) if k in data})
-            entry.recipients = tuple(str(r) for r in data["recipients"])
-            entry.to = tuple(str(r) for r in data["to"])
-        except TypeError as e:
-            raise ValueError(f"not a spooled alert: {e}") from None
+        wrong = [k for k in (*cls._STORED, *cls._OPTIONAL) if k in data and not _TYPES[k](data[k])]
+        if wrong:
+            # A wrong type would fail later, at sorting or sending, for every message of the spool.
+            raise ValueError(f"not a spooled alert (wrong type: {', '.join(wrong)})")
+        entry = cls(**{k: data[k] for k in (*cls._STORED, *cls._OPTIONAL) if k in data})
+        entry.recipients = tuple(data["recipients"])
+        entry.to = tuple(data["to"])
         entry.size = len(raw)
         return entry
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _texts(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _optional_text(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _stem(value: object) -> bool:
+    """An id is the file's stem: one plain name (never a path)."""
+    return isinstance(value, str) and bool(value) and "/" not in value and value not in (".", "..")
+
+
+_TYPES: dict[str, Callable[[object], bool]] = {
+    "id": _stem,
+    "created": _time,
+    "recipients": _texts,
+    "to": _texts,
+    "service": _optional_text,
+    "incident": _optional_text,
+    "in_reply_to": _optional_text,
+    "resolves": lambda v: isinstance(v, bool),
+    **dict.fromkeys(("channel", "message_id", "kind", "subject", "body", "sender", "level"), _text),
+}
+
+
+def _read_entry(path: Path) -> SpoolEntry:
+    """Return the entry spooled in ``path``. Raise OSError or ValueError if it is not one."""
+    entry = SpoolEntry.decode(path.read_bytes())
+    if entry.id != path.name.removesuffix(_SUFFIX):
+        # Delivered, it would be unlinked under its id: this file would be sent at every start.
+        raise ValueError(f"not a spooled alert (its id {entry.id[:80]!r} is not its file name)")
+    return entry
+
+
+def _dropped(raw: bytes) -> dict[str, int]:
+    """Return the per-channel dropped counts ``dropped.json`` holds. Raise ValueError if it is not an
+    object of counts."""
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"not JSON: {str(e)[:200]}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in data.values()
+    ):
+        raise ValueError("not an object of dropped counts per channel")
+    return {str(k): v for k, v in data.items() if v > 0}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -141,16 +201,21 @@ class Spool:
             if not path.name.endswith(_SUFFIX) or path.name == DROPPED_FILE:
                 continue
             try:
-                entries.append(SpoolEntry.decode(path.read_bytes()))
+                entries.append(_read_entry(path))
             except (OSError, ValueError) as e:
                 bad.append((path.name, str(e)))
                 with contextlib.suppress(OSError):
                     path.rename(path.with_name(path.name + ".bad"))
         dropped: dict[str, int] = {}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            raw = json.loads((self.folder / DROPPED_FILE).read_bytes())
-            if isinstance(raw, dict):
-                dropped = {str(k): int(v) for k, v in raw.items() if int(v) > 0}
+        try:
+            dropped = _dropped((self.folder / DROPPED_FILE).read_bytes())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            # The counts are lost (the next alerts do not say how many were dropped before): said here.
+            bad.append((DROPPED_FILE, str(e)))
+            with contextlib.suppress(OSError):
+                (self.folder / DROPPED_FILE).rename(self.folder / (DROPPED_FILE + ".bad"))
         return entries, dropped, bad
 
     async def open(self) -> list[tuple[str, str]]:

@@ -33,11 +33,16 @@ class CheckRotation:
         return f"{k}/{self.n}"
 
     def _k(self) -> int:
-        text = read_text(self._path)
-        if text is None:
+        try:
+            text = read_text(self._path)
+            if text is None:
+                return 1
+            k_text, _, n_text = text.strip().partition("/")
+            if not (k_text.isdigit() and n_text.isdigit()) or int(n_text) != self.n:
+                return 1
+            k = int(k_text)
+        except (OSError, ValueError):
+            # Damaged (not UTF-8, a folder, digits int() refuses: "²", 5000 of them): from the first
+            # subset again; advance() then writes it whole.
             return 1
-        k_text, _, n_text = text.strip().partition("/")
-        if not (k_text.isdigit() and n_text.isdigit()) or int(n_text) != self.n:
-            return 1
-        k = int(k_text)
         return k if 1 <= k <= self.n else 1

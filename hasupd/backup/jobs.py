@@ -5,6 +5,7 @@ it (hasupd.backup.units) turns the outcome into a state and a restart decision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -264,13 +265,31 @@ class BackupJob:
         self._backup_detail = f"snapshot {summary.snapshot_id[:8]}{partial}"
 
     def interrupted_quiesce(self) -> list[str]:
-        """Return the units a backup stopped when hasupd died mid-run (and forget the marker)."""
+        """Return the units a backup stopped when hasupd died mid-run (and forget the marker).
+
+        Raise ValueError (saying which file and why; the marker is forgotten too) if the marker is
+        damaged: not readable, not JSON, or not a list of names. It was there, so the job's quiesce
+        services were stopped: the caller resumes those.
+        """
         try:
-            units = json.loads(self._marker.read_text())
-        except (FileNotFoundError, ValueError):
+            raw = self._marker.read_bytes()
+        except FileNotFoundError:
             return []
-        self._marker.unlink(missing_ok=True)
-        return [u for u in units if isinstance(u, str)]
+        except OSError as error:
+            problem = error.strerror or str(error)
+        else:
+            try:
+                units = json.loads(raw)  # bytes that are not UTF-8 too (UnicodeDecodeError: ValueError)
+            except (ValueError, RecursionError) as error:
+                problem = f"not JSON ({error})"
+            else:
+                if isinstance(units, list) and all(isinstance(u, str) for u in units):
+                    self._marker.unlink(missing_ok=True)
+                    return list(units)
+                problem = f"not a list of service names (a {type(units).__name__})"
+        with contextlib.suppress(OSError):  # a directory stays: reported again at the next start
+            self._marker.unlink(missing_ok=True)
+        raise ValueError(f"{self._marker}: damaged quiesce marker: {problem}")
 
     async def retention(self) -> None:
         """Forget exactly what the short-term policy plans, after refusing dangerous plans."""

@@ -118,7 +118,7 @@ def _read(path: Path) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError:  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
+    except (ValueError, RecursionError):  # not UTF-8 too (UnicodeDecodeError); nested too deep
         return {}  # torn by a crash before the rename: the step had not started
 
 

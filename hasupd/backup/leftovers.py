@@ -120,7 +120,12 @@ def recover_files(
             job.journal.end_restore()
         except OSError as error:
             cleaned.append(f"undoing the interrupted restore failed, journal kept: {error}")
-    resumed = job.interrupted_quiesce()
+    try:
+        resumed = job.interrupted_quiesce()
+    except ValueError as error:
+        # A run was stopped mid-quiesce but the marker of what it stopped is lost: its quiesce services.
+        resumed = list(job.config.quiesce)
+        cleaned.append(f"{error}; resumed the job's quiesce services: {', '.join(resumed) or 'none'}")
     if resumed:
         # Started with all the other services, now that nothing of the old run is left.
         publish(ev.BackupResumed(job=job.config.name, units=tuple(resumed)))

@@ -106,7 +106,7 @@ class Stamps:
             if text is None:
                 return None
             when = datetime.fromisoformat(text.strip())
-        except ValueError:
+        except (OSError, ValueError):  # not UTF-8 (UnicodeDecodeError), a folder: unreadable
             return None
         if when.tzinfo is None or when > datetime.now(UTC) + STAMP_SLACK:
             return None

@@ -20,12 +20,24 @@ from hasupd.files import atomic_write_text
 
 FILE_NAME = "units.json"
 _KEYS = ("disabled", "masked", "instances")
+# A unit name becomes file names: NAME.service (its cgroup), NAME.yaml, NAME.d, NAME.last (its timer
+# stamp), NAME.log.1; one name of a folder holds at most 255 bytes (names are ASCII: one byte each).
+MAX_UNIT_NAME = 255 - len(".service")
 
 
 def is_unit_name(text: str) -> bool:
     """Return whether ``text`` names a service: NAME, or NAME@INSTANCE (a template instance)."""
     base, at, instance = text.partition("@")
     return is_name(base) and (not at or is_name(instance))
+
+
+def unit_name_problem(text: str) -> str | None:
+    """Return why ``text`` cannot name a unit (shown with the name shortened), or None if it can."""
+    if len(text) > MAX_UNIT_NAME:
+        return f"{text[:40]}... ({len(text)} characters, longer than {MAX_UNIT_NAME})"
+    if not is_unit_name(text):
+        return text
+    return None
 
 
 class UnitFileState(StrEnum):
@@ -65,8 +77,8 @@ class UnitStates:
             raise UnreadableState(f"{path}: {error.strerror or error}") from None
         try:
             data = json.loads(raw)  # bytes that are not UTF-8 too (UnicodeDecodeError is a ValueError)
-        except ValueError as error:
-            raise UnreadableState(f"{path}: {error}") from None
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            raise UnreadableState(f"{path}: not JSON: {str(error)[:200]}") from None
         parts = {key: data.get(key, []) for key in _KEYS} if isinstance(data, dict) else {}
         if not parts or not all(
             isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()
@@ -74,7 +86,7 @@ class UnitStates:
             raise UnreadableState(f"{path}: not an object of lists of names ({', '.join(_KEYS)})")
         # A name hasupd would not write (hand-edited) is reported here, at the file it is in: as an
         # instance it would otherwise read as an error of the template's file, and hasupd not start.
-        bad = sorted({n for v in parts.values() for n in v if not is_unit_name(n)})
+        bad = sorted({p for v in parts.values() for n in v if (p := unit_name_problem(n)) is not None})
         bad += sorted(n for n in parts["instances"] if "@" not in n and is_unit_name(n))
         if bad:
             raise UnreadableState(f"{path}: not a service or template instance name: {', '.join(bad)}")

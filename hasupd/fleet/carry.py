@@ -69,7 +69,7 @@ def carried(state: object, config: FleetConfig, manager: Manager) -> Carried | N
             # the lease, and the first round owns it again and starts the service, same token.
         for service, (until, key) in dict(state.get("gave_up") or {}).items():
             out.gave_up[str(service)] = (float(until), str(key))
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # OverflowError: int(inf)
         return None
     if out.lease <= 0:
         return None

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
+import shutil
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -53,6 +55,8 @@ from hasupd.ports import SpawnError
 __all__ = ["CgroupScope", "Containment", "ProcessGroupScope", "ScopeImpl", "make_subreaper"]
 _SUFFIX = ".service"
 _MAX_ANCESTRY = 256  # deeper trees than this are not real services; the walk must end
+_MAX_RECORD = 256  # an invocation id is 32 hex digits; a longer record is damaged, not read whole
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- scopes
 
@@ -331,6 +335,7 @@ class Containment:
         self._records = runtime_dir / "scopes" if runtime_dir is not None else None
         self._owns_parent = owns_parent
         self._scopes: dict[str, ScopeImpl] = {}
+        self._damaged: set[Path] = set()  # damaged scope records already reported
 
     @classmethod
     def detect(
@@ -406,9 +411,7 @@ class Containment:
             scope = CgroupScope(self, unit_name, invocation_id, path)
         else:
             scope = ProcessGroupScope(self, unit_name, invocation_id)
-            if self._records is not None:
-                self._records.mkdir(parents=True, exist_ok=True)
-                (self._records / unit_name).write_text(invocation_id)
+            self._write_record(unit_name, invocation_id)
         self._scopes[unit_name] = scope
         return scope
 
@@ -419,13 +422,66 @@ class Containment:
         return None
 
     def recorded_invocation(self, unit_name: str) -> str | None:
-        """Return the INVOCATION_ID an earlier run recorded for ``unit_name`` (fallback mode), or None."""
+        """Return the INVOCATION_ID an earlier run recorded for ``unit_name`` (fallback mode), or None
+        (no record, or a damaged one: recorded once as a warning naming the file)."""
         if self._records is None:
             return None
+        return self._read_record(self._records / unit_name)
+
+    def _write_record(self, unit_name: str, invocation_id: str) -> None:
+        """Record the invocation id of ``unit_name``'s scope (fallback mode), replacing whatever is at
+        its place (a damaged record, a folder). Cannot: a warning, the start goes on; only a later
+        clean-up after a crash of hasupd then misses that scope's processes."""
+        if self._records is None:
+            return
+        path = self._records / unit_name
         try:
-            return (self._records / unit_name).read_text().strip() or None
-        except OSError:
+            self._records.mkdir(parents=True, exist_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            tmp = path.with_name(f".{unit_name}.tmp")
+            tmp.write_text(invocation_id)
+            tmp.replace(path)  # whole or not at all: a crash mid-write leaves no damaged record
+        except OSError as error:
+            log.warning(
+                "%s: cannot write the scope record of %s: %s; after a crash of hasupd its processes are "
+                "not found by their INVOCATION_ID",
+                path,
+                unit_name,
+                error.strerror or error,
+            )
+
+    def _read_record(self, path: Path) -> str | None:
+        """Return the invocation id in the scope record ``path``; None if there is none, or if it is
+        damaged (unreadable, not UTF-8, empty, not one printable word): then a warning says so, once."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_RECORD + 1)
+        except FileNotFoundError:
             return None
+        except OSError as error:
+            problem = error.strerror or str(error)
+        else:
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                problem = "not UTF-8"
+            else:
+                if len(raw) > _MAX_RECORD:
+                    problem = f"longer than {_MAX_RECORD} bytes"
+                elif not text or not text.isprintable() or len(text.split()) != 1:
+                    problem = "not an invocation id"
+                else:
+                    return text
+        if path not in self._damaged:
+            self._damaged.add(path)
+            log.warning(
+                "%s: damaged scope record (%s): the processes of that earlier start are not found by "
+                "their INVOCATION_ID",
+                path,
+                problem,
+            )
+        return None
 
     def adopt(self, unit_name: str, invocation_id: str, pid: int) -> ScopeImpl:
         """Return the scope of a start that an earlier hasupd (or this one before a re-exec) made, with
@@ -436,9 +492,7 @@ class Containment:
             scope = CgroupScope(self, unit_name, invocation_id, path)
         else:
             scope = ProcessGroupScope(self, unit_name, invocation_id)
-            if self._records is not None:
-                self._records.mkdir(parents=True, exist_ok=True)
-                (self._records / unit_name).write_text(invocation_id)
+            self._write_record(unit_name, invocation_id)
         scope.attach(pid)
         self._scopes[unit_name] = scope
         return scope
@@ -465,16 +519,29 @@ class Containment:
             return cleaned
         if self._records is None or not self._records.is_dir():
             return cleaned
-        stale = {
-            f"INVOCATION_ID={p.read_text().strip()}".encode(): p
-            for p in self._records.iterdir()
-            if p.name not in self._scopes and p.name not in keep
-        }
+        stale: dict[bytes, Path] = {}
+        damaged: list[Path] = []
+        for p in self._records.iterdir():
+            if p.name in self._scopes or p.name in keep:
+                continue
+            invocation = self._read_record(p)
+            if invocation is None:
+                damaged.append(p)  # recorded by _read_record; its processes cannot be told apart
+            else:
+                stale[f"INVOCATION_ID={invocation}".encode()] = p
         if stale:
             await kill_until_gone(lambda: pids_with_env(stale.keys()))
         for record in stale.values():
             record.unlink(missing_ok=True)
             cleaned.append(record.name)
+        for record in damaged:
+            try:
+                if record.is_dir() and not record.is_symlink():
+                    shutil.rmtree(record)
+                else:
+                    record.unlink(missing_ok=True)
+            except OSError as error:  # it stays, and is reported again at the next start
+                log.warning("%s: cannot remove a damaged scope record: %s", record, error.strerror)
         return sorted(cleaned)
 
     def close(self) -> None:

@@ -367,6 +367,9 @@ class ErrorGroups:
         try:
             await journalctl(args, self._reaper, self._on_journal_entry)
         except JournalctlError as error:  # journald gone for now; the cursor is kept
+            if "seek to cursor" in str(error) and any(a.startswith("--after-cursor=") for a in args):
+                # A saved cursor journalctl rejects (damaged): retried as it is, it would fail forever.
+                await self._guarded(self.store.forget_cursor, JOURNAL_KEY, f"journalctl: {error}")
             if self.journal_failure is None:
                 self._bus.publish(ev.ErrorGroupsFailed(error=f"reading the journal: {error}"))
             self.journal_failure = str(error)

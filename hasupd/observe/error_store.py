@@ -14,6 +14,7 @@ never wait for the writer. Times are wall-clock seconds. Old data goes after ``r
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections import deque
@@ -30,6 +31,8 @@ RETENTION_SEC = 90 * 86400
 SAMPLES_KEPT = 5
 HOUR = 3600
 RESTART_KEY = "restart:"
+MAX_CURSOR = 4096  # a journal cursor is ~100 characters; a longer one is damaged
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -186,9 +189,47 @@ class ErrorStore:
         return int(gone)
 
     def offset(self, unit: str) -> tuple[int, int, str | None] | None:
-        """Return (inode, position, journal cursor) saved for ``unit``, or None."""
+        """Return (inode, position, journal cursor) saved for ``unit``, or None if none is.
+
+        A damaged one (a negative or non-integer position or inode, a cursor that is not text) is
+        recorded as a warning and repaired to a safe start: position 0 of the file (an unknown inode:
+        -1, the current file), no cursor (the journal from when hasupd started). Counted twice rather
+        than lost.
+        """
         row = self._conn.execute("SELECT inode, pos, cursor FROM offsets WHERE unit = ?", (unit,)).fetchone()
-        return (int(row[0]), int(row[1]), row[2]) if row else None
+        if row is None:
+            return None
+        inode, pos, cursor = row
+        # sqlite3 returns int, float, str, bytes or None (never bool): exact types, no conversion.
+        good_inode = type(inode) is int
+        good_pos = type(pos) is int and pos >= 0
+        good_cursor = cursor is None or (isinstance(cursor, str) and 0 < len(cursor) <= MAX_CURSOR)
+        if good_inode and good_pos and good_cursor:
+            return inode, pos, cursor
+        repaired = (
+            inode if good_inode else -1,
+            pos if good_pos and good_inode else 0,
+            cursor if good_cursor else None,
+        )
+        self._forget(unit, f"inode {inode!r:.40}, position {pos!r:.40}, cursor {cursor!r:.80}", repaired)
+        return repaired
+
+    def forget_cursor(self, key: str, why: str) -> None:
+        """Forget the journal cursor saved under ``key`` (``why``: journalctl rejected it), recorded as
+        a warning."""
+        self._forget(key, why, None)
+
+    def _forget(self, unit: str, why: str, repaired: tuple[int, int, str | None] | None) -> None:
+        log.warning(
+            "%s: the saved read position of %s is damaged (%s); read again from a safe start",
+            self.path,
+            unit,
+            why,
+        )
+        with self._conn:
+            self._conn.execute("DELETE FROM offsets WHERE unit = ?", (unit,))
+            if repaired is not None:
+                self._conn.execute("INSERT INTO offsets VALUES (?, ?, ?, ?)", (unit, *repaired))
 
     def save_offset(self, unit: str, inode: int, pos: int, cursor: str | None = None) -> None:
         with self._conn:

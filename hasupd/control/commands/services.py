@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hasupd.config.unitstate import MAX_UNIT_NAME, unit_name_problem
 from hasupd.config.validate_process import process_settings
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
@@ -18,12 +19,25 @@ from hasupd.states import STOPPING_STATES, Health, ServiceState
 SETTLE_MARGIN_SEC = 5.0
 
 
+def refuse_invalid_names(names: list[str], *, too_long_only: bool = False) -> None:
+    """Raise CommandError (usage) naming each of ``names`` that cannot name a unit: longer than a
+    file name can be, or (unless ``too_long_only``) not a service or template instance name."""
+    bad = [
+        problem
+        for n in names
+        if (problem := unit_name_problem(n)) is not None and (not too_long_only or len(n) > MAX_UNIT_NAME)
+    ]
+    if bad:
+        raise CommandError(Exit.USAGE, "invalid service name: " + ", ".join(bad))
+
+
 def _names(ctx: Context, args: dict[str, Any], *, required: bool) -> list[str]:
     names = args.get("names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CommandError(Exit.USAGE, "'names' must be a list of service names")
     if required and not names:
         raise CommandError(Exit.USAGE, "name at least one service")
+    refuse_invalid_names(names, too_long_only=True)
     unknown = [n for n in names if n not in ctx.manager.services and n not in ctx.manager.units]
     if unknown:
         raise CommandError(Exit.NOT_FOUND, "no such service: " + ", ".join(unknown))
@@ -139,6 +153,7 @@ async def _rolling_restart(ctx: Context, args: dict[str, Any]) -> Any:
     names = args.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CommandError(Exit.USAGE, "--rolling needs service names")
+    refuse_invalid_names(names, too_long_only=True)
     unknown = [n for n in names if n not in ctx.manager.units]
     if unknown:
         raise CommandError(Exit.NOT_FOUND, "no such service: " + ", ".join(unknown))

@@ -23,21 +23,23 @@ from hasupd.config.layout import (
 from hasupd.config.load import SERVICES_DIR, read_document
 from hasupd.config.quantities import parse_signal
 from hasupd.config.unitstate import UnitStates, is_unit_name
-from hasupd.control.commands.services import service_status
+from hasupd.control.commands.services import refuse_invalid_names, service_status
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.service import Service
 from hasupd.states import ServiceState
 
 RELOAD_MARGIN_SEC = 5.0
-MAX_NAME = 255  # a service name becomes a file name (its drop-in folder, its timer stamp)
 MAX_RELOAD_OUTPUT = 2000  # characters of a failed reload_command's output kept in the answer
 
 
 def _one_name(args: dict[str, Any]) -> list[str]:
+    """Return the names of the request; raise CommandError (usage) if there is none, or one longer
+    than a unit name can be (it becomes file names: checked before anything is written)."""
     names = args.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise CommandError(Exit.USAGE, "name at least one service")
+    refuse_invalid_names(names, too_long_only=True)
     return names
 
 
@@ -117,9 +119,7 @@ async def disable(ctx: Context, args: dict[str, Any]) -> Any:
 async def mask(ctx: Context, args: dict[str, Any]) -> Any:
     """Mask services: nothing starts them until unmasked (a running one keeps running)."""
     names = _one_name(args)
-    bad = [n for n in names if not is_unit_name(n) or len(n) > MAX_NAME]
-    if bad:
-        raise CommandError(Exit.USAGE, "invalid service name: " + ", ".join(bad))
+    refuse_invalid_names(names)
     states = _states(ctx)
     states.masked.update(names)
     _save(states)
@@ -278,11 +278,16 @@ def _reloaded(service: Service) -> Callable[[], bool]:
 
 async def reload_service(ctx: Context, args: dict[str, Any]) -> Any:
     """A service's own reload: its reload_signal to the main process, or its reload_command. Answer
-    once the state is back from ``reloading``."""
-    units = []
+    once the state is back from ``reloading``.
+
+    Each unit reloads once however often it is named. A unit that is not running when its turn comes
+    (a reload someone else asked for is under way, or it stopped meanwhile) is not reloaded by this
+    request, and the answer says so (exit 1): its state is never taken for this request's result.
+    """
+    units: list[str] = []
     for name in _one_name(args):
         try:
-            units += ctx.manager.resolve(name)
+            units += [u for u in ctx.manager.resolve(name) if u not in units]
         except KeyError:
             raise CommandError(Exit.NOT_FOUND, f"no such service: {name}") from None
     services = [ctx.manager.services[u] for u in units]
@@ -291,22 +296,40 @@ async def reload_service(ctx: Context, args: dict[str, Any]) -> Any:
             raise CommandError(
                 Exit.FAILED, f"{service.name} cannot reload: it has no reload_signal or reload_command"
             )
+        if service.state is ServiceState.RELOADING:
+            raise CommandError(
+                Exit.FAILED, f"{service.name}: a reload is already under way; ask again once it is over"
+            )
         if service.state is not ServiceState.RUNNING:
             raise CommandError(Exit.NOT_FOUND, f"{service.name} is {service.state}: nothing to reload")
     failures = []
     for service in services:
-        config = service.config
-        if config.reload_signal is not None:
-            service.begin_reload(f"signal {config.reload_signal.name}")
-            bound = config.timeout_start_sec + RELOAD_MARGIN_SEC
-            await asyncio.wait_for(ctx.manager.wait_until(_reloaded(service)), bound)
-            if service.last_reload is not None and not service.last_reload[0]:
-                failures.append(f"{service.name}: {service.last_reload[1]}")
-        elif service.begin_reload("reload_command"):
-            ok, detail = await _run_reload_command(service)
-            service.end_reload(ok, detail)
-            if not ok:
-                failures.append(f"{service.name}: {detail}")
+        failure = await _reload_one(ctx, service)
+        if failure is not None:
+            failures.append(f"{service.name}: {failure}")
     if failures:
         raise CommandError(Exit.FAILED, "reload failed: " + "; ".join(failures))
     return [service_status(s) for s in services]
+
+
+async def _reload_one(ctx: Context, service: Service) -> str | None:
+    """Reload one service; return why it failed or was not done, or None when it reloaded."""
+    config = service.config
+    before = service.last_reload  # a new tuple when this reload ends: told apart by identity
+    how = f"signal {config.reload_signal.name}" if config.reload_signal is not None else "reload_command"
+    if not service.begin_reload(how):
+        # Its state changed since the request came: not ours to wait for, nor to report as done.
+        if service.state is ServiceState.RELOADING:
+            return "not reloaded: a reload was already under way"
+        return f"not reloaded: it is {service.state} now"
+    if config.reload_signal is None:
+        ok, detail = await _run_reload_command(service)
+        service.end_reload(ok, detail)
+    else:
+        bound = config.timeout_start_sec + RELOAD_MARGIN_SEC
+        await asyncio.wait_for(ctx.manager.wait_until(_reloaded(service)), bound)
+    outcome = service.last_reload
+    if outcome is None or outcome is before:
+        # It left reloading without ending the reload: it stopped or died meanwhile.
+        return f"the reload did not finish: it is {service.state} now"
+    return None if outcome[0] else outcome[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.schedule import Stamps, due, next_due, next_run, parse_cron, stable_offset
 
 
@@ -179,3 +180,21 @@ def test_a_stamp_that_is_not_utf8_counts_as_never(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\xff2025-01-01T00:00:00+00:00\n")
     assert stamps.get("job", "backup") is None
+
+
+def test_a_stamp_that_is_a_folder_counts_as_never(tmp_path: Path) -> None:
+    stamps = Stamps(tmp_path)
+    stamps.path("job", "backup").mkdir(parents=True)
+    assert stamps.get("job", "backup") is None
+
+
+@pytest.mark.parametrize("content", [b"\xff3/12\n", b"\xc2\xb2/12\n", b"1/" + b"1" * 5000, b"3/12\n"])
+def test_a_damaged_check_subset_starts_again_at_the_first(tmp_path: Path, content: bytes) -> None:
+    rotation = CheckRotation(tmp_path, "job", 12)
+    path = tmp_path / "backup" / "job" / "check-subset"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert rotation.current() == ("3/12" if content == b"3/12\n" else "1/12")
+    path.unlink()
+    path.mkdir()  # a folder where the file was
+    assert rotation.current() == "1/12"

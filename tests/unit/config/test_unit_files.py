@@ -149,6 +149,7 @@ def test_unit_states_round_trip_and_refuse_a_damaged_file(tmp_path: Path) -> Non
         '{"instances": ["app@"]}',
         '{"masked": ["a@b@c"]}',
         '{"disabled": ["../web"]}',
+        '{"instances": ["app@' + "x" * 300 + '"]}',  # longer than a file name can be
     ],
 )
 def test_a_hand_edited_name_is_reported_at_units_json(tmp_path: Path, entry: str) -> None:

@@ -16,7 +16,7 @@ from hasupd.config.fleet_timing import FENCE_MARGIN_SEC, election_allowance, rid
 from hasupd.config.issues import ConfigIssue
 from hasupd.config.model import Config, DaemonConfig, FleetConfig, ServiceConfig
 from hasupd.config.nodes import NAME_PATTERN, Ctx, Document, check_reference, child, is_name, name_items
-from hasupd.config.unitstate import is_unit_name
+from hasupd.config.unitstate import MAX_UNIT_NAME, is_unit_name
 from hasupd.config.validate_backups import validate_backup
 from hasupd.config.validate_daemon import validate_daemon
 from hasupd.config.validate_services import validate_service
@@ -27,6 +27,15 @@ __all__ = ["build_config"]
 def _check_file_name(ctx: Ctx, doc: Document, what: str) -> bool:
     """Report a file whose name (without .yaml) is not a valid name; return whether it is valid (a
     service may be a template instance, NAME@INSTANCE)."""
+    if what == "service" and len(doc.name) > MAX_UNIT_NAME:
+        # Its cgroup and state folders are named NAME.service: one file name holds 255 bytes.
+        ctx.error(
+            None,
+            "",
+            f"service name too long: {len(doc.name)} characters (the file name without .yaml), "
+            f"at most {MAX_UNIT_NAME}",
+        )
+        return False
     if is_name(doc.name) or (what == "service" and is_unit_name(doc.name)):
         return True
     ctx.error(

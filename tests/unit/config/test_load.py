@@ -827,3 +827,19 @@ def test_a_plain_service_with_a_string_command(tmp_path: Path) -> None:
     config = load_config(tmp_path)
     assert config.services[1].command == ("sh", "-c", "sleep 1")
     assert config.services[0].command == ("true",)
+
+
+def test_a_service_name_longer_than_its_folders_can_be_named_is_refused(tmp_path: Path) -> None:
+    # NAME.service names its cgroup and state folders: 247 characters fit a file name, 248 do not.
+    fits, too_long = "a" * 247, "b" * 248
+    write(
+        tmp_path,
+        {
+            f"services.d/{fits}.yaml": "command: [/bin/true]",
+            f"services.d/{too_long}.yaml": "command: [/bin/true]",
+        },
+    )
+    assert issues(tmp_path) == [
+        f"services.d/{too_long}.yaml:1:1: service name too long: 248 characters "
+        "(the file name without .yaml), at most 247"
+    ]

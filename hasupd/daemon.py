@@ -117,7 +117,9 @@ class Daemon:
             record_note = "restored"
         except state_record.UnreadableRecord as error:
             body = None
-            record_note = f"unreadable ({error}); adopted what runs instead" if reexec_path else "none"
+            # No record (a clean stop removed it) is "none"; one that is there but damaged says so.
+            present = reexec_path is not None or os.path.lexists(record_path)
+            record_note = f"unreadable ({error}); adopted what runs instead" if present else "none"
         graph = await build(
             config,
             self.bus,
@@ -354,6 +356,11 @@ class Daemon:
             f"adopted {len(restored.adopted)} running unit(s)"
             + (f", restarted {len(restored.restarted)} whose config changed" if restored.restarted else "")
             + (f", {len(restored.lost)} recorded as running were gone" if restored.lost else "")
+            + (
+                f"; its state record was {restored.record}"
+                if restored.record.startswith("unreadable")
+                else ""
+            )
         )
         reason = f"hasupd (pid {previous or 'unknown'}) did not stop cleanly: killed, crashed or aborted"
         self.bus.publish(ev.IncidentOpened(reason=reason, incident=incident))

@@ -67,7 +67,10 @@ def read(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as e:
         raise UnreadableRecord(f"{path}: {e.strerror}") from None
-    return decode(data)
+    try:
+        return decode(data)
+    except UnreadableRecord as e:
+        raise UnreadableRecord(f"{path}: {e}") from None
 
 
 def write(path: Path, body: dict[str, Any]) -> None:

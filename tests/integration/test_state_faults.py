@@ -53,10 +53,11 @@ SAMPLES: dict[str, object] = {
     "state/errors.sqlite": None,  # a database
     "run/state.record": {"units": {"app": {"main_pid": 1, "state": "running"}}, "pid": 1},
 }
-# The files whose damage is named in a record (the alert spool's by their names in its folder). The
-# state record's is not (hasupd.daemon says "none", as for no record); the known-good config's is named
-# only when it is read (when the service has run stably); the running marker's is a daemon.crashed.
+# The files whose damage is named in a record (the alert spool's by their names in its folder; the
+# state record's in the daemon.crashed that the damaged running marker gives); the known-good config's is
+# named only when it is read (when the service has run stably).
 NAMED = [
+    "run/state.record",
     "state/alerts/0000000001-aaaa.json",
     "state/alerts/dropped.json",
     "state/silences.json",

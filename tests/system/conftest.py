@@ -1,16 +1,21 @@
 """The installed Debian package under a real systemd: fixtures.
 
-`deb` builds the package with packaging/build-deb (lintian included). `rootfs` builds a Debian root
-filesystem of the host's release with mmdebstrap, cached as a tarball. `machine` imports it into a
-private podman store, boots it with systemd as PID 1, and installs the package with apt-get, so that
-its dependencies resolve from the Debian archive.
+`deb` builds the package with packaging/build-deb (lintian included) for the release that is booted:
+on the host when that is the host's release, else inside a container of that release (a .deb is built
+on the release it installs on: its C extension is compiled for that release's Python versions).
+`rootfs` builds a Debian root filesystem of that release with mmdebstrap, cached as a tarball.
+`machine` imports it into a private podman store, boots it with systemd as PID 1, and installs the
+package with apt-get, so that its dependencies resolve from the Debian archive.
 
 A missing tool fails the test with the reason; HASUPD_TEST_NO_SYSTEM=1 turns that into a skip.
 
 Environment:
   HASUPD_SYSTEST_CACHE    where root filesystem tarballs and downloaded .debs are kept
                           (default /var/cache/hasupd-systest)
-  HASUPD_SYSTEST_RELEASE  the Debian release to boot (default: the host's VERSION_CODENAME)
+  HASUPD_SYSTEST_RELEASE  the Debian release to build the .deb on and boot (default: the host's
+                          VERSION_CODENAME); e.g. `trixie` on a Debian 12 host builds the .deb in a
+                          Debian 13 build container (its root filesystem has the Build-Depends of
+                          packaging/debian/control, lintian and git) and boots Debian 13
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import TypeVar
 
 import pytest
 
+from tests.support.gitclone import clone
+
 REPO = Path(__file__).resolve().parents[2]
 OPT_OUT = "HASUPD_TEST_NO_SYSTEM"
 CACHE_ENV = "HASUPD_SYSTEST_CACHE"
@@ -40,6 +47,8 @@ RELEASE_ENV = "HASUPD_SYSTEST_RELEASE"
 # What the booted system needs beyond minbase; hasupd's own dependencies are left out on purpose:
 # apt-get resolves them from the archive when the .deb is installed.
 ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3")
+# What packaging/build-deb needs beyond packaging/debian/control's Build-Depends, in a build container.
+BUILD_TOOLS = ("build-essential", "dpkg-dev", "git", "lintian")
 # A cached root filesystem older than this is rebuilt, so that it does not drift far from the
 # archive that apt-get installs the dependencies from.
 ROOTFS_MAX_AGE_SEC = 14 * 24 * 3600
@@ -95,8 +104,34 @@ def os_release() -> dict[str, str]:
     return fields
 
 
+def host_release() -> str:
+    return os_release().get("VERSION_CODENAME", "")
+
+
 def release() -> str:
-    return os.environ.get(RELEASE_ENV) or os_release().get("VERSION_CODENAME", "")
+    return os.environ.get(RELEASE_ENV) or host_release()
+
+
+def build_depends() -> tuple[str, ...]:
+    """The package names of packaging/debian/control's Build-Depends (versions and the debhelper-compat
+    virtual package resolved to what mmdebstrap --include takes)."""
+    control = (REPO / "packaging" / "debian" / "control").read_text()
+    field = ""
+    collecting = False
+    for line in control.splitlines():
+        if line.startswith("Build-Depends:"):
+            collecting = True
+            field += line.partition(":")[2]
+        elif collecting and line[:1] in {" ", "\t"}:
+            field += line
+        else:
+            collecting = False
+    names = []
+    for item in field.split(","):
+        name = item.split("|")[0].split("(")[0].split("[")[0].strip()
+        if name:
+            names.append("debhelper" if name == "debhelper-compat" else name)
+    return tuple(names)
 
 
 def cache_dir() -> Path:
@@ -134,56 +169,34 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The hasupd .deb built from this tree by packaging/build-deb (which fails on lintian errors)."""
+def require_root() -> None:
     require(os.geteuid() == 0, "the system tests need root (podman, mmdebstrap, apt inside the container)")
-    require_tools(
-        "git",
-        "dpkg-buildpackage",
-        "dh",
-        "lintian",
-        hint="apt-get install git build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject "
-        "python3-all python3-all-dev python3-setuptools lintian",
-    )
-    out = tmp_path_factory.mktemp("deb")
-    proc = run([str(REPO / "packaging" / "build-deb"), str(out)], timeout=600)
-    print(proc.stdout, proc.stderr)
-    debs = sorted(out.glob("hasupd_*.deb"))
-    assert len(debs) == 1, f"expected one .deb in {out}, found {debs}"
-    return debs[0]
 
 
-@pytest.fixture(scope="session")
-def rootfs() -> Path:
-    """A minbase Debian root filesystem tarball with systemd as init, cached by release and recipe."""
-    require(os.geteuid() == 0, "the system tests need root (podman, mmdebstrap, apt inside the container)")
+def debian_rootfs(codename: str, packages: tuple[str, ...], kind: str) -> Path:
+    """Return a minbase root filesystem tarball of `codename` with `packages`, built by mmdebstrap and
+    cached by release and recipe (`kind` names it: rootfs, buildfs)."""
     require_tools("mmdebstrap", hint="apt-get install mmdebstrap")
-    codename = release()
-    require(
-        bool(codename),
-        f"cannot tell the Debian release: no VERSION_CODENAME in /etc/os-release, set {RELEASE_ENV}",
-    )
     sources = host_apt_sources(codename)
     recipe = {
         "release": codename,
         "variant": "minbase",
-        "include": ROOTFS_PACKAGES,
+        "include": packages,
         "sources": sources.read_text() if sources else None,
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     cache = cache_dir()
-    tarball = cache / f"rootfs-{codename}-{key}.tar"
+    tarball = cache / f"{kind}-{codename}-{key}.tar"
     with locked(cache / ".lock"):
         if tarball.exists() and time.time() - tarball.stat().st_mtime < ROOTFS_MAX_AGE_SEC:
             return tarball
-        for old in cache.glob(f"rootfs-{codename}-*.tar"):
+        for old in cache.glob(f"{kind}-{codename}-*.tar"):
             old.unlink()
         partial = tarball.with_suffix(".partial.tar")
         argv = [
             "mmdebstrap",
             "--variant=minbase",
-            f"--include={','.join(ROOTFS_PACKAGES)}",
+            f"--include={','.join(packages)}",
             codename,
             str(partial),
         ]
@@ -192,6 +205,79 @@ def rootfs() -> Path:
         run(argv, timeout=1200)
         partial.rename(tarball)
     return tarball
+
+
+def require_release() -> str:
+    codename = release()
+    require(
+        bool(codename),
+        f"cannot tell the Debian release: no VERSION_CODENAME in /etc/os-release, set {RELEASE_ENV}",
+    )
+    return codename
+
+
+BUILD_HINT = (
+    "apt-get install git build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject "
+    "python3-all python3-all-dev python3-setuptools lintian"
+)
+
+
+def build_deb(src: Path, out: Path, podman: Podman) -> Path:
+    """Run `src`/packaging/build-deb OUT (lintian included) on the release that `rootfs` boots and
+    return the one .deb it leaves in `out`. A .deb is built on the release it installs on (its C
+    extension is compiled for that release's Python versions): on the host when the host runs that
+    release, else in a container of it whose root filesystem has packaging/debian/control's
+    Build-Depends (imported once into `podman`'s store), with no network. `src` must be a git tree
+    (packaging/build-deb copies the files git knows about)."""
+    require_root()
+    codename = require_release()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if codename == host_release():
+        require_tools("git", "dpkg-buildpackage", "dh", "lintian", hint=BUILD_HINT)
+        proc = run([str(src / "packaging" / "build-deb"), str(out)], timeout=900)
+    else:
+        proc = podman(
+            "run",
+            "--rm",
+            "--network=none",
+            "--volume",
+            f"{src}:/src",
+            "--volume",
+            f"{out}:/out",
+            podman.build_image(codename),
+            "/src/packaging/build-deb",
+            "/out",
+            timeout=1800,
+        )
+    print(
+        f"packaging/build-deb on {codename}: {time.monotonic() - started:.0f} s\n", proc.stdout, proc.stderr
+    )
+    debs = sorted(out.glob("hasupd_*.deb"))
+    assert len(debs) == 1, f"expected one .deb in {out}, found {debs}"
+    return debs[0]
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory, podman: Podman) -> Path:
+    """The hasupd .deb built from this tree by packaging/build-deb (which fails on lintian errors), on
+    the release that `rootfs` boots (see build_deb)."""
+    require_root()
+    src = REPO
+    if require_release() != host_release():
+        # The build container sees only what is mounted: a clone of this tree with its changes
+        # (REPO may be a git worktree whose git directory lies elsewhere).
+        require_tools("git", hint="apt-get install git")
+        src = tmp_path_factory.mktemp("build-src") / "hasupd"
+        clone(REPO, src, with_changes=True)
+    return build_deb(src, tmp_path_factory.mktemp("deb"), podman)
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    """A minbase Debian root filesystem tarball with systemd as init, cached by release and recipe."""
+    require_root()
+    return debian_rootfs(require_release(), ROOTFS_PACKAGES, "rootfs")
 
 
 class Podman:
@@ -212,11 +298,21 @@ class Podman:
             "--tmpdir",
             str(base / "tmp"),
         ]
+        self.build_images: dict[str, str] = {}
 
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return run([*self.argv, *args], timeout=timeout, check=check, env=self.env)
+
+    def build_image(self, codename: str) -> str:
+        """Return the name of a build image of `codename` in this store, importing it the first time."""
+        if codename not in self.build_images:
+            buildfs = debian_rootfs(codename, (*build_depends(), *BUILD_TOOLS), "buildfs")
+            image = f"localhost/hasupd-systest-build:{buildfs.stem}"
+            self("import", str(buildfs), image, timeout=600)
+            self.build_images[codename] = image
+        return self.build_images[codename]
 
     def remove_store(self) -> None:
         """Delete the private store, unless podman left something mounted in it."""
@@ -290,7 +386,7 @@ class Machine:
 
 @pytest.fixture(scope="session")
 def podman() -> Iterator[Podman]:
-    require(os.geteuid() == 0, "the system tests need root (podman, mmdebstrap, apt inside the container)")
+    require_root()
     require_tools("podman", "runc", hint="apt-get install podman runc")
     base = Path(tempfile.mkdtemp(prefix="hasupd-systest-podman."))
     pm = Podman(base)

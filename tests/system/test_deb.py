@@ -115,6 +115,28 @@ def test_installed_service_runs_on_debian_python(machine: Machine) -> None:
 
 
 @pytest.mark.system
+def test_installed_hasupd_spawns_through_its_c_extension(machine: Machine) -> None:
+    """The package's C extension is built for the booted release's Python and loads there: the
+    daemon.started record of the running hasupd names the clone3(CLONE_INTO_CGROUP) spawn path, not
+    the subprocess fallback (which is what a .deb built on another release would silently give)."""
+    version = machine.exec("python3", "-c", "import sys; print('%d%d' % sys.version_info[:2])").stdout.strip()
+    built = machine.exec("dpkg", "-L", "hasupd").stdout.split()
+    extensions = [path for path in built if "/hasupd/host/_spawn.cpython-" in path]
+    assert any(f"_spawn.cpython-{version}-" in path for path in extensions), (
+        f"no extension for python {version}: {extensions}"
+    )
+    ensure_sleeper(machine)
+    out = machine.exec(
+        "journalctl", "--no-pager", "-u", "hasupd", "HASUPD_EVENT=daemon.started", "-o", "json"
+    ).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert records, f"no HASUPD_EVENT=daemon.started record\n{machine.journal()}"
+    spawn = records[-1].get("HASUPD_SPAWN", "")
+    print(f"python {version}: {extensions}; spawn: {spawn}")
+    assert spawn.startswith("clone3(CLONE_INTO_CGROUP),"), f"spawn path: {spawn!r}\n{machine.journal()}"
+
+
+@pytest.mark.system
 def test_reload_starts_a_new_service(machine: Machine) -> None:
     """A service file dropped into services.d runs within 10 s of `systemctl reload hasupd`."""
     machine.exec("rm", "-f", SLEEPER)

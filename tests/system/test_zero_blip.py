@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import REPO, Machine, run
+from tests.system.conftest import REPO, Machine, build_deb, run
 
 ECHO = "/usr/local/bin/blip-echo"
 CLIENT = "/usr/local/bin/blip-client"
@@ -234,9 +234,9 @@ def test_watchdog_kill_of_a_stopped_hasupd_keeps_services(services: Machine) -> 
         machine.exec("systemctl", "daemon-reload")
 
 
-def bumped_deb(tmp_path: Path, version: str, commit: str | None = None) -> Path:
+def bumped_deb(machine: Machine, tmp_path: Path, version: str, commit: str | None = None) -> Path:
     """Build the package from a copy of this tree (or of ``commit``) with ``version`` (changelog,
-    pyproject, __version__)."""
+    pyproject, __version__), on the release that ``machine`` runs."""
     tree = tmp_path / "src"
     tree.mkdir(parents=True)
     if commit is not None:
@@ -269,16 +269,15 @@ def bumped_deb(tmp_path: Path, version: str, commit: str | None = None) -> Path:
         text, count = re.subn(pattern, f'{key} = "{version}"', path.read_text(), count=1, flags=re.M)
         assert count == 1, f"no version line in {name}"
         path.write_text(text)
-    out = tmp_path / "out"
-    run([str(tree / "packaging" / "build-deb"), str(out)], timeout=900)
-    (deb,) = out.glob(f"hasupd_{version}-1_*.deb")
+    deb = build_deb(tree, tmp_path / "out", machine.podman)
+    assert deb.name.startswith(f"hasupd_{version}-1_"), deb
     return deb
 
 
 @pytest.mark.system
 def test_package_upgrade_reexecs_without_a_blip(services: Machine, tmp_path: Path) -> None:
     machine = services
-    deb = bumped_deb(tmp_path, "99.0.0")
+    deb = bumped_deb(machine, tmp_path, "99.0.0")
     machine.podman("cp", str(deb), f"{machine.name}:/tmp/{deb.name}")
     machine.wait_for("hasupd answers", lambda: answers(machine), timeout=30)
     pids = machine.wait_for("both services run", lambda: all_running(machine), timeout=20)
@@ -380,8 +379,8 @@ def test_upgrade_from_a_version_without_reexec_restarts_once(services: Machine, 
         ],
         timeout=60,
     ).stdout.split()[-1]
-    old = bumped_deb(tmp_path / "old", "100.0.0", commit=f"{first}^")
-    new = bumped_deb(tmp_path / "new", "100.0.1")
+    old = bumped_deb(machine, tmp_path / "old", "100.0.0", commit=f"{first}^")
+    new = bumped_deb(machine, tmp_path / "new", "100.0.1")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     for deb in (old, new):
         machine.podman("cp", str(deb), f"{machine.name}:/tmp/{deb.name}")

@@ -80,13 +80,18 @@ def capture(
     reason: str,
     start_times: dict[int, int | None] | None = None,
     fleet: dict[str, Any] | None = None,
+    *,
+    digests: dict[str, tuple[ServiceConfig, str]] | None = None,
 ) -> dict[str, Any]:
     """Return the record body for the current state of ``manager``'s service units (no fds), with
     ``fleet``: this host's fleet membership (``FleetNode.hand_over()``), carried on by the next image.
 
     ``start_times`` caches main pid -> start time between calls (a main pid's start time never changes
-    while it is supervised, so only new pids cost a /proc read); pids no longer main are dropped."""
+    while it is supervised, so only new pids cost a /proc read); pids no longer main are dropped.
+    ``digests`` caches unit -> (config, its config_digest) likewise (a config's repr costs ~50 us, and
+    the record is rewritten after every state change: 25 ms a time at 500 services without it)."""
     cache: dict[int, int | None] = start_times if start_times is not None else {}
+    digest_of: dict[str, tuple[ServiceConfig, str]] = digests if digests is not None else {}
     mains: set[int] = set()
     units: dict[str, Any] = {}
     for names in manager.units.values():
@@ -94,7 +99,10 @@ def capture(
             service = manager.services[unit]
             snap = service.snapshot()
             pid = snap["main_pid"]
-            snap["config"] = config_digest(service.config)
+            known = digest_of.get(unit)
+            if known is None or known[0] is not service.config:
+                known = digest_of[unit] = (service.config, config_digest(service.config))
+            snap["config"] = known[1]
             if isinstance(pid, int):
                 mains.add(pid)
                 if pid not in cache:
@@ -107,6 +115,8 @@ def capture(
             units[unit] = snap
     for gone in cache.keys() - mains:
         del cache[gone]
+    for gone_unit in digest_of.keys() - units.keys():
+        del digest_of[gone_unit]
     return {
         "hasupd_version": __version__,
         "pid": os.getpid(),
@@ -184,6 +194,7 @@ class RecordKeeper:
         self._loop = asyncio.get_running_loop()
         self._pending = False
         self._start_times: dict[int, int | None] = {}
+        self._digests: dict[str, tuple[ServiceConfig, str]] = {}
         self.writes = 0
         self.error: str | None = None
         self.fleet: Callable[[], dict[str, Any] | None] | None = None  # the membership, once in a fleet
@@ -199,7 +210,12 @@ class RecordKeeper:
         self._pending = False
         try:
             fleet = self.fleet() if self.fleet is not None else None
-            write(self.path, capture(self._manager, self._programs, "current", self._start_times, fleet))
+            write(
+                self.path,
+                capture(
+                    self._manager, self._programs, "current", self._start_times, fleet, digests=self._digests
+                ),
+            )
         except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
             self.error = f"{self.path}: {e.strerror}"
             return

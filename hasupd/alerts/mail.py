@@ -31,12 +31,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
-
-import aiosmtplib
+from typing import TYPE_CHECKING, Protocol
 
 from hasupd.alerts.spool import SpoolEntry
 from hasupd.config.model import SmtpConfig, TlsMode
+
+if TYPE_CHECKING:
+    # Imported where a mail is first sent (SmtpMailer.session): a config without an email channel
+    # never loads aiosmtplib.
+    import aiosmtplib
 
 _POLICY = email.policy.SMTP
 QUIT_TIMEOUT_SEC = 5.0
@@ -112,6 +115,8 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _describe(error: BaseException) -> str:
+    import aiosmtplib  # noqa: PLC0415  (see TYPE_CHECKING above)
+
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return f"{error.code} {error.message}".strip()
     if isinstance(error, OSError) and error.strerror:
@@ -125,6 +130,8 @@ class _Session:
         self._bound = bound
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> Accepted:
+        import aiosmtplib  # noqa: PLC0415  (imported already by SmtpMailer.session)
+
         refused: dict[str, str] = {}
         try:
             async with asyncio.timeout(self._bound * (2 + len(recipients))):
@@ -156,6 +163,8 @@ class _Session:
         return Accepted(response=f"{response.code} {response.message}".strip(), refused=refused)
 
     async def _reset(self) -> None:
+        import aiosmtplib  # noqa: PLC0415
+
         try:
             async with asyncio.timeout(self._bound):
                 await self._client.rset()
@@ -183,6 +192,8 @@ class SmtpMailer:
     @asynccontextmanager
     async def session(self, smtp: SmtpConfig) -> AsyncIterator[MailSession]:
         """Connect (and log in); yield a session; QUIT at the end. Raise DeliveryError(session=True)."""
+        import aiosmtplib  # noqa: PLC0415  (see TYPE_CHECKING above)
+
         where = f"{smtp.host}:{smtp.port}"
         password = None
         try:

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
-import email.utils
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,7 +38,6 @@ if TYPE_CHECKING:
     # never loads aiosmtplib.
     import aiosmtplib
 
-_POLICY = email.policy.SMTP
 QUIT_TIMEOUT_SEC = 5.0
 
 
@@ -80,7 +76,12 @@ class Mailer(Protocol):
 def render(entry: SpoolEntry, dropped: int = 0) -> bytes:
     """Return the RFC 5322 message of ``entry`` (7-bit clean), with a note about ``dropped`` older
     alerts at the top of the body when there were any."""
-    msg = EmailMessage(policy=_POLICY)
+    # Here: the email package (~0.5 MB) is loaded with the first alert, not with every hasupd.
+    import email.policy  # noqa: PLC0415
+    import email.utils  # noqa: PLC0415
+    from email.message import EmailMessage  # noqa: PLC0415
+
+    msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = entry.sender
     msg["To"] = ", ".join(entry.to or entry.recipients)
     msg["Subject"] = entry.subject

@@ -26,7 +26,6 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -429,6 +428,8 @@ class Alerts:
     ) -> SpoolEntry:
         now = time.time()
         first = self._alerted.get((channel.name, incident), "") if incident else ""
+        from email.utils import make_msgid  # noqa: PLC0415  (the email package: with the first alert)
+
         message_id = make_msgid(idstring=incident or kind, domain=self.host)
         if incident and not first and (channel.name, incident) in self._alerted:
             self._alerted[(channel.name, incident)] = message_id  # later ones reply to this one

@@ -78,7 +78,8 @@ class LogFile:
     """
 
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
-        self.path = path
+        # A str, a Path on demand: one per service, and a Path keeps its parts parsed (~600 bytes).
+        self._path = str(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.users = 0
@@ -87,6 +88,10 @@ class LogFile:
         self._splice = True
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     def _open(self) -> int:
         # No O_APPEND: splice refuses files opened for appending; we are the only writer.
@@ -259,7 +264,7 @@ class LogFiles:
         self._journal_dir = journal_socket_dir
         self._max_bytes = max_bytes
         self._keep = keep
-        self._logs: dict[Path, LogFile] = {}
+        self._logs: dict[str, LogFile] = {}  # by path
         self._drains: set[Drain] = set()
         self.on_output: Callable[[str], None] | None = None  # told the unit whose log file grew
 
@@ -309,14 +314,14 @@ class LogFiles:
 
     def _acquire(self, unit: str) -> LogFile:
         path = self.log_dir / f"{unit}.log"
-        log = self._logs.get(path)
+        log = self._logs.get(str(path))
         if log is None:
             try:
                 self.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
                 log = LogFile(path, self._max_bytes, self._keep)
             except OSError as e:
                 raise SpawnError(f"cannot open the log file {path}: {e.strerror}") from e
-            self._logs[path] = log
+            self._logs[str(path)] = log
         log.users += 1
         return log
 
@@ -325,7 +330,7 @@ class LogFiles:
         log.users -= 1
         if log.users <= 0:
             log.close()
-            self._logs.pop(log.path, None)
+            self._logs.pop(str(log.path), None)
         self._drains = {d for d in self._drains if not d.closed}
 
     def close(self) -> None:

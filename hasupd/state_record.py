@@ -69,16 +69,19 @@ def read(path: Path) -> dict[str, Any]:
     return decode(data)
 
 
-def write(path: Path, body: dict[str, Any]) -> None:
+def write(path: Path, body: dict[str, Any]) -> int:
     """Replace ``path`` atomically (rename): a reader sees the old record or the new one, never half.
-    Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs)."""
+    Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs).
+    Return the size of the record."""
     tmp = path.with_name(f".{path.name}.tmp")
+    data = encode(body)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, encode(body))
+        os.write(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    return len(data)
 
 
 def write_marker(state_dir: Path) -> int | None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from hasupd import events as ev
 from hasupd.backup.kinds import JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
-from hasupd.backup.schedule import next_due, schedule_period, stable_offset
 from hasupd.config.diff import Changes
 from hasupd.config.model import BackupJobConfig, Config, ServiceConfig, StartLimit
 from hasupd.ports import ExitStatus, SpawnSpec
@@ -130,6 +129,8 @@ class JobRunner:
     def next_runs(self, now: datetime) -> dict[Kind, datetime]:
         """Return when each kind of work is next due: the slot after its last success or attempt
         (a failed attempt is retried by the unit's restart policy, then waits for the next slot)."""
+        from hasupd.backup.schedule import next_due, stable_offset  # noqa: PLC0415  (with a job only)
+
         offset = stable_offset(self.job.config.name, self.job.config.randomized_delay_sec)
         out = {}
         for kind, expr in self.schedules().items():
@@ -330,6 +331,8 @@ class BackupUnits:
         if runner._restorable_timer is not None:
             runner._restorable_timer.cancel()
         now = datetime.now(UTC)
+        from hasupd.backup.schedule import schedule_period  # noqa: PLC0415  (with a job only)
+
         allowed = 2 * schedule_period(drill.schedule, now)
         job = runner.job.config.name
         since = runner.job.restorable_as_of()

@@ -22,7 +22,7 @@ from hasupd import __version__
 from hasupd import events as ev
 from hasupd.alerts.policy import Alerts
 from hasupd.alerts.rules import Rules
-from hasupd.backup.jobs import Kind
+from hasupd.backup.kinds import Kind
 from hasupd.backup.units import BackupSetup, BackupUnits, setup_backups
 from hasupd.config.model import DEFAULT_RUNTIME_DIR, Config, LogFormat, LogTarget
 from hasupd.host.containment import Containment

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hasupd import __version__, handover, state_record
 from hasupd import events as ev
@@ -27,13 +28,14 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
-from hasupd.fleet.controller import Fleet, build_fleet
-from hasupd.fleet.node import CRASH_RESTART, REEXEC
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
 from hasupd.runtimes.container import ContainerSpawner
 from hasupd.timers import Timers
+
+if TYPE_CHECKING:
+    from hasupd.fleet.controller import Fleet
 
 
 @dataclass(frozen=True)
@@ -149,13 +151,18 @@ class Daemon:
         # Placed services start only while this host owns them (nothing without fleet:). Built before
         # the loop runs anything else: the carried ones get their token back before any restart, and
         # the placed ones nobody handed over stop at once.
-        fleet = build_fleet(
-            config.daemon.fleet,
-            manager,
-            self.bus.publish,
-            handed_over=body.get("fleet") if body is not None else None,
-            how=REEXEC if reexec_path else CRASH_RESTART,
-        )
+        fleet: Fleet | None = None
+        if config.daemon.fleet is not None:  # the fleet stack (etcd client, http.client) only with fleet:
+            from hasupd.fleet.controller import build_fleet  # noqa: PLC0415
+            from hasupd.fleet.node import CRASH_RESTART, REEXEC  # noqa: PLC0415
+
+            fleet = build_fleet(
+                config.daemon.fleet,
+                manager,
+                self.bus.publish,
+                handed_over=body.get("fleet") if body is not None else None,
+                how=REEXEC if reexec_path else CRASH_RESTART,
+            )
         keeper = handover.RecordKeeper(
             runtime_dir / state_record.RECORD_NAME, manager, graph.programs, self.bus
         )

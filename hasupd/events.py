@@ -3,6 +3,9 @@
 Every record hasupd writes is one of these classes: the event name and its tags are fixed in code, not
 chosen at the call site. ``tags()`` gives the fields that become journald fields (``HASUPD_<TAG>``) and
 JSON keys; ``message()`` is the human sentence.
+
+Events compare by identity (``eq=False``): nothing compares two records by value, and the generated
+``__eq__`` and ``__hash__`` of 85 classes cost ~0.25 MB of every hasupd's memory.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Event:
     NAME: ClassVar[str] = "event"
     LEVEL: ClassVar[int] = logging.INFO
@@ -50,7 +53,7 @@ class Event:
 # --------------------------------------------------------------------------- daemon
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonStarted(Event):
     NAME = "daemon.started"
     version: str
@@ -64,7 +67,7 @@ class DaemonStarted(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonReady(Event):
     NAME = "daemon.ready"
     services: int
@@ -73,7 +76,7 @@ class DaemonReady(Event):
         return f"hasupd ready, supervising {self.services} service(s)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonStopping(Event):
     NAME = "daemon.stopping"
     reason: str
@@ -82,7 +85,7 @@ class DaemonStopping(Event):
         return f"hasupd stopping: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonStopped(Event):
     NAME = "daemon.stopped"
 
@@ -90,7 +93,7 @@ class DaemonStopped(Event):
         return "hasupd stopped; every service is down"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonReexec(Event):
     """hasupd replaced its own image (same pid): services kept running, unsupervised for a while."""
 
@@ -111,7 +114,7 @@ class DaemonReexec(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonReexecFailed(Event):
     NAME = "daemon.reexec_failed"
     LEVEL = logging.ERROR
@@ -121,7 +124,7 @@ class DaemonReexecFailed(Event):
         return f"hasupd could not re-execute itself and keeps running as it was: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DaemonCrashed(Event):
     """Found on start: the previous hasupd did not stop cleanly (killed, crashed, watchdog abort)."""
 
@@ -134,7 +137,7 @@ class DaemonCrashed(Event):
         return f"hasupd did not stop cleanly last time (pid {self.previous_pid}): {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceAdopted(Event):
     """A running unit taken over from an earlier hasupd (re-exec fallback or crash)."""
 
@@ -148,7 +151,7 @@ class ServiceAdopted(Event):
         return f"{self.service} adopted, pid {self.pid} (found by {self.how}){tail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class WatchdogLate(Event):
     NAME = "daemon.loop_stalled"
     LEVEL = logging.WARNING
@@ -158,7 +161,7 @@ class WatchdogLate(Event):
         return f"event loop answered {self.lag_sec:.3f}s late; systemd watchdog ping withheld"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ConfigInvalid(Event):
     NAME = "config.invalid"
     LEVEL = logging.ERROR
@@ -170,7 +173,7 @@ class ConfigInvalid(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ConfigApplied(Event):
     NAME = "config.applied"
     added: tuple[str, ...] = ()
@@ -202,7 +205,7 @@ class ConfigApplied(Event):
 # --------------------------------------------------------------------------- services
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStateChanged(Event):
     NAME = "service.state"
     LEVEL = logging.DEBUG
@@ -214,7 +217,7 @@ class ServiceStateChanged(Event):
         return f"{self.service}: {self.old} -> {self.new} (result {self.result})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStable(Event):
     """A run lasted long enough to count as stable: backoff reset; its config is known to work."""
 
@@ -226,7 +229,7 @@ class ServiceStable(Event):
         return f"{self.service} runs stably (pid {self.pid})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStarted(Event):
     NAME = "service.started"
     pid: int
@@ -237,7 +240,7 @@ class ServiceStarted(Event):
         return f"{self.service} started, pid {self.pid}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceSpawnFailed(Event):
     NAME = "service.spawn_failed"
     LEVEL = logging.ERROR
@@ -248,7 +251,7 @@ class ServiceSpawnFailed(Event):
         return f"{self.service} could not be started: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceExited(Event):
     NAME = "service.exited"
     pid: int
@@ -268,7 +271,7 @@ class ServiceExited(Event):
         return logging.WARNING if not self.expected and self.result != "success" else logging.INFO
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceKilled(Event):
     NAME = "service.killed"
     LEVEL = logging.WARNING
@@ -280,7 +283,7 @@ class ServiceKilled(Event):
         return f"{self.service}: sent {self.signal} to {self.processes} process(es): {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceSignalled(Event):
     """``hasupctl kill``: a signal sent to a service's main process or to all its processes."""
 
@@ -294,7 +297,7 @@ class ServiceSignalled(Event):
         return f"{self.service}: sent {self.signal} to {self.processes} process(es) ({self.whom}) on request"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceReloading(Event):
     """A service's own reload began (``hasupctl reload NAME``, or RELOADING=1 from the service)."""
 
@@ -305,7 +308,7 @@ class ServiceReloading(Event):
         return f"{self.service} reloading ({self.how})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceReloaded(Event):
     NAME = "service.reloaded"
     ok: bool
@@ -318,7 +321,7 @@ class ServiceReloaded(Event):
         return f"{self.service} {'reloaded' if self.ok else 'reload failed'}: {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TimerTriggered(Event):
     """A scheduled (timer) service was started by its schedule."""
 
@@ -331,7 +334,7 @@ class TimerTriggered(Event):
         return f"{self.service} started by its schedule, slot {self.scheduled}{late}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TimerSkipped(Event):
     NAME = "timer.skipped"
     LEVEL = logging.WARNING
@@ -341,7 +344,7 @@ class TimerSkipped(Event):
         return f"{self.service}: scheduled run skipped: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceRestartScheduled(Event):
     NAME = "service.restart_scheduled"
     LEVEL = logging.WARNING
@@ -357,7 +360,7 @@ class ServiceRestartScheduled(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceNotRestarted(Event):
     NAME = "service.not_restarted"
     reason: str
@@ -367,7 +370,7 @@ class ServiceNotRestarted(Event):
         return f"{self.service} not restarted: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceFailed(Event):
     NAME = "service.failed"
     LEVEL = logging.ERROR
@@ -378,7 +381,7 @@ class ServiceFailed(Event):
         return f"{self.service} failed (result {self.result}) after {self.restarts} restart(s)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStopping(Event):
     NAME = "service.stopping"
     reason: str
@@ -387,7 +390,7 @@ class ServiceStopping(Event):
         return f"{self.service} stopping: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStopped(Event):
     NAME = "service.stopped"
     result: str
@@ -396,7 +399,7 @@ class ServiceStopped(Event):
         return f"{self.service} stopped (result {self.result})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class IncidentOpened(Event):
     NAME = "incident.opened"
     LEVEL = logging.WARNING
@@ -406,7 +409,7 @@ class IncidentOpened(Event):
         return f"{self.service}: incident {self.incident} opened: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class IncidentClosed(Event):
     NAME = "incident.closed"
     outcome: str  # "resolved" | "failed" | "stopped"
@@ -415,7 +418,7 @@ class IncidentClosed(Event):
         return f"{self.service}: incident {self.incident} closed: {self.outcome}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class IncidentOutput(Event):
     """The service's own last output lines from before the failure that opened the incident."""
 
@@ -433,7 +436,7 @@ class IncidentOutput(Event):
 # --------------------------------------------------------------------------- error groups and rules
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ErrorGroupNew(Event):
     """A service wrote an error of a shape never seen before (``hasupd.observe.error_groups``)."""
 
@@ -447,7 +450,7 @@ class ErrorGroupNew(Event):
         return f"{self.service}: new error group {self.group} ({self.kind}): {self.pattern}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ErrorsSeen(Event):
     """``count`` more errors of ``group`` in the output of ``service``, read in one batch."""
 
@@ -461,7 +464,7 @@ class ErrorsSeen(Event):
         return f"{self.service}: {self.count} error(s) of group {self.group}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class OutputSeen(Event):
     """``service`` wrote ``lines`` lines of output (read in one batch): a sign of life."""
 
@@ -473,7 +476,7 @@ class OutputSeen(Event):
         return f"{self.service}: {self.lines} line(s) of output"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ErrorGroupsFailed(Event):
     """The error groups could not be read or written (a full disk, a broken errors.sqlite): the output
     read meanwhile is not counted; supervision goes on. Published once per failure, not per batch."""
@@ -486,7 +489,7 @@ class ErrorGroupsFailed(Event):
         return f"error groups are not being kept: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RuleFired(Event):
     """An alert rule (``alerts.rules`` in hasupd.yaml) found something out of the ordinary: an incident."""
 
@@ -505,7 +508,7 @@ class RuleFired(Event):
         return f"{self.service or 'hasupd'}: rule {self.rule} fired: {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RuleResolved(Event):
     """What made a rule fire is over; the incident is closed as resolved."""
 
@@ -522,7 +525,7 @@ class RuleResolved(Event):
 # --------------------------------------------------------------------------- metrics
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class MetricsListening(Event):
     NAME = "metrics.listening"
     address: str
@@ -531,7 +534,7 @@ class MetricsListening(Event):
         return f"Prometheus metrics at http://{self.address}/metrics"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class MetricsUnavailable(Event):
     NAME = "metrics.unavailable"
     LEVEL = logging.ERROR
@@ -542,7 +545,7 @@ class MetricsUnavailable(Event):
         return f"cannot serve metrics on {self.address}: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class WebListening(Event):
     NAME = "web.listening"
     url: str
@@ -551,7 +554,7 @@ class WebListening(Event):
         return f"dashboard at {self.url}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class WebUnavailable(Event):
     NAME = "web.unavailable"
     LEVEL = logging.ERROR
@@ -562,7 +565,7 @@ class WebUnavailable(Event):
         return f"cannot serve the dashboard on {self.address}: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class WebLoginFailed(Event):
     """A dashboard request without the right credential: refused with 401."""
 
@@ -581,7 +584,7 @@ class WebLoginFailed(Event):
 # --------------------------------------------------------------------------- freeze detection
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceReady(Event):
     NAME = "service.ready"
     pid: int
@@ -590,7 +593,7 @@ class ServiceReady(Event):
         return f"{self.service} is ready (READY=1 from pid {self.pid})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ServiceStatusText(Event):
     NAME = "service.status"
     LEVEL = logging.DEBUG
@@ -600,7 +603,7 @@ class ServiceStatusText(Event):
         return f"{self.service}: STATUS={self.status}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class WatchdogTimeout(Event):
     NAME = "watchdog.timeout"
     LEVEL = logging.ERROR
@@ -612,7 +615,7 @@ class WatchdogTimeout(Event):
         return f"{self.service} (pid {self.pid}) watchdog: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class HealthFailed(Event):
     NAME = "health.failed"
     LEVEL = logging.ERROR
@@ -624,7 +627,7 @@ class HealthFailed(Event):
         return f"{self.service} unhealthy after {self.failures} failed {self.probe} probe(s): {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class HealthRecovered(Event):
     NAME = "health.ok"
     probe: str
@@ -633,7 +636,7 @@ class HealthRecovered(Event):
         return f"{self.service} is healthy ({self.probe} probe passes)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class LimitExceeded(Event):
     NAME = "limit.exceeded"
     LEVEL = logging.ERROR
@@ -647,7 +650,7 @@ class LimitExceeded(Event):
 # --------------------------------------------------------------------------- backups
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupFinished(Event):
     NAME = "backup.finished"
     job: str
@@ -666,7 +669,7 @@ class BackupFinished(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupWarning(Event):
     NAME = "backup.warning"
     LEVEL = logging.WARNING
@@ -680,7 +683,7 @@ class BackupWarning(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupFailed(Event):
     NAME = "backup.failed"
     LEVEL = logging.ERROR
@@ -692,7 +695,7 @@ class BackupFailed(Event):
         return f"backup {self.job} failed at {self.step}: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DatabaseDumped(Event):
     """A live database was dumped into a snapshot of its own (``/FILE``, tagged ``db:NAME``)."""
 
@@ -710,7 +713,7 @@ class DatabaseDumped(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupRetention(Event):
     NAME = "backup.retention"
     job: str
@@ -721,7 +724,7 @@ class BackupRetention(Event):
         return f"backup {self.job}: retention in {self.repository} forgot {len(self.forgot)} snapshot(s)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupCopied(Event):
     NAME = "backup.copied"
     job: str
@@ -736,7 +739,7 @@ class BackupCopied(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupChecked(Event):
     NAME = "backup.checked"
     job: str
@@ -748,7 +751,7 @@ class BackupChecked(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupCheckFailed(Event):
     NAME = "backup.check_failed"
     LEVEL = logging.ERROR
@@ -762,7 +765,7 @@ class BackupCheckFailed(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupStale(Event):
     NAME = "backup.stale"
     LEVEL = logging.ERROR
@@ -777,7 +780,7 @@ class BackupStale(Event):
         return f"backup {self.job}: newest good snapshot is {age} old (max_age {self.max_age_sec:g}s)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupResumed(Event):
     NAME = "backup.resumed"
     LEVEL = logging.WARNING
@@ -788,7 +791,7 @@ class BackupResumed(Event):
         return f"backup {self.job} was interrupted while {', '.join(self.units)} were stopped; they run again"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupInterrupted(Event):
     """hasupd died during a job or a restore; at its next start it cleaned up what was left."""
 
@@ -803,7 +806,7 @@ class BackupInterrupted(Event):
         return f"{self.job}: {what} was interrupted by hasupd's end; cleaned up: {'; '.join(self.cleaned)}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class BackupUnlocked(Event):
     """After an interruption: the stale locks a plain ``restic unlock`` removed (or why it could not)."""
 
@@ -825,7 +828,7 @@ class BackupUnlocked(Event):
 # --------------------------------------------------------------------------- restore and recovery
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RestoreStep(Event):
     """One step of a restore, tagged with who asked for it (an admin, or hasupd for recovery)."""
 
@@ -843,7 +846,7 @@ class RestoreStep(Event):
         return f"restore {self.job} ({self.user}): {self.step}: {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DrillFinished(Event):
     NAME = "drill.finished"
     job: str
@@ -860,7 +863,7 @@ class DrillFinished(Event):
         return f"{what} of {self.job} {'passed' if self.ok else 'FAILED'}: {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class DrillStale(Event):
     NAME = "drill.stale"
     LEVEL = logging.ERROR
@@ -880,7 +883,7 @@ class DrillStale(Event):
         return f"restore drill of {self.job} is overdue ({age}; allowed: twice its schedule)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RecoveryAction(Event):
     """An on_failure action taken after a crash loop, and how it went."""
 
@@ -897,7 +900,7 @@ class RecoveryAction(Event):
         return f"{self.service}: recovery action {self.action} {outcome}: {self.detail}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RecoveryExhausted(Event):
     NAME = "recovery.exhausted"
     LEVEL = logging.ERROR
@@ -910,7 +913,7 @@ class RecoveryExhausted(Event):
 # --------------------------------------------------------------------------- control
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Audit(Event):
     """A state-changing control request, or any refused one: who asked, what, and what came of it."""
 
@@ -930,7 +933,7 @@ class Audit(Event):
         return logging.INFO if self.outcome == "ok" else logging.WARNING
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class ControlFailed(Event):
     """A control request raised something its handler did not expect. The caller got an error reply and
     hasupd went on; this is a bug in hasupd, reported with its traceback."""
@@ -952,7 +955,7 @@ class ControlFailed(Event):
 # ``service`` and ``incident`` are those of the alert's subject (None for daemon-wide alerts).
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class AlertSent(Event):
     NAME = "alert.sent"
     channel: str
@@ -965,7 +968,7 @@ class AlertSent(Event):
         return f"alert sent on channel {self.channel}: {self.subject!r} ({self.response})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class AlertFailed(Event):
     NAME = "alert.failed"
     LEVEL = logging.ERROR
@@ -984,7 +987,7 @@ class AlertFailed(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class AlertDropped(Event):
     NAME = "alert.dropped"
     LEVEL = logging.WARNING
@@ -996,7 +999,7 @@ class AlertDropped(Event):
         return f"alert on channel {self.channel} dropped: {self.reason}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class AlertSuppressed(Event):
     """An alert that a silence (``hasupctl alert silence``) kept from every channel."""
 
@@ -1015,7 +1018,7 @@ class AlertSuppressed(Event):
 # --------------------------------------------------------------------------- hasupd's own records
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RecordsDropping(Event):
     """A record writer failed (a full disk, journald gone): its records are dropped from now on."""
 
@@ -1028,7 +1031,7 @@ class RecordsDropping(Event):
         return f"records to {self.destination} are being dropped: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class RecordsResumed(Event):
     """A record writer works again after ``dropped`` records were lost."""
 
@@ -1041,7 +1044,7 @@ class RecordsResumed(Event):
         return f"records to {self.destination} are written again; {self.dropped} record(s) were dropped"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class NotifyRejected(Event):
     """A datagram on a service's NOTIFY_SOCKET came from a process outside the service's tree."""
 
@@ -1059,7 +1062,7 @@ class NotifyRejected(Event):
 # --------------------------------------------------------------------------- fleet (etcd placement)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetJoined(Event):
     """This host holds a lease on etcd and registered its host name."""
 
@@ -1073,7 +1076,7 @@ class FleetJoined(Event):
         return f"joined fleet {self.cluster} as {self.host} (lease {self.lease}, TTL {self.ttl_sec:g}s)"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetResumed(Event):
     """A new image of hasupd (re-exec, or a restart after a crash) carries on the fleet membership of
     the last one: same lease, same ownership keys and tokens; its placed services ran on, unstopped."""
@@ -1097,7 +1100,7 @@ class FleetResumed(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetJoinRefused(Event):
     """The host name is held by another live lease, or etcd refused us: placed services stay stopped."""
 
@@ -1110,7 +1113,7 @@ class FleetJoinRefused(Event):
         return f"not joining the fleet as {self.host}: {self.reason}; placed services stay stopped here"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetUnreachable(Event):
     """etcd did not answer (once per outage): local services are unaffected."""
 
@@ -1125,7 +1128,7 @@ class FleetUnreachable(Event):
         return f"etcd unreachable from {self.host}{tried}: {self.error}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetReachable(Event):
     """etcd answers again after ``fleet.unreachable`` (a leader election, a healed partition)."""
 
@@ -1137,7 +1140,7 @@ class FleetReachable(Event):
         return f"etcd answers {self.host} again after {self.after_sec:.2f}s"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetElected(Event):
     """This host became the owner of a placed service (or of one replica slot)."""
 
@@ -1150,7 +1153,7 @@ class FleetElected(Event):
         return f"{self.host} owns {self.slot} (fencing token {self.token}); starting {self.service}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetLost(Event):
     """This host no longer owns the service (its key is gone or belongs to another lease): stopped."""
 
@@ -1165,7 +1168,7 @@ class FleetLost(Event):
         return f"{self.host} lost {self.slot} (token {self.token}): {self.reason}; stopping {self.service}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetFenced(Event):
     """The local deadline since the last acknowledged keep-alive passed: every placed service stops
     before the lease can expire on etcd's side (a stopped singleton is better than two)."""
@@ -1186,7 +1189,7 @@ class FleetFenced(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetGaveUp(Event):
     """A placed service crash-looped on its owner (failed, start limit hit, recovery done): the owner
     hands it to another host and takes it back only when no other host can, for ``avoid_sec``."""
@@ -1205,7 +1208,7 @@ class FleetGaveUp(Event):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetMoved(Event):
     """An operator moved (or drained) a placed service away from this host: stopped here, released."""
 
@@ -1220,7 +1223,7 @@ class FleetMoved(Event):
         return f"{self.service} stopped on {self.host} and released to {to} ({self.slot})"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class FleetUnowned(Event):
     """A placed service has had no owner for longer than the lease TTL plus its start timeout."""
 

@@ -52,6 +52,7 @@ from hasupd.host.adoption import (
     stdout_pipe_inode,
 )
 from hasupd.host.containment import Containment
+from hasupd.host.procfs import release_free_heap
 from hasupd.host.sockets import address_of
 from hasupd.manager import Manager
 from hasupd.ports import SpawnError
@@ -63,6 +64,7 @@ from hasupd.watch.watchers import LoopWatchers
 
 log = logging.getLogger(__name__)
 FLEET_ENV_PREFIX = "HASUPD_FLEET_"  # the fleet's variables (token, host) are ownership, not config
+TRIM_ABOVE_BYTES = 128 * 1024  # glibc's default mmap threshold: a record above it ends up in the heap
 
 
 def config_digest(config: ServiceConfig) -> str:
@@ -216,16 +218,18 @@ class RecordKeeper:
         self._pending = False
         try:
             fleet = self.fleet() if self.fleet is not None else None
-            write(
-                self.path,
-                capture(
-                    self._manager, self._programs, "current", self._start_times, fleet, digests=self._digests
-                ),
+            body = capture(
+                self._manager, self._programs, "current", self._start_times, fleet, digests=self._digests
             )
+            size = write(self.path, body)
         except OSError as e:  # a full runtime dir: adoption after a crash falls back to finding
             self.error = f"{self.path}: {e.strerror}"
             return
         self.writes += 1
+        if size > TRIM_ABOVE_BYTES:
+            # Rebuilt at every state change (~0.5 KB a unit): without a trim, glibc keeps the heap
+            # that the last big record (its text and its bytes) took resident for good.
+            release_free_heap()
 
     def close(self) -> None:
         self._unsubscribe()

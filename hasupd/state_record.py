@@ -73,20 +73,22 @@ def read(path: Path) -> dict[str, Any]:
         raise UnreadableRecord(f"{path}: {e}") from None
 
 
-def write(path: Path, body: dict[str, Any]) -> None:
+def write(path: Path, body: dict[str, Any]) -> int:
     """Replace ``path`` atomically (rename): a reader sees the old record or the new one, never half.
     Not fsynced: the record serves a crash of hasupd, not of the machine (RUNTIME_DIR is a tmpfs).
     A folder in its place (damage) is removed first: else no record could be kept, nor a clean stop
-    remove it. Raise OSError if it cannot be written."""
+    remove it. Return the size of the record; raise OSError if it cannot be written."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    data = encode(body)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, encode(body))
+        os.write(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    return len(data)
 
 
 def write_marker(state_dir: Path) -> int | None:

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hasupd import events as ev
-from hasupd.backup.schedule import next_run
 from hasupd.config.model import ServiceConfig
 from hasupd.files import atomic_write_text
 from hasupd.manager import Manager
@@ -148,6 +147,9 @@ class Timers:
             self._set_stamp(config.name, now)
             last = now
         base = last if config.persistent else max(last, now)
+        # Here: the cron parser is loaded with the first timer (services with ``schedule:``) or job.
+        from hasupd.backup.schedule import next_run  # noqa: PLC0415
+
         slot = next_run(config.schedule, base)
         missed = slot <= now
         delay = self._rand(0.0, config.randomized_delay_sec) if config.randomized_delay_sec > 0 else 0.0

@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.policy
-import email.utils
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
-
-import aiosmtplib
+from typing import TYPE_CHECKING, Protocol
 
 from hasupd.alerts.spool import SpoolEntry
 from hasupd.config.model import SmtpConfig, TlsMode
 
-_POLICY = email.policy.SMTP
+if TYPE_CHECKING:
+    # Imported where a mail is first sent (SmtpMailer.session): a config without an email channel
+    # never loads aiosmtplib.
+    import aiosmtplib
+
 QUIT_TIMEOUT_SEC = 5.0
 
 
@@ -77,7 +76,12 @@ class Mailer(Protocol):
 def render(entry: SpoolEntry, dropped: int = 0) -> bytes:
     """Return the RFC 5322 message of ``entry`` (7-bit clean), with a note about ``dropped`` older
     alerts at the top of the body when there were any."""
-    msg = EmailMessage(policy=_POLICY)
+    # Here: the email package (~0.5 MB) is loaded with the first alert, not with every hasupd.
+    import email.policy  # noqa: PLC0415
+    import email.utils  # noqa: PLC0415
+    from email.message import EmailMessage  # noqa: PLC0415
+
+    msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = entry.sender
     msg["To"] = ", ".join(entry.to or entry.recipients)
     msg["Subject"] = entry.subject
@@ -112,6 +116,8 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _describe(error: BaseException) -> str:
+    import aiosmtplib  # noqa: PLC0415  (see TYPE_CHECKING above)
+
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return f"{error.code} {error.message}".strip()
     if isinstance(error, OSError) and error.strerror:
@@ -125,6 +131,8 @@ class _Session:
         self._bound = bound
 
     async def send(self, sender: str, recipients: Sequence[str], message: bytes) -> Accepted:
+        import aiosmtplib  # noqa: PLC0415  (imported already by SmtpMailer.session)
+
         refused: dict[str, str] = {}
         try:
             async with asyncio.timeout(self._bound * (2 + len(recipients))):
@@ -156,6 +164,8 @@ class _Session:
         return Accepted(response=f"{response.code} {response.message}".strip(), refused=refused)
 
     async def _reset(self) -> None:
+        import aiosmtplib  # noqa: PLC0415
+
         try:
             async with asyncio.timeout(self._bound):
                 await self._client.rset()
@@ -183,6 +193,8 @@ class SmtpMailer:
     @asynccontextmanager
     async def session(self, smtp: SmtpConfig) -> AsyncIterator[MailSession]:
         """Connect (and log in); yield a session; QUIT at the end. Raise DeliveryError(session=True)."""
+        import aiosmtplib  # noqa: PLC0415  (see TYPE_CHECKING above)
+
         where = f"{smtp.host}:{smtp.port}"
         password = None
         try:

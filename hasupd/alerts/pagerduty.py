@@ -15,12 +15,9 @@ every network error: the channel backs off as a whole.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -71,6 +68,11 @@ def event(entry: SpoolEntry, routing_key: str, source: str, dropped: int = 0) ->
 
 def _post(config: PagerDutyChannel, data: bytes) -> str:
     """POST one event, in a worker thread. Return the receiver's answer. Raise DeliveryError."""
+    # Here: urllib.request (with http.client, email) is loaded only where PagerDuty is configured.
+    import http.client  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
     request = urllib.request.Request(
         config.url, data=data, method="POST", headers={"Content-Type": "application/json"}
     )

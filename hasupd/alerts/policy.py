@@ -25,22 +25,26 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
-from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, Protocol
 
 from hasupd import events as ev
-from hasupd.alerts.apprise_channel import AppriseTransport
 from hasupd.alerts.delivery import RETRY_MAX_SEC, RETRY_MIN_SEC, Delivery
 from hasupd.alerts.listing import Recent, listing
 from hasupd.alerts.mail import Mailer, SmtpMailer
-from hasupd.alerts.pagerduty import PagerDutyTransport
-from hasupd.alerts.sendmail import SendmailTransport
 from hasupd.alerts.silences import Silences, iso, suppression
 from hasupd.alerts.spool import Spool, SpoolEntry
 from hasupd.alerts.text import Alert, Held, IncidentLog, single, summary, trial_message
-from hasupd.alerts.transport import EVERY_TARGET, ChannelThreads, Transport, attempt_bound, level_name
+from hasupd.alerts.transport import (
+    EVERY_TARGET,
+    ChannelThreads,
+    Session,
+    Transport,
+    attempt_bound,
+    level_name,
+)
 from hasupd.config.model import ALERT_LEVELS, AlertChannel, Config, ServiceConfig
 from hasupd.ports import Clock, TimerHandle
 from hasupd.states import OutputMode
@@ -154,6 +158,38 @@ class _Window:
     held: Held | None = None
 
 
+class _Lazy:
+    """A transport made at its first session: its module (and what that imports: urllib for PagerDuty,
+    apprise's glue) is loaded only where a channel uses it."""
+
+    def __init__(self, make: Callable[[], Transport]) -> None:
+        self._make = make
+        self._made: Transport | None = None
+
+    def session(self, channel: AlertChannel) -> AbstractAsyncContextManager[Session]:
+        if self._made is None:
+            self._made = self._make()
+        return self._made.session(channel)
+
+
+def _apprise(threads: ChannelThreads) -> Transport:
+    from hasupd.alerts.apprise_channel import AppriseTransport  # noqa: PLC0415  (see _Lazy)
+
+    return AppriseTransport(threads)
+
+
+def _pagerduty(threads: ChannelThreads) -> Transport:
+    from hasupd.alerts.pagerduty import PagerDutyTransport  # noqa: PLC0415  (see _Lazy)
+
+    return PagerDutyTransport(threads)
+
+
+def _sendmail() -> Transport:
+    from hasupd.alerts.sendmail import SendmailTransport  # noqa: PLC0415  (see _Lazy)
+
+    return SendmailTransport()
+
+
 class Alerts:
     """Turns bus events into alert messages and hands them to delivery. ``run()`` delivers."""
 
@@ -188,9 +224,9 @@ class Alerts:
             retry_max=retry[1],
             transports=transports
             or {
-                "apprise": AppriseTransport(self.threads),
-                "pagerduty": PagerDutyTransport(self.threads),
-                "sendmail": SendmailTransport(),
+                "apprise": _Lazy(lambda: _apprise(self.threads)),
+                "pagerduty": _Lazy(lambda: _pagerduty(self.threads)),
+                "sendmail": _Lazy(_sendmail),
             },
         )
         self._windows: dict[tuple[str, str | None], _Window] = {}
@@ -429,6 +465,8 @@ class Alerts:
     ) -> SpoolEntry:
         now = time.time()
         first = self._alerted.get((channel.name, incident), "") if incident else ""
+        from email.utils import make_msgid  # noqa: PLC0415  (the email package: with the first alert)
+
         message_id = make_msgid(idstring=incident or kind, domain=self.host)
         if incident and not first and (channel.name, incident) in self._alerted:
             self._alerted[(channel.name, incident)] = message_id  # later ones reply to this one

@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from hasupd.backup.check_rotation import CheckRotation
 from hasupd.backup.compat import ResticError
 from hasupd.backup.dbjobs import dump_databases
 from hasupd.backup.journal import Journal
+from hasupd.backup.kinds import JobFailed, Kind
 from hasupd.backup.restic import Restic
 from hasupd.backup.restore import RestoreError, run_drill
 from hasupd.backup.retention import RetentionRefused, long_term_set, safe_plan
@@ -34,25 +34,6 @@ from hasupd.runtimes.command import run_command
 
 BEFORE_TIMEOUT_SEC = 3600.0
 RESTORABLE_STAMP = "restorable_as_of"
-
-
-class Kind(StrEnum):
-    """The kinds of work a job does, each on its own schedule (the stamps use these names)."""
-
-    BACKUP = "backup"
-    LONG_TERM = "long_term"
-    CHECK = "check"
-    PRUNE = "prune"
-    DRILL = "drill"
-
-
-class JobFailed(Exception):
-    """A step failed; ``retry`` says whether running the job again may help."""
-
-    def __init__(self, step: str, message: str, *, retry: bool) -> None:
-        super().__init__(f"{step}: {message}")
-        self.step = step
-        self.retry = retry
 
 
 class Quiescer(Protocol):

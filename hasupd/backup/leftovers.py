@@ -20,14 +20,16 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hasupd import events as ev
 from hasupd.backup.compat import ResticError
-from hasupd.backup.databases import DB_TAG
-from hasupd.backup.jobs import BackupJob
 from hasupd.backup.journal import undo_restore
-from hasupd.backup.runner import OWNER_ENV
+from hasupd.backup.kinds import OWNER_ENV
 from hasupd.host.procfs import kill_until_gone, signal_group, stat
+
+if TYPE_CHECKING:  # a job exists only when the backup stack is imported (hasupd.backup.units)
+    from hasupd.backup.jobs import BackupJob
 
 POLL_SEC = 0.05
 
@@ -158,6 +160,8 @@ async def forget_interrupted_dump(job: BackupJob, publish: Callable[[ev.Event], 
             f"forgot {len(doubtful)} snapshot(s) of the dump made after it started: "
             + (", ".join(s.short_id for s in doubtful) or "none was made"),
         )
+    from hasupd.backup.databases import DB_TAG  # noqa: PLC0415  (urllib, sqlite3: with a job only)
+
     name = tag.removeprefix(DB_TAG)
     publish(ev.BackupInterrupted(job=job.config.name, operations=(f"database dump {name}",), cleaned=cleaned))
 

@@ -35,6 +35,7 @@ from hasupd.backup.compat import (
     parse_version,
     readable_stderr,
 )
+from hasupd.backup.kinds import OWNER_ENV
 from hasupd.config.model import RepositoryConfig
 from hasupd.host.procfs import stat, stop_group
 from hasupd.host.reaper import Reaper
@@ -51,7 +52,6 @@ _PASS_ENV = (
 _RESERVED_ENV = re.compile(r"RESTIC_(REPOSITORY|PASSWORD|FROM_)")
 
 _MARKER = "HASUPD_RESTIC_RUN"
-OWNER_ENV = "HASUPD_RESTIC_OWNER"
 
 Accept = Callable[[ErrorKind, str], bool]
 # Starts a task under the daemon's TaskGroup (``BackupUnits``' spawn_task).

@@ -17,19 +17,23 @@ import signal
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hasupd import events as ev
-from hasupd.backup.dbrestore import DatabaseRestorer
-from hasupd.backup.jobs import BackupJob, JobFailed, Kind
+from hasupd.backup.kinds import JobFailed, Kind
 from hasupd.backup.leftovers import recover_files, remove_stale_locks, stop_leftovers
-from hasupd.backup.restore import LatestInPlace, Restorer
-from hasupd.backup.schedule import next_due, schedule_period, stable_offset
 from hasupd.config.diff import Changes
 from hasupd.config.model import BackupJobConfig, Config, ServiceConfig, StartLimit
 from hasupd.ports import ExitStatus, SpawnSpec
 from hasupd.service import Service
 from hasupd.states import OutputMode, RestartMode, ServiceState, ServiceType
+
+if TYPE_CHECKING:
+    # The backup stack proper (restic, plumbum, databases, drills) is imported with the first job
+    # (BackupSetup.add) or restore: a config without backup jobs never loads it.
+    from hasupd.backup.dbrestore import DatabaseRestorer
+    from hasupd.backup.jobs import BackupJob
+    from hasupd.backup.restore import LatestInPlace, Restorer
 
 EXIT_RETRY = 1
 EXIT_NO_RETRY = 2
@@ -125,6 +129,8 @@ class JobRunner:
     def next_runs(self, now: datetime) -> dict[Kind, datetime]:
         """Return when each kind of work is next due: the slot after its last success or attempt
         (a failed attempt is retried by the unit's restart policy, then waits for the next slot)."""
+        from hasupd.backup.schedule import next_due, stable_offset  # noqa: PLC0415  (with a job only)
+
         offset = stable_offset(self.job.config.name, self.job.config.randomized_delay_sec)
         out = {}
         for kind, expr in self.schedules().items():
@@ -249,6 +255,8 @@ class BackupUnits:
         runner = self.runners.get(name)
         if runner is None:
             return None
+        from hasupd.backup.restore import Restorer  # noqa: PLC0415  (see TYPE_CHECKING above)
+
         return Restorer(runner.job, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy)
 
     def database_restorer(self, name: str, manager: Any) -> DatabaseRestorer | None:
@@ -257,6 +265,8 @@ class BackupUnits:
         if runner is None:
             return None
         job = runner.job
+        from hasupd.backup.dbrestore import DatabaseRestorer  # noqa: PLC0415
+
         return DatabaseRestorer(
             job, job.reaper, manager.publish, manager.stop_for_restore, manager.start_and_wait_healthy
         )
@@ -264,7 +274,11 @@ class BackupUnits:
     def data_restorer(self, name: str, manager: Any) -> LatestInPlace | None:
         """Return the recovery action's view of job ``name`` (restore the latest in place), or None."""
         restorer = self.restorer(name, manager)
-        return None if restorer is None else LatestInPlace(restorer)
+        if restorer is None:
+            return None
+        from hasupd.backup.restore import LatestInPlace  # noqa: PLC0415
+
+        return LatestInPlace(restorer)
 
     def run_now(self, name: str, kind: Kind = Kind.BACKUP) -> None:
         """Queue ``kind`` for job ``name`` and start its unit if it is idle. Raise KeyError."""
@@ -317,6 +331,8 @@ class BackupUnits:
         if runner._restorable_timer is not None:
             runner._restorable_timer.cancel()
         now = datetime.now(UTC)
+        from hasupd.backup.schedule import schedule_period  # noqa: PLC0415  (with a job only)
+
         allowed = 2 * schedule_period(drill.schedule, now)
         job = runner.job.config.name
         since = runner.job.restorable_as_of()
@@ -399,6 +415,8 @@ class BackupSetup:
         return self._manager.services[units[0]].config if units else None
 
     def add(self, job: BackupJobConfig, repositories: dict[str, Any], *, arm: bool = True) -> None:
+        from hasupd.backup.jobs import BackupJob  # noqa: PLC0415  (see TYPE_CHECKING above)
+
         backup = BackupJob(
             job,
             repositories,

@@ -8,7 +8,7 @@ Mappings are stored as sorted tuples of pairs so that the objects stay hashable.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 
 from hasupd.states import OutputMode, RestartMode, ServiceType
@@ -151,8 +151,14 @@ class ErrorsConfig:
     match: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
+    """One service's settings.
+
+    Slots: one per service, and with more than 30 fields an instance would carry a dict of its own
+    (~1.5 KB) instead of Python's compact attribute values (slots: 8 bytes a field).
+    """
+
     name: str
     # The file it came from; not part of the value (moving a file changes nothing that runs).
     source: str = field(default="", compare=False)
@@ -201,6 +207,18 @@ class ServiceConfig:
     oom_score_adjust: int | None = None
     supplementary_groups: tuple[str, ...] = ()
     no_new_privileges: bool = False
+
+    # Pickled as before slots (a dict of the fields: STATE_DIR/known-good/, hasupd.recovery), so that
+    # the files an older hasupd wrote load here, and the files written here load in an older hasupd.
+    def __getstate__(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for f in fields(self):
+            if f.name in state:
+                object.__setattr__(self, f.name, state[f.name])
+            elif f.default is not MISSING:  # a field added since the file was written
+                object.__setattr__(self, f.name, f.default)
 
 
 # --------------------------------------------------------------------------- backups

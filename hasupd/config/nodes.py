@@ -8,7 +8,6 @@ False) and ``PORT: 8080`` in an environment is "8080".
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import re
@@ -162,6 +161,8 @@ def check_reference(ctx: Ctx, node: Node | None, path: str, known: Collection[st
     if known is None or not isinstance(node, ScalarNode) or is_null(node) or not _NAME.fullmatch(node.value):
         return
     if node.value not in known:
+        import difflib  # noqa: PLC0415  (only for a config with a mistake)
+
         close = difflib.get_close_matches(node.value, sorted(known), n=1)
         hint = f", did you mean {close[0]!r}?" if close else ""
         ctx.error(node, path, f"unknown {what} {node.value!r}{hint}")
@@ -170,6 +171,8 @@ def check_reference(ctx: Ctx, node: Node | None, path: str, known: Collection[st
 def unknown_key_message(key: str, allowed: Iterable[str]) -> str:
     """Return "unknown key 'x'" with a hint: the closest allowed key, or the short list of allowed keys."""
     allowed = list(allowed)
+    import difflib  # noqa: PLC0415  (only for a config with a mistake)
+
     close = difflib.get_close_matches(key, allowed, n=1)
     if close:
         return f"unknown key {key!r}, did you mean {close[0]!r}?"

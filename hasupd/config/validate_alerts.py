@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from email.utils import parseaddr
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
@@ -36,6 +35,8 @@ def to_address(ctx: Ctx, node: Node, path: str) -> str | None:
     value = to_str(ctx, node, path)
     if value is None:
         return None
+    from email.utils import parseaddr  # noqa: PLC0415  (the email package: only with an address)
+
     address = parseaddr(value)[1]
     local, _, domain = address.rpartition("@")
     if not local or not domain or any(c.isspace() for c in address):

@@ -148,7 +148,12 @@ class CgroupScope(ScopeImpl):
 
     def __init__(self, owner: Containment, unit_name: str, invocation_id: str, path: Path) -> None:
         super().__init__(owner, unit_name, invocation_id)
-        self.path = path
+        # A str, a Path on demand: one per service, and a Path keeps its parts parsed (~600 bytes).
+        self._path = str(path)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     def open_dir_fd(self) -> int | None:
         try:

@@ -138,7 +138,8 @@ class NotifyEndpoint:
         on_message: Callable[[NotifyMessage], None],
         allowed: Callable[[int], bool],
     ) -> None:
-        self.path = Path(path)
+        # A str, a Path on demand: one per service, and a Path keeps its parts parsed (~600 bytes).
+        self._path = str(path)
         self._on_message = on_message
         self._allowed = allowed
         self._sock: socket.socket | None = None
@@ -148,6 +149,10 @@ class NotifyEndpoint:
         self.malformed = 0
         self.fds_closed = 0
         self.barriers = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     @property
     def environment(self) -> dict[str, str]:

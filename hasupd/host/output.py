@@ -78,7 +78,8 @@ class LogFile:
     """
 
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
-        self.path = path
+        # A str, a Path on demand: one per service, and a Path keeps its parts parsed (~600 bytes).
+        self._path = str(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.users = 0
@@ -87,6 +88,10 @@ class LogFile:
         self._splice = True
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     def _open(self) -> int:
         # No O_APPEND: splice refuses files opened for appending; we are the only writer.
@@ -164,7 +169,10 @@ class Drain:
         self._fd = pipe_fd
         self._log = log
         self._owner = owner
-        self._closed = asyncio.Event()
+        # Futures of wait_closed, made only when someone waits (one per service: no asyncio.Event,
+        # whose deque of waiters costs ~600 bytes).
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed = False
         os.set_blocking(pipe_fd, False)
         loop.add_reader(pipe_fd, self._on_readable)
 
@@ -184,7 +192,7 @@ class Drain:
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._closed
 
     @property
     def fileno(self) -> int:
@@ -193,7 +201,15 @@ class Drain:
 
     async def wait_closed(self) -> None:
         """Return once every writer closed the pipe and everything was written."""
-        await self._closed.wait()
+        if self._closed:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def close(self) -> None:
         """Stop reading (at EOF, or when hasupd shuts down) and release the log file."""
@@ -202,8 +218,12 @@ class Drain:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self._fd = -1
+        self._closed = True
         self._owner.release(self._log)
-        self._closed.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass
@@ -244,7 +264,7 @@ class LogFiles:
         self._journal_dir = journal_socket_dir
         self._max_bytes = max_bytes
         self._keep = keep
-        self._logs: dict[Path, LogFile] = {}
+        self._logs: dict[str, LogFile] = {}  # by path
         self._drains: set[Drain] = set()
         self.on_output: Callable[[str], None] | None = None  # told the unit whose log file grew
 
@@ -294,14 +314,14 @@ class LogFiles:
 
     def _acquire(self, unit: str) -> LogFile:
         path = self.log_dir / f"{unit}.log"
-        log = self._logs.get(path)
+        log = self._logs.get(str(path))
         if log is None:
             try:
                 self.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
                 log = LogFile(path, self._max_bytes, self._keep)
             except OSError as e:
                 raise SpawnError(f"cannot open the log file {path}: {e.strerror}") from e
-            self._logs[path] = log
+            self._logs[str(path)] = log
         log.users += 1
         return log
 
@@ -310,7 +330,7 @@ class LogFiles:
         log.users -= 1
         if log.users <= 0:
             log.close()
-            self._logs.pop(log.path, None)
+            self._logs.pop(str(log.path), None)
         self._drains = {d for d in self._drains if not d.closed}
 
     def close(self) -> None:

@@ -49,6 +49,24 @@ def parent_death_signal(sig: int) -> Callable[[], None]:
     return preexec
 
 
+def release_free_heap() -> bool:
+    """Return the free memory of the C heap to the kernel (glibc's ``malloc_trim``); return False
+    where the C library has none (musl).
+
+    For after a large short-lived buffer: glibc serves one above its mmap threshold (128 KiB) from a
+    mapping of its own only the first time; from then on it comes from the heap, and once freed it
+    stays there (resident) unless trimmed. Costs a few microseconds.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
+
+
 class Stat(NamedTuple):
     state: str
     ppid: int

@@ -17,15 +17,16 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder, generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from typing import TYPE_CHECKING, Protocol
 
 from hasupd import events as ev
-from hasupd.service import Service
 from hasupd.states import Health, ServiceState
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    from hasupd.service import Service
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # generate_latest's format
 LAG_INTERVAL_SEC = 1.0
@@ -99,10 +100,20 @@ class Metrics:
         self.fleet_lease_age: Callable[[], float | None] | None = None
         self._active = 0
         bus.subscribe(self._on_event)
-        # A registry of its own: the global one carries prometheus_client's process and platform
-        # collectors, and would keep serving this collector after this object is gone.
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Families(self))
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry that holds one collector reading this object, made at the first scrape:
+        prometheus_client (~4 MB, 77 modules) is imported only where metrics are served or rendered."""
+        if self._registry is None:
+            from prometheus_client.registry import CollectorRegistry  # noqa: PLC0415
+
+            # A registry of its own: the global one carries prometheus_client's process and platform
+            # collectors, and would keep serving this collector after this object is gone.
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_families(self))
+        return self._registry
 
     def _on_event(self, event: ev.Event) -> None:
         match event:
@@ -145,6 +156,8 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family, computed now from the counters and the services' state."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
         services = sorted(self._source.services.items())
         state = GaugeMetricFamily(
             "hasupd_service_state",
@@ -206,6 +219,8 @@ class Metrics:
         yield reloads
 
     def _fleet_families(self, age: float | None) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
         owner = GaugeMetricFamily(
             "hasupd_fleet_owner",
             "1 while this host owns the placed service's slot",
@@ -233,6 +248,8 @@ class Metrics:
         )
 
     def _backup_families(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
         last = GaugeMetricFamily(
             "hasupd_backup_last_success_timestamp_seconds",
             "when the job's last backup succeeded (Unix time)",
@@ -286,6 +303,8 @@ class Metrics:
 
     def render(self) -> str:
         """Return the current metrics in the text exposition format 0.0.4."""
+        from prometheus_client.exposition import generate_latest  # noqa: PLC0415
+
         return generate_latest(self.registry).decode()
 
     def scrape(self, accept: str) -> tuple[bytes, str]:
@@ -295,6 +314,8 @@ class Metrics:
         what else the installed prometheus_client negotiates, e.g. text 1.0.0 with newer releases).
         A header prometheus_client cannot read gets the text format 0.0.4.
         """
+        from prometheus_client.exposition import choose_encoder, generate_latest  # noqa: PLC0415
+
         try:
             encoder, content_type = choose_encoder(accept)
         except (TypeError, ValueError):
@@ -314,6 +335,7 @@ class Metrics:
         if self.listen is None:
             return
         host, port = split_listen(self.listen)
+        _ = self.registry  # prometheus_client imported now, not during the first scrape
         async with asyncio.TaskGroup() as tasks:
             try:
                 server = await asyncio.start_server(
@@ -388,11 +410,12 @@ def _exit_code(service: Service) -> float:
     return float(128 + status.signal if status.signal is not None else status.code or 0)
 
 
-class _Families(Collector):
-    """The registry's view of a Metrics: its families, computed at each scrape."""
+def _families(metrics: Metrics) -> Collector:
+    """Return the registry's view of ``metrics``: its families, computed at each scrape."""
+    from prometheus_client.registry import Collector  # noqa: PLC0415
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    class _Families(Collector):
+        def collect(self) -> Iterator[Metric]:
+            return metrics.collect()
 
-    def collect(self) -> Iterator[Metric]:
-        return self._metrics.collect()
+    return _Families()

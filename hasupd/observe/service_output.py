@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -130,7 +129,7 @@ class ServiceOutput:
         self.log_dir = log_dir
         self._reaper = reaper
         self._source = source
-        self._marks: dict[str, deque[Mark]] = {}
+        self._marks: dict[str, list[Mark]] = {}  # the last _MARKS_KEPT, oldest first
         bus.subscribe(self._on_event)
 
     def mode(self, name: str) -> OutputMode | None:
@@ -150,10 +149,14 @@ class ServiceOutput:
                 pass  # not written yet
             else:
                 inode, size = st.st_ino, st.st_size
-        marks = self._marks.setdefault(event.service, deque(maxlen=_MARKS_KEPT))
+        # A list per service, not a deque(maxlen): most services start a few times, and an empty deque
+        # costs ~600 bytes.
+        marks = self._marks.setdefault(event.service, [])
         # At the precision records are written with, so that a line and the record of the same moment tie.
         when = datetime.fromtimestamp(event.time, UTC).timestamp()
         marks.append(Mark(when, isinstance(event, ev.ServiceExited), inode, size))
+        if len(marks) > _MARKS_KEPT:
+            del marks[0]
 
     def next_start(self, name: str, after: float) -> Mark | None:
         """Return the first start of ``name`` recorded after ``after``, or None."""

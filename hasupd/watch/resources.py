@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from hasupd.config.model import Limits
 from hasupd.ports import TaskSpawner
 from hasupd.watch.armed import Armed
@@ -36,6 +34,8 @@ def _collect(pids: set[int]) -> _Sample:
 
     The create time in the key tells a reused pid from the process seen last time.
     """
+    import psutil  # noqa: PLC0415  (~1 MB: loaded with the first service that has limits)
+
     at, boot, started = time.clock_gettime(time.CLOCK_BOOTTIME), psutil.boot_time(), time.perf_counter()
     rss = 0
     cpu: dict[tuple[int, float], float] = {}

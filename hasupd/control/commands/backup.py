@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hasupd.backup.compat import ResticError
-from hasupd.backup.jobs import Kind
+from hasupd.backup.kinds import Kind
 from hasupd.backup.restore import database_of
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit

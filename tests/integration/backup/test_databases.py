@@ -16,7 +16,7 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.backup.dbjobs import dump_databases
-from hasupd.backup.jobs import JobFailed
+from hasupd.backup.kinds import JobFailed
 from hasupd.backup.streams import StreamCommand
 from hasupd.config.model import DatabaseKind, DatabaseSpec
 from tests.integration.backup.dbsupport import (

@@ -14,7 +14,7 @@ import pytest
 
 from hasupd import events as ev
 from hasupd.backup.dbrestore import BadDatabaseRequest, DatabaseRestorer
-from hasupd.backup.jobs import JobFailed
+from hasupd.backup.kinds import JobFailed
 from hasupd.config.model import DatabaseKind, DatabaseSpec
 from tests.integration.backup.dbsupport import JobMaker, descendants_named, jobs, written_bytes
 from tests.support.mariadb import CLIENT, MariaDB, mariadb_server, require_mariadb

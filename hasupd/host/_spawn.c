@@ -654,108 +654,222 @@ static void *pool_work(void *arg)
 
 #define MAX_THREADS 16
 
-PyDoc_STRVAR(spawn_many_doc,
-"spawn_many(starts, threads) -> [(pid, pidfd) | exception, ...]\n\n"
-"Start every entry of starts (each a tuple of spawn's arguments) on up to `threads` threads at once\n"
-"(the calling one included): each waits for its own child's exec, so the children exec in parallel.\n"
-"Return one item per entry, in order: (pid, pidfd), or the ChildError or OSError that spawn would\n"
-"have raised (not raised here). A malformed entry raises at once, before any child is made.");
+PyDoc_STRVAR(batch_doc,
+"A group of starts under way (see start_many): wait() returns their outcomes.");
 
-static PyObject *spawn_many(PyObject *self, PyObject *args)
+typedef struct {
+    PyObject_HEAD
+    struct job *jobs;
+    Py_ssize_t parsed; /* jobs to free */
+    struct pool pool;
+    pthread_t helpers[MAX_THREADS];
+    int started; /* helper threads running (joined by wait or dealloc) */
+    int done;    /* joined: the outcomes are in jobs */
+    int taken;   /* wait() handed them over */
+} BatchObject;
+
+static PyTypeObject BatchType;
+
+/* Join the helper threads (the GIL must NOT be held). */
+static void batch_join(BatchObject *b)
 {
-    (void)self;
-    PyObject *starts_o;
-    int threads;
-    if (!PyArg_ParseTuple(args, "Oi:spawn_many", &starts_o, &threads))
-        return NULL;
+    for (int t = 0; t < b->started; t++)
+        pthread_join(b->helpers[t], NULL);
+    b->started = 0;
+    b->done = 1;
+}
+
+/* Parse `starts` and start making them on up to `threads` helper threads; NULL with an exception
+ * (nothing made) if an entry is malformed. */
+static BatchObject *batch_start(PyObject *starts_o, int threads)
+{
     PyObject *starts = PySequence_Fast(starts_o, "starts must be a sequence");
     if (starts == NULL)
         return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(starts);
-    struct job *jobs = PyMem_RawCalloc((size_t)count + 1, sizeof *jobs);
-    PyObject *result = NULL;
-    Py_ssize_t parsed = 0;
-    if (jobs == NULL) {
-        PyErr_NoMemory();
-        goto out;
+    BatchObject *b = PyObject_New(BatchObject, &BatchType);
+    if (b == NULL) {
+        Py_DECREF(starts);
+        return NULL;
     }
-    for (; parsed < count; parsed++) {
-        if (job_parse(&jobs[parsed], PySequence_Fast_GET_ITEM(starts, parsed)) < 0) {
-            parsed++; /* job_parse leaves partial allocations: free this one too */
-            goto out;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(starts);
+    b->jobs = PyMem_RawCalloc((size_t)count + 1, sizeof *b->jobs);
+    b->parsed = 0;
+    b->started = 0;
+    b->done = 1; /* until the threads run: nothing to join */
+    b->taken = 0;
+    memset(&b->pool, 0, sizeof b->pool);
+    if (b->jobs == NULL) {
+        Py_DECREF(starts);
+        Py_DECREF(b);
+        return (BatchObject *)PyErr_NoMemory();
+    }
+    for (; b->parsed < count; b->parsed++) {
+        if (job_parse(&b->jobs[b->parsed], PySequence_Fast_GET_ITEM(starts, b->parsed)) < 0) {
+            b->parsed++; /* job_parse leaves partial allocations: free this one too */
+            Py_DECREF(starts);
+            b->taken = 1; /* no child was made: nothing to hand over */
+            Py_DECREF(b);
+            return NULL;
         }
     }
+    Py_DECREF(starts);
+    b->pool.jobs = b->jobs;
+    b->pool.count = count;
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
     if (threads > count)
         threads = (int)count;
-    struct pool pool;
-    memset(&pool, 0, sizeof pool);
-    pool.jobs = jobs;
-    pool.count = count;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_t helpers[MAX_THREADS];
-    int started = 0;
+    if (threads < 1)
+        threads = 1;
+    b->done = 0;
     pthread_attr_t attr;
     int have_attr = pthread_attr_init(&attr) == 0;
     if (have_attr)
         pthread_attr_setstacksize(&attr, 256 * 1024);
-    /* Helper threads start with every signal blocked: signals stay with hasupd's own threads. */
+    /* Helper threads start with every signal blocked: signals stay with hasupd's own threads; each
+     * child execs with the calling thread's mask (child_mask). */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pool.child_mask = old;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&helpers[started], have_attr ? &attr : NULL, pool_work, &pool) != 0)
-            break; /* fewer threads: the others take its share */
-        started++;
+    b->pool.child_mask = old;
+    for (int t = 0; t < threads; t++) {
+        if (pthread_create(&b->helpers[b->started], have_attr ? &attr : NULL, pool_work, &b->pool) != 0)
+            break;
+        b->started++;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (have_attr)
         pthread_attr_destroy(&attr);
-    pool_work(&pool);
-    for (int t = 0; t < started; t++)
-        pthread_join(helpers[t], NULL);
-    Py_END_ALLOW_THREADS
-    result = PyList_New(count);
+    if (b->started == 0) { /* no thread at all: make them here, now */
+        Py_BEGIN_ALLOW_THREADS
+        pool_work(&b->pool);
+        Py_END_ALLOW_THREADS
+        b->done = 1;
+    }
+    return b;
+}
+
+/* The outcomes of a joined batch: [(pid, pidfd) | exception, ...]; the pidfds are handed over. */
+static PyObject *batch_outcomes(BatchObject *b)
+{
+    Py_ssize_t count = b->pool.count;
+    PyObject *result = PyList_New(count);
     if (result == NULL)
-        goto out;
+        return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = job_error(&jobs[i]);
+        PyObject *item = job_error(&b->jobs[i]);
         if (item == NULL) {
             if (PyErr_Occurred()) {
-                Py_CLEAR(result);
-                goto out;
+                Py_DECREF(result);
+                return NULL;
             }
-            item = Py_BuildValue("(li)", jobs[i].pid, jobs[i].pidfd);
+            item = Py_BuildValue("(li)", b->jobs[i].pid, b->jobs[i].pidfd);
             if (item == NULL) {
-                Py_CLEAR(result);
-                goto out;
+                Py_DECREF(result);
+                return NULL;
             }
-            jobs[i].pidfd = -1; /* handed over */
         }
         PyList_SET_ITEM(result, i, item);
     }
-out:
-    if (result == NULL && jobs != NULL) {
-        /* Children made before a failure here: their pidfds are lost to the caller, so close them;
-         * the processes run on and are reaped as strays (this needs a failing allocation). */
-        for (Py_ssize_t i = 0; i < count && i < parsed; i++)
-            if (jobs[i].pidfd >= 0 && jobs[i].pid > 0 && jobs[i].step == 0)
-                close(jobs[i].pidfd);
+    for (Py_ssize_t i = 0; i < count; i++)
+        b->jobs[i].pidfd = -1; /* handed over */
+    b->taken = 1;
+    return result;
+}
+
+PyDoc_STRVAR(batch_wait_doc,
+"wait() -> [(pid, pidfd) | exception, ...]\n\n"
+"Wait until every start has exec'd or failed; return one item per start, in order: (pid, pidfd),\n"
+"or the ChildError or OSError that spawn would have raised (not raised). Once only.");
+
+static PyObject *batch_wait(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    BatchObject *b = (BatchObject *)self;
+    if (b->taken) {
+        PyErr_SetString(PyExc_RuntimeError, "wait() was already called");
+        return NULL;
     }
-    if (jobs != NULL) {
-        for (Py_ssize_t i = 0; i < parsed; i++)
-            job_free(&jobs[i]);
-        PyMem_RawFree(jobs);
+    if (!b->done) {
+        Py_BEGIN_ALLOW_THREADS
+        batch_join(b);
+        Py_END_ALLOW_THREADS
     }
-    Py_DECREF(starts);
+    return batch_outcomes(b);
+}
+
+static void batch_dealloc(PyObject *self)
+{
+    BatchObject *b = (BatchObject *)self;
+    if (!b->done) {
+        Py_BEGIN_ALLOW_THREADS
+        batch_join(b);
+        Py_END_ALLOW_THREADS
+    }
+    if (b->jobs != NULL) {
+        if (!b->taken) /* never waited for: the children run on, but their pidfds must not leak */
+            for (Py_ssize_t i = 0; i < b->pool.count; i++)
+                if (b->jobs[i].pidfd >= 0)
+                    close(b->jobs[i].pidfd);
+        for (Py_ssize_t i = 0; i < b->parsed; i++)
+            job_free(&b->jobs[i]);
+        PyMem_RawFree(b->jobs);
+    }
+    PyObject_Free(self);
+}
+
+static PyMethodDef batch_methods[] = {
+    {"wait", batch_wait, METH_NOARGS, batch_wait_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hasupd.host._spawn.Batch",
+    .tp_basicsize = sizeof(BatchObject),
+    .tp_dealloc = batch_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = batch_doc,
+    .tp_methods = batch_methods,
+};
+
+PyDoc_STRVAR(start_many_doc,
+"start_many(starts, threads) -> Batch\n\n"
+"Start making every entry of starts (each a tuple of spawn's arguments) on up to `threads` threads\n"
+"of its own, and return at once: the caller goes on (preparing the next group) while the children\n"
+"are made, each thread waiting for its own child's exec. Batch.wait() returns the outcomes. A\n"
+"malformed entry raises at once, before any child is made.");
+
+static PyObject *start_many(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *starts_o;
+    int threads;
+    if (!PyArg_ParseTuple(args, "Oi:start_many", &starts_o, &threads))
+        return NULL;
+    return (PyObject *)batch_start(starts_o, threads);
+}
+
+PyDoc_STRVAR(spawn_many_doc,
+"spawn_many(starts, threads) -> [(pid, pidfd) | exception, ...]\n\n"
+"start_many(starts, threads).wait(): start every entry on up to `threads` threads at once and return\n"
+"one item per entry, in order: (pid, pidfd), or the ChildError or OSError that spawn would have\n"
+"raised (not raised here). A malformed entry raises at once, before any child is made.");
+
+static PyObject *spawn_many(PyObject *self, PyObject *args)
+{
+    PyObject *batch = start_many(self, args);
+    if (batch == NULL)
+        return NULL;
+    PyObject *result = batch_wait(batch, NULL);
+    Py_DECREF(batch);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
     {"spawn_many", spawn_many, METH_VARARGS, spawn_many_doc},
+    {"start_many", start_many, METH_VARARGS, start_many_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -778,5 +892,9 @@ PyMODINIT_FUNC PyInit__spawn(void)
     }
     Py_INCREF(ChildError);
     PyModule_AddIntConstant(m, "SHARES_MEMORY", SHARES_MEMORY);
+    if (PyType_Ready(&BatchType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

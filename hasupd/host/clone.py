@@ -154,15 +154,15 @@ class CloneSpawner:
     ) -> list[tuple[int, int] | ChildFailed | OSError | None]:
         """Do ``spawn(*start)`` for every start, on up to ``threads`` threads at once; return in order
         what each one would have returned, or the ChildFailed or OSError it would have raised."""
+        return self.start_many(starts, threads).wait()
+
+    def start_many(
+        self, starts: Sequence[tuple[Launch, list[int], int | None, tuple[str, ...]]], threads: int
+    ) -> Starting:
+        """Begin ``spawn_many`` on threads of the extension and return at once: the caller goes on
+        (it prepares the next group) while the children are made; ``wait()`` gives the outcomes."""
         assert _MODULE is not None and self._off is None
-        results = _MODULE.spawn_many([_arguments(*start) for start in starts], threads)
-        out: list[tuple[int, int] | ChildFailed | OSError | None] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                out.append(self._failure(result))
-            else:
-                out.append((int(result[0]), int(result[1])))
-        return out
+        return Starting(self, _MODULE.start_many([_arguments(*start) for start in starts], threads))
 
     def _failure(self, error: BaseException) -> ChildFailed | OSError | None:
         """Return what a failure of the C call means: ChildFailed (a step in the child), OSError (no
@@ -178,6 +178,25 @@ class CloneSpawner:
                 return None
             return error
         raise error
+
+
+class Starting:
+    """Starts under way (``CloneSpawner.start_many``); ``wait()`` exactly once."""
+
+    def __init__(self, spawner: CloneSpawner, batch: Any) -> None:
+        self._spawner = spawner
+        self._batch = batch
+
+    def wait(self) -> list[tuple[int, int] | ChildFailed | OSError | None]:
+        """Return, in order, what ``CloneSpawner.spawn`` would have returned for each start, or the
+        ChildFailed or OSError it would have raised."""
+        out: list[tuple[int, int] | ChildFailed | OSError | None] = []
+        for result in self._batch.wait():
+            if isinstance(result, BaseException):
+                out.append(self._spawner._failure(result))
+            else:
+                out.append((int(result[0]), int(result[1])))
+        return out
 
 
 def _arguments(

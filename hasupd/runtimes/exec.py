@@ -34,6 +34,7 @@ from hasupd.host.clone import (
     ChildSettings,
     CloneSpawner,
     Launch,
+    Starting,
     ionice_value,
 )
 from hasupd.host.containment import Containment, ScopeImpl
@@ -140,6 +141,16 @@ class _Prepared:
         """Undo the preparation: there will be no child."""
         self.on_failure.close()
         self.always.close()
+
+
+@dataclass
+class _Group:
+    """One group of ``spawn_many``: the outcomes known so far (failed preparations), the prepared
+    starts by their index, and the children being made for them (None: not on the clone path)."""
+
+    outcomes: list[ExecProcess | SpawnError | None]
+    prepared: list[tuple[int, _Prepared]]
+    starting: Starting | None
 
 
 class ExecSpawner:
@@ -249,42 +260,60 @@ class ExecSpawner:
         """Start every request as ``spawn`` would; return, in order, each one's process or the
         SpawnError that ``spawn`` would have raised (not raised).
 
-        For many starts at once (hasupd's start-up, a reload that adds services): the children are
-        made in groups of ``_GROUP`` by up to ``_THREADS`` threads of the C extension, so that their
-        execs run in parallel, and while hasupd prepares the next group.
+        For many starts at once (hasupd's start-up, a reload that adds services): requests go in
+        groups of ``_GROUP``; while up to ``_THREADS`` threads of the C extension make one group's
+        children (each thread waits for its own child's exec, so the execs run in parallel), hasupd
+        prepares the next group.
         """
         outcomes: list[ExecProcess | SpawnError] = []
-        for first in range(0, len(requests), _GROUP):
-            outcomes += self._spawn_group(requests[first : first + _GROUP])
+        under_way: _Group | None = None
+        try:
+            for first in range(0, len(requests), _GROUP):
+                group = self._start_group(requests[first : first + _GROUP])
+                if under_way is not None:
+                    outcomes += self._finish_group(under_way)
+                under_way = group
+        finally:
+            if under_way is not None:  # also when preparing a later group raised: none is left behind
+                outcomes += self._finish_group(under_way)
         return outcomes
 
-    def _spawn_group(
-        self, requests: Sequence[tuple[SpawnSpec, Callable[[ExitStatus], None]]]
-    ) -> list[ExecProcess | SpawnError]:
-        outcomes: list[ExecProcess | SpawnError | None] = [None] * len(requests)
-        prepared: list[tuple[int, _Prepared]] = []
+    def _start_group(self, requests: Sequence[tuple[SpawnSpec, Callable[[ExitStatus], None]]]) -> _Group:
+        """Prepare ``requests`` and begin making their children on the extension's threads."""
+        group = _Group([None] * len(requests), [], None)
         for index, (spec, on_exit) in enumerate(requests):
             unit = spec.unit_name or spec.service.name
             try:
-                prepared.append((index, self._prepare(spec, unit, on_exit)))
+                group.prepared.append((index, self._prepare(spec, unit, on_exit)))
             except SpawnError as e:
-                outcomes[index] = SpawnError(f"cannot start {unit}: {e}")
-        started: list[tuple[int, int] | Exception | None] = [None] * len(prepared)
-        if self._clone.usable() and prepared:
-            try:
-                started = list(self._clone.spawn_many([self._clone_args(p) for _, p in prepared], _THREADS))
+                group.outcomes[index] = SpawnError(f"cannot start {unit}: {e}")
             except BaseException:
-                for _, p in prepared:
+                for _, p in group.prepared:
                     p.abort()
                 raise
+        if self._clone.usable() and group.prepared:
+            try:
+                starts = [self._clone_args(p) for _, p in group.prepared]
+                group.starting = self._clone.start_many(starts, _THREADS)
+            except BaseException:
+                for _, p in group.prepared:
+                    p.abort()
+                raise
+        return group
+
+    def _finish_group(self, group: _Group) -> list[ExecProcess | SpawnError]:
+        """Wait for the group's children (if the clone path made them) and take each one over."""
+        started: list[tuple[int, int] | Exception | None] = [None] * len(group.prepared)
+        if group.starting is not None:
+            started = list(group.starting.wait())
             if any(result is None for result in started):
                 log.warning("clone3 cannot be used; starting through %s", self._clone.describe(True))
-        for (index, p), result in zip(prepared, started, strict=True):
+        for (index, p), result in zip(group.prepared, started, strict=True):
             try:
-                outcomes[index] = self._finish(p, result)
+                group.outcomes[index] = self._finish(p, result)
             except SpawnError as e:
-                outcomes[index] = SpawnError(f"cannot start {p.unit}: {e}")
-        return [outcome for outcome in outcomes if outcome is not None]
+                group.outcomes[index] = SpawnError(f"cannot start {p.unit}: {e}")
+        return [outcome for outcome in group.outcomes if outcome is not None]
 
     def _spawn(self, spec: SpawnSpec, unit: str, on_exit: Callable[[ExitStatus], None]) -> ExecProcess:
         p = self._prepare(spec, unit, on_exit)

@@ -113,3 +113,39 @@ async def test_one_failing_start_does_not_disturb_the_others(spawner: ExecSpawne
         else:
             assert not exit_.calls  # a start that failed never reports an exit
     spawner.close()
+
+
+async def test_a_batch_never_waited_for_leaves_no_fd_behind(spawner: ExecSpawner) -> None:
+    # The extension's Batch made without wait() (a bug path): its pidfds are closed when it goes.
+    from hasupd.host import clone  # noqa: PLC0415
+
+    if not spawner._clone.usable():
+        pytest.skip("the clone path only")
+    module = clone._MODULE
+    assert module is not None
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    start = (
+        "/bin/true",
+        ["true"],
+        ["PATH=/bin"],
+        "/",
+        [devnull] * 3,
+        -1,
+        -1,
+        -1,
+        None,
+        (),
+        -1,
+        None,
+        -1,
+        None,
+        False,
+        [],
+    )
+    before = set(os.listdir("/proc/self/fd"))
+    batch = module.start_many([start] * 5, 2)
+    del batch
+    after = set(os.listdir("/proc/self/fd"))
+    os.close(devnull)
+    assert after == before
+    spawner.close()

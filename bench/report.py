@@ -313,6 +313,7 @@ def _output(sc: dict[str, Any]) -> list[str]:
     for name in sorted(var, key=lambda v: (ORDER.index(v.split("/")[0]), v)):
         v = var[name]
         jd = _rng(v["journald_cpu_sec_per_100mb"], " s") if "journald_cpu_sec_per_100mb" in v else ""
+        rb = _rng(v["readback_cpu_sec_per_100mb"], " s") if "readback_cpu_sec_per_100mb" in v else ""
         rows.append(
             [
                 name,
@@ -321,6 +322,7 @@ def _output(sc: dict[str, Any]) -> list[str]:
                 _rng(v["writer_slowdown"], "x"),
                 _rng(v["supervisor_cpu_sec_per_100mb"], " s"),
                 jd,
+                rb,
                 _ratio(_get(v, "throughput_mb_s", "median"), base),
             ]
         )
@@ -331,6 +333,7 @@ def _output(sc: dict[str, Any]) -> list[str]:
         "writer time vs /dev/null",
         "supervisor CPU per 100 MB",
         "journald CPU per 100 MB",
+        "read back for error groups, CPU per 100 MB (journal filter + journalctl)",
         "MB/s vs hasupd/file",
     ]
     return out + _table(header, rows)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import journal
-from procs import cpu_seconds
+from procs import cpu_seconds, descendants
 from runner import START_TIMEOUT_SEC, Context, summary
 from supervisors import Policy, ServiceSpec, Supervisor
 
@@ -63,7 +63,14 @@ def output(ctx: Context) -> dict[str, Any]:
             name: {
                 **{k: summary([v[k] for v in values]) for k in keys},
                 **(
-                    {"journald_cpu_sec_per_100mb": summary([v["journald_cpu_sec_per_100mb"] for v in values])}
+                    {
+                        "journald_cpu_sec_per_100mb": summary(
+                            [v["journald_cpu_sec_per_100mb"] for v in values]
+                        ),
+                        "readback_cpu_sec_per_100mb": summary(
+                            [v["readback_cpu_sec_per_100mb"] for v in values]
+                        ),
+                    }
                     if name.endswith("/journal")
                     else {}
                 ),
@@ -141,6 +148,7 @@ def _writer_supervised(ctx: Context, sup: Supervisor, mode: str, r: int) -> dict
         fd = _open_go(go, START_TIMEOUT_SEC, run.check)
         cpu0 = cpu_seconds(run.pid)
         jd0 = cpu_seconds(journald.pid) if journald is not None else 0.0
+        rb0 = _readback_cpu(run.pid) if journald is not None else {}
         os.write(fd, b"g")
         os.close(fd)
         if not run.wait(result.exists, 600, 0.01):
@@ -155,6 +163,10 @@ def _writer_supervised(ctx: Context, sup: Supervisor, mode: str, r: int) -> dict
             end_ns = res["end_ns"]  # journald, not hasupd, carries the bytes from here
         cpu = cpu_seconds(run.pid) - cpu0
         jd = _settled_cpu(journald.pid) - jd0 if journald is not None else None
+        rb = None
+        if journald is not None:  # reading the journal back (error groups), once it has caught up
+            time.sleep(2.0)
+            rb = sum(now - rb0.get(pid, 0.0) for pid, now in _readback_cpu(run.pid).items())
     seconds = (end_ns - res["start_ns"]) / 1e9
     per_100mb = 1e8 / res["bytes"]
     row: dict[str, Any] = {
@@ -165,7 +177,24 @@ def _writer_supervised(ctx: Context, sup: Supervisor, mode: str, r: int) -> dict
     }
     if jd is not None:
         row["journald_cpu_sec_per_100mb"] = round(jd * per_100mb, 3)
+    if rb is not None:
+        row["readback_cpu_sec_per_100mb"] = round(rb * per_100mb, 3)
     return row
+
+
+def _readback_cpu(root: int) -> dict[int, float]:
+    """CPU seconds by pid of the processes below ``root`` that read the journal back for hasupd's error
+    groups (its journal filter and the journalctl under it), not counted as the supervisor's own."""
+    out: dict[int, float] = {}
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if b"hasupd.observe.journal_filter" in cmdline or cmdline.startswith(b"journalctl"):
+                out[pid] = cpu_seconds(pid)
+        except (OSError, ProcessLookupError):
+            continue
+    return out
 
 
 def _settled_cpu(pid: int, cap_sec: float = 120.0) -> float:

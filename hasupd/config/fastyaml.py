@@ -45,7 +45,8 @@ __all__ = ["ENABLED", "Unsure", "compose"]
 ENABLED = CParser is not None
 
 # Bytes that libyaml reads otherwise than the pure scanner (see the module's docstring).
-_UNSURE_BYTES = re.compile(rb"[\t\x00]|\xef\xbb\xbf|\xc2\x85|\xe2\x80[\xa8\xa9]|[|>][-+0-9]*#")
+# A directive (a line starting with %) too: libyaml takes "%YAML 1.1#", the pure scanner does not.
+_UNSURE_BYTES = re.compile(rb"[\t\x00]|\xef\xbb\xbf|\xc2\x85|\xe2\x80[\xa8\xa9]|[|>][-+0-9]*#|(?:^|[\r\n])%")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +80,7 @@ class _Reader:
     pos: int = 0
     partial: bytes = b""
     entries: list[JournalLine] = field(default_factory=list)  # journal lines not handled yet
+    skipped: int = 0  # journal lines the filter only counted (nothing in them for the error groups)
     # The journal: one assembler per stream (stdout and stderr arrive apart, and may interleave).
     streams: dict[str, Assembler] = field(default_factory=dict)
 
@@ -184,10 +187,16 @@ class ErrorGroups:
                 if reader is None:
                     continue
                 entries, reader.entries = reader.entries, []  # on the loop, where they are added
+                skipped, reader.skipped = reader.skipped, 0
+                if skipped and not entries:  # journal lines the filter only counted: nothing to scan
+                    self._bus.publish(ev.OutputSeen(service=reader.service, lines=skipped))
+                    continue
                 cursor = self._journal_cursor if entries else None
                 incident = self._incidents.get(unit)
                 batch = await self._guarded(self._scan, unit, reader, entries, cursor, incident)
                 if batch is not None:
+                    if skipped:
+                        batch = dataclasses.replace(batch, lines=batch.lines + skipped)
                     self._publish(batch)
 
     def close(self) -> None:
@@ -207,6 +216,8 @@ class ErrorGroups:
             reader = _Reader(found.config.name, patterns, Assembler(Classifier(patterns)))
             self._readers[unit] = reader
         elif reader.patterns != patterns:  # a reload changed them: in place, the service runs on
+            if bool(reader.patterns) != bool(patterns) and found.output is OutputMode.JOURNAL:
+                self._journal_changed.set()  # the journal filter passes all its lines on, or no longer
             reader.patterns = patterns
             reader.assembler.classifier = Classifier(patterns)
             for assembler in reader.streams.values():
@@ -354,8 +365,17 @@ class ErrorGroups:
                 f"--after-cursor={saved[2]}" if saved and saved[2] else f"--since=@{self._started:.6f}"
             )
             args += [f"SYSLOG_IDENTIFIER={unit}" for unit in sorted(units)]
+            # Through hasupd.observe.journal_filter (a process of its own): only lines that can be
+            # errors reach hasupd; reading the journal back costs the supervising process nothing per line.
+            through = [sys.executable, "-m", "hasupd.observe.journal_filter"]
+            for unit in sorted(units):
+                through += ["--unit", unit]
+                found = self._source.services.get(unit)
+                if found is not None and found.config.errors.match:
+                    through += ["--every-line-of", unit]
+            through.append("--")
             async with asyncio.TaskGroup() as tasks:
-                follower = tasks.create_task(self._journal_once(args))
+                follower = tasks.create_task(self._journal_once(args, through))
                 changed = tasks.create_task(self._journal_changed.wait())
                 await asyncio.wait({follower, changed}, return_when=asyncio.FIRST_COMPLETED)
                 follower.cancel()
@@ -363,9 +383,9 @@ class ErrorGroups:
             if not changed.done() or changed.cancelled():
                 await asyncio.sleep(JOURNAL_RETRY_SEC)  # journalctl ended by itself: not in a tight loop
 
-    async def _journal_once(self, args: list[str]) -> None:
+    async def _journal_once(self, args: list[str], through: list[str]) -> None:
         try:
-            await journalctl(args, self._reaper, self._on_journal_entry)
+            await journalctl(args, self._reaper, self._on_journal_entry, through=through)
         except JournalctlError as error:  # journald gone for now; the cursor is kept
             if "seek to cursor" in str(error) and any(a.startswith("--after-cursor=") for a in args):
                 # A saved cursor journalctl rejects (damaged): retried as it is, it would fail forever.
@@ -376,6 +396,14 @@ class ErrorGroups:
 
     def _on_journal_entry(self, entry: dict[str, Any]) -> None:
         self.journal_failure = None
+        skipped = entry.get("__hasupd_skipped")
+        if isinstance(skipped, dict):  # the filter's summary of lines it did not pass on
+            for name, count in skipped.items():
+                if isinstance(count, int) and (counted := self._reader(str(name))) is not None:
+                    counted.skipped += count
+                    self._make_due(str(name))
+            self._journal_cursor = journal_value(entry.get("__CURSOR")) or self._journal_cursor
+            return
         unit = journal_value(entry.get("SYSLOG_IDENTIFIER"))
         if "HASUPD_EVENT" in entry:
             return
@@ -392,6 +420,9 @@ class ErrorGroups:
         for line in text.split("\n"):
             reader.entries.append((line, when, priority, stream))
         self._journal_cursor = journal_value(entry.get("__CURSOR")) or self._journal_cursor
+        self._make_due(unit)
+
+    def _make_due(self, unit: str) -> None:
         if unit not in self._due:
             self._due.add(unit)
             asyncio.get_running_loop().call_later(SCAN_DELAY_SEC, self._queue.put_nowait, unit)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,9 +66,16 @@ def journal_value(value: Any) -> str:
 
 
 async def journalctl(
-    args: list[str], reaper: Reaper | None, on_entry: Callable[[dict[str, Any]], None]
+    args: list[str],
+    reaper: Reaper | None,
+    on_entry: Callable[[dict[str, Any]], None],
+    *,
+    through: Sequence[str] = (),
 ) -> None:
     """Run ``journalctl -o json`` with ``args``, calling ``on_entry`` per entry as it arrives.
+
+    ``through``: a command line that runs journalctl's (appended after it) and writes JSON lines (the
+    error groups' ``hasupd.observe.journal_filter``).
 
     Raise JournalctlError if it cannot run or fails. Runs until journalctl ends (with ``-f``: until
     cancelled, which stops journalctl too).
@@ -84,7 +92,7 @@ async def journalctl(
 
     # Not --quiet: its warning is how a reader without the rights to the journal learns that it saw
     # only part of it (it still exits 0).
-    argv = ["journalctl", "--no-pager", "--output=json", "--all", *args]
+    argv = [*through, "journalctl", "--no-pager", "--output=json", "--all", *args]
     follow = "--follow" in args
     try:
         result = await run_command(
@@ -93,6 +101,7 @@ async def journalctl(
             timeout=None if follow else JOURNALCTL_TIMEOUT_SEC,
             max_output=64 * 1024,  # entries are parsed as they come; this keeps stderr for errors
             on_stdout_line=line,
+            parent_death_signal=signal.SIGTERM if through else None,
         )
     except OSError as e:
         raise JournalctlError(f"cannot run journalctl: {e.strerror or e}") from e

@@ -368,6 +368,65 @@ def test_journal_output_is_grouped_from_the_journal_stream_by_stream(
         d.stop()
 
 
+FLOOD_PROGRAM = r"""
+import sys, time, traceback
+for i in range(20000):  # ~1 MB of ordinary lines: the journal filter drops them, only counting
+    print(f"INFO request {i} served in 3 ms", flush=False)
+sys.stdout.flush()
+time.sleep(0.5)
+print("Exception in thread main: java.lang.IllegalStateException: boom", flush=True)
+print("\tat com.example.Main.run(Main.java:10)", flush=True)
+print("\tat com.example.Main.main(Main.java:3)", flush=True)
+for i in range(5000):
+    print(f"INFO after the stack {i}")
+sys.stdout.flush()
+time.sleep(0.5)
+try:
+    int("x")
+except ValueError:
+    traceback.print_exc(file=sys.stdout)
+sys.stdout.flush()
+for i in range(5000):
+    print(f"INFO after the traceback {i}")
+print("<3>disk full on /var", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_journal_output_without_patterns_is_filtered_out_of_process_and_stacks_stay_whole(
+    daemons: list[Hasupd], tmp_path: Path
+) -> None:
+    """Ordinary lines of an ``output: journal`` service never reach hasupd (the journal filter counts
+    them); a Java stack, a Python traceback and a <3> line among 30,000 of them are grouped whole."""
+    program = tmp_path / "app.py"
+    program.write_text(FLOOD_PROGRAM)
+    with running_journald(tmp_path) as journald:
+        config = write_config(
+            tmp_path / "etc", {"app": {"command": [sys.executable, str(program)], "output": "journal"}}
+        )
+        d = Hasupd(
+            config,
+            tmp_path / "work",
+            env=environment(),
+            extra_args=("--no-watch",),
+            argv_prefix=journald.prefix,
+        )
+        daemons.append(d)
+        d.wait_ready()
+        groups = wait_groups(d, "app", 3, timeout=60)
+        samples = {g["kind"]: g["sample"] for g in groups}
+        assert samples["java"].splitlines() == [
+            "Exception in thread main: java.lang.IllegalStateException: boom",
+            "\tat com.example.Main.run(Main.java:10)",
+            "\tat com.example.Main.main(Main.java:3)",
+        ]
+        assert samples["python"].startswith("Traceback (most recent call last):")
+        assert samples["python"].endswith("ValueError: invalid literal for int() with base 10: 'x'")
+        assert samples["line"] == "disk full on /var"
+        assert sum(g["count"] for g in groups) == 3
+        d.stop()
+
+
 TALKER = r"""
 import os, sys, time
 hush = sys.argv[1]

@@ -133,8 +133,6 @@ CORPUS = [
     "a: b\rc: d\r",
     "---\na: 1\n",
     "--- \na: 1\n...\n",
-    "%YAML 1.1\n---\na: 1\n",
-    "%YAML 1.2\n---\na: 1\n",
     'description: café ☕ 😀\ncommand: [/bin/echo, "ü"]\n',
     "'key with: colon': \"value # not a comment\"\n",
     "a: -1\nc: -x\nd: ?x\ne: :x\nf: x:y\ng: 'x: y'\n",
@@ -205,6 +203,10 @@ DIFFERENT = [
     "a: &x 1\nb: &x 2\n",  # duplicate anchor: an error of the pure loader
     "a: *undefined\n",
     "%YAML 1.3\n---\na: 1\n",  # pure accepts any 1.x, libyaml 1.1 and 1.2 only
+    # Every directive goes to the pure loader: libyaml takes "%YAML 1.1#", the pure scanner refuses it.
+    "%YAML 1.1\n---\na: 1\n",
+    "%YAML 1.2\n---\na: 1\n",
+    "%YAML 1.1#\n---\na: 1\n",
     'a: "\\ud800"\n',  # libyaml rejects a lone surrogate escape, pure reports it as bad text
     "a: 1\n---\nb: 2\n",  # two documents
     "\ufeffa: 1\n".encode("utf-16-le").decode("latin-1"),  # UTF-16 (with a BOM)

@@ -23,10 +23,7 @@ def mark(name: str) -> None:
 
 
 mark("interpreter up")
-from hasupd import (
-    daemon,
-    manager,
-)
+from hasupd import daemon, manager  # noqa: E402
 
 mark("hasupd.daemon imported")
 read_config = daemon.read_config

@@ -138,6 +138,14 @@ def ctl_json(d: Hasupd, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
+def journal_daemon(config: Path, tmp_path: Path, prefix: Any, daemons: list[Hasupd]) -> Hasupd:
+    """hasupd on ``config`` next to a private journald (``prefix``: ``running_journald``'s), ready."""
+    d = Hasupd(config, tmp_path / "work", env=environment(), extra_args=("--no-watch",), argv_prefix=prefix)
+    daemons.append(d)
+    d.wait_ready()
+    return d
+
+
 def wait_groups(d: Hasupd, service: str, total: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     """Poll `hasupctl errors --service` until its counts add up to ``total`` (bounded)."""
     deadline = time.monotonic() + timeout
@@ -348,15 +356,7 @@ def test_journal_output_is_grouped_from_the_journal_stream_by_stream(
             {"app": {"command": [sys.executable, str(program)], "output": "journal",
                      "errors": {"match": ["^ERROR "]}}},
         )  # fmt: skip
-        d = Hasupd(
-            config,
-            tmp_path / "work",
-            env=environment(),
-            extra_args=("--no-watch",),
-            argv_prefix=journald.prefix,
-        )
-        daemons.append(d)
-        d.wait_ready()
+        d = journal_daemon(config, tmp_path, journald.prefix, daemons)
         groups = wait_groups(d, "app", 8 + 5 + 3, timeout=30)
         assert [(g["kind"], g["count"], g["pattern"]) for g in groups] == [
             ("line", 8, "disk <path> failed after <n> retries"),
@@ -404,15 +404,7 @@ def test_journal_output_without_patterns_is_filtered_out_of_process_and_stacks_s
         config = write_config(
             tmp_path / "etc", {"app": {"command": [sys.executable, str(program)], "output": "journal"}}
         )
-        d = Hasupd(
-            config,
-            tmp_path / "work",
-            env=environment(),
-            extra_args=("--no-watch",),
-            argv_prefix=journald.prefix,
-        )
-        daemons.append(d)
-        d.wait_ready()
+        d = journal_daemon(config, tmp_path, journald.prefix, daemons)
         groups = wait_groups(d, "app", 3, timeout=60)
         samples = {g["kind"]: g["sample"] for g in groups}
         assert samples["java"].splitlines() == [

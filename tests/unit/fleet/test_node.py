@@ -13,6 +13,7 @@ import pytest
 from hasupd import events as ev
 from hasupd.config.fleet_timing import FENCE_MARGIN_SEC
 from hasupd.config.model import EtcdConfig, FleetConfig, Placement
+from hasupd.fleet.etcd import EtcdUnavailable
 from hasupd.fleet.node import RETRY_PAUSE_SEC, FleetNode, Owned
 from tests.unit.fleet.fake_etcd import FakeCluster, FakeEtcd
 
@@ -501,3 +502,30 @@ def test_a_reexec_without_etcd_keeps_the_honest_deadline_of_the_old_image(world:
     assert [what for _, what, _, _ in log[before:]] == ["stop"]
     stopped = log[before][0]
     assert deadline - 0.01 <= stopped <= deadline + RETRY_PAUSE_SEC and "fleet.fenced" in image.names()
+
+
+def test_no_election_on_a_lease_whose_keepalives_are_past_the_fencing_deadline(world: Any) -> None:
+    """A host whose keep-alives reach etcd but whose answers are lost (its lease lives on in etcd) does
+    not take a service once its own fencing deadline has passed: it would have to fence it at once. It
+    takes it, once, when its keep-alives are answered again (seen in CI as etcd's quorum came back:
+    elected, fenced 70 ms later, elected again)."""
+    clock, cluster, log = world
+    hosts = [Host(n, cluster, clock, log) for n in ("a", "b")]
+    run(advance(clock, hosts, 1))
+    owner = next(h for h in hosts if "db" in h.runner.active)
+    other = next(h for h in hosts if h is not owner)
+    real_keepalive = other.etcd.keepalive
+
+    def answer_lost(lease: int) -> int:
+        real_keepalive(lease)  # done on etcd's side: the lease lives on
+        raise EtcdUnavailable("fake: the answer was lost")
+
+    other.etcd.keepalive = answer_lost  # type: ignore[method-assign]
+    run(advance(clock, hosts, other.node.fence_delay() + 0.5))
+    owner.etcd.reachable = False  # the owner goes: it fences, its lease expires
+    run(advance(clock, hosts, 3 * TTL))
+    assert not [e for e in log if e[1] == "start" and e[3] == other.node.host]
+    other.etcd.keepalive = real_keepalive  # type: ignore[method-assign]
+    run(advance(clock, hosts, 2 * TTL))
+    assert [e[1] for e in log if e[3] == other.node.host] == ["start"]
+    assert "db" in other.runner.active and "fleet.fenced" not in other.names()

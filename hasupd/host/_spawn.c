@@ -504,7 +504,7 @@ static int job_parse(struct job *j, PyObject *args)
 }
 
 /* Make the child and wait until it has exec'd or reported a failed step. Runs without the GIL (and,
- * in spawn_many, on several threads at once: each call suspends only its own thread). */
+ * in start_many, on several threads at once: each call suspends only its own thread). */
 static void job_run(struct job *j, const sigset_t *child_mask)
 {
     struct plan *plan = &j->plan;
@@ -552,7 +552,7 @@ static void job_run(struct job *j, const sigset_t *child_mask)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
     /* The child execs with the mask of hasupd's calling thread, not that of a helper thread (which
-     * blocks every signal: see spawn_many). */
+     * blocks every signal: see start_many). */
     plan->old_mask = child_mask != NULL ? *child_mask : saved;
     j->pid = clone3_call(&ca, child_main, plan);
     if (j->pid < 0)
@@ -632,7 +632,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
     return result;
 }
 
-/* ---------------------------------------------------------------- spawn_many */
+/* ---------------------------------------------------------------- start_many */
 
 struct pool {
     struct job *jobs;
@@ -850,25 +850,8 @@ static PyObject *start_many(PyObject *self, PyObject *args)
     return (PyObject *)batch_start(starts_o, threads);
 }
 
-PyDoc_STRVAR(spawn_many_doc,
-"spawn_many(starts, threads) -> [(pid, pidfd) | exception, ...]\n\n"
-"start_many(starts, threads).wait(): start every entry on up to `threads` threads at once and return\n"
-"one item per entry, in order: (pid, pidfd), or the ChildError or OSError that spawn would have\n"
-"raised (not raised here). A malformed entry raises at once, before any child is made.");
-
-static PyObject *spawn_many(PyObject *self, PyObject *args)
-{
-    PyObject *batch = start_many(self, args);
-    if (batch == NULL)
-        return NULL;
-    PyObject *result = batch_wait(batch, NULL);
-    Py_DECREF(batch);
-    return result;
-}
-
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
-    {"spawn_many", spawn_many, METH_VARARGS, spawn_many_doc},
     {"start_many", start_many, METH_VARARGS, start_many_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -149,18 +149,12 @@ class CloneSpawner:
             raise outcome from None
         return int(pid), int(pidfd)
 
-    def spawn_many(
-        self, starts: Sequence[tuple[Launch, list[int], int | None, tuple[str, ...]]], threads: int
-    ) -> list[tuple[int, int] | ChildFailed | OSError | None]:
-        """Do ``spawn(*start)`` for every start, on up to ``threads`` threads at once; return in order
-        what each one would have returned, or the ChildFailed or OSError it would have raised."""
-        return self.start_many(starts, threads).wait()
-
     def start_many(
         self, starts: Sequence[tuple[Launch, list[int], int | None, tuple[str, ...]]], threads: int
     ) -> Starting:
-        """Begin ``spawn_many`` on threads of the extension and return at once: the caller goes on
-        (it prepares the next group) while the children are made; ``wait()`` gives the outcomes."""
+        """Begin ``spawn(*start)`` for every start on up to ``threads`` threads of the extension and
+        return at once: the caller goes on (it prepares the next group) while the children are made;
+        ``wait()`` gives, in order, what each ``spawn`` would have returned or raised."""
         assert _MODULE is not None and self._off is None
         return Starting(self, _MODULE.start_many([_arguments(*start) for start in starts], threads))
 

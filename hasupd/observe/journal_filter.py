@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 # journalctl's JSON lines that can matter to the error groups: a level prefix <0>..<3>, a Python
@@ -45,7 +46,7 @@ HOT_BYTES = 256 * 1024  # passed on after a candidate: covers a stack of EVENT_L
 TAIL_LINES = 64  # of what was dropped, kept: the lines before a Java stack's first frame
 _CURSOR = re.compile(rb'"__CURSOR" ?: ?"([^"]*)"')
 # journalctl writes "FIELD" : "value"; JSON writers without the spaces are taken too.
-_SEPARATORS = (b'" : "', b'":"')
+_IDENTIFIER = re.compile(rb'"SYSLOG_IDENTIFIER" ?: ?"([^"]*)"')
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,10 +58,7 @@ class Filter:
             rb'|"SYSLOG_IDENTIFIER" ?: ?"' + re.escape(unit.encode()) + rb'"' for unit in every_line_of
         )
         self.candidates = re.compile(CANDIDATE + extra)
-        self.idents = {
-            unit: [b'"SYSLOG_IDENTIFIER' + sep + unit.encode() + b'"' for sep in _SEPARATORS]
-            for unit in units
-        }
+        self.units = {unit.encode(): unit for unit in units}
         self.hot = 0  # bytes still passed on after the last candidate
         self.tail = b""  # the last lines dropped since
         self.counts: dict[str, int] = {}  # lines dropped per unit, not yet summarised
@@ -97,8 +95,9 @@ class Filter:
         self.tail = last_lines(held, TAIL_LINES)
         done = held[: len(held) - len(self.tail)]
         self.hot -= len(data)
-        for unit, idents in self.idents.items():
-            if count := sum(done.count(ident) for ident in idents):
+        # One pass over the bytes, however many units are followed.
+        for ident, count in Counter(_IDENTIFIER.findall(done)).items():
+            if (unit := self.units.get(ident)) is not None:
                 self.counts[unit] = self.counts.get(unit, 0) + count
         end = len(data) - 1 if data.endswith(b"\n") else len(data)
         cursor = _CURSOR.search(data, data.rfind(b"\n", 0, end) + 1)

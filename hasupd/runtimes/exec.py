@@ -281,24 +281,20 @@ class ExecSpawner:
     def _start_group(self, requests: Sequence[tuple[SpawnSpec, Callable[[ExitStatus], None]]]) -> _Group:
         """Prepare ``requests`` and begin making their children on the extension's threads."""
         group = _Group([None] * len(requests), [], None)
-        for index, (spec, on_exit) in enumerate(requests):
-            unit = spec.unit_name or spec.service.name
-            try:
-                group.prepared.append((index, self._prepare(spec, unit, on_exit)))
-            except SpawnError as e:
-                group.outcomes[index] = SpawnError(f"cannot start {unit}: {e}")
-            except BaseException:
-                for _, p in group.prepared:
-                    p.abort()
-                raise
-        if self._clone.usable() and group.prepared:
-            try:
+        try:
+            for index, (spec, on_exit) in enumerate(requests):
+                unit = spec.unit_name or spec.service.name
+                try:
+                    group.prepared.append((index, self._prepare(spec, unit, on_exit)))
+                except SpawnError as e:
+                    group.outcomes[index] = SpawnError(f"cannot start {unit}: {e}")
+            if self._clone.usable() and group.prepared:
                 starts = [self._clone_args(p) for _, p in group.prepared]
                 group.starting = self._clone.start_many(starts, _THREADS)
-            except BaseException:
-                for _, p in group.prepared:
-                    p.abort()
-                raise
+        except BaseException:  # a bug, not a failed start: undo what was prepared, make no child
+            for _, p in group.prepared:
+                p.abort()
+            raise
         return group
 
     def _finish_group(self, group: _Group) -> list[ExecProcess | SpawnError]:
